@@ -1,0 +1,276 @@
+"""One typed configuration for every command: YAML file + ``--set key=value`` overrides.
+
+The config is a tree of dataclasses. Loading validates every key and type and fails with one line
+that names the file and the offending key, e.g. ``cfg.yaml: unknown key 'optim.lrr'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message is one line naming the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Which detector to build (see ``defeat.models.build_detector``)."""
+
+    name: str = "faster_rcnn_r18_fpn"
+    norm: str = "gn"  # gn | bn | syncbn | frozen_bn: trainable normalisation for from-scratch backbones
+    pretrained_backbone: bool = False  # ImageNet weights from torchvision (needs internet once)
+    trainable_layers: int = 5  # backbone stages that train (5 = all); frozen stages only make sense pretrained
+    min_size: int = 320  # GeneralizedRCNNTransform resize: shorter side
+    max_size: int = 320  # ... and cap on the longer side
+    # Two-stage sampling sizes: the RoI head dominates CPU cost, so these matter for speed.
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 500
+    rpn_post_nms_top_n_test: int = 300
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 128
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.01
+
+
+@dataclass
+class DataConfig:
+    """COCO-format data: an image folder and an instances JSON per split."""
+
+    train_images: str = "runs/synth/train"
+    train_annotations: str = "runs/synth/train.json"
+    val_images: str = "runs/synth/val"
+    val_annotations: str = "runs/synth/val.json"
+    batch_size: int = 4  # per process
+    workers: int = 2
+    hflip_prob: float = 0.5
+    val_max_images: int = 0  # 0 = the whole split
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_grad_norm: float = 10.0  # 0 disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 2000
+    warmup_steps: int = 200
+    warmup_factor: float = 0.001
+    policy: str = "cosine"  # cosine | step
+    milestones: list[int] = field(default_factory=lambda: [1500, 1800])  # for policy=step
+    gamma: float = 0.1
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0 = only at the end
+    score_thresh: float = 0.0  # drop detections below this score before COCO evaluation
+    batch_size: int = 4
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/train"
+    checkpoint_every: int = 500
+    log_every: int = 20
+    tensorboard: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """DeFeat settings; used by ``defeat distill`` only."""
+
+    teacher_config: str = ""  # the teacher's training config (model section is read from it)
+    teacher_checkpoint: str = ""
+    feature_mode: str = "decoupled"  # none | object | background | all | decoupled | fgfi
+    alpha_obj: float = 4.0
+    alpha_bg: float = 16.0
+    alpha_all: float = 8.0  # weight of the uniform MSE in feature_mode=all
+    feature_norm: str = "per_level"  # per_level (official code) | all_levels (paper)
+    proposal_mode: str = "none"  # none | positive | negative | all | decoupled
+    beta_obj: float = 2.0
+    beta_bg: float = 2.0
+    beta_all: float = 2.0
+    temperature_obj: float = 1.0
+    temperature_bg: float = 1.0
+    weight_decay_policy: str = "constant"  # constant | linear | cosine: KD weight over training
+    stop_step: int = 0  # 0 = distil for the whole schedule
+    teacher_check_images: int = 50
+    teacher_min_ap: float = 0.05
+    force: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
+    bf16: bool = False  # autocast the forward pass in bfloat16
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a (simple) type annotation, converting int -> float where harmless."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[-1])
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation in (float, str) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key '{prefix}{key}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, values[f.name] or {}, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(values[f.name], hint, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (``1e-3``, ``[1, 2]``, ``true``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def config_from_dict(values: dict, overrides: list[str] | None = None, source: str = "config") -> Config:
+    tree = dict(values)
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        cfg = _build(Config, tree, "")
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(values, overrides, source=str(path) if path else "config")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from defeat.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks beyond types."""
+    _choice(cfg.model.norm, ("gn", "bn", "syncbn", "frozen_bn"), "model.norm")
+    _choice(cfg.optim.name, ("sgd", "adamw"), "optim.name")
+    _choice(cfg.schedule.policy, ("cosine", "step"), "schedule.policy")
+    _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
+    _choice(cfg.distill.feature_mode, ("none", "object", "background", "all", "decoupled", "fgfi"),
+            "distill.feature_mode")
+    _choice(cfg.distill.proposal_mode, ("none", "positive", "negative", "all", "decoupled"), "distill.proposal_mode")
+    _choice(cfg.distill.feature_norm, ("per_level", "all_levels"), "distill.feature_norm")
+    _choice(cfg.distill.weight_decay_policy, ("constant", "linear", "cosine"), "distill.weight_decay_policy")
+    positive = {
+        "data.batch_size": cfg.data.batch_size, "schedule.max_steps": cfg.schedule.max_steps,
+        "model.min_size": cfg.model.min_size, "model.max_size": cfg.model.max_size,
+        "eval.batch_size": cfg.eval.batch_size, "optim.lr": cfg.optim.lr,
+        "distill.temperature_obj": cfg.distill.temperature_obj, "distill.temperature_bg": cfg.distill.temperature_bg,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    non_negative = {
+        "data.workers": cfg.data.workers, "schedule.warmup_steps": cfg.schedule.warmup_steps,
+        "optim.weight_decay": cfg.optim.weight_decay, "optim.clip_grad_norm": cfg.optim.clip_grad_norm,
+        "output.checkpoint_every": cfg.output.checkpoint_every, "eval.every_steps": cfg.eval.every_steps,
+        "distill.alpha_obj": cfg.distill.alpha_obj, "distill.alpha_bg": cfg.distill.alpha_bg,
+        "distill.alpha_all": cfg.distill.alpha_all, "distill.beta_obj": cfg.distill.beta_obj,
+        "distill.beta_bg": cfg.distill.beta_bg, "distill.beta_all": cfg.distill.beta_all,
+        "distill.stop_step": cfg.distill.stop_step, "data.val_max_images": cfg.data.val_max_images,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if not 0.0 <= cfg.data.hflip_prob <= 1.0:
+        raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {cfg.data.hflip_prob}")
+    if cfg.model.trainable_layers not in range(0, 6):
+        raise ConfigError(f"model.trainable_layers: must be 0..5, got {cfg.model.trainable_layers}")
