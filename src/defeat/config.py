@@ -28,6 +28,7 @@ class ModelConfig:
     norm: str = "gn"  # gn | bn | syncbn | frozen_bn: trainable normalisation for from-scratch backbones
     pretrained_backbone: bool = False  # ImageNet weights from torchvision (needs internet once)
     trainable_layers: int = 5  # backbone stages that train (5 = all); frozen stages only make sense pretrained
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one base size per level
     min_size: int = 320  # GeneralizedRCNNTransform resize: shorter side
     max_size: int = 320  # ... and cap on the longer side
     # Two-stage sampling sizes: the RoI head dominates CPU cost, so these matter for speed.
@@ -38,7 +39,7 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 128
     box_detections_per_img: int = 100
-    box_score_thresh: float = 0.01
+    box_score_thresh: float = 0.01  # detections kept at inference (all families)
 
 
 @dataclass
