@@ -1,0 +1,1 @@
+"""Analyses of trained detectors and of distillation (the DeFeat supplementary's figures)."""
