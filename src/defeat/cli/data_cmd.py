@@ -1,0 +1,65 @@
+"""``defeat data synth | import-yolo | import-voc``: make or convert COCO-format datasets."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="generate the embedded benchmark or import datasets to COCO JSON")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = commands.add_parser("synth", help="generate the synthetic embedded benchmark (images + COCO JSON)")
+    synth.add_argument("--out", required=True, help="output folder (train/, val/, train.json, val.json)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--num-train", type=int, default=600)
+    synth.add_argument("--num-val", type=int, default=150)
+    synth.add_argument("--image-size", type=int, default=320)
+    synth.add_argument("--min-objects", type=int, default=2)
+    synth.add_argument("--max-objects", type=int, default=8)
+    synth.add_argument("--workers", type=int, default=2)
+    synth.set_defaults(func=run_synth)
+
+    yolo = commands.add_parser("import-yolo", help="convert YOLO txt labels to a COCO instances JSON")
+    yolo.add_argument("--images", required=True, help="image folder")
+    yolo.add_argument("--labels", required=True, help="folder of <image stem>.txt label files")
+    yolo.add_argument("--classes", required=True, help="class names, one per line (line i = class i)")
+    yolo.add_argument("--out", required=True, help="output COCO JSON")
+    yolo.set_defaults(func=run_import_yolo)
+
+    voc = commands.add_parser("import-voc", help="convert Pascal VOC xml annotations to a COCO instances JSON")
+    voc.add_argument("--annotations", required=True, help="folder of VOC .xml files")
+    voc.add_argument("--images", required=True, help="image folder")
+    voc.add_argument("--out", required=True, help="output COCO JSON")
+    voc.add_argument("--classes", help="comma-separated class list (default: every name seen, sorted)")
+    voc.add_argument("--keep-difficult", action="store_true", help="keep 'difficult' objects (marked difficult: 1)")
+    voc.set_defaults(func=run_import_voc)
+
+
+def run_synth(args) -> int:
+    from defeat.data.synth import generate_synthetic_dataset
+
+    for name in ("num_train", "num_val", "image_size", "min_objects", "max_objects", "workers"):
+        if getattr(args, name) < (0 if name in ("num_train", "num_val") else 1):
+            raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    summary = generate_synthetic_dataset(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                                         image_size=args.image_size, min_objects=args.min_objects,
+                                         max_objects=args.max_objects, workers=args.workers)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_import_yolo(args) -> int:
+    from defeat.data.importers import import_yolo
+
+    print(json.dumps(import_yolo(args.images, args.labels, args.classes, args.out), default=str))
+    return 0
+
+
+def run_import_voc(args) -> int:
+    from defeat.data.importers import import_voc
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    print(json.dumps(import_voc(args.annotations, args.images, args.out, classes=classes,
+                                skip_difficult=not args.keep_difficult), default=str))
+    return 0

@@ -1,0 +1,237 @@
+"""The training loop shared by ``defeat train`` and ``defeat distill``.
+
+It trains any ``nn.Module`` whose ``forward(images, targets)`` returns a dict of scalar losses (a
+torchvision detector, or the DeFeat distiller wrapping a student), evaluates ``detector`` (the model
+itself, or the student) and handles the rest: DDP under torchrun, LR schedule, gradient clipping,
+bf16 autocast, JSONL/TensorBoard logs, atomic checkpoints, exact resume and non-finite-loss stops.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from defeat.config import Config, config_to_dict, save_config
+from defeat.data import CocoDetection, TrainSampler, collate
+from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
+from defeat.engine.distributed import DistInfo, barrier, gather_to_main
+from defeat.engine.evaluator import evaluate, format_stats
+from defeat.engine.schedule import lr_factor
+from defeat.utils import atomic_write_json
+
+LAST_CHECKPOINT = "checkpoint_last.pt"
+FINAL_CHECKPOINT = "model_final.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_checkpoint: Path
+    metrics: dict = field(default_factory=dict)  # last evaluation's COCO stats (rank 0)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW; no weight decay on 1-D parameters (norm scales and biases), as is standard."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+class MetricsLog:
+    """Rank-0 JSONL log (one JSON object per line), optionally mirrored to TensorBoard."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("output.tensorboard: the tensorboard package is not installed "
+                                 "(pip install 'defeat[tensorboard]')") from None
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, record["step"])
+
+
+def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
+    """Agree across ranks, so that every rank stops together instead of deadlocking."""
+    ok = torch.isfinite(loss.detach()).to(torch.int32)
+    if info.enabled:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
+          info: DistInfo, *, kind: str = "detector", resume: bool = False,
+          before_step: Callable[[int], None] | None = None, reference_metrics: dict | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train ``model`` for ``cfg.schedule.max_steps`` steps; see the module docstring.
+
+    ``before_step(step)`` runs before every step (e.g. a KD-weight schedule); ``reference_metrics``
+    (e.g. the teacher's AP) is logged beside every evaluation.
+    """
+    out_dir = Path(cfg.output.dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    model.to(info.device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.schedule))
+    categories = train_set.categories
+    log = MetricsLog(out_dir, info.is_main, cfg.output.tensorboard)
+
+    start_step = 0
+    last_path = out_dir / LAST_CHECKPOINT
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, kind=kind)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == info.world_size:  # exact continuation needs each rank's own generator state
+            _set_rng_state(rngs[info.rank])
+        else:
+            torch.manual_seed(cfg.seed * 1000 + 7919 * start_step + info.rank)
+        if info.is_main:
+            print(f"resumed from {last_path} at step {start_step}")
+    else:
+        if resume and info.is_main:
+            print(f"no checkpoint at {last_path}; starting from scratch")
+        torch.manual_seed(cfg.seed * 1000 + info.rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    train_module: nn.Module = model
+    if info.enabled:
+        train_module = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
+                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=start_step)
+    # A private generator keeps the loader from drawing on the global RNG that the model's samplers use.
+    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+                        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
+                        persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
+    autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext())
+
+    def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
+        rngs = gather_to_main(_rng_state(), info)
+        if info.is_main:
+            save_checkpoint({"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "step": step, "rng": rngs,
+                             "categories": categories, "config": config_to_dict(cfg), "metrics": metrics or {}}, path)
+        barrier(info)
+
+    def run_eval(step: int) -> dict:
+        if val_set is None:
+            return {}
+        stats = evaluate(detector, val_set, info, batch_size=cfg.eval.batch_size, max_images=cfg.data.val_max_images,
+                         score_thresh=cfg.eval.score_thresh, progress=progress)
+        if info.is_main:
+            extra = " | " + " ".join(f"{k} {100 * v:.1f}" for k, v in (reference_metrics or {}).items())
+            tqdm.write(f"[step {step}] {format_stats(stats)}{extra if reference_metrics else ''}")
+            log.write({"step": step, "event": "eval", **{k: v for k, v in stats.items() if k != "per_class_AP"},
+                       "per_class_AP": stats["per_class_AP"], **(reference_metrics or {})})
+        return stats or {}
+
+    max_steps = cfg.schedule.max_steps
+    bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not (progress and info.is_main),
+               dynamic_ncols=True)
+    running: dict[str, torch.Tensor] = {}  # detached sums; converted to floats only when logged
+    window_start, window_steps = time.perf_counter(), 0
+    metrics: dict = {}
+    train_module.train()
+    batches = iter(loader)
+    for step in range(start_step, max_steps):
+        images, targets = next(batches)
+        images = [im.to(info.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(info.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        if before_step is not None:
+            before_step(step)
+        with autocast:
+            losses = train_module(images, targets)
+        total = sum(losses.values())
+        if not _all_finite(total, info):
+            bad = {k: float(v) for k, v in losses.items()}
+            good = last_path if last_path.is_file() else "none written yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
+                                     f"last good checkpoint: {good}")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.optim.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+
+        for k, v in [*losses.items(), ("loss", total)]:
+            running[k] = running.get(k, 0.0) + v.detach()
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+        if done % cfg.output.log_every == 0 or done == max_steps:
+            seconds = (time.perf_counter() - window_start) / window_steps
+            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "sec_per_step": round(seconds, 4),
+                      **{k: round(float(v) / window_steps, 5) for k, v in running.items()}}
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
+            running, window_start, window_steps = {}, time.perf_counter(), 0
+        if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and done < max_steps:
+            metrics = run_eval(done)
+            train_module.train()
+        if cfg.output.checkpoint_every and done % cfg.output.checkpoint_every == 0 and done < max_steps:
+            checkpoint(done, last_path)
+    bar.close()
+
+    metrics = run_eval(max_steps) if val_set is not None else metrics
+    checkpoint(max_steps, last_path, metrics)
+    final_path = out_dir / FINAL_CHECKPOINT
+    if info.is_main:
+        save_checkpoint({"kind": kind, "model": model.state_dict(), "step": max_steps, "categories": categories,
+                         "config": config_to_dict(cfg), "metrics": metrics}, final_path)
+        if metrics:
+            atomic_write_json(out_dir / "metrics_final.json", metrics)
+    barrier(info)
+    return TrainResult(max_steps, final_path, metrics)
+

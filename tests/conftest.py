@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny COCO dataset drawn with PIL, tiny model configs, the ../shared data path."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+TINY_CATEGORIES = [
+    {"id": 3, "name": "square", "supercategory": "box"},
+    {"id": 7, "name": "bar", "supercategory": "box"},
+    {"id": 9, "name": "disc", "supercategory": "round"},
+]
+
+
+def write_tiny_coco(root: Path, num_images: int, seed: int, size: int = 64, empty_every: int = 0) -> Path:
+    """Images with filled squares / bars / discs on noise; returns the annotation file path.
+
+    ``empty_every=k`` leaves every k-th image without objects (images without annotations are legal).
+    """
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        img = Image.new("RGB", (size, size), tuple(rng.randrange(40, 90) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        if not (empty_every and i % empty_every == 0):
+            for _ in range(rng.randint(1, 3)):
+                cat = rng.choice(TINY_CATEGORIES)
+                w = rng.randint(10, 28)
+                h = w if cat["name"] != "bar" else max(4, w // 3)
+                x, y = rng.randint(0, size - w - 1), rng.randint(0, size - h - 1)
+                colour = tuple(rng.randrange(150, 255) for _ in range(3))
+                (draw.ellipse if cat["name"] == "disc" else draw.rectangle)([x, y, x + w, y + h], fill=colour)
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat["id"],
+                                    "bbox": [x, y, w + 1, h + 1], "area": (w + 1) * (h + 1), "iscrowd": 0})
+        name = f"{i:04d}.png"
+        img.save(root / "images" / name)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+    ann_file = root / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": TINY_CATEGORIES}))
+    return ann_file
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> dict:
+    """A tiny train (8 images, one empty) / val (4 images) split and override list pointing at it."""
+    root = tmp_path_factory.mktemp("tiny_coco")
+    train = write_tiny_coco(root / "train", 8, seed=1, empty_every=5)
+    val = write_tiny_coco(root / "val", 4, seed=2)
+    return {
+        "root": root, "train_ann": train, "val_ann": val,
+        "overrides": [f"data.train_images={root / 'train' / 'images'}", f"data.train_annotations={train}",
+                      f"data.val_images={root / 'val' / 'images'}", f"data.val_annotations={val}"],
+    }
+
+
+def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_r18_fpn", steps: int = 3) -> list[str]:
+    """Config overrides for a few-step run of a tiny model on the tiny set."""
+    return tiny["overrides"] + [
+        f"model.name={name}", "model.min_size=64", "model.max_size=64", "model.anchor_sizes=[8,16,32,64,128]",
+        "model.rpn_pre_nms_top_n_train=100", "model.rpn_post_nms_top_n_train=50", "model.rpn_pre_nms_top_n_test=50",
+        "model.rpn_post_nms_top_n_test=50", "model.box_batch_size_per_image=32", "data.batch_size=2",
+        "data.workers=0", f"schedule.max_steps={steps}", "schedule.warmup_steps=1", "optim.lr=0.01",
+        "output.log_every=1", f"output.dir={out_dir}", "eval.batch_size=2",
+    ]
