@@ -1,0 +1,14 @@
+"""DeFeat distillation: masks, losses, adapters and the two-stage distiller, usable in your own training loop.
+
+    from defeat.distill import DeFeatDistiller, decoupled_feature_loss, object_masks
+"""
+
+from defeat.distill.adapters import FeatureAdapters, init_adapter_
+from defeat.distill.losses import (
+    FEATURE_MODES, FEATURE_NORMS, PROPOSAL_MODES, decoupled_feature_loss, decoupled_proposal_loss, imitation_term,
+    masked_squared_error, sigmoid_kl, softmax_kl)
+from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors
+
+__all__ = ["FEATURE_MODES", "FEATURE_NORMS", "FeatureAdapters", "PROPOSAL_MODES", "assign_levels", "box_cells",
+           "decoupled_feature_loss", "decoupled_proposal_loss", "fgfi_masks", "imitation_term", "init_adapter_",
+           "masked_squared_error", "object_masks", "sigmoid_kl", "softmax_kl", "split_anchors"]

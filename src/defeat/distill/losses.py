@@ -1,0 +1,200 @@
+"""DeFeat's losses as pure functions on tensors.
+
+* :func:`decoupled_feature_loss` - masked feature imitation, object and background regions weighted apart.
+* :func:`softmax_kl` / :func:`decoupled_proposal_loss` - KL between teacher and student class distributions
+  on the same proposals, positive and negative proposals weighted (and tempered) apart.
+* :func:`sigmoid_kl` - the per-class binary counterpart of :func:`softmax_kl` for sigmoid classifiers
+  (one-stage detectors).
+
+Every function returns a dict of already-weighted scalar losses containing exactly the terms its mode uses,
+so they can be added to a detector's loss dict as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FEATURE_MODES = ("none", "object", "background", "all", "decoupled", "fgfi")
+PROPOSAL_MODES = ("none", "positive", "negative", "all", "decoupled")
+FEATURE_NORMS = ("per_level", "all_levels")
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what}: unknown value {value!r} (choose from {', '.join(allowed)})")
+
+
+def _check_non_negative(**weights: float) -> None:
+    for name, value in weights.items():
+        if value < 0:
+            raise ValueError(f"{name}: must be >= 0, got {value}")
+
+
+def masked_squared_error(student: Tensor, teacher: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Numerator and denominator of a masked feature-imitation term on one level.
+
+        num = sum_{n,c,y,x} M[n,y,x] * (S[n,c,y,x] - T[n,c,y,x])^2,     den = 2 * C * sum_{n,y,x} M[n,y,x]
+
+    Args:
+        student: ``(N, C, H, W)`` adapted student features.
+        teacher: ``(N, C, H, W)`` teacher features (no gradient needed).
+        mask: ``(N, H, W)`` bool or float weights.
+    Returns:
+        ``(num, den)`` scalars, computed in float32.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"feature shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
+    mask = mask.to(torch.float32)
+    distance = (student.float() - teacher.float()).pow(2).sum(dim=1)  # (N, H, W), summed over channels
+    return (mask * distance).sum(), 2.0 * student.shape[1] * mask.sum()
+
+
+def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks: Sequence[Tensor],
+                   norm: str = "per_level") -> Tensor:
+    """One masked imitation term over all levels with either normalisation.
+
+        per_level  (official code):  (1/L) sum_l  num_l / max(1, den_l)
+        all_levels (paper):          sum_l num_l / max(1, sum_l den_l)
+
+    with ``num_l, den_l`` from :func:`masked_squared_error`. An empty mask gives 0 (not NaN).
+    """
+    _check_choice(norm, FEATURE_NORMS, "feature_norm")
+    parts = [masked_squared_error(s, t, m) for s, t, m in zip(students, teachers, masks)]
+    if not parts:
+        raise ValueError("imitation_term: no feature levels given")
+    if norm == "per_level":
+        return torch.stack([num / den.clamp(min=1.0) for num, den in parts]).mean()
+    return torch.stack([num for num, _ in parts]).sum() / torch.stack([den for _, den in parts]).sum().clamp(min=1.0)
+
+
+def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
+                           mode: str = "decoupled", alpha_obj: float = 4.0, alpha_bg: float = 16.0,
+                           alpha_all: float = 8.0, norm: str = "per_level") -> dict[str, Tensor]:
+    """DeFeat's feature loss on the FPN levels, in any of the region modes.
+
+        L_feat = alpha_obj * obj(M) + alpha_bg * obj(1 - M)          (mode ``decoupled``)
+
+    where ``obj(W)`` is :func:`imitation_term` with mask ``W``. The modes keep exactly these terms:
+
+    ============ ===================================== =================
+    mode         returned keys                         mask
+    ============ ===================================== =================
+    none         (nothing)
+    object       loss_feat_obj = alpha_obj * obj(M)    object mask
+    background   loss_feat_bg  = alpha_bg * obj(1-M)   object mask
+    all          loss_feat_all = alpha_all * obj(1)    every pixel
+    decoupled    loss_feat_obj, loss_feat_bg
+    fgfi         loss_feat_obj = alpha_obj * obj(M)    pass FGFI masks
+    ============ ===================================== =================
+
+    Args:
+        students: per level ``(N, C, H, W)`` *adapted* student features.
+        teachers: per level teacher features of the same shapes.
+        object_masks: per level ``(N, H, W)`` bool object masks (ignored by ``all``).
+    """
+    _check_choice(mode, FEATURE_MODES, "feature_mode")
+    _check_non_negative(alpha_obj=alpha_obj, alpha_bg=alpha_bg, alpha_all=alpha_all)
+    students, teachers, object_masks = list(students), list(teachers), list(object_masks)
+    if not (len(students) == len(teachers) == len(object_masks)):
+        raise ValueError(f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
+                         f"{len(object_masks)} mask levels")
+    losses: dict[str, Tensor] = {}
+    if mode in ("object", "decoupled", "fgfi"):
+        losses["loss_feat_obj"] = alpha_obj * imitation_term(students, teachers, object_masks, norm)
+    if mode in ("background", "decoupled"):
+        background = [~m.bool() for m in object_masks]
+        losses["loss_feat_bg"] = alpha_bg * imitation_term(students, teachers, background, norm)
+    if mode == "all":
+        everywhere = [torch.ones_like(m, dtype=torch.bool) for m in object_masks]
+        losses["loss_feat_all"] = alpha_all * imitation_term(students, teachers, everywhere, norm)
+    return losses
+
+
+def softmax_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-row KL(teacher || student) between tempered softmax distributions, scaled by T^2.
+
+        KL_i = T^2 * sum_k p_k (log p_k - log q_k),   p = softmax(z_teacher / T),  q = softmax(z_student / T)
+
+    Args:
+        student_logits, teacher_logits: ``(R, K)``.
+    Returns:
+        ``(R,)`` float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
+                         f"{tuple(teacher_logits.shape)} (do the class lists match?)")
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * temperature ** 2
+
+
+def sigmoid_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-row KL between per-class Bernoulli distributions of sigmoid classifiers, scaled by T^2.
+
+        KL_i = T^2 * sum_k [ p_k (log p_k - log q_k) + (1 - p_k)(log(1 - p_k) - log(1 - q_k)) ],
+        p = sigmoid(z_teacher / T),  q = sigmoid(z_student / T)
+
+    Computed with ``logsigmoid`` for stability. Args as :func:`softmax_kl`; returns ``(R,)`` float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
+                         f"{tuple(teacher_logits.shape)} (do the class lists match?)")
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    p = torch.sigmoid(t)
+    log_p, log_1mp = F.logsigmoid(t), F.logsigmoid(-t)
+    log_q, log_1mq = F.logsigmoid(s), F.logsigmoid(-s)
+    per_class = p * (log_p - log_q) + (1 - p) * (log_1mp - log_1mq)
+    return per_class.reshape(per_class.shape[0], -1).sum(dim=1) * temperature ** 2
+
+
+def _mean_or_zero(values: Tensor, select: Tensor) -> Tensor:
+    """Mean of ``values[select]``; 0 (still attached to the graph) when nothing is selected."""
+    return (values * select).sum() / select.sum().clamp(min=1)
+
+
+def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                            mode: str = "decoupled", beta_obj: float = 2.0, beta_bg: float = 2.0,
+                            beta_all: float = 2.0, temperature_obj: float = 1.0, temperature_bg: float = 1.0,
+                            temperature_all: float = 1.0) -> dict[str, Tensor]:
+    """DeFeat's proposal (RoI classification) distillation on the proposals both heads classified.
+
+        L_prop = beta_obj * mean_{i: label_i > 0} KL_i(T_obj) + beta_bg * mean_{i: label_i = 0} KL_i(T_bg)
+
+    with ``KL_i(T)`` from :func:`softmax_kl`. ``labels`` are the sampler's labels of exactly the proposals
+    whose logits are given. Modes keep exactly their terms: ``positive`` -> ``loss_kd_pos``, ``negative``
+    -> ``loss_kd_neg``, ``decoupled`` -> both, ``all`` -> ``loss_kd_all`` = beta_all * mean_i KL_i(T_all),
+    ``none`` -> nothing. A split with no proposals contributes 0.
+
+    Args:
+        student_logits, teacher_logits: ``(R, K + 1)``.
+        labels: ``(R,)`` int, 0 = background.
+    """
+    _check_choice(mode, PROPOSAL_MODES, "proposal_mode")
+    _check_non_negative(beta_obj=beta_obj, beta_bg=beta_bg, beta_all=beta_all)
+    if labels.shape[0] != student_logits.shape[0]:
+        raise ValueError(f"labels: {labels.shape[0]} labels for {student_logits.shape[0]} proposals")
+    losses: dict[str, Tensor] = {}
+    positive = (labels > 0).float()
+    kl_at: dict[float, Tensor] = {}  # one KL per distinct temperature
+
+    def kl(temperature: float) -> Tensor:
+        if temperature not in kl_at:
+            kl_at[temperature] = softmax_kl(student_logits, teacher_logits, temperature)
+        return kl_at[temperature]
+
+    if mode in ("positive", "decoupled"):
+        losses["loss_kd_pos"] = beta_obj * _mean_or_zero(kl(temperature_obj), positive)
+    if mode in ("negative", "decoupled"):
+        losses["loss_kd_neg"] = beta_bg * _mean_or_zero(kl(temperature_bg), 1.0 - positive)
+    if mode == "all":
+        losses["loss_kd_all"] = beta_all * _mean_or_zero(kl(temperature_all), torch.ones_like(positive))
+    return losses
