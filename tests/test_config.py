@@ -1,0 +1,46 @@
+import pytest
+
+from defeat.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: retinanet_r34_fpn\noptim:\n  lr: 1\n")
+    cfg = load_config(path, ["optim.name=adamw", "schedule.milestones=[10, 20]", "data.hflip_prob=0"])
+    assert isinstance(cfg, Config)
+    assert cfg.model.name == "retinanet_r34_fpn"
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # int accepted where float is expected
+    assert cfg.optim.name == "adamw" and cfg.schedule.milestones == [10, 20] and cfg.data.hflip_prob == 0.0
+    assert load_config(None).model.name == Config().model.name
+
+
+@pytest.mark.parametrize("values, overrides, message", [
+    ({"optim": {"lrr": 1}}, [], "unknown key 'optim.lrr'"),
+    ({}, ["model.nmae=x"], "unknown key 'model.nmae'"),
+    ({"data": {"batch_size": "four"}}, [], "data.batch_size: expected an integer"),
+    ({"data": {"batch_size": 2.5}}, [], "data.batch_size: expected an integer"),
+    ({"bf16": "yes"}, [], "bf16: expected true/false"),
+    ({}, ["schedule.milestones=5"], "schedule.milestones: expected a list"),
+    ({}, ["model.norm=layer"], "model.norm: unknown value 'layer'"),
+    ({}, ["distill.feature_mode=objects"], "distill.feature_mode: unknown value"),
+    ({}, ["distill.alpha_bg=-1"], "distill.alpha_bg: must be >= 0"),
+    ({}, ["distill.temperature_obj=0"], "distill.temperature_obj: must be > 0"),
+    ({"model": 3}, [], "model: expected a mapping"),
+    ({}, ["optim.lr"], "expected key=value"),
+])
+def test_invalid_configs_name_the_key(values, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        config_from_dict(values, overrides, source="cfg.yaml")
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("optim:\n  momentum: fast\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml: optim.momentum: expected float"):
+        load_config(wrong)
