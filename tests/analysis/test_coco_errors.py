@@ -24,7 +24,10 @@ needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="../shared/data/co
 
 def reference_curves(gt: dict, results: list[dict], semantics: str = "mmdet", restrict: bool = True,
                      only: set[int] | None = None, areas=ce.DEFAULT_AREAS) -> np.ndarray:
-    """mmdetection's algorithm written out on pycocotools with deep copies (``restrict``: catIds=[k] passes)."""
+    """mmdetection's algorithm written out on pycocotools with deep copies (``restrict``: catIds=[k] passes).
+
+    Segmentations are dropped first: a bbox evaluation never reads them, and deep-copying them is slow.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -39,6 +42,7 @@ def reference_curves(gt: dict, results: list[dict], semantics: str = "mmdet", re
         ev.accumulate()
         return ev.eval["precision"][..., 0]
 
+    gt = dict(gt, annotations=[{k: v for k, v in a.items() if k != "segmentation"} for a in gt["annotations"]])
     with contextlib.redirect_stdout(io.StringIO()):
         cg = COCO()
         cg.dataset = copy.deepcopy(gt)
