@@ -105,13 +105,16 @@ class DistillConfig:
     beta_obj: float = 2.0
     beta_bg: float = 2.0
     beta_all: float = 2.0
-    temperature_obj: float = 1.0
-    temperature_bg: float = 1.0
+    temperature_obj: float = 1.0  # softmax temperature of the KL on positive proposals
+    temperature_bg: float = 1.0  # ... on negative proposals
+    temperature_all: float = 1.0  # ... on all proposals in proposal_mode=all
+    fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box on that level)
+    level_k0: int = 4  # object masks: box of side s goes to level floor(k0 + log2(s / 224)), clamped to the FPN levels
     weight_decay_policy: str = "constant"  # constant | linear | cosine: KD weight over training
     stop_step: int = 0  # 0 = distil for the whole schedule
-    teacher_check_images: int = 50
-    teacher_min_ap: float = 0.05
-    force: bool = False
+    teacher_check_images: int = 50  # quick teacher/student evaluation before training (0 = skip)
+    teacher_min_ap: float = 0.05  # refuse a teacher whose quick-check AP is below this (unless force)
+    force: bool = False  # start even when the teacher check fails
 
 
 @dataclass
@@ -255,6 +258,7 @@ def validate(cfg: Config) -> None:
         "model.min_size": cfg.model.min_size, "model.max_size": cfg.model.max_size,
         "eval.batch_size": cfg.eval.batch_size, "optim.lr": cfg.optim.lr,
         "distill.temperature_obj": cfg.distill.temperature_obj, "distill.temperature_bg": cfg.distill.temperature_bg,
+        "distill.temperature_all": cfg.distill.temperature_all, "distill.fgfi_phi": cfg.distill.fgfi_phi,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -267,6 +271,7 @@ def validate(cfg: Config) -> None:
         "distill.alpha_all": cfg.distill.alpha_all, "distill.beta_obj": cfg.distill.beta_obj,
         "distill.beta_bg": cfg.distill.beta_bg, "distill.beta_all": cfg.distill.beta_all,
         "distill.stop_step": cfg.distill.stop_step, "data.val_max_images": cfg.data.val_max_images,
+        "distill.teacher_check_images": cfg.distill.teacher_check_images,
     }
     for key, value in non_negative.items():
         if value < 0:
