@@ -194,7 +194,7 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
             losses = train_module(images, targets)
         total = sum(losses.values())
         if not _all_finite(total, info):
-            bad = {k: float(v) for k, v in losses.items()}
+            bad = {k: float(v.detach()) for k, v in losses.items()}
             good = last_path if last_path.is_file() else "none written yet"
             raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
                                      f"last good checkpoint: {good}")
