@@ -42,6 +42,14 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "unnamed"
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it to ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 100, close: bool = True) -> None:
     """Save ``fig`` atomically (format from the suffix); close it unless ``close`` is False."""
     path = Path(path)
@@ -50,7 +58,7 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 100, close: bool = True)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if close:
             plt.close(fig)
@@ -225,7 +233,7 @@ def save_curves(result: ErrorCurves, path: Path) -> None:
             np.savez_compressed(handle, precision=result.precision, cat_ids=np.asarray(result.cat_ids),
                                 cat_names=np.asarray(result.cat_names), area_names=np.asarray(result.area_names),
                                 rec_thrs=result.rec_thrs, bands=np.asarray(BANDS))
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
