@@ -1,0 +1,83 @@
+"""Export the student of a distillation (or any detector checkpoint) as a plain torchvision state dict / ONNX.
+
+The exported ``.pt`` holds only the student's weights (no adapters, no teacher, no optimizer), keyed exactly
+as the torchvision model of that architecture names them, so that::
+
+    model = defeat.models.build_detector(ModelConfig(name=..., norm=...), num_classes)
+    model.load_state_dict(torch.load("student.pt", weights_only=True), strict=True)
+
+works. A JSON sidecar (``student.pt.json``) records the model section and the class list needed to rebuild it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from defeat.utils import atomic_torch_save, atomic_write_json
+
+
+def student_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict, dict]:
+    """Rebuild the student (or detector) of a checkpoint, loaded with ``strict=True``.
+
+    Returns ``(model in eval mode, its state dict, sidecar metadata)``.
+    """
+    from defeat.config import config_from_dict
+    from defeat.engine import detector_state, load_checkpoint
+    from defeat.models import build_detector
+
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"], source=str(checkpoint))
+    weights = detector_state(state)
+    if not weights:
+        raise ValueError(f"{checkpoint}: no student weights in this {state['kind']!r} checkpoint")
+    model = build_detector(cfg.model, len(state["categories"]))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint}: student weights do not fit {cfg.model.name} "
+                         f"({str(err).splitlines()[0]})") from None
+    meta = {"source": str(checkpoint), "kind": state["kind"], "step": state.get("step"),
+            "model": dict(state["config"]["model"]), "num_classes": len(state["categories"]),
+            "categories": state["categories"]}
+    return model.eval(), weights, meta
+
+
+def export_student(checkpoint: str | Path, out: str | Path) -> dict:
+    """Write the student-only state dict to ``out`` and metadata to ``out + '.json'``; return the metadata."""
+    _, weights, meta = student_from_checkpoint(checkpoint)
+    out = Path(out)
+    atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, out)
+    meta = {**meta, "tensors": len(weights), "parameters": int(sum(v.numel() for v in weights.values()))}
+    atomic_write_json(Path(f"{out}.json"), meta)
+    return meta
+
+
+class _TensorOutputs(nn.Module):
+    """ONNX wrapper: one CHW image in, ``(boxes, scores, labels)`` tensors out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        out = self.model([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def export_onnx(model: nn.Module, out: str | Path, image_size: int, opset: int = 17) -> Path:
+    """Export a torchvision detector to ONNX (one ``3 x H x W`` float image in [0, 1] -> boxes, scores, labels)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(3, image_size, image_size)
+    wrapper = _TensorOutputs(model.eval())
+    kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "labels"], opset_version=opset,
+                  dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
+                                "labels": {0: "n"}})
+    try:
+        torch.onnx.export(wrapper, (example,), str(out), dynamo=False, **kwargs)
+    except TypeError:  # torch versions without the dynamo switch
+        torch.onnx.export(wrapper, (example,), str(out), **kwargs)
+    return out
