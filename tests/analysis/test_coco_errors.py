@@ -267,6 +267,16 @@ def test_ground_truth_given_as_results_is_named(tmp_path):
         ce.load_ground_truth(path)
 
 
+def test_jsonl_training_log_is_named(tmp_path):
+    path = tmp_path / "20240101.log.json"
+    path.write_text('{"mode": "train", "epoch": 1, "loss": 1.2}\n{"mode": "val", "epoch": 1, "bbox_mAP": 0.3}\n')
+    with pytest.raises(ValueError, match="JSON lines of objects .* looks like a metrics/log file"):
+        ce.load_detections(path, tiny_gt([(1, 1, APPLE)]))
+    path.write_text("[{")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        ce.load_detections(path, tiny_gt([(1, 1, APPLE)]))
+
+
 @pytest.mark.parametrize("areas", [(32, 96), (96, 32, 1e10), (0, 32, 96), (32, 96, float("inf"))])
 def test_bad_areas(areas):
     with pytest.raises(ValueError, match="--areas"):

@@ -143,8 +143,30 @@ def validate_detections(dets: Any, gt: dict, source: str | Path, score_thr: floa
 
 
 def load_detections(path: str | Path, gt: dict, score_thr: float | None = None) -> list[dict]:
-    """Read and validate a COCO results JSON (see :func:`validate_detections`)."""
-    return validate_detections(read_json(path), gt, path, score_thr)
+    """Read and validate a COCO results JSON (see :func:`validate_detections`).
+
+    A JSON-lines file of objects (a training log such as mmdetection's ``*.log.json``) is named as such.
+    """
+    try:
+        data = read_json(path)
+    except ValueError:
+        first = _first_json_line(path)
+        if isinstance(first, dict):
+            keys = ", ".join(sorted(map(str, first))[:6])
+            raise ValueError(f"{path}: JSON lines of objects (keys: {keys}) -- this looks like a metrics/log file, "
+                             "not a detections list") from None
+        raise
+    return validate_detections(data, gt, path, score_thr)
+
+
+def _first_json_line(path: str | Path) -> Any:
+    import json
+
+    try:
+        with open(path) as handle:
+            return json.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
 
 
 def _is_int(x: Any) -> bool:
