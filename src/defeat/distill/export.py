@@ -11,6 +11,7 @@ works. A JSON sidecar (``student.pt.json``) records the model section and the cl
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -76,8 +77,10 @@ def export_onnx(model: nn.Module, out: str | Path, image_size: int, opset: int =
     kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "labels"], opset_version=opset,
                   dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
                                 "labels": {0: "n"}})
-    try:
-        torch.onnx.export(wrapper, (example,), str(out), dynamo=False, **kwargs)
-    except TypeError:  # torch versions without the dynamo switch
-        torch.onnx.export(wrapper, (example,), str(out), **kwargs)
+    with warnings.catch_warnings():  # tracing torchvision's detection code is noisy but correct for one image
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(wrapper, (example,), str(out), dynamo=False, **kwargs)
+        except TypeError:  # torch versions without the dynamo switch
+            torch.onnx.export(wrapper, (example,), str(out), **kwargs)
     return out
