@@ -34,23 +34,44 @@ def _check_non_negative(**weights: float) -> None:
             raise ValueError(f"{name}: must be >= 0, got {value}")
 
 
+def squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
+    """Per-pixel squared distance summed over channels: ``D[n,y,x] = sum_c (S[n,c,y,x] - T[n,c,y,x])^2`` (float32).
+
+    Args:
+        student: ``(N, C, H, W)`` adapted student features.
+        teacher: ``(N, C, H, W)`` teacher features (no gradient needed).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"feature shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
+    return (student.float() - teacher.float()).pow(2).sum(dim=1)
+
+
 def masked_squared_error(student: Tensor, teacher: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Numerator and denominator of a masked feature-imitation term on one level.
 
         num = sum_{n,c,y,x} M[n,y,x] * (S[n,c,y,x] - T[n,c,y,x])^2,     den = 2 * C * sum_{n,y,x} M[n,y,x]
 
     Args:
-        student: ``(N, C, H, W)`` adapted student features.
-        teacher: ``(N, C, H, W)`` teacher features (no gradient needed).
-        mask: ``(N, H, W)`` bool or float weights.
+        student, teacher: ``(N, C, H, W)``; mask: ``(N, H, W)`` bool or float weights.
     Returns:
-        ``(num, den)`` scalars, computed in float32.
+        ``(num, den)`` float32 scalars.
     """
-    if student.shape != teacher.shape:
-        raise ValueError(f"feature shapes differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}")
+    return _masked_sums(squared_distance(student, teacher), mask, student.shape[1])
+
+
+def _masked_sums(distance: Tensor, mask: Tensor, channels: int) -> tuple[Tensor, Tensor]:
     mask = mask.to(torch.float32)
-    distance = (student.float() - teacher.float()).pow(2).sum(dim=1)  # (N, H, W), summed over channels
-    return (mask * distance).sum(), 2.0 * student.shape[1] * mask.sum()
+    return (mask * distance).sum(), 2.0 * channels * mask.sum()
+
+
+def _normalise(parts: list[tuple[Tensor, Tensor]], norm: str) -> Tensor:
+    """per_level: (1/L) sum_l num_l / max(1, den_l);   all_levels: sum_l num_l / max(1, sum_l den_l)."""
+    _check_choice(norm, FEATURE_NORMS, "feature_norm")
+    if not parts:
+        raise ValueError("imitation_term: no feature levels given")
+    if norm == "per_level":
+        return torch.stack([num / den.clamp(min=1.0) for num, den in parts]).mean()
+    return torch.stack([num for num, _ in parts]).sum() / torch.stack([den for _, den in parts]).sum().clamp(min=1.0)
 
 
 def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks: Sequence[Tensor],
@@ -62,13 +83,7 @@ def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks
 
     with ``num_l, den_l`` from :func:`masked_squared_error`. An empty mask gives 0 (not NaN).
     """
-    _check_choice(norm, FEATURE_NORMS, "feature_norm")
-    parts = [masked_squared_error(s, t, m) for s, t, m in zip(students, teachers, masks)]
-    if not parts:
-        raise ValueError("imitation_term: no feature levels given")
-    if norm == "per_level":
-        return torch.stack([num / den.clamp(min=1.0) for num, den in parts]).mean()
-    return torch.stack([num for num, _ in parts]).sum() / torch.stack([den for _, den in parts]).sum().clamp(min=1.0)
+    return _normalise([masked_squared_error(s, t, m) for s, t, m in zip(students, teachers, masks)], norm)
 
 
 def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
@@ -91,26 +106,34 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
     fgfi         loss_feat_obj = alpha_obj * obj(M)    pass FGFI masks
     ============ ===================================== =================
 
+    The distance map of each level is computed once and shared by the terms.
+
     Args:
         students: per level ``(N, C, H, W)`` *adapted* student features.
         teachers: per level teacher features of the same shapes.
-        object_masks: per level ``(N, H, W)`` bool object masks (ignored by ``all``).
+        object_masks: per level ``(N, H, W)`` bool object masks (only their shapes matter for ``all``).
     """
     _check_choice(mode, FEATURE_MODES, "feature_mode")
+    _check_choice(norm, FEATURE_NORMS, "feature_norm")
     _check_non_negative(alpha_obj=alpha_obj, alpha_bg=alpha_bg, alpha_all=alpha_all)
     students, teachers, object_masks = list(students), list(teachers), list(object_masks)
     if not (len(students) == len(teachers) == len(object_masks)):
         raise ValueError(f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
                          f"{len(object_masks)} mask levels")
+    if mode == "none":
+        return {}
+    distances = [squared_distance(s, t) for s, t in zip(students, teachers)]
+    channels = [s.shape[1] for s in students]
     losses: dict[str, Tensor] = {}
     if mode in ("object", "decoupled", "fgfi"):
-        losses["loss_feat_obj"] = alpha_obj * imitation_term(students, teachers, object_masks, norm)
+        parts = [_masked_sums(d, m, c) for d, m, c in zip(distances, object_masks, channels)]
+        losses["loss_feat_obj"] = alpha_obj * _normalise(parts, norm)
     if mode in ("background", "decoupled"):
-        background = [~m.bool() for m in object_masks]
-        losses["loss_feat_bg"] = alpha_bg * imitation_term(students, teachers, background, norm)
+        parts = [_masked_sums(d, ~m.bool(), c) for d, m, c in zip(distances, object_masks, channels)]
+        losses["loss_feat_bg"] = alpha_bg * _normalise(parts, norm)
     if mode == "all":
-        everywhere = [torch.ones_like(m, dtype=torch.bool) for m in object_masks]
-        losses["loss_feat_all"] = alpha_all * imitation_term(students, teachers, everywhere, norm)
+        parts = [(d.sum(), torch.tensor(2.0 * c * d.numel(), device=d.device)) for d, c in zip(distances, channels)]
+        losses["loss_feat_all"] = alpha_all * _normalise(parts, norm)
     return losses
 
 
