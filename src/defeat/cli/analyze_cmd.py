@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from defeat.cli.analyze_features import register_channel_distance, register_grad_norm
 from defeat.utils import atomic_write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -133,7 +134,8 @@ def register_errors(sub: argparse._SubParsersAction) -> None:
 
 
 #: register functions of the ``analyze`` subcommands; append new analyses here
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_errors]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_errors, register_channel_distance,
+                                                                    register_grad_norm]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

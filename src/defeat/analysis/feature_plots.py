@@ -1,0 +1,162 @@
+"""Figures and tables of the feature analyses (per-channel distance, gradient-norm maps).
+
+Matplotlib with the Agg backend; every file is written atomically (temporary name in the same folder, then
+``os.replace``), so a reader never sees half a figure or table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` (format from the suffix) and write it atomically; closes the figure."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_table(rows: Sequence[Mapping], stem: str | Path, meta: Mapping | None = None) -> list[Path]:
+    """Write ``rows`` (dicts with the same keys) as ``stem.csv``, ``stem.json`` and ``stem.md``.
+
+    The JSON holds ``{"meta": meta, "rows": rows}`` (NaN written as null); the Markdown is a pipe table
+    preceded by the meta entries as a bullet list.
+    """
+    stem = Path(stem)
+    columns = list(rows[0]) if rows else []
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in columns])
+    csv_path, json_path, md_path = (stem.with_suffix(s) for s in (".csv", ".json", ".md"))
+    atomic_write_bytes(csv_path, text.getvalue().encode())
+
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+    payload = {"meta": dict(meta or {}), "rows": [{k: clean(v) for k, v in r.items()} for r in rows]}
+    atomic_write_bytes(json_path, (json.dumps(payload, indent=2) + "\n").encode())
+    lines = [f"- {k}: {v}" for k, v in (meta or {}).items()]
+    if lines:
+        lines.append("")
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
+    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
+    return [csv_path, json_path, md_path]
+
+
+# ------------------------------------------------------------------------------------------ channel distance
+def plot_channel_distance(students: Sequence, level: str, path: str | Path, title: str | None = None) -> Path:
+    """One panel per student (channel on x, mean |T - S| on y, object and background series), in the order given.
+
+    ``students`` are :class:`~defeat.analysis.channel_distance.StudentDistance` objects; panels share the y axis.
+    """
+    n = len(students)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], students):
+        x = np.arange(s.obj.numel())
+        ax.plot(x, s.obj.numpy(), color="tab:red", lw=0.8, label="object")
+        ax.plot(x, s.bg.numpy(), color="tab:blue", lw=0.8, label="background")
+        ax.set_title(f"{s.name}\n(KD: {s.mode}; {s.feature} feature)", fontsize=8)
+        ax.set_xlabel(f"channel of {level}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(0, max(len(x) - 1, 1))
+    axes[0][0].set_ylabel("mean |teacher - student|", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ gradient norms
+def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], strides: Mapping[str, int],
+                           path: str | Path, boxes: np.ndarray | None = None, title: str | None = None,
+                           ratios: Mapping[str, float] | None = None, alpha: float = 0.65) -> Path:
+    """The image, then one panel per level with that level's gradient-norm map overlaid (``Blues``: darker = larger).
+
+    Args:
+        image: ``(H, W, 3)`` RGB in [0, 1] (the transformed, unpadded image the network saw).
+        norms: level -> ``(h_l, w_l)`` norm map cropped to the image's valid cells.
+        strides: level -> stride, to place each map over the image.
+        boxes: ``(G, 4)`` xyxy GT boxes in the same frame, outlined in every panel.
+        ratios: level -> object/background mean-norm ratio, shown in the panel titles.
+    """
+    height, width = image.shape[:2]
+    levels = list(norms)
+    fig, axes = plt.subplots(1, len(levels) + 1, figsize=(2.2 * (len(levels) + 1), 2.5), squeeze=False)
+    axes = axes[0]
+
+    def outline(ax):
+        for x1, y1, x2, y2 in (boxes if boxes is not None else []):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="tab:orange", lw=0.7))
+
+    axes[0].imshow(image)
+    outline(axes[0])
+    axes[0].set_title("image + GT boxes", fontsize=8)
+    for ax, level in zip(axes[1:], levels):
+        norm = np.asarray(norms[level], dtype=np.float64)
+        h, w = norm.shape
+        extent = (0, w * strides[level], h * strides[level], 0)
+        ax.imshow(image, alpha=0.45)
+        top = float(norm.max()) if norm.size else 0.0
+        ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=top if top > 0 else 1.0, alpha=alpha, extent=extent,
+                  interpolation="nearest")
+        outline(ax)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ratio = "" if ratios is None else f"\nobj/bg {ratios[level]:.2f}"
+        ax.set_title(f"{level} (max {top:.2g}){ratio}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
