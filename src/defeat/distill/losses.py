@@ -12,7 +12,7 @@ so they can be added to a detector's loss dict as they are.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,8 @@ def _mean_or_zero(values: Tensor, select: Tensor) -> Tensor:
 def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                             mode: str = "decoupled", beta_obj: float = 2.0, beta_bg: float = 2.0,
                             beta_all: float = 2.0, temperature_obj: float = 1.0, temperature_bg: float = 1.0,
-                            temperature_all: float = 1.0) -> dict[str, Tensor]:
+                            temperature_all: float = 1.0, kl_fn: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl
+                            ) -> dict[str, Tensor]:
     """DeFeat's proposal (RoI classification) distillation on the proposals both heads classified.
 
         L_prop = beta_obj * mean_{i: label_i > 0} KL_i(T_obj) + beta_bg * mean_{i: label_i = 0} KL_i(T_bg)
@@ -196,6 +197,9 @@ def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labe
     whose logits are given. Modes keep exactly their terms: ``positive`` -> ``loss_kd_pos``, ``negative``
     -> ``loss_kd_neg``, ``decoupled`` -> both, ``all`` -> ``loss_kd_all`` = beta_all * mean_i KL_i(T_all),
     ``none`` -> nothing. A split with no proposals contributes 0.
+
+    ``kl_fn`` is the per-row divergence (default :func:`softmax_kl`); one-stage detectors pass
+    :func:`sigmoid_kl` and their anchors' (or locations') logits and matcher labels instead of proposals.
 
     Args:
         student_logits, teacher_logits: ``(R, K + 1)``.
@@ -211,7 +215,7 @@ def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labe
 
     def kl(temperature: float) -> Tensor:
         if temperature not in kl_at:
-            kl_at[temperature] = softmax_kl(student_logits, teacher_logits, temperature)
+            kl_at[temperature] = kl_fn(student_logits, teacher_logits, temperature)
         return kl_at[temperature]
 
     if mode in ("positive", "decoupled"):
