@@ -9,7 +9,9 @@ from defeat.distill.losses import (
     masked_squared_error, sigmoid_kl, softmax_kl, squared_distance)
 from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors
 from defeat.distill.two_stage import DeFeatDistiller, check_compatible, kd_scale_at
+from defeat.distill.one_stage import OneStageDistiller
+from defeat.distill.build import build_distiller
 
-__all__ = ["DeFeatDistiller", "FEATURE_MODES", "FEATURE_NORMS", "FeatureAdapters", "PROPOSAL_MODES", "assign_levels", "box_cells", "check_compatible",
+__all__ = ["DeFeatDistiller", "OneStageDistiller", "build_distiller", "FEATURE_MODES", "FEATURE_NORMS", "FeatureAdapters", "PROPOSAL_MODES", "assign_levels", "box_cells", "check_compatible",
            "decoupled_feature_loss", "decoupled_proposal_loss", "fgfi_masks", "imitation_term", "init_adapter_", "kd_scale_at",
            "masked_squared_error", "object_masks", "sigmoid_kl", "softmax_kl", "split_anchors", "squared_distance"]
