@@ -101,7 +101,7 @@ class DistillConfig:
     alpha_bg: float = 16.0
     alpha_all: float = 8.0  # weight of the uniform MSE in feature_mode=all
     feature_norm: str = "per_level"  # per_level (official code) | all_levels (paper)
-    proposal_mode: str = "none"  # none | positive | negative | all | decoupled
+    proposal_mode: str = "decoupled"  # none | positive | negative | all | decoupled (DeFeat: decoupled)
     beta_obj: float = 2.0
     beta_bg: float = 2.0
     beta_all: float = 2.0

@@ -107,7 +107,7 @@ def test_all_background_batch_and_no_negative_proposals_give_zero_terms_not_nan(
     images, targets = batch()
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in images]
     losses = d(images, empty)
-    assert float(losses["loss_feat_obj"]) == 0 and float(losses["loss_kd_pos"]) == 0
+    assert losses["loss_feat_obj"].item() == 0 and losses["loss_kd_pos"].item() == 0
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     # a sampler that yields only positives: the negative term is 0
@@ -119,7 +119,7 @@ def test_all_background_batch_and_no_negative_proposals_give_zero_terms_not_nan(
 
     d.student.roi_heads.select_training_samples = only_positives
     losses = d(*batch())
-    assert float(losses["loss_kd_neg"]) == 0 and float(losses["loss_kd_pos"]) > 0
+    assert losses["loss_kd_neg"].item() == 0 and losses["loss_kd_pos"].item() > 0
 
 
 def test_schedule_and_stop_step():
@@ -137,7 +137,7 @@ def test_schedule_and_stop_step():
     d.before_step(3)
     stopped = d(*batch())
     assert d.kd_scale == 0.0 and len(calls) == 1  # the teacher is not even run
-    assert set(stopped) == set(scaled) and all(float(stopped[k]) == 0 for k in stopped if "_kd_" in k or "_feat_" in k)
+    assert set(stopped) == set(scaled) and all(stopped[k].item() == 0 for k in stopped if "_kd_" in k or "_feat_" in k)
     sum(stopped.values()).backward()
     assert all(p.grad is not None for p in d.adapters.parameters())  # still in the graph (DDP needs that)
 
