@@ -344,13 +344,15 @@ def background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     t2 = np.clip((t2 - 0.55) * 6.0, 0.0, 1.0)  # patchy regions of the third colour
     img = palette[0] * (1 - t1) + palette[1] * t1
     img = img * (1 - t2) + palette[2] * t2
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    axis = np.arange(size, dtype=np.float32)
     mod = np.zeros((size, size), np.float32)
-    for _ in range(int(rng.integers(2, 4))):
+    for _ in range(int(rng.integers(2, 4))):  # sin(a x + b y + c), separably: no full-size sin
         period, ang = rng.uniform(5.0, 40.0), rng.uniform(0, math.pi)
-        phase = (xx * math.cos(ang) + yy * math.sin(ang)) * (2 * math.pi / period) + rng.uniform(0, 2 * math.pi)
-        mod += rng.uniform(0.02, 0.1) * np.sin(phase)
-    grain = Image.fromarray(rng.standard_normal((size // 2, size // 2)).astype(np.float32), mode="F")
+        fx, fy = (2 * math.pi / period) * math.cos(ang), (2 * math.pi / period) * math.sin(ang)
+        px, py = axis * fx + rng.uniform(0, 2 * math.pi), axis * fy
+        amp = rng.uniform(0.02, 0.1)
+        mod += amp * (np.cos(py)[:, None] * np.sin(px)[None, :] + np.sin(py)[:, None] * np.cos(px)[None, :])
+    grain = Image.fromarray(rng.standard_normal((size // 2, size // 2), dtype=np.float32), mode="F")
     mod += 0.04 * np.asarray(grain.resize((size, size), Image.BILINEAR), dtype=np.float32)
     return np.clip(img * (1.0 + mod)[..., None], 0.0, 1.0).astype(np.float32), palette
 
@@ -541,7 +543,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = 320, min_o
     objects = layout_objects(rng, canvas, int(rng.integers(min_objects, max_objects + 1)))
     draw_twigs(rng, canvas, objects)
     canvas *= rng.uniform(0.85, 1.15)  # global exposure
-    canvas += rng.normal(0.0, 0.012, size=canvas.shape).astype(np.float32)
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(0.012)
     pixels = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return pixels, annotate(objects, image_size)
 
@@ -588,7 +590,8 @@ def _split_stats(anns: list[dict]) -> tuple[dict, dict]:
     return per_class, per_size
 
 
-def _run_tasks(tasks: list[tuple], workers: int, progress: bool, desc: str, pool) -> list[tuple[dict, list]]:
+def _run_tasks(tasks: list[tuple], progress: bool, desc: str, pool) -> list[tuple[dict, list]]:
+    """Run image tasks in order, in the pool or in this process, with an optional tqdm bar."""
     from tqdm import tqdm
 
     results = pool.imap(_make_image, tasks, chunksize=4) if pool is not None else map(_make_image, tasks)
@@ -630,7 +633,7 @@ def generate_synthetic_dataset(out_dir: str | Path, seed: int = 0, num_train: in
             split_dir.mkdir(parents=True, exist_ok=True)
             json_path.unlink(missing_ok=True)
             tasks = [(str(split_dir), seed, split, i, image_size, min_objects, max_objects) for i in range(count)]
-            results = _run_tasks(tasks, workers, progress, f"synth {split}", pool)
+            results = _run_tasks(tasks, progress, f"synth {split}", pool)
             images, anns = [r for r, _ in results], [a for _, al in results for a in al]
             for k, a in enumerate(anns):
                 a["id"] = k + 1
@@ -691,5 +694,5 @@ def render_examples(dataset_dir: str | Path, out_png: str | Path, n: int = 6, sp
         grid.paste(t, ((k % cols) * (w + gap), (k // cols) * (h + gap)))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
+    grid.quantize(colors=192, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
     return out
