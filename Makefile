@@ -11,8 +11,12 @@ install:
 install-dev:
 	$(PIP) install -q -e ".[dev]"
 
+# The main job on the embedded default: generate the benchmark, train + evaluate a detector (prints COCO AP).
 demo: install
-	defeat reproduce --preset quick --out $(DEMO_DIR)
+	defeat data synth --out $(DEMO_DIR)/synth --seed 0
+	defeat train configs/demo.yaml --set output.dir=$(DEMO_DIR)/faster_rcnn_r18 \
+		--set data.train_images=$(DEMO_DIR)/synth/train --set data.train_annotations=$(DEMO_DIR)/synth/train.json \
+		--set data.val_images=$(DEMO_DIR)/synth/val --set data.val_annotations=$(DEMO_DIR)/synth/val.json
 
 test: install-dev
 	$(PYTHON) -m pytest -q
