@@ -2,8 +2,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 DEMO_DIR ?= runs/demo
+DEFEAT ?= $(PYTHON) -m defeat
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test clean
 
 install:
 	$(PIP) install -q -e .
@@ -13,8 +14,8 @@ install-dev:
 
 # The main job on the embedded default: generate the benchmark, train + evaluate a detector (prints COCO AP).
 demo: install
-	defeat data synth --out $(DEMO_DIR)/synth --seed 0
-	defeat train configs/demo.yaml --set output.dir=$(DEMO_DIR)/faster_rcnn_r18 \
+	$(DEFEAT) data synth --out $(DEMO_DIR)/synth --seed 0
+	$(DEFEAT) train configs/demo.yaml --set output.dir=$(DEMO_DIR)/faster_rcnn_r18 \
 		--set data.train_images=$(DEMO_DIR)/synth/train --set data.train_annotations=$(DEMO_DIR)/synth/train.json \
 		--set data.val_images=$(DEMO_DIR)/synth/val --set data.val_annotations=$(DEMO_DIR)/synth/val.json
 
