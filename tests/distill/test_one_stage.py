@@ -301,3 +301,66 @@ def test_few_step_distill_through_the_training_loop(tiny_coco, tmp_path, student
     head_kd = proposal_mode != "none" and student_name.split("_r")[0] == teacher_name.split("_r")[0]
     assert {"loss_feat_obj", "loss_feat_bg"} <= keys and ({"loss_kd_pos", "loss_kd_neg"} <= keys) == head_kd
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged if "loss" in r)
+
+
+@pytest.mark.parametrize("config", ["configs/distill_retinanet_r50_r18.yaml", "configs/distill_fcos_r50_r18.yaml"])
+def test_embedded_configs_build_a_one_stage_distiller(config):
+    from pathlib import Path
+
+    from defeat.config import load_config
+    from defeat.models import build_detector
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / config)
+    student = build_detector(cfg.model, 9)
+    teacher = build_detector(cfg.model, 9)  # the R50 teacher has the same anchors and levels; R18 keeps this fast
+    d = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
+    assert isinstance(d, OneStageDistiller) and d.head_kd and d.levels == ["P3", "P4", "P5", "P6", "P7"]
+
+
+def _cli_dispatches_one_stage() -> bool:
+    from pathlib import Path
+
+    import defeat.cli.distill_cmd as cmd
+
+    return "build_distiller" in Path(cmd.__file__).read_text()
+
+
+@pytest.fixture(scope="module")
+def one_stage_teachers(tiny_coco, tmp_path_factory):
+    """Zoo RetinaNet / FCOS R18 'teachers' trained for one step on the tiny set (weights, not quality, matter)."""
+    from defeat.cli.main import main
+    from tests.conftest import tiny_overrides
+
+    paths = {}
+    for name in ("retinanet_r18_fpn", "fcos_r18_fpn"):
+        out = tmp_path_factory.mktemp(name)
+        overrides = tiny_overrides(tiny_coco, out, name=name, steps=1) + ["output.checkpoint_every=0", "seed=5"]
+        assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
+        paths[name] = out / "model_final.pt"
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cli_dispatches_one_stage(), reason="defeat distill does not build through build_distiller yet")
+@pytest.mark.parametrize("name,feature_mode,proposal_mode", [
+    ("retinanet_r18_fpn", "none", "none"), ("retinanet_r18_fpn", "object", "positive"),
+    ("retinanet_r18_fpn", "background", "negative"), ("retinanet_r18_fpn", "all", "all"),
+    ("retinanet_r18_fpn", "fgfi", "decoupled"), ("retinanet_r18_fpn", "decoupled", "decoupled"),
+    ("fcos_r18_fpn", "decoupled", "decoupled"), ("fcos_r18_fpn", "object", "negative"),
+])
+def test_defeat_distill_command_runs_one_stage_modes(tiny_coco, one_stage_teachers, tmp_path, name, feature_mode,
+                                                     proposal_mode):
+    import json
+
+    from defeat.cli.main import main
+    from tests.conftest import tiny_overrides
+
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_coco, out, name=name, steps=1) + [
+        "output.checkpoint_every=0", "data.val_max_images=2", f"distill.teacher_checkpoint={one_stage_teachers[name]}",
+        "distill.teacher_check_images=0", f"distill.feature_mode={feature_mode}",
+        f"distill.proposal_mode={proposal_mode}"]
+    assert main(["distill", *[a for o in args for a in ("--set", o)]]) == 0
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = {k for r in logged for k in r if k.startswith(("loss_feat", "loss_kd"))}
+    assert keys == set(feature_loss_keys(feature_mode)) | set(proposal_loss_keys(proposal_mode))
