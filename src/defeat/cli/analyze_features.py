@@ -389,7 +389,7 @@ def run_grad_norm(args: argparse.Namespace) -> int:
                                   title=f"image {image_id}: |d({loss_name} loss)/dP| per pixel "
                                         f"(darker blue = larger)")
         if not args.quiet:
-            print(f"\rimage {count + 1}/{len(picks)}: loss {float(loss):.4f}", end="", flush=True)
+            print(f"\rimage {count + 1}/{len(picks)}: loss {float(loss.detach()):.4f}", end="", flush=True)
     if not args.quiet:
         print()
 
