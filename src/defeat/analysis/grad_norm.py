@@ -95,7 +95,8 @@ class FeatureGradHook:
         hook.grads["P2"]  # (N, C, H, W)
 
     If the module runs several times inside the context, gradients of the same level are summed (as autograd
-    would); ``features`` holds the outputs of the last forward.
+    would); ``features`` holds the outputs of the last forward. Tensor hooks also fire on ``torch.autograd.grad``
+    through these maps, so call :meth:`clear` (or ``grads.clear()``) between backward passes you want apart.
     """
 
     def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
