@@ -99,7 +99,7 @@ def test_bad_input_is_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, cap
         (["distill.teacher_checkpoint="], "distill.teacher_checkpoint: not set"),
         ([f"distill.teacher_checkpoint={tmp_path / 'nope.pt'}"], "nope.pt: checkpoint not found"),
         ([f"distill.teacher_checkpoint={other}"], "class list (2 classes) differs"),
-        (["model.name=retinanet_r18_fpn"], "needs a torchvision FasterRCNN"),
+        (["model.name=faster_rcnn_r19_fpn"], "unknown detector 'faster_rcnn_r19_fpn'"),
         (["distill.feature_mode=objects"], "distill.feature_mode: unknown value 'objects'"),
         (["distill.proposal_mode=pos"], "distill.proposal_mode: unknown value"),
         (["distill.alpha_bg=-1"], "distill.alpha_bg: must be >= 0"),

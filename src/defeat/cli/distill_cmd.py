@@ -1,4 +1,4 @@
-"""``defeat distill CONFIG``: train a Faster R-CNN student from a frozen Faster R-CNN teacher with DeFeat."""
+"""``defeat distill CONFIG``: train a student detector from a frozen teacher with DeFeat (see docs/distill.md)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def load_teacher(cfg, categories: list[dict], dataset: str):
 
 def run_distill(args) -> int:
     from defeat.config import load_config
-    from defeat.distill import DeFeatDistiller, check_compatible
+    from defeat.distill import build_distiller
     from defeat.engine import build_for_dataset, cleanup, evaluate, init_distributed, load_datasets, train
     from defeat.engine.distributed import broadcast_from_main
 
@@ -60,11 +60,12 @@ def run_distill(args) -> int:
         categories = train_set.categories
         teacher, teacher_model_cfg, report = load_teacher(cfg, categories, cfg.data.train_annotations)
         student = build_for_dataset(cfg.model, categories, cfg.seed)
-        try:
-            check_compatible(student, teacher, where=f"teacher {cfg.distill.teacher_checkpoint}")
+        try:  # DeFeatDistiller for Faster R-CNN pairs, the one-stage distiller otherwise
+            distiller = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps,
+                                        where=f"teacher {cfg.distill.teacher_checkpoint}")
         except ValueError as err:
             raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
-        distiller = DeFeatDistiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps).to(info.device)
+        distiller.to(info.device)
         if info.is_main:
             print(report)
             print(f"DeFeat: feature_mode={cfg.distill.feature_mode} proposal_mode={cfg.distill.proposal_mode} "
