@@ -87,11 +87,10 @@ def run_distill(args) -> int:
                 if t_stats["AP"] < cfg.distill.teacher_min_ap:
                     verdict = (f"{cfg.distill.teacher_checkpoint}: teacher AP {100 * t_stats['AP']:.1f} on "
                                f"{min(n, len(val_set))} val images is below distill.teacher_min_ap "
-                               f"({100 * cfg.distill.teacher_min_ap:.1f}); is it trained on this dataset? "
-                               "Pass --force to distil anyway")
+                               f"({100 * cfg.distill.teacher_min_ap:.1f}); is it trained on this dataset?")
             verdict = broadcast_from_main(verdict, info)
             if verdict and not cfg.distill.force:
-                raise ValueError(verdict)
+                raise ValueError(f"{verdict} Pass --force to distil anyway")
             if verdict and info.is_main:
                 print(f"warning: {verdict} (continuing because of --force)")
             evaluated = min(cfg.data.val_max_images or len(val_set), len(val_set))
