@@ -135,6 +135,9 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
             raise ValueError(f"{path}: seeds.{name}: expected a non-empty list of integers, got {seeds!r}")
     if "default" not in tree["seeds"]:
         raise ValueError(f"{path}: seeds.default: missing (the seeds of students not listed in seeds)")
+    probe = Path("<run>")  # derive one config per role now, so that a bad model/config key fails before any work
+    derive_config(tree, "teacher", probe, probe / "teacher", 0)
+    derive_config(tree, "student", probe, probe / "student", 0, ("decoupled", "decoupled"))
     unknown_est = sorted(set(tree.get("estimate", {})) - set(ESTIMATE_KEYS))
     if unknown_est:
         raise ValueError(f"{path}: unknown key 'estimate.{unknown_est[0]}' (known: {', '.join(ESTIMATE_KEYS)})")
@@ -711,7 +714,7 @@ def write_coco_configs(preset: dict, out: Path) -> dict:
     for pair in preset["pairs"]:
         name = pair["name"]
         pair_dir = configs / name
-        base = _merge(preset["common"], {"data": preset["data"]})
+        base = _merge(_merge(preset["common"], {"data": preset["data"]}), pair.get("overrides"))
         trees = {
             "teacher": _merge(base, {"model": pair["teacher"], "output": {"dir": f"runs/coco/{name}/teacher"}}),
             "student": _merge(base, {"model": pair["student"], "output": {"dir": f"runs/coco/{name}/student"}}),
