@@ -188,7 +188,8 @@ def test_builtin_presets_plan(name, tmp_path):
     full_defeat = next(s for s in trainings if s.name.startswith("defeat_"))
     assert full_defeat.config.distill.proposal_mode == "decoupled"
     teacher = trainings[0]
-    assert teacher.config.model.name != decoupled.config.model.name  # bigger teacher backbone
+    if name != "tiny":  # tiny: the same backbone, for speed
+        assert teacher.config.model.name != decoupled.config.model.name  # bigger teacher backbone
     if name == "full":
         assert len(trainings) == 12  # teacher + 3 baseline + 3 decoupled + 5 single-seed students
         assert len(rp.seeds_of(preset, "baseline")) >= 3 and len(rp.seeds_of(preset, "decoupled")) >= 3
@@ -277,7 +278,7 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert claims[3]["pass"] is not None and claims[4]["pass"] is not None and claims[5]["pass"] is not None
     assert results["grad_norm"]["ratio"] > 0 and len(results["channel_distance"]) == 10
     assert set(results["errors"]["band_BG"]) == {"baseline", "object", "background", "decoupled"}
-    assert len(results["configs"]) == 12 and results["versions"]["torch"]
+    assert len(results["configs"]) == 10 and results["versions"]["torch"]  # teacher + 2 + 2 + 5 students
     assert all(v["status"] == "ran" for v in results["stages"].values())
 
     text = (out / "report.md").read_text()
