@@ -116,7 +116,7 @@ def test_background_claim_needs_a_gain_comparable_to_object_only():
 
 
 def test_figure_claims_fail_when_the_numbers_say_so():
-    teacher, students, cd, _, errors = good_study()
+    teacher, students, cd, _, _ = good_study()
     cd_bad = [dict(r, mean_distance=0.3) if (r["student"], r["region"]) == ("background", "background") else r
               for r in cd]  # background-only student closer to the teacher in background regions
     swapped = error_rows({"object": (0.08, {"a": 0.1}), "background": (0.10, {"a": 0.2})})

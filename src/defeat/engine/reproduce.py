@@ -76,6 +76,10 @@ class StageError(RuntimeError):
     """A stage's command failed; the message names the stage and the command."""
 
 
+class StaleStageError(ValueError):
+    """The run folder holds a stage made with other settings than the preset asks for (stops the whole run)."""
+
+
 # ------------------------------------------------------------------------------------------ presets
 def preset_file(name: str) -> Path:
     """The YAML of a built-in preset (``defeat/configs/reproduce_<name>.yaml``, shipped as package data)."""
@@ -383,16 +387,16 @@ def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = Non
     if done_path.is_file():
         record = read_json(done_path)
         if record.get("key") != stage.key:
-            raise ValueError(f"{stage.folder}: stage {stage.name} finished with other settings than this preset asks "
-                             f"for (key {record.get('key')} != {stage.key}); use a new --out, or delete that folder "
-                             "to rerun the stage")
+            raise StaleStageError(f"{stage.folder}: stage {stage.name} finished with other settings than this preset "
+                                  f"asks for (key {record.get('key')} != {stage.key}); use a new --out, or delete "
+                                  "that folder to rerun the stage")
         return dict(record, status="cached")
     resumed = False
     if started_path.is_file():
         previous = read_json(started_path)
         if previous.get("key") != stage.key:
-            raise ValueError(f"{stage.folder}: an interrupted stage {stage.name} was started with other settings "
-                             "than this preset asks for; use a new --out, or delete that folder")
+            raise StaleStageError(f"{stage.folder}: an interrupted stage {stage.name} was started with other "
+                                  "settings than this preset asks for; use a new --out, or delete that folder")
         resumed = True
     stage.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(started_path, {"stage": stage.name, "key": stage.key, "started": time.strftime("%FT%T")})
@@ -519,9 +523,9 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
                  f"(estimated {_minutes(estimator.seconds(stage))})")
         try:
             record = execute_stage(stage, run_dir, estimator, on_measure)
-        except (StageError, Exception) as err:  # noqa: B014 - report, skip dependants, go on
-            if isinstance(err, ValueError) and "finished with other settings" in str(err):
-                raise
+        except StaleStageError:
+            raise
+        except Exception as err:  # report, skip the stages that depend on it, go on with the others
             failed[stage.name] = f"{type(err).__name__}: {err}"
             _say(f"stage {stage.name} FAILED: {failed[stage.name]}")
             if not isinstance(err, (StageError, ValueError)):
@@ -571,7 +575,7 @@ def _plot_ap(table: list[dict], path: Path) -> None:
         ax.axhline(100 * teacher, color="tab:red", ls="--", lw=1, label=f"teacher {100 * teacher:.1f}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xticks(list(x), [r["model"] for r in rows], rotation=20, fontsize=8)
-    ax.set_ylabel("COCO AP")
+    ax.set_ylabel("COCO AP × 100")
     ax.set_title("students on the embedded benchmark (± seed std)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -671,7 +675,7 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
     for name in ("teacher", run_name("baseline", seeds_of(preset, "baseline")[0])):
         if name in results["configs"]:
             configs[name] = results["configs"][name]
-    distilled = [n for n in results["configs"] if n.startswith("defeat_") or n.startswith("decoupled_")]
+    distilled = [n for n in results["configs"] if n.startswith(("defeat_", "decoupled_"))]
     if distilled:
         configs[distilled[0]] = results["configs"][distilled[0]]
     results["configs"] = results["configs"]  # every stage's config in results.json
@@ -679,7 +683,8 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
     markdown += ("\nEvery stage's config is in `models/<stage>/config.yaml` of the run folder and in "
                  "`results.json` (`configs`).\n")
     atomic_write_text(run_dir / "report.md", markdown)
-    atomic_write_text(run_dir / "report.html", report.markdown_to_html(markdown, f"DeFeat reproduce {preset['preset']}"))
+    html = report.markdown_to_html(markdown, f"DeFeat reproduce {preset['preset']}")
+    atomic_write_text(run_dir / "report.html", html)
     atomic_write_json(run_dir / "results.json", _json_safe(results))
     return {"report": str(run_dir / "report.md"), "results": str(run_dir / "results.json"),
             "claims": results["claims"]}
@@ -738,8 +743,8 @@ def write_coco_configs(preset: dict, out: Path) -> dict:
                   "```", ""]
         if pair.get("expected"):
             expected[name] = pair["expected"]
-            lines += ["Expected (paper, COCO val2017 AP): " + ", ".join(f"{k} {v}" for k, v in pair["expected"].items()),
-                      ""]
+            numbers = ", ".join(f"{k} {v}" for k, v in pair["expected"].items())
+            lines += [f"Expected (paper, COCO val2017 AP): {numbers}", ""]
     atomic_write_text(out / "README.md", "\n".join(lines))
     atomic_write_json(out / "expected.json", {"note": "the paper's COCO numbers; not run here", "pairs": expected})
     _say(f"wrote {len(written)} configs and {out / 'README.md'} (nothing trained: coco is configs only)")
