@@ -15,7 +15,12 @@ from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from defeat.config import DistillConfig
-from defeat.distill import DeFeatDistiller, OneStageDistiller, build_distiller, sigmoid_kl
+from defeat.distill import (
+    DeFeatDistiller,
+    OneStageDistiller,
+    build_distiller,
+    sigmoid_kl,
+)
 from defeat.distill.one_stage import matched_idxs
 from defeat.distill.two_stage import feature_loss_keys, proposal_loss_keys
 
@@ -364,3 +369,12 @@ def test_defeat_distill_command_runs_one_stage_modes(tiny_coco, one_stage_teache
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     keys = {k for r in logged for k in r if k.startswith(("loss_feat", "loss_kd"))}
     assert keys == set(feature_loss_keys(feature_mode)) | set(proposal_loss_keys(proposal_mode))
+    if feature_mode == proposal_mode == "decoupled":  # the student exports as a plain zoo detector
+        from defeat.config import ModelConfig
+        from defeat.models import build_detector
+
+        exported = tmp_path / "student.pt"
+        assert main(["export", str(out / "model_final.pt"), "--out", str(exported)]) == 0
+        meta = json.loads((tmp_path / "student.pt.json").read_text())
+        model = build_detector(ModelConfig(**meta["model"]), meta["num_classes"])
+        model.load_state_dict(torch.load(exported, weights_only=True), strict=True)

@@ -24,10 +24,12 @@ Settings (the ``distill`` config section, shared with the two-stage distiller):
 * ``feature_mode`` / ``alpha_*`` / ``feature_norm`` / ``fgfi_phi``: as for two-stage, on P3-P7.
 * ``level_k0``: each GT box goes to the one level ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the
   distilled levels - the two-stage rule (:func:`~defeat.distill.masks.assign_levels`) generalised to the
-  available levels. With P3-P7 and k0 = 4 boxes under 448 px (side) go to P3, then P4 < 448, P5 < 896,
-  P6 < 1792, else P7. This is the issue's pick-once choice (the same number means the same thing for every
-  family); RetinaNet's own anchors put an object of side s on about level log2(s / 4) with the zoo's default
-  anchor sizes, which ``level_k0: 6`` follows more closely.
+  available levels. With P3-P7 and k0 = 4 boxes of side < 224 px go to P3, < 448 to P4, < 896 to P5,
+  < 1792 to P6, else P7 (so on the 320-px embedded benchmark every object is on P3, and P4-P7 are all
+  background). Chosen so that ``level_k0`` means the same for every family (the default 4 is the FPN
+  paper's / official code's value). RetinaNet's anchors put an object of side s on level ~log2(s / r) with
+  r = anchor size / stride (r = 4 with the zoo's default sizes, which ``level_k0: 6`` follows; r = 2 with
+  the embedded configs' sizes [16, ..., 256], which ``level_k0: 7`` follows).
 * ``proposal_mode`` / ``beta_*`` / ``temperature_*``: the head term, on anchors (RetinaNet) or locations
   (FCOS) instead of proposals. ``positive``: anchors the matcher marks positive (RetinaNet IoU >= 0.5 or the
   best anchor of a box; FCOS: torchvision's centre sampling and scale ranges); ``negative``: RetinaNet IoU <
@@ -54,13 +56,20 @@ from torchvision.models.detection.image_list import ImageList
 
 from defeat.config import DistillConfig
 from defeat.distill.adapters import FeatureAdapters
-from defeat.distill.losses import decoupled_feature_loss, decoupled_proposal_loss, sigmoid_kl
+from defeat.distill.losses import (
+    decoupled_feature_loss,
+    decoupled_proposal_loss,
+    sigmoid_kl,
+)
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors
 from defeat.distill.two_stage import (
-    _check_boxes, check_settings, feature_loss_keys, kd_scale_at, proposal_loss_keys)
+    _check_boxes,
+    check_settings,
+    feature_loss_keys,
+    kd_scale_at,
+    proposal_loss_keys,
+)
 from defeat.models.zoo import LEVELS
-
-ONE_STAGE = ("retinanet", "fcos")
 
 
 # ------------------------------------------------------------------------------------------------ pairs
@@ -235,7 +244,7 @@ class OneStageDistiller(nn.Module):
         return self.settings.proposal_mode if self.head_kd else "none"
 
     # ----------------------------------------------------------------------------------------- plumbing
-    def train(self, mode: bool = True) -> "OneStageDistiller":
+    def train(self, mode: bool = True) -> OneStageDistiller:
         super().train(mode)
         self.teacher.eval()  # never leaves eval mode
         return self
@@ -323,8 +332,8 @@ class OneStageDistiller(nn.Module):
         return object_masks(boxes, {name: sizes[name] for name in self.levels}, self.strides,
                             k0=self.settings.level_k0)
 
-    def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: "OrderedDict[str, Tensor]",
-                     t_feats: "OrderedDict[str, Tensor]", anchors: list[Tensor] | None = None) -> dict[str, Tensor]:
+    def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: OrderedDict[str, Tensor],
+                     t_feats: OrderedDict[str, Tensor], anchors: list[Tensor] | None = None) -> dict[str, Tensor]:
         """The (unscaled) feature term on the distilled levels: adapters(student) vs teacher, under the masks."""
         s = self.settings
         named_student = dict(zip(self.student_strides, s_feats.values()))
