@@ -23,8 +23,8 @@ Object masks reuse :mod:`defeat.distill.masks` (there is one mask implementation
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -82,10 +82,10 @@ class RegionSums:
     bg_count: int = 0
 
     @classmethod
-    def zeros(cls, channels: int) -> "RegionSums":
+    def zeros(cls, channels: int) -> RegionSums:
         return cls(torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
 
-    def __add__(self, other: "RegionSums") -> "RegionSums":
+    def __add__(self, other: RegionSums) -> RegionSums:
         if self.obj_sum.shape != other.obj_sum.shape:
             raise ValueError(f"RegionSums: channel counts differ ({self.obj_sum.numel()} vs {other.obj_sum.numel()})")
         return RegionSums(self.obj_sum + other.obj_sum, self.bg_sum + other.bg_sum,

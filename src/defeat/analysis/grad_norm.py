@@ -21,8 +21,8 @@ neck during an ordinary ``loss.backward()`` - of the detection loss, the distill
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ class RegionNorms:
     bg_sum: float = 0.0
     bg_count: int = 0
 
-    def __add__(self, other: "RegionNorms") -> "RegionNorms":
+    def __add__(self, other: RegionNorms) -> RegionNorms:
         return RegionNorms(self.obj_sum + other.obj_sum, self.obj_count + other.obj_count,
                            self.bg_sum + other.bg_sum, self.bg_count + other.bg_count)
 
@@ -125,7 +125,7 @@ class FeatureGradHook:
     def clear(self) -> None:
         self.grads, self.features = {}, {}
 
-    def __enter__(self) -> "FeatureGradHook":
+    def __enter__(self) -> FeatureGradHook:
         self._handle = self.module.register_forward_hook(self._on_forward)
         return self
 

@@ -237,8 +237,8 @@ def _pretrain(args, student, teacher, base_cfg, adapters, dataset_dirs, device, 
     """K steps of all-regions feature distillation with the project's distiller and training loop."""
     import copy
 
-    from defeat.distill import DeFeatDistiller
     from defeat.data import CocoDetection
+    from defeat.distill import DeFeatDistiller
     from defeat.engine import DistInfo, train
 
     cfg = copy.deepcopy(base_cfg)
@@ -266,7 +266,6 @@ def _pretrain(args, student, teacher, base_cfg, adapters, dataset_dirs, device, 
 def run_grad_norm(args: argparse.Namespace) -> int:
     import copy
 
-    import numpy as np
     import torch
 
     from defeat.analysis import feature_plots as fp
@@ -274,10 +273,13 @@ def run_grad_norm(args: argparse.Namespace) -> int:
     from defeat.analysis.channel_distance import region_masks, valid_mask
     from defeat.config import DistillConfig
     from defeat.data import CocoDetection
-    from defeat.distill import DeFeatDistiller, check_compatible
+    from defeat.distill import (
+        FEATURE_MODES,
+        PROPOSAL_MODES,
+        DeFeatDistiller,
+        check_compatible,
+    )
     from defeat.utils import atomic_write_json
-
-    from defeat.distill import FEATURE_MODES, PROPOSAL_MODES
 
     for value, allowed, flag in ((args.mode, FEATURE_MODES, "--mode"), (args.proposal_mode, PROPOSAL_MODES,
                                                                          "--proposal-mode")):
