@@ -66,7 +66,7 @@ STUDENT_MODES: dict[str, tuple[str, str] | None] = {
 }
 
 RUN_KEYS = {"preset", "description", "indicative", "budget_minutes", "benchmark", "common", "teacher", "student",
-            "distill", "students", "seeds", "analysis", "estimate"}
+            "distill", "students", "seeds", "analysis", "estimate", "keep_checkpoints"}
 COCO_KEYS = {"preset", "description", "configs_only", "data", "common", "pairs", "distill", "gpus"}
 ESTIMATE_KEYS = ("synth_image", "teacher_step", "student_step", "distill_step", "defeat_step", "teacher_image",
                  "student_image", "errors", "stage_overhead", "report")
@@ -381,8 +381,12 @@ def _run_cli(argv: list[str], stage: str) -> None:
 
 
 def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = None,
-                  on_measure: Callable[[], None] | None = None) -> dict:
-    """Run one stage unless it is done; returns its ``done.json`` record (``status``: cached, ran or resumed)."""
+                  on_measure: Callable[[], None] | None = None, keep_checkpoints: bool = False) -> dict:
+    """Run one stage unless it is done; returns its ``done.json`` record (``status``: cached, ran or resumed).
+
+    Once a training stage is done its ``checkpoint_last.pt`` (weights + optimizer state, only needed to resume) is
+    deleted unless ``keep_checkpoints``; ``model_final.pt`` stays. The same goes for the short distillation run of
+    the grad-norm analysis."""
     done_path, started_path = stage.folder / "done.json", stage.folder / "started.json"
     if done_path.is_file():
         record = read_json(done_path)
@@ -438,6 +442,10 @@ def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = Non
             if estimator is not None and not resumed:
                 estimator.measured[next(iter(stage.estimate))] = record["sec_per_step"]
     atomic_write_json(done_path, record)
+    if not keep_checkpoints:
+        for path in (stage.folder / "checkpoint_last.pt", stage.folder / "pretrain" / "checkpoint_last.pt"):
+            if path.is_file():
+                path.unlink()
     return dict(record)
 
 
@@ -522,7 +530,7 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
             _say(f"stage {index + 1}/{len(stages)} {stage.name}: defeat {' '.join(stage.argv[:2])} ... "
                  f"(estimated {_minutes(estimator.seconds(stage))})")
         try:
-            record = execute_stage(stage, run_dir, estimator, on_measure)
+            record = execute_stage(stage, run_dir, estimator, on_measure, bool(preset.get("keep_checkpoints")))
         except StaleStageError:
             raise
         except Exception as err:  # report, skip the stages that depend on it, go on with the others
