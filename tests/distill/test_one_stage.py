@@ -322,14 +322,6 @@ def test_embedded_configs_build_a_one_stage_distiller(config):
     assert isinstance(d, OneStageDistiller) and d.head_kd and d.levels == ["P3", "P4", "P5", "P6", "P7"]
 
 
-def _cli_dispatches_one_stage() -> bool:
-    from pathlib import Path
-
-    import defeat.cli.distill_cmd as cmd
-
-    return "build_distiller" in Path(cmd.__file__).read_text()
-
-
 @pytest.fixture(scope="module")
 def one_stage_teachers(tiny_coco, tmp_path_factory):
     """Zoo RetinaNet / FCOS R18 'teachers' trained for one step on the tiny set (weights, not quality, matter)."""
@@ -346,7 +338,6 @@ def one_stage_teachers(tiny_coco, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _cli_dispatches_one_stage(), reason="defeat distill does not build through build_distiller yet")
 @pytest.mark.parametrize("name,feature_mode,proposal_mode", [
     ("retinanet_r18_fpn", "none", "none"), ("retinanet_r18_fpn", "object", "positive"),
     ("retinanet_r18_fpn", "background", "negative"), ("retinanet_r18_fpn", "all", "all"),
