@@ -1,4 +1,5 @@
-"""Small I/O helpers shared by every layer: atomic writes and JSON reading with one-line errors."""
+"""Small I/O helpers shared by every layer: atomic writes (temporary file, then rename) and JSON reading
+with one-line errors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str, fsync: bool = True) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,8 +23,9 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, mode) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:  # durable before the rename; skipped for bulk files that a final index makes valid
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,6 +35,10 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda h: h.write(text), "w")
+
+
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    _atomic_write(path, lambda h: h.write(data), "wb", fsync)
 
 
 def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:

@@ -7,16 +7,14 @@
   Markdown). Besides the curve values (``C75`` ... ``FN``) each row has the band widths (``band_Loc = Loc - C50``,
   ..., ``band_BG = BG - Oth``, ``band_FN = FN - BG``): how much precision each error type costs.
 
-Every file is written atomically (temporary name in the same folder, then ``os.replace``).
+Every file is written atomically (``defeat.utils``: temporary name in the same folder, then rename).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defeat.analysis.coco_errors import BANDS, ErrorCurves  # noqa: E402
-from defeat.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from defeat.analysis.plotting import save_figure  # noqa: E402
+from defeat.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
 #: fill colours of the bands, in :data:`BANDS` order (mmdetection's / cocoapi's palette)
 BAND_COLORS = ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0.31, 0.51, 0.74), (0.75, 0.31, 0.30), (0.36, 0.90, 0.38),
@@ -40,30 +39,6 @@ OVERALL = "overall"
 def safe_name(name: str) -> str:
     """A file-name-safe form of a category or model name (``teddy bear`` -> ``teddy_bear``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "unnamed"
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the temporary file ordinary permissions (mkstemp makes it 0600), then rename it to ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def save_figure(fig: plt.Figure, path: Path, dpi: int = 100, close: bool = True) -> None:
-    """Save ``fig`` atomically (format from the suffix); close it unless ``close`` is False."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
-        _publish(tmp, path)
-    finally:
-        if close:
-            plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def draw_bands(ax: plt.Axes, rec: np.ndarray, curves: np.ndarray, title: str, legend: bool = True,
@@ -225,15 +200,8 @@ def write_tables(results: dict[str, ErrorCurves], out_dir: Path, meta: dict | No
 
 def save_curves(result: ErrorCurves, path: Path) -> None:
     """The raw arrays (``precision[7, 101, K, A]``, ids, names, areas) as an ``.npz``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, precision=result.precision, cat_ids=np.asarray(result.cat_ids),
-                                cat_names=np.asarray(result.cat_names), area_names=np.asarray(result.area_names),
-                                rec_thrs=result.rec_thrs, bands=np.asarray(BANDS))
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, precision=result.precision, cat_ids=np.asarray(result.cat_ids),
+                        cat_names=np.asarray(result.cat_names), area_names=np.asarray(result.area_names),
+                        rec_thrs=result.rec_thrs, bands=np.asarray(BANDS))
+    atomic_write_bytes(Path(path), buffer.getvalue())

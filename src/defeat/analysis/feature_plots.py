@@ -1,7 +1,7 @@
 """Figures and tables of the feature analyses (per-channel distance, gradient-norm maps).
 
-Matplotlib with the Agg backend; every file is written atomically (temporary name in the same folder, then
-``os.replace``), so a reader never sees half a figure or table.
+Matplotlib with the Agg backend; every file is written atomically (``defeat.utils``: temporary name in the same
+folder, then rename), so a reader never sees half a figure or table.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,36 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Render ``fig`` (format from the suffix) and write it atomically; closes the figure."""
-    path = Path(path)
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+from defeat.analysis.plotting import save_figure
+from defeat.utils import atomic_write_bytes
 
 
 def _cell(value) -> str:
@@ -112,7 +82,7 @@ def plot_channel_distance(students: Sequence, level: str, path: str | Path, titl
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)
 
 
 # ------------------------------------------------------------------------------------------ gradient norms
@@ -159,4 +129,4 @@ def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, tight=True)

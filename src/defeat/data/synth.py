@@ -47,8 +47,6 @@ import functools
 import io
 import math
 import multiprocessing as mp
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +55,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from defeat.utils import atomic_write_json, read_json
+from defeat.utils import atomic_write_bytes, atomic_write_json, read_json
 
 SYNTH_VERSION = "1.0"
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-filtered down: anti-aliased edges
@@ -548,19 +546,6 @@ def render_image(seed: int, split: str, index: int, image_size: int = 320, min_o
     return pixels, annotate(objects, image_size)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so a killed run never leaves a half image."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _make_image(task: tuple) -> tuple[dict, list[dict]]:
     """Worker: render, write the JPEG, return the COCO image record and its annotations."""
     split_dir, seed, split, index, image_size, min_objects, max_objects = task
@@ -568,7 +553,7 @@ def _make_image(task: tuple) -> tuple[dict, list[dict]]:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     file_name = f"{index:06d}.jpg"
-    _write_bytes(Path(split_dir) / file_name, buffer.getvalue())
+    atomic_write_bytes(Path(split_dir) / file_name, buffer.getvalue(), fsync=False)  # the JSON, written last, is durable
     record = {"id": index + 1, "file_name": file_name, "width": image_size, "height": image_size}
     for ann in anns:
         ann["image_id"] = index + 1

@@ -56,6 +56,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from defeat.config import DistillConfig
 from defeat.distill.adapters import FeatureAdapters
+from defeat.distill.base import TeacherStudentModule
 from defeat.distill.losses import (
     decoupled_feature_loss,
     decoupled_proposal_loss,
@@ -66,7 +67,6 @@ from defeat.distill.two_stage import (
     _check_boxes,
     check_settings,
     feature_loss_keys,
-    kd_scale_at,
     proposal_loss_keys,
 )
 from defeat.models.zoo import LEVELS
@@ -177,7 +177,7 @@ def matched_idxs(model: nn.Module, targets: list[dict[str, Tensor]], anchors: li
 
 
 # ------------------------------------------------------------------------------------------- distiller
-class OneStageDistiller(nn.Module):
+class OneStageDistiller(TeacherStudentModule):
     """DeFeat with a RetinaNet or FCOS student (or any mixed-family pair; see the module docstring).
 
     Args:
@@ -191,9 +191,9 @@ class OneStageDistiller(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillConfig | None = None,
                  max_steps: int = 0, where: str = "teacher") -> None:
-        super().__init__()
         settings = settings or DistillConfig()
         check_settings(settings)
+        super().__init__(student, teacher, settings, max_steps)
         self.student_family = family_of(student, "student")
         self.teacher_family = family_of(teacher, where)
         if self.student_family == self.teacher_family == "faster_rcnn":
@@ -223,47 +223,13 @@ class OneStageDistiller(nn.Module):
         elif settings.proposal_mode != "none":
             check_anchors_align(student, teacher, where)
 
-        self.settings = settings
-        self.max_steps = max_steps
-        self.student = student
         self.adapters = (FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
                          if settings.feature_mode != "none" else None)
-        teacher.requires_grad_(False)
-        teacher.eval()
-        # A tuple is not a registered submodule: the teacher stays out of state_dict(), parameters() and DDP.
-        self._teacher = (teacher,)
-        self.kd_scale = 1.0
-
-    @property
-    def teacher(self) -> nn.Module:
-        return self._teacher[0]
 
     @property
     def proposal_mode(self) -> str:
         """The head term's mode in effect (``none`` when the pair cannot have one)."""
         return self.settings.proposal_mode if self.head_kd else "none"
-
-    # ----------------------------------------------------------------------------------------- plumbing
-    def train(self, mode: bool = True) -> OneStageDistiller:
-        super().train(mode)
-        self.teacher.eval()  # never leaves eval mode
-        return self
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        self.teacher._apply(fn)  # .to(device) / .cuda() move the teacher along
-        return self
-
-    def set_kd_scale(self, step: int, max_steps: int | None = None) -> float:
-        """Set the multiplier of all KD weights for ``step`` (see :func:`kd_scale_at`) and return it."""
-        s = self.settings
-        self.kd_scale = kd_scale_at(step, self.max_steps if max_steps is None else max_steps,
-                                    s.weight_decay_policy, s.stop_step)
-        return self.kd_scale
-
-    def before_step(self, step: int) -> None:
-        """The training loop's per-step callback."""
-        self.set_kd_scale(step)
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):

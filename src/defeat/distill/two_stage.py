@@ -19,7 +19,6 @@ One training step, top to bottom (see :meth:`DeFeatDistiller.forward`):
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -29,33 +28,11 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 
 from defeat.config import DistillConfig
 from defeat.distill.adapters import FeatureAdapters
+from defeat.distill.base import KD_SCHEDULES, TeacherStudentModule, kd_scale_at  # noqa: F401 (re-exported)
 from defeat.distill.losses import (
     FEATURE_MODES, FEATURE_NORMS, PROPOSAL_MODES, decoupled_feature_loss, decoupled_proposal_loss)
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors
 from defeat.models.zoo import LEVELS
-
-KD_SCHEDULES = ("constant", "linear", "cosine")
-
-
-def kd_scale_at(step: int, max_steps: int, policy: str = "constant", stop_step: int = 0) -> float:
-    """Multiplier of every distillation weight at ``step``.
-
-        constant: 1;   linear: 1 - step / H;   cosine: (1 + cos(pi * step / H)) / 2;   0 from ``stop_step`` on
-
-    where the horizon H is ``stop_step`` when set (> 0), else ``max_steps``.
-    """
-    if policy not in KD_SCHEDULES:
-        raise ValueError(f"weight_decay_policy: unknown value {policy!r} (choose from {', '.join(KD_SCHEDULES)})")
-    if stop_step > 0 and step >= stop_step:
-        return 0.0
-    horizon = stop_step if stop_step > 0 else max_steps
-    progress = min(max(step / horizon, 0.0), 1.0) if horizon > 0 else 0.0
-    if policy == "linear":
-        return 1.0 - progress
-    if policy == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
 
 def check_settings(settings: DistillConfig) -> None:
     """Reject unknown modes, negative weights and non-positive temperatures with a one-line ValueError."""
@@ -94,7 +71,7 @@ def check_compatible(student: nn.Module, teacher: nn.Module, where: str = "teach
         raise ValueError(f"{where}: image normalisation differs from the student's; both must see the same tensor")
 
 
-class DeFeatDistiller(nn.Module):
+class DeFeatDistiller(TeacherStudentModule):
     """DeFeat for two-stage detectors (see the module docstring for the step).
 
     Args:
@@ -107,48 +84,14 @@ class DeFeatDistiller(nn.Module):
 
     def __init__(self, student: FasterRCNN, teacher: FasterRCNN, settings: DistillConfig | None = None,
                  max_steps: int = 0) -> None:
-        super().__init__()
         settings = settings or DistillConfig()
         check_settings(settings)
         check_compatible(student, teacher)
-        self.settings = settings
-        self.max_steps = max_steps
-        self.student = student
+        super().__init__(student, teacher, settings, max_steps)
         self.levels = list(LEVELS["faster_rcnn"])[: len(student.rpn.anchor_generator.sizes)]
         self.strides = {name: LEVELS["faster_rcnn"][name] for name in self.levels}
         self.adapters = (FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
                          if settings.feature_mode != "none" else None)
-        teacher.requires_grad_(False)
-        teacher.eval()
-        # A tuple is not a registered submodule: the teacher stays out of state_dict(), parameters() and DDP.
-        self._teacher = (teacher,)
-        self.kd_scale = 1.0
-
-    @property
-    def teacher(self) -> FasterRCNN:
-        return self._teacher[0]
-
-    # ----------------------------------------------------------------------------------------- plumbing
-    def train(self, mode: bool = True) -> "DeFeatDistiller":
-        super().train(mode)
-        self.teacher.eval()  # never leaves eval mode
-        return self
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        self.teacher._apply(fn)  # .to(device) / .cuda() move the teacher along
-        return self
-
-    def set_kd_scale(self, step: int, max_steps: int | None = None) -> float:
-        """Set the multiplier of all KD weights for ``step`` (see :func:`kd_scale_at`) and return it."""
-        s = self.settings
-        self.kd_scale = kd_scale_at(step, self.max_steps if max_steps is None else max_steps,
-                                    s.weight_decay_policy, s.stop_step)
-        return self.kd_scale
-
-    def before_step(self, step: int) -> None:
-        """The training loop's per-step callback."""
-        self.set_kd_scale(step)
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
