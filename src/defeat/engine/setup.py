@@ -30,7 +30,7 @@ def build_for_dataset(model_cfg: ModelConfig, categories: list[dict], seed: int)
 
 
 def load_detector(checkpoint: str | Path, categories: list[dict] | None = None,
-                  dataset_name: str | Path = "the dataset") -> tuple[nn.Module, dict]:
+                  dataset_name: str | Path = "the dataset") -> tuple[nn.Module, Config]:
     """Rebuild the detector stored in a checkpoint (a trained model or a distilled student).
 
     Returns the model in eval mode and the checkpoint's config (as a ``Config``). With ``categories``
