@@ -34,7 +34,24 @@ def run(args: argparse.Namespace) -> int:
     summary = run_reproduce(preset, args.out, dry_run=args.dry_run)
     if args.dry_run or preset.get("configs_only"):
         return 0
+    for line in format_table(summary.get("table", [])):
+        print(line)
     for claim in summary.get("claims", []):
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[claim["pass"]]
         print(f"  [{verdict:>4}] {claim['claim']}")
     return 1 if summary.get("failed") else 0
+
+
+def format_table(table: list[dict]) -> list[str]:
+    """The report's results table as plain text lines (AP x 100, mean +- seed std, delta, gap closed)."""
+    def pct(value, std=None):
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+    lines = [f"  {'model':<12}{'seeds':>6}{'AP':>14}{'dAP':>8}{'gap closed':>12}"] if table else []
+    for row in table:
+        gap = "" if row.get("gap_closed") is None else f"{100 * row['gap_closed']:.0f} %"
+        delta = "" if row.get("dAP") is None else f"{100 * row['dAP']:+.1f}"
+        lines.append(f"  {row['model']:<12}{row['seeds']:>6}{pct(row['AP'], row.get('AP_std')):>14}{delta:>8}{gap:>12}")
+    return lines

@@ -695,7 +695,7 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
     atomic_write_text(run_dir / "report.html", html)
     atomic_write_json(run_dir / "results.json", _json_safe(results))
     return {"report": str(run_dir / "report.md"), "results": str(run_dir / "results.json"),
-            "claims": results["claims"]}
+            "table": results["table"], "claims": results["claims"]}
 
 
 def _json_safe(obj: Any) -> Any:
