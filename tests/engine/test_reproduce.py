@@ -126,6 +126,16 @@ def test_figure_claims_fail_when_the_numbers_say_so():
     assert claims[3]["value"]["background"]["best_other"] == "background"
 
 
+def test_raw_neck_channel_distance_is_a_seventh_claim_only_when_given():
+    teacher, students, cd, ratio, errors = good_study()
+    assert len(report.compute_claims(teacher, students, cd, ratio, errors)) == 6
+    raw_bad = [dict(r, mean_distance=0.1) if r["student"] == "all" else r for r in cd]  # all-regions closest
+    claims = report.compute_claims(teacher, students, cd, ratio, errors, channel_distance_raw=raw_bad)
+    assert len(claims) == 7 and claims[3]["pass"] is True and claims[6]["pass"] is False
+    assert claims[6]["value"]["object"]["best_other"] == "all" and "raw FPN" in claims[6]["claim"]
+    assert report.compute_claims(teacher, students, cd, ratio, errors, channel_distance_raw=[])[6]["pass"] is None
+
+
 def test_single_seed_claims_are_indicative_and_missing_inputs_are_na():
     teacher = {"AP": 0.4}
     students = {"baseline": runs(0.2), "decoupled": runs(0.32), "all": runs(0.25)}
@@ -178,7 +188,9 @@ def test_builtin_presets_plan(name, tmp_path):
     names = [s.name for s in stages]
     trainings = [s for s in stages if s.kind in ("train", "distill")]
     assert names[:3] == ["data", "teacher", "eval_teacher"]
-    assert names[-3:] == ["channel_distance", "grad_norm", "errors"]
+    assert names[-4:] == ["channel_distance", "channel_distance_raw", "grad_norm", "errors"]
+    raw = stages[-3]
+    assert raw.argv[raw.argv.index("--student-feature") + 1] == "raw" and "--student-feature" not in stages[-4].argv
     assert {s.name.rsplit("_s", 1)[0] for s in trainings} == {"teacher", *rp.STUDENT_MODES}
     for s in trainings:  # every derived config is valid and points into the run folder
         assert s.config.output.dir == str(s.folder) and s.config.data.train_annotations.startswith(str(tmp_path))
@@ -273,10 +285,12 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert [len(results["students"][s]) for s in ("baseline", "decoupled", "object")] == [2, 2, 1]
     assert {"AP", "AP50", "AP75", "APs", "dAP", "gap_closed"} <= set(results["table"][2])
     claims = results["claims"]
-    assert len(claims) == 6 and all({"claim", "value", "pass"} <= set(c) for c in claims)
+    assert len(claims) == 7 and all({"claim", "value", "pass"} <= set(c) for c in claims)
+    assert claims[6]["claim"].startswith("Fig. 1 (raw FPN output") and claims[6]["pass"] is not None
     assert all(c["pass"] in (True, False, None) for c in claims)
     assert claims[3]["pass"] is not None and claims[4]["pass"] is not None and claims[5]["pass"] is not None
     assert results["grad_norm"]["ratio"] > 0 and len(results["channel_distance"]) == 10
+    assert {r["feature"] for r in results["channel_distance_raw"]} == {"raw"}
     assert set(results["errors"]["band_BG"]) == {"baseline", "object", "background", "decoupled"}
     assert len(results["configs"]) == 10 and results["versions"]["torch"]  # teacher + 2 + 2 + 5 students
     assert all(v["status"] == "ran" for v in results["stages"].values())
@@ -286,7 +300,8 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
                    "## Claims", "Fig. 1: decoupled distils best", "## Figures", "figures/channel_distance.png",
                    "## Error analysis", "config: teacher", "Versions:"):
         assert needle in text, needle
-    for fig in ("ap.png", "channel_distance.png", "errors_overall.png", "errors_triangle.png"):
+    for fig in ("ap.png", "channel_distance.png", "channel_distance_raw.png", "errors_overall.png",
+                "errors_triangle.png"):
         assert (out / "figures" / fig).stat().st_size > 0, fig
     assert len(list((out / "figures").glob("grad_norm_*.png"))) == 1
     assert "<table>" in (out / "report.html").read_text()
@@ -335,13 +350,14 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
 def test_tiny_failed_stage_is_reported_and_dependants_skipped(tiny_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pt"))  # the analyses fail: no usable models
-    for stage in ("grad_norm", "channel_distance"):
+    for stage in ("grad_norm", "channel_distance", "channel_distance_raw"):
         shutil.rmtree(out / "analysis" / stage)
     (out / "models" / "teacher" / "model_final.pt").write_bytes(b"broken")
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 1
     run = json.loads((out / "run.json").read_text())
-    assert set(run["failed"]) == {"channel_distance", "grad_norm"}
+    assert set(run["failed"]) == {"channel_distance", "channel_distance_raw", "grad_norm"}
     results = json.loads((out / "results.json").read_text())
     assert results["claims"][3]["pass"] is None and results["claims"][4]["pass"] is None
+    assert results["claims"][6]["pass"] is None
     assert "Stages that did not finish" in (out / "report.md").read_text()
     assert not math.isnan(results["table"][0]["AP"])

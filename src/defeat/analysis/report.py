@@ -147,8 +147,10 @@ def _missing(claim: str, check: str, what: str) -> dict:
 
 def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapping]],
                    channel_distance: Sequence[Mapping] | None = None, grad_norm_ratio: float | None = None,
-                   errors: Sequence[Mapping] | None = None) -> list[dict]:
-    """The six claims of the supplementary, each ``{claim, check, value, pass, noise, indicative, note}``.
+                   errors: Sequence[Mapping] | None = None,
+                   channel_distance_raw: Sequence[Mapping] | None = None) -> list[dict]:
+    """The six claims of the supplementary, each ``{claim, check, value, pass, noise, indicative, note}``, plus a
+    seventh when ``channel_distance_raw`` is given: Fig. 1 measured on the students' raw FPN output.
 
     ``channel_distance``: the summary rows of ``defeat analyze channel-distance`` (``student``, ``region``,
     ``mean_distance``); ``grad_norm_ratio``: object/background mean gradient norm over every image and level;
@@ -208,28 +210,7 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
                              noise, noise is None))
 
     # 4. Fig. 1: the decoupled student is closest to the teacher in both regions
-    c = "Fig. 1: decoupled distils best in both regions"
-    check = "mean channel distance of the decoupled student lowest of the five students, in object and in background"
-    if not channel_distance:
-        claims.append(_missing(c, check, "no channel-distance results"))
-    else:
-        dist = {(r["student"], r["region"]): r["mean_distance"] for r in channel_distance}
-        names = list(dict.fromkeys(r["student"] for r in channel_distance))
-        if "decoupled" not in names or len(names) < 2:
-            claims.append(_missing(c, check, "the decoupled student or its rivals are missing"))
-        else:
-            value, passed = {}, True
-            for region in ("object", "background"):
-                own = dist.get(("decoupled", region))
-                others = {n: dist.get((n, region)) for n in names if n != "decoupled"}
-                finite = {n: v for n, v in others.items() if v is not None and not math.isnan(v)}
-                best_other = min(finite, key=finite.get) if finite else None
-                ok = (own is not None and not math.isnan(own) and best_other is not None
-                      and own < finite[best_other])
-                value[region] = {"decoupled": own, "best_other": best_other,
-                                 "best_other_distance": finite.get(best_other)}
-                passed = passed and ok
-            claims.append(_claim(c, check, value, passed))
+    claims.append(_channel_distance_claim("Fig. 1: decoupled distils best in both regions", channel_distance))
 
     # 5. Fig. 2-3: gradients are larger on objects
     c, check = "Fig. 2-3: object regions get larger gradients", "mean gradient norm object / background > 1"
@@ -251,7 +232,32 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
         claims.append(_claim(c, check, {"background": bg["overall"], "object": obj["overall"],
                                         "categories_lower": fewer, "categories": len(cats)},
                              bg["overall"] < obj["overall"]))
+    # supplementary: Fig. 1 on the raw FPN output, where the adapters cannot absorb the difference
+    if channel_distance_raw is not None:
+        claims.append(_channel_distance_claim(
+            "Fig. 1 (raw FPN output, no adapter): decoupled distils best in both regions", channel_distance_raw))
     return claims
+
+
+def _channel_distance_claim(claim: str, rows: Sequence[Mapping] | None) -> dict:
+    """Decoupled student's mean channel distance to the teacher lowest of all students, in object and background."""
+    check = "mean channel distance of the decoupled student lowest of the five students, in object and in background"
+    if not rows:
+        return _missing(claim, check, "no channel-distance results")
+    dist = {(r["student"], r["region"]): r["mean_distance"] for r in rows}
+    names = list(dict.fromkeys(r["student"] for r in rows))
+    if "decoupled" not in names or len(names) < 2:
+        return _missing(claim, check, "the decoupled student or its rivals are missing")
+    value, passed = {}, True
+    for region in ("object", "background"):
+        own = dist.get(("decoupled", region))
+        others = {n: dist.get((n, region)) for n in names if n != "decoupled"}
+        finite = {n: v for n, v in others.items() if v is not None and not math.isnan(v)}
+        best_other = min(finite, key=finite.get) if finite else None
+        ok = own is not None and not math.isnan(own) and best_other is not None and own < finite[best_other]
+        value[region] = {"decoupled": own, "best_other": best_other, "best_other_distance": finite.get(best_other)}
+        passed = passed and ok
+    return _claim(claim, check, value, passed)
 
 
 def error_bands(rows: Sequence[Mapping], band: str = "band_BG", area: str = "all") -> dict:
@@ -438,6 +444,11 @@ def render_report(results: Mapping[str, Any]) -> str:
                 "Mean over channels of the per-channel mean |teacher − student| on one FPN level, object vs "
                 "background pixels (distilled students: their adapter output, as the distiller compares it).", "",
                 render_table(cd, ["student", "mode", "feature", "region", "mean_distance", "ratio_to_baseline"]), ""]
+    cd_raw = results.get("channel_distance_raw") or []
+    if cd_raw:
+        out += ["The same on the raw FPN output of every student (no adapter): what the student's own neck carries.",
+                "", render_table(cd_raw, ["student", "mode", "feature", "region", "mean_distance",
+                                          "ratio_to_baseline"]), ""]
     gn = results.get("grad_norm") or {}
     if gn.get("rows"):
         out += ["## Gradient norm, object vs background (Fig. 2–3)", "",

@@ -259,14 +259,19 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
 
     cd = an.get("channel_distance")
     fig1 = [s for s in ("baseline", "object", "background", "all", "decoupled") if s in first]
-    if cd is not None and len(fig1) >= 2:
-        folder = run_dir / "analysis" / "channel_distance"
+    # Fig. 1 twice: as the distiller compares the maps (distilled students through their adapters), and on the
+    # raw FPN output of every student (what the student itself carries, without the adapter's help)
+    for name, feature in (("channel_distance", None), ("channel_distance_raw", "raw")):
+        if cd is None or len(fig1) < 2:
+            break
+        folder = run_dir / "analysis" / name
         n = min(int(cd.get("images", 20)), num_val)
         stages.append(Stage(
-            "channel_distance", folder, "channel_distance",
+            name, folder, "channel_distance",
             ["analyze", "channel-distance", "--teacher", teacher_ckpt,
              "--student", *[f"{s}={run_dir / 'models' / first[s] / 'model_final.pt'}" for s in fig1],
              "--images", str(n), "--seed", str(cd.get("seed", 0)), "--level", str(cd.get("level", "P2")),
+             *(["--student-feature", feature] if feature else []),
              "--images-dir", paths["val_images"], "--annotations", paths["val_annotations"],
              "--out", str(folder), "--quiet"],
             ["teacher", *[first[s] for s in fig1]],
@@ -618,6 +623,8 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
 
     cd = _read(run_dir / "analysis" / "channel_distance" / "channel_distance_summary.json")
     cd_rows = cd["rows"] if cd else None
+    cd_raw = _read(run_dir / "analysis" / "channel_distance_raw" / "channel_distance_summary.json")
+    cd_raw_rows = cd_raw["rows"] if cd_raw else None
     gn = _read(run_dir / "analysis" / "grad_norm" / "grad_norm_ratio.json")
     gn_rows = [r for r in (gn or {}).get("rows", []) if r.get("image_id") == "all"]
     gn_ratio = next((r["ratio"] for r in gn_rows if r.get("level") == "all"), None)
@@ -627,7 +634,7 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
         if er_rows else {}
 
     table = report.results_table(teacher, students)
-    claims = report.compute_claims(teacher, students, cd_rows, gn_ratio, er_rows)
+    claims = report.compute_claims(teacher, students, cd_rows, gn_ratio, er_rows, channel_distance_raw=cd_raw_rows)
     stage_info = {}
     for s in stages:
         rec = records.get(s.name) or _read(s.folder / "done.json") or {}
@@ -641,6 +648,7 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
     return {"preset": preset["preset"], "description": preset.get("description", ""),
             "indicative": bool(preset.get("indicative", False)), "teacher": teacher, "students": students,
             "table": table, "claims": claims, "channel_distance": cd_rows,
+            "channel_distance_raw": cd_raw_rows,
             "grad_norm": {"ratio": gn_ratio, "rows": gn_rows} if gn_rows else None,
             "errors": bands or None, "stages": stage_info,
             "seeds": {s: seeds_of(preset, s) for s in preset["students"]} | {
@@ -667,6 +675,10 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
     if _copy(run_dir / "analysis" / "channel_distance" / "channel_distance.png", fig_dir / "channel_distance.png"):
         figures["Fig. 1: per-channel teacher–student distance, object (red) vs background"] = \
             "figures/channel_distance.png"
+    if _copy(run_dir / "analysis" / "channel_distance_raw" / "channel_distance.png",
+             fig_dir / "channel_distance_raw.png"):
+        figures["Fig. 1 on the raw FPN output (no adapter): per-channel teacher–student distance"] = \
+            "figures/channel_distance_raw.png"
     grad_maps = sorted((run_dir / "analysis" / "grad_norm").glob("grad_norm_*.png"))
     for src in grad_maps[: int(preset.get("analysis", {}).get("grad_norm", {}).get("figures", 2))]:
         if _copy(src, fig_dir / src.name):
