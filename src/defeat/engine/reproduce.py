@@ -624,7 +624,8 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
     cd = _read(run_dir / "analysis" / "channel_distance" / "channel_distance_summary.json")
     cd_rows = cd["rows"] if cd else None
     cd_raw = _read(run_dir / "analysis" / "channel_distance_raw" / "channel_distance_summary.json")
-    cd_raw_rows = cd_raw["rows"] if cd_raw else None
+    planned_raw = any(s.name == "channel_distance_raw" for s in stages)  # planned but failed: claim is n/a
+    cd_raw_rows = cd_raw["rows"] if cd_raw else ([] if planned_raw else None)
     gn = _read(run_dir / "analysis" / "grad_norm" / "grad_norm_ratio.json")
     gn_rows = [r for r in (gn or {}).get("rows", []) if r.get("image_id") == "all"]
     gn_ratio = next((r["ratio"] for r in gn_rows if r.get("level") == "all"), None)
