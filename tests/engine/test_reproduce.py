@@ -172,11 +172,13 @@ def test_render_report_sections():
                "figures": {"AP": "figures/ap.png"}, "channel_distance": cd,
                "grad_norm": {"ratio": ratio, "rows": [{"level": "all", "object_mean": 2.0, "background_mean": 1.0,
                                                        "ratio": 2.0}]},
-               "errors": {"band_BG": report.error_bands(errors)}, "stages": {"teacher": {"status": "ran"}},
+               "errors": {"band_BG": report.error_bands(errors)},
+               "stages": {"teacher": {"status": "ran", "seconds": 90.0}, "data": {"status": "ran", "seconds": 30.0}},
                "versions": {"torch": "x"}, "configs": {"teacher": "model: {}\n"}, "failed": {"errors": "boom"}}
     text = report.render_report(results)
     for needle in ("Indicative only", "## Results", "## Claims", "![AP](figures/ap.png)", "## Channel distance",
-                   "## Gradient norm", "## Error analysis", "`errors`: boom", "config: teacher", "Versions: torch x"):
+                   "## Gradient norm", "## Error analysis", "`errors`: boom", "config: teacher", "Versions: torch x",
+                   "Sum of the stages' wall times: 2.0 min."):
         assert needle in text, needle
 
 

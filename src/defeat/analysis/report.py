@@ -477,6 +477,9 @@ def render_report(results: Mapping[str, Any]) -> str:
         rows = [{"stage": n, "status": s.get("status"), "wall time (s)": s.get("seconds"), "steps": s.get("steps"),
                  "s/step": s.get("sec_per_step")} for n, s in stages.items()]
         out += [render_table(rows), ""]
+    stage_seconds = sum(s.get("seconds") or 0.0 for s in stages.values())
+    if stage_seconds:
+        out += [f"Sum of the stages' wall times: {stage_seconds / 60:.1f} min.", ""]
     if results.get("wall_seconds") is not None:
         out += [f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min (stages reused from an earlier "
                 "invocation count 0 here; their own times are in the table).", ""]

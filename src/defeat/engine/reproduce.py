@@ -598,12 +598,25 @@ def _plot_ap(table: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def _copy(src: Path, dst: Path) -> bool:
+#: report figures above this size are stored as 256-colour palette PNGs (small enough to commit)
+FIGURE_MAX_BYTES = 300_000
+
+
+def _copy(src: Path, dst: Path, max_bytes: int = FIGURE_MAX_BYTES) -> bool:
+    """Copy a figure into the report's ``figures/`` (atomically); one above ``max_bytes`` is quantised to a
+    256-colour palette PNG, which keeps plots legible at a third of the size (the full-colour original stays)."""
     if not src.is_file():
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
+    if src.suffix.lower() == ".png" and src.stat().st_size > max_bytes:
+        from PIL import Image
+
+        with Image.open(src) as image:
+            image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+                tmp, format="PNG", optimize=True)
+    else:
+        shutil.copyfile(src, tmp)
     tmp.replace(dst)
     return True
 
