@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -25,7 +25,7 @@ class ModelConfig:
     """Which detector to build (see ``defeat.models.build_detector``)."""
 
     name: str = "faster_rcnn_r18_fpn"
-    norm: str = "gn"  # gn | bn | syncbn | frozen_bn: trainable normalisation for from-scratch backbones
+    norm: Literal["gn", "bn", "syncbn", "frozen_bn"] = "gn"  # trainable normalisation for from-scratch backbones
     pretrained_backbone: bool = False  # ImageNet weights from torchvision (needs internet once)
     trainable_layers: int = 5  # backbone stages that train (5 = all); frozen stages only make sense pretrained
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one base size per level
@@ -58,7 +58,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -70,7 +70,7 @@ class ScheduleConfig:
     max_steps: int = 2000
     warmup_steps: int = 200
     warmup_factor: float = 0.001
-    policy: str = "cosine"  # cosine | step
+    policy: Literal["cosine", "step"] = "cosine"
     milestones: list[int] = field(default_factory=lambda: [1500, 1800])  # for policy=step
     gamma: float = 0.1
 
@@ -90,18 +90,32 @@ class OutputConfig:
     tensorboard: bool = False
 
 
-@dataclass
-class DistillConfig:
-    """DeFeat settings; used by ``defeat distill`` only."""
+FeatureMode = Literal["none", "object", "background", "all", "decoupled", "fgfi"]
+ProposalMode = Literal["none", "positive", "negative", "all", "decoupled"]
+FeatureNorm = Literal["per_level", "all_levels"]
+KDSchedule = Literal["constant", "linear", "cosine"]
 
-    teacher_config: str = ""  # the teacher's training config (model section is read from it)
-    teacher_checkpoint: str = ""
-    feature_mode: str = "decoupled"  # none | object | background | all | decoupled | fgfi
+FEATURE_MODES: tuple[str, ...] = typing.get_args(FeatureMode)
+PROPOSAL_MODES: tuple[str, ...] = typing.get_args(ProposalMode)
+FEATURE_NORMS: tuple[str, ...] = typing.get_args(FeatureNorm)
+KD_SCHEDULES: tuple[str, ...] = typing.get_args(KDSchedule)
+
+
+@dataclass
+class DistillSettings:
+    """The DeFeat method's settings: which terms, their weights and temperatures, the KD-weight schedule.
+
+    One object carries them to the distillers and the losses (``defeat.distill``). They are validated once,
+    when the object is made (a config file, ``--set`` or ``DistillSettings(...)`` in Python); to change one,
+    make a new object with ``dataclasses.replace`` (validated again).
+    """
+
+    feature_mode: FeatureMode = "decoupled"
     alpha_obj: float = 4.0
     alpha_bg: float = 16.0
     alpha_all: float = 8.0  # weight of the uniform MSE in feature_mode=all
-    feature_norm: str = "per_level"  # per_level (official code) | all_levels (paper)
-    proposal_mode: str = "decoupled"  # none | positive | negative | all | decoupled (DeFeat: decoupled)
+    feature_norm: FeatureNorm = "per_level"  # per_level (official code) | all_levels (paper)
+    proposal_mode: ProposalMode = "decoupled"  # DeFeat: decoupled
     beta_obj: float = 2.0
     beta_bg: float = 2.0
     beta_all: float = 2.0
@@ -110,11 +124,39 @@ class DistillConfig:
     temperature_all: float = 1.0  # ... on all proposals in proposal_mode=all
     fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box on that level)
     level_k0: int = 4  # object masks: box of side s goes to level floor(k0 + log2(s / 224)), clamped to the FPN levels
-    weight_decay_policy: str = "constant"  # constant | linear | cosine: KD weight over training
+    weight_decay_policy: KDSchedule = "constant"  # KD weight over training
     stop_step: int = 0  # 0 = distil for the whole schedule
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("feature_mode", FEATURE_MODES), ("proposal_mode", PROPOSAL_MODES),
+                             ("feature_norm", FEATURE_NORMS), ("weight_decay_policy", KD_SCHEDULES)):
+            _choice(getattr(self, key), allowed, key)
+        for key in ("alpha_obj", "alpha_bg", "alpha_all", "beta_obj", "beta_bg", "beta_all", "stop_step"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+
+
+@dataclass
+class DistillConfig(DistillSettings):
+    """The ``distill`` section of ``defeat distill``: the method's settings plus the teacher and its check."""
+
+    teacher_config: str = ""  # the teacher's training config (model section is read from it)
+    teacher_checkpoint: str = ""
     teacher_check_images: int = 50  # quick teacher/student evaluation before training (0 = skip)
     teacher_min_ap: float = 0.05  # refuse a teacher whose quick-check AP is below this (unless force)
     force: bool = False  # start even when the teacher check fails
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher_check_images < 0:
+            raise ConfigError(f"teacher_check_images: must be >= 0, got {self.teacher_check_images}")
+
+    def settings(self) -> DistillSettings:
+        """The method's settings alone (what the distillers and losses read)."""
+        return DistillSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DistillSettings)})
 
 
 @dataclass
@@ -127,7 +169,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
     bf16: bool = False  # autocast the forward pass in bfloat16
 
@@ -149,6 +191,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[-1])
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: unknown value {value!r} (choose from {', '.join(map(str, allowed))})")
+        return value
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
@@ -182,7 +229,10 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
             kwargs[f.name] = _build(hint, values[f.name] or {}, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(values[f.name], hint, f"{prefix}{f.name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a section's own checks (__post_init__) name the key without its section
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def apply_override(tree: dict, assignment: str) -> None:
@@ -243,22 +293,12 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Semantic checks beyond types."""
-    _choice(cfg.model.norm, ("gn", "bn", "syncbn", "frozen_bn"), "model.norm")
-    _choice(cfg.optim.name, ("sgd", "adamw"), "optim.name")
-    _choice(cfg.schedule.policy, ("cosine", "step"), "schedule.policy")
-    _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
-    _choice(cfg.distill.feature_mode, ("none", "object", "background", "all", "decoupled", "fgfi"),
-            "distill.feature_mode")
-    _choice(cfg.distill.proposal_mode, ("none", "positive", "negative", "all", "decoupled"), "distill.proposal_mode")
-    _choice(cfg.distill.feature_norm, ("per_level", "all_levels"), "distill.feature_norm")
-    _choice(cfg.distill.weight_decay_policy, ("constant", "linear", "cosine"), "distill.weight_decay_policy")
+    """Semantic checks beyond types (choices are checked by their ``Literal`` types, the distillation
+    settings by :class:`DistillSettings` itself)."""
     positive = {
         "data.batch_size": cfg.data.batch_size, "schedule.max_steps": cfg.schedule.max_steps,
         "model.min_size": cfg.model.min_size, "model.max_size": cfg.model.max_size,
         "eval.batch_size": cfg.eval.batch_size, "optim.lr": cfg.optim.lr,
-        "distill.temperature_obj": cfg.distill.temperature_obj, "distill.temperature_bg": cfg.distill.temperature_bg,
-        "distill.temperature_all": cfg.distill.temperature_all, "distill.fgfi_phi": cfg.distill.fgfi_phi,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -267,11 +307,7 @@ def validate(cfg: Config) -> None:
         "data.workers": cfg.data.workers, "schedule.warmup_steps": cfg.schedule.warmup_steps,
         "optim.weight_decay": cfg.optim.weight_decay, "optim.clip_grad_norm": cfg.optim.clip_grad_norm,
         "output.checkpoint_every": cfg.output.checkpoint_every, "eval.every_steps": cfg.eval.every_steps,
-        "distill.alpha_obj": cfg.distill.alpha_obj, "distill.alpha_bg": cfg.distill.alpha_bg,
-        "distill.alpha_all": cfg.distill.alpha_all, "distill.beta_obj": cfg.distill.beta_obj,
-        "distill.beta_bg": cfg.distill.beta_bg, "distill.beta_all": cfg.distill.beta_all,
-        "distill.stop_step": cfg.distill.stop_step, "data.val_max_images": cfg.data.val_max_images,
-        "distill.teacher_check_images": cfg.distill.teacher_check_images,
+        "data.val_max_images": cfg.data.val_max_images,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from defeat.config import DistillSettings as S
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.losses import (
     decoupled_feature_loss, decoupled_proposal_loss, imitation_term, sigmoid_kl, softmax_kl)
@@ -32,39 +33,39 @@ def test_imitation_term_matches_formula():
 
 def test_feature_modes_use_exactly_their_terms():
     s, t, m = _levels()
-    keys = {mode: set(decoupled_feature_loss(s, t, m, mode)) for mode in
+    keys = {mode: set(decoupled_feature_loss(s, t, m, S(feature_mode=mode))) for mode in
             ("none", "object", "background", "all", "decoupled", "fgfi")}
     assert keys == {"none": set(), "object": {"loss_feat_obj"}, "background": {"loss_feat_bg"},
                     "all": {"loss_feat_all"}, "decoupled": {"loss_feat_obj", "loss_feat_bg"},
                     "fgfi": {"loss_feat_obj"}}
-    dec = decoupled_feature_loss(s, t, m, "decoupled", alpha_obj=4, alpha_bg=16)
+    dec = decoupled_feature_loss(s, t, m, S(feature_mode="decoupled", alpha_obj=4, alpha_bg=16))
     assert torch.allclose(dec["loss_feat_obj"], 4 * imitation_term(s, t, m))
     assert torch.allclose(dec["loss_feat_bg"], 16 * imitation_term(s, t, [~x for x in m]))
     # the background term ignores object pixels and vice versa
     s2 = [x.clone() for x in s]
     s2[0] = torch.where(m[0][:, None], s2[0] + 5.0, s2[0])
-    again = decoupled_feature_loss(s2, t, m, "decoupled")
+    again = decoupled_feature_loss(s2, t, m, S(feature_mode="decoupled"))
     assert torch.allclose(again["loss_feat_bg"], dec["loss_feat_bg"])
     assert not torch.allclose(again["loss_feat_obj"], dec["loss_feat_obj"])
-    everywhere = decoupled_feature_loss(s, t, m, "all", alpha_all=8)["loss_feat_all"]
+    everywhere = decoupled_feature_loss(s, t, m, S(feature_mode="all", alpha_all=8))["loss_feat_all"]
     assert torch.allclose(everywhere, 8 * imitation_term(s, t, [torch.ones_like(x) for x in m]))
 
 
 def test_zero_when_student_equals_teacher_and_empty_masks():
     s, t, m = _levels()
     for mode in ("object", "background", "all", "decoupled"):
-        assert all(v == 0 for v in decoupled_feature_loss(t, t, m, mode).values())
+        assert all(v == 0 for v in decoupled_feature_loss(t, t, m, S(feature_mode=mode)).values())
     empty = [torch.zeros_like(x) for x in m]
-    out = decoupled_feature_loss(s, t, empty, "decoupled")
+    out = decoupled_feature_loss(s, t, empty, S(feature_mode="decoupled"))
     assert out["loss_feat_obj"] == 0 and torch.isfinite(out["loss_feat_bg"]) and out["loss_feat_bg"] > 0
 
 
 def test_feature_loss_rejects_bad_input():
     s, t, m = _levels()
-    with pytest.raises(ValueError, match="feature_mode"):
-        decoupled_feature_loss(s, t, m, "objects")
-    with pytest.raises(ValueError, match="alpha_bg"):
-        decoupled_feature_loss(s, t, m, "decoupled", alpha_bg=-1)
+    with pytest.raises(ValueError, match="feature_mode: unknown value 'objects'"):  # refused when the settings are made
+        decoupled_feature_loss(s, t, m, S(feature_mode="objects"))
+    with pytest.raises(ValueError, match="alpha_bg: must be >= 0"):
+        decoupled_feature_loss(s, t, m, S(feature_mode="decoupled", alpha_bg=-1))
     with pytest.raises(ValueError, match="feature shapes"):
         decoupled_feature_loss(s, [x[:, :2] for x in t], m)
     with pytest.raises(ValueError, match="feature_norm"):
@@ -96,34 +97,35 @@ def test_proposal_split_follows_labels_and_temperatures():
     g = torch.Generator().manual_seed(3)
     zs, zt = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
     labels = torch.tensor([0, 2, 0, 1, 0, 0])
-    out = decoupled_proposal_loss(zs, zt, labels, "decoupled", beta_obj=2, beta_bg=3,
-                                  temperature_obj=2.0, temperature_bg=0.5)
+    out = decoupled_proposal_loss(zs, zt, labels, S(proposal_mode="decoupled", beta_obj=2, beta_bg=3,
+                                                       temperature_obj=2.0, temperature_bg=0.5))
     pos, neg = labels > 0, labels == 0
     assert torch.allclose(out["loss_kd_pos"], 2 * softmax_kl(zs[pos], zt[pos], 2.0).mean())
     assert torch.allclose(out["loss_kd_neg"], 3 * softmax_kl(zs[neg], zt[neg], 0.5).mean())
-    keys = {m: set(decoupled_proposal_loss(zs, zt, labels, m)) for m in
+    keys = {m: set(decoupled_proposal_loss(zs, zt, labels, S(proposal_mode=m))) for m in
             ("none", "positive", "negative", "all", "decoupled")}
     assert keys == {"none": set(), "positive": {"loss_kd_pos"}, "negative": {"loss_kd_neg"},
                     "all": {"loss_kd_all"}, "decoupled": {"loss_kd_pos", "loss_kd_neg"}}
-    everything = decoupled_proposal_loss(zs, zt, labels, "all", beta_all=1.5, temperature_all=1.0)["loss_kd_all"]
+    everything = decoupled_proposal_loss(zs, zt, labels, S(proposal_mode="all", beta_all=1.5,
+                                                              temperature_all=1.0))["loss_kd_all"]
     assert torch.allclose(everything, 1.5 * softmax_kl(zs, zt).mean())
 
 
 def test_proposal_loss_without_positives_or_negatives_is_zero_not_nan():
     zs = torch.randn(4, 3, requires_grad=True)
     zt = torch.randn(4, 3)
-    out = decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), "decoupled")
+    out = decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), S(proposal_mode="decoupled"))
     assert out["loss_kd_pos"] == 0 and out["loss_kd_neg"] > 0
-    out = decoupled_proposal_loss(zs, zt, torch.ones(4, dtype=torch.long), "decoupled")
+    out = decoupled_proposal_loss(zs, zt, torch.ones(4, dtype=torch.long), S(proposal_mode="decoupled"))
     assert out["loss_kd_neg"] == 0 and out["loss_kd_pos"] > 0
-    out = decoupled_proposal_loss(zs[:0], zt[:0], torch.zeros(0, dtype=torch.long), "decoupled")
+    out = decoupled_proposal_loss(zs[:0], zt[:0], torch.zeros(0, dtype=torch.long), S(proposal_mode="decoupled"))
     total = sum(out.values())
     total.backward()
     assert total == 0 and torch.isfinite(zs.grad).all()
-    with pytest.raises(ValueError, match="proposal_mode"):
-        decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), "pos")
-    with pytest.raises(ValueError, match="beta_obj"):
-        decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), beta_obj=-0.5)
+    with pytest.raises(ValueError, match="proposal_mode: unknown value 'pos'"):
+        decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), S(proposal_mode="pos"))
+    with pytest.raises(ValueError, match="beta_obj: must be >= 0"):
+        decoupled_proposal_loss(zs, zt, torch.zeros(4, dtype=torch.long), S(beta_obj=-0.5))
 
 
 def test_adapters_init_shapes_and_channel_mapping():

@@ -1,4 +1,4 @@
-"""OneStageDistiller / build_distiller on tiny RetinaNets and FCOSes (P3-P7 like the zoo's), and end to end."""
+"""DeFeatDistiller / build_distiller on tiny RetinaNets and FCOSes (P3-P7 like the zoo's), mixed pairs, end to end."""
 
 import copy
 import warnings
@@ -15,14 +15,9 @@ from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from defeat.config import DistillConfig
-from defeat.distill import (
-    DeFeatDistiller,
-    OneStageDistiller,
-    build_distiller,
-    sigmoid_kl,
-)
-from defeat.distill.one_stage import matched_idxs
-from defeat.distill.two_stage import feature_loss_keys, proposal_loss_keys
+from defeat.distill import AnchorHead, DeFeatDistiller, ProposalHead, build_distiller, sigmoid_kl
+from defeat.distill import matched_idxs
+from defeat.distill import feature_loss_keys, proposal_loss_keys
 
 from .conftest import batch, tiny_faster_rcnn
 
@@ -53,14 +48,14 @@ def tiny_one_stage(family: str, seed: int = 0, channels: int = 32, num_classes: 
     return model
 
 
-def make(family="retinanet", feature_mode="decoupled", proposal_mode="decoupled", **kw) -> OneStageDistiller:
+def make(family="retinanet", feature_mode="decoupled", proposal_mode="decoupled", **kw) -> DeFeatDistiller:
     settings = DistillConfig(feature_mode=feature_mode, proposal_mode=proposal_mode, **kw)
     return build_distiller(tiny_one_stage(family, 1), tiny_one_stage(family, 2), settings, max_steps=10).train()
 
 
 def test_teacher_is_outside_the_module_tree():
     d = make()
-    assert isinstance(d, OneStageDistiller) and d.levels == ["P3", "P4", "P5", "P6", "P7"]
+    assert isinstance(d.head, AnchorHead) and d.levels == ["P3", "P4", "P5", "P6", "P7"]
     assert {k.split(".")[0] for k in d.state_dict()} == {"student", "adapters"}
     assert sum(p.numel() for p in d.parameters()) == \
         sum(p.numel() for p in d.student.parameters()) + sum(p.numel() for p in d.adapters.parameters())
@@ -156,7 +151,7 @@ def test_sigmoid_kl_is_zero_for_identical_logits_and_positive_otherwise():
 @pytest.mark.parametrize("family", ["retinanet", "fcos"])
 def test_kd_terms_vanish_when_adapted_student_equals_teacher(family):
     teacher = tiny_one_stage(family, 3)
-    d = OneStageDistiller(copy.deepcopy(teacher), teacher, DistillConfig(proposal_mode="decoupled")).train()
+    d = DeFeatDistiller(copy.deepcopy(teacher), teacher, DistillConfig(proposal_mode="decoupled")).train()
     with torch.no_grad():
         for conv in d.adapters.convs.values():  # identity 3x3 convs
             conv.weight.zero_()
@@ -207,13 +202,13 @@ def test_anchor_alignment_is_checked():
     for other, why in ((tiny_one_stage("retinanet", 2, sizes=(16, 32, 64, 128, 256)), "different anchors"),
                        (tiny_one_stage("retinanet", 2, ratios=(1.0,)), "anchors per location")):
         with pytest.raises(ValueError, match=f"anchors do not align.*{why}"):
-            OneStageDistiller(student, other, DistillConfig(proposal_mode="decoupled"))
+            DeFeatDistiller(student, other, DistillConfig(proposal_mode="decoupled"))
         # features only: the anchors do not matter
-        assert OneStageDistiller(student, other, DistillConfig(proposal_mode="none")).head_kd
+        assert DeFeatDistiller(student, other, DistillConfig(proposal_mode="none")).head_kd
     with pytest.raises(ValueError, match="anchors do not align"):
-        OneStageDistiller(tiny_one_stage("fcos", 1), tiny_one_stage("fcos", 2, sizes=(16, 32, 64, 128, 256)),
+        DeFeatDistiller(tiny_one_stage("fcos", 1), tiny_one_stage("fcos", 2, sizes=(16, 32, 64, 128, 256)),
                           DistillConfig(proposal_mode="positive"))
-    OneStageDistiller(student, tiny_one_stage("retinanet", 3), DistillConfig(proposal_mode="decoupled"))
+    DeFeatDistiller(student, tiny_one_stage("retinanet", 3), DistillConfig(proposal_mode="decoupled"))
 
 
 def test_mixed_pairs_distil_common_levels_with_head_kd_off():
@@ -231,7 +226,7 @@ def test_mixed_pairs_distil_common_levels_with_head_kd_off():
     with pytest.warns(UserWarning, match="P3/P4/P5/P6/P7; head KD is off"):
         d = build_distiller(tiny_one_stage("fcos", 1), tiny_one_stage("retinanet", 2), settings).train()
     assert not any(k.startswith("loss_kd") for k in d(*batch()))
-    assert isinstance(build_distiller(tiny_faster_rcnn(seed=1), tiny_faster_rcnn(seed=2)), DeFeatDistiller)
+    assert isinstance(build_distiller(tiny_faster_rcnn(seed=1), tiny_faster_rcnn(seed=2)).head, ProposalHead)
 
 
 def test_pairs_that_cannot_be_distilled_are_refused():
@@ -319,7 +314,7 @@ def test_embedded_configs_build_a_one_stage_distiller(config):
     student = build_detector(cfg.model, 9)
     teacher = build_detector(cfg.model, 9)  # the R50 teacher has the same anchors and levels; R18 keeps this fast
     d = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
-    assert isinstance(d, OneStageDistiller) and d.head_kd and d.levels == ["P3", "P4", "P5", "P6", "P7"]
+    assert isinstance(d, DeFeatDistiller) and d.head_kd and d.levels == ["P3", "P4", "P5", "P6", "P7"]
 
 
 @pytest.fixture(scope="module")

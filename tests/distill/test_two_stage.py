@@ -8,7 +8,7 @@ from torchvision.models.detection import RetinaNet
 
 from defeat.config import DistillConfig
 from defeat.distill import DeFeatDistiller, kd_scale_at, softmax_kl
-from defeat.distill.two_stage import feature_loss_keys, proposal_loss_keys
+from defeat.distill import feature_loss_keys, proposal_loss_keys
 
 from .conftest import batch, tiny_faster_rcnn
 
@@ -165,8 +165,10 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="FPN levels"):
         DeFeatDistiller(student, other_levels)
     retina = RetinaNet(tiny_faster_rcnn().backbone, num_classes=4)
-    with pytest.raises(ValueError, match="FasterRCNN"):
-        DeFeatDistiller(student, retina)
+    with pytest.warns(UserWarning, match="mixed pair.*head KD is off"):  # one skeleton: a mixed pair, features only
+        assert not DeFeatDistiller(student, retina).head_kd
+    with pytest.raises(ValueError, match="expected a torchvision FasterRCNN, RetinaNet or FCOS, got Linear"):
+        DeFeatDistiller(student, torch.nn.Linear(2, 2))
     for bad, match in ((dict(feature_mode="objects"), "feature_mode"), (dict(proposal_mode="pos"), "proposal_mode"),
                        (dict(alpha_bg=-1.0), "alpha_bg"), (dict(temperature_bg=0.0), "temperature_bg"),
                        (dict(beta_obj=-2.0), "beta_obj"), (dict(feature_norm="x"), "feature_norm")):

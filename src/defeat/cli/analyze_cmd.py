@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 from defeat.cli.analyze_features import register_channel_distance, register_grad_norm
-from defeat.utils import atomic_write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -38,23 +36,6 @@ def _parse_dets(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def _select_categories(spec: str | None, gt: dict) -> list[str] | None:
-    """``--categories`` (names or ids, comma-separated) -> category names; None means all."""
-    if not spec:
-        return None
-    by_name = {str(c.get("name", c["id"])): c for c in gt["categories"]}
-    by_id = {str(c["id"]): c for c in gt["categories"]}
-    names = []
-    for token in (t.strip() for t in spec.split(",")):
-        if not token:
-            continue
-        cat = by_name.get(token) or by_id.get(token)
-        if cat is None:
-            raise ValueError(f"--categories: {token!r} is not a category name or id of the ground truth")
-        names.append(str(cat.get("name", cat["id"])))
-    return list(dict.fromkeys(names)) or None
-
-
 def _formats(spec: str) -> list[str]:
     fmts = [f.strip().lower() for f in spec.split(",") if f.strip()]
     if fmts == ["none"]:
@@ -66,42 +47,18 @@ def _formats(spec: str) -> list[str]:
 
 
 def run_errors(args: argparse.Namespace) -> int:
-    from defeat.analysis import coco_errors as ce
-    from defeat.analysis import error_plots as ep
+    from defeat import api
 
     models = _parse_dets(args.dets)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     formats = _formats(args.formats)
-    area_rng = ce.area_ranges(args.areas)  # validates before any work
-    gt = ce.load_ground_truth(args.gt)
-    categories = _select_categories(args.categories, gt)
-    dets = {name: ce.load_detections(path, gt, args.score_thr) for name, path in models.items()}
-    out = Path(args.out)
-    results, timings = {}, {}
-    for name, model_dets in dets.items():
-        t0 = time.perf_counter()
-        results[name] = ce.error_curves(gt, model_dets, args.areas, args.semantics, args.engine, args.workers,
-                                        progress=False if args.quiet else f"{name}: categories")
-        timings[name] = time.perf_counter() - t0
-        ep.save_curves(results[name], out / name / "curves.npz")
-    for name, res in results.items():
-        if formats:
-            ep.write_band_plots(res, name, out / name, categories, formats, args.workers)
-    comp_formats = formats or ["png"]
-    for cat in (categories if categories is not None else results[next(iter(results))].cat_names) + [None]:
-        label = ep.OVERALL if cat is None else cat
-        ep.write_comparison_figure(results, cat, out / "comparison" / ep.safe_name(label), comp_formats)
-    meta = {"gt": str(args.gt), "dets": {n: str(p) for n, p in models.items()}, "semantics": args.semantics,
-            "engine": args.engine, "area_ranges": area_rng, "score_thr": args.score_thr,
-            "note": "overall = mean over all categories; categories without ground truth count as 0"}
-    ep.write_tables(results, out, meta)
-    atomic_write_json(out / "run.json", dict(meta, seconds_per_model=timings))
+    categories = [t.strip() for t in args.categories.split(",") if t.strip()] if args.categories else None
+    summary = api.analyze_errors(args.gt, models, args.out, categories=categories, areas=args.areas,
+                                 semantics=args.semantics, engine=args.engine, workers=args.workers,
+                                 score_thr=args.score_thr, formats=formats, progress=not args.quiet)
     if not args.quiet:
-        for name, res in results.items():
-            vals = res.overall_values()[:, 0]
-            print(f"{name}: " + "  ".join(f"{b}={v:.3f}" for b, v in zip(ce.BANDS, vals)) + "  (overall, all areas)")
-        print(f"wrote {out}")
+        for name, values in summary["overall"].items():
+            print(f"{name}: " + "  ".join(f"{b}={v:.3f}" for b, v in values.items()) + "  (overall, all areas)")
+        print(f"wrote {args.out}")
     return 0
 
 

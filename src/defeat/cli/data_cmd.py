@@ -37,29 +37,26 @@ def register(subparsers) -> None:
 
 
 def run_synth(args) -> int:
-    from defeat.data.synth import generate_synthetic_dataset
+    from defeat import api
 
-    for name in ("num_train", "num_val", "image_size", "min_objects", "max_objects", "workers"):
-        if getattr(args, name) < (0 if name in ("num_train", "num_val") else 1):
-            raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
-    summary = generate_synthetic_dataset(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                                         image_size=args.image_size, min_objects=args.min_objects,
-                                         max_objects=args.max_objects, workers=args.workers)
+    summary = api.synth(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                        image_size=args.image_size, min_objects=args.min_objects, max_objects=args.max_objects,
+                        workers=args.workers)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def run_import_yolo(args) -> int:
-    from defeat.data.importers import import_yolo
+    from defeat import api
 
-    print(json.dumps(import_yolo(args.images, args.labels, args.classes, args.out), default=str))
+    print(json.dumps(api.import_yolo(args.images, args.labels, args.classes, args.out), default=str))
     return 0
 
 
 def run_import_voc(args) -> int:
-    from defeat.data.importers import import_voc
+    from defeat import api
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    print(json.dumps(import_voc(args.annotations, args.images, args.out, classes=classes,
-                                skip_difficult=not args.keep_difficult), default=str))
+    print(json.dumps(api.import_voc(args.annotations, args.images, args.out, classes=classes,
+                                    skip_difficult=not args.keep_difficult), default=str))
     return 0

@@ -15,18 +15,12 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from defeat.distill.export import export_onnx, export_student, student_from_checkpoint
+    from defeat import api
 
-    meta = export_student(args.checkpoint, args.out)
+    onnx = None if args.onnx is None else (Path(args.onnx) if args.onnx else Path(args.out).with_suffix(".onnx"))
+    meta = api.export(args.checkpoint, args.out, onnx=onnx)
     print(f"wrote {args.out} ({meta['tensors']} tensors, {meta['parameters']:,} parameters of "
           f"{meta['model']['name']}, {meta['num_classes']} classes) and {args.out}.json")
-    if args.onnx is not None:
-        path = Path(args.onnx) if args.onnx else Path(args.out).with_suffix(".onnx")
-        try:
-            import onnx  # noqa: F401  (torch.onnx needs it)
-        except ImportError:
-            raise ValueError("--onnx: the onnx package is not installed (pip install 'defeat[onnx]')") from None
-        model, _, _ = student_from_checkpoint(args.checkpoint)
-        export_onnx(model, path, image_size=int(meta["model"]["min_size"]))
-        print(f"wrote {path}")
+    if onnx is not None:
+        print(f"wrote {onnx}")
     return 0

@@ -1,6 +1,6 @@
 """``defeat reproduce --preset quick|full|coco|tiny|PRESET.yaml --out DIR``: the supplementary's study end to end.
 
-See :mod:`defeat.engine.reproduce` for the stages and docs/reproduce.md for the presets and the report.
+See :mod:`defeat.study` for the stages and docs/reproduce.md for the presets and the report.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from defeat.engine.reproduce import load_preset, run_reproduce
+    from defeat.study import load_preset, run_reproduce
 
     preset = load_preset(args.preset, args.overrides)
     summary = run_reproduce(preset, args.out, dry_run=args.dry_run)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from defeat.config import load_config
-
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
@@ -27,44 +25,33 @@ def register(subparsers) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def run_train(args) -> int:
-    from defeat.engine import build_for_dataset, cleanup, init_distributed, load_datasets, train
+def is_main_process() -> bool:
+    import os
 
-    cfg = load_config(args.config, args.overrides)
-    info = init_distributed(cfg.device)
-    try:
-        train_set, val_set = load_datasets(cfg)
-        model = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
-        result = train(cfg, model, model, train_set, val_set, info, kind="detector", resume=args.resume)
-        if info.is_main:
-            print(f"final checkpoint: {result.final_checkpoint}")
-            if result.metrics:
-                print(f"COCO AP {100 * result.metrics['AP']:.1f} (AP50 {100 * result.metrics['AP50']:.1f})")
-    finally:
-        cleanup(info)
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_train(args) -> int:
+    from defeat import api
+
+    result = api.train(api.load_config(args.config, args.overrides), resume=args.resume)
+    if is_main_process():
+        print(f"final checkpoint: {result.final_checkpoint}")
+        if result.metrics:
+            print(f"COCO AP {100 * result.metrics['AP']:.1f} (AP50 {100 * result.metrics['AP50']:.1f})")
     return 0
 
 
 def run_eval(args) -> int:
-    from defeat.engine import cleanup, evaluate, format_stats, init_distributed, load_datasets, load_detector
-    from defeat.utils import atomic_write_json
+    from defeat import api
+    from defeat.engine import format_stats
 
-    cfg = load_config(args.config, args.overrides)
-    info = init_distributed(cfg.device)
-    try:
-        _, val_set = load_datasets(cfg, train=False)
-        model, _ = load_detector(args.checkpoint, val_set.categories, cfg.data.val_annotations)
-        model.to(info.device)
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent
-        stats = evaluate(model, val_set, info, batch_size=cfg.eval.batch_size, max_images=cfg.data.val_max_images,
-                         score_thresh=cfg.eval.score_thresh, results_file=out / "results.json")
-        if info.is_main:
-            atomic_write_json(out / "metrics.json", stats)
-            print(format_stats(stats))
-            width = max(len(n) for n in stats["per_class_AP"])
-            for name, ap in stats["per_class_AP"].items():
-                print(f"  {name:<{width}} AP {100 * ap:5.1f}")
-            print(f"wrote {out / 'results.json'} and {out / 'metrics.json'}")
-    finally:
-        cleanup(info)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    stats = api.evaluate(api.load_config(args.config, args.overrides), args.checkpoint, out)
+    if is_main_process() and stats:
+        print(format_stats(stats))
+        width = max(len(n) for n in stats["per_class_AP"])
+        for name, ap in stats["per_class_AP"].items():
+            print(f"  {name:<{width}} AP {100 * ap:5.1f}")
+        print(f"wrote {out / 'results.json'} and {out / 'metrics.json'}")
     return 0

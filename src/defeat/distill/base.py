@@ -7,9 +7,7 @@ import math
 
 from torch import nn
 
-from defeat.config import DistillConfig
-
-KD_SCHEDULES = ("constant", "linear", "cosine")
+from defeat.config import KD_SCHEDULES, DistillSettings
 
 
 def kd_scale_at(step: int, max_steps: int, policy: str = "constant", stop_step: int = 0) -> float:
@@ -41,7 +39,7 @@ class TeacherStudentModule(nn.Module):
     ``kd_scale``, the multiplier of every distillation weight (:func:`kd_scale_at`).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillConfig, max_steps: int) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillSettings, max_steps: int) -> None:
         super().__init__()
         self.settings = settings
         self.max_steps = max_steps

@@ -6,8 +6,9 @@
 * :func:`sigmoid_kl` - the per-class binary counterpart of :func:`softmax_kl` for sigmoid classifiers
   (one-stage detectors).
 
-Every function returns a dict of already-weighted scalar losses containing exactly the terms its mode uses,
-so they can be added to a detector's loss dict as they are.
+The two DeFeat terms read their modes, weights and temperatures from one :class:`~defeat.config.DistillSettings`
+(validated when it is made) and return a dict of already-weighted scalar losses containing exactly the terms
+their mode uses, so they can be added to a detector's loss dict as they are.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FEATURE_MODES = ("none", "object", "background", "all", "decoupled", "fgfi")
-PROPOSAL_MODES = ("none", "positive", "negative", "all", "decoupled")
-FEATURE_NORMS = ("per_level", "all_levels")
+from defeat.config import FEATURE_NORMS, DistillSettings
+
+#: the loss keys each mode returns (the feature term, then the proposal / head term)
+FEATURE_LOSS_KEYS = {"none": (), "object": ("loss_feat_obj",), "background": ("loss_feat_bg",),
+                     "all": ("loss_feat_all",), "decoupled": ("loss_feat_obj", "loss_feat_bg"),
+                     "fgfi": ("loss_feat_obj",)}
+PROPOSAL_LOSS_KEYS = {"none": (), "positive": ("loss_kd_pos",), "negative": ("loss_kd_neg",),
+                      "all": ("loss_kd_all",), "decoupled": ("loss_kd_pos", "loss_kd_neg")}
 
 
-def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what}: unknown value {value!r} (choose from {', '.join(allowed)})")
+def feature_loss_keys(mode: str) -> tuple[str, ...]:
+    """The keys :func:`decoupled_feature_loss` returns in ``mode``."""
+    return FEATURE_LOSS_KEYS[mode]
 
 
-def _check_non_negative(**weights: float) -> None:
-    for name, value in weights.items():
-        if value < 0:
-            raise ValueError(f"{name}: must be >= 0, got {value}")
+def proposal_loss_keys(mode: str) -> tuple[str, ...]:
+    """The keys :func:`decoupled_proposal_loss` returns in ``mode``."""
+    return PROPOSAL_LOSS_KEYS[mode]
 
 
 def squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
@@ -66,7 +71,6 @@ def _masked_sums(distance: Tensor, mask: Tensor, channels: int) -> tuple[Tensor,
 
 def _normalise(parts: list[tuple[Tensor, Tensor]], norm: str) -> Tensor:
     """per_level: (1/L) sum_l num_l / max(1, den_l);   all_levels: sum_l num_l / max(1, sum_l den_l)."""
-    _check_choice(norm, FEATURE_NORMS, "feature_norm")
     if not parts:
         raise ValueError("imitation_term: no feature levels given")
     if norm == "per_level":
@@ -83,13 +87,14 @@ def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks
 
     with ``num_l, den_l`` from :func:`masked_squared_error`. An empty mask gives 0 (not NaN).
     """
+    if norm not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm: unknown value {norm!r} (choose from {', '.join(FEATURE_NORMS)})")
     return _normalise([masked_squared_error(s, t, m) for s, t, m in zip(students, teachers, masks)], norm)
 
 
 def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
-                           mode: str = "decoupled", alpha_obj: float = 4.0, alpha_bg: float = 16.0,
-                           alpha_all: float = 8.0, norm: str = "per_level") -> dict[str, Tensor]:
-    """DeFeat's feature loss on the FPN levels, in any of the region modes.
+                           settings: DistillSettings | None = None) -> dict[str, Tensor]:
+    """DeFeat's feature loss on the FPN levels, in any of the region modes of ``settings.feature_mode``.
 
         L_feat = alpha_obj * obj(M) + alpha_bg * obj(1 - M)          (mode ``decoupled``)
 
@@ -106,16 +111,17 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
     fgfi         loss_feat_obj = alpha_obj * obj(M)    pass FGFI masks
     ============ ===================================== =================
 
-    The distance map of each level is computed once and shared by the terms.
+    The distance map of each level is computed once and shared by the terms; ``obj`` normalises as
+    ``settings.feature_norm`` says.
 
     Args:
         students: per level ``(N, C, H, W)`` *adapted* student features.
         teachers: per level teacher features of the same shapes.
         object_masks: per level ``(N, H, W)`` bool object masks (only their shapes matter for ``all``).
+        settings: mode, ``alpha_obj`` / ``alpha_bg`` / ``alpha_all`` and ``feature_norm`` (default: DeFeat's).
     """
-    _check_choice(mode, FEATURE_MODES, "feature_mode")
-    _check_choice(norm, FEATURE_NORMS, "feature_norm")
-    _check_non_negative(alpha_obj=alpha_obj, alpha_bg=alpha_bg, alpha_all=alpha_all)
+    settings = settings or DistillSettings()
+    mode, norm = settings.feature_mode, settings.feature_norm
     students, teachers, object_masks = list(students), list(teachers), list(object_masks)
     if not (len(students) == len(teachers) == len(object_masks)):
         raise ValueError(f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
@@ -127,13 +133,13 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
     losses: dict[str, Tensor] = {}
     if mode in ("object", "decoupled", "fgfi"):
         parts = [_masked_sums(d, m, c) for d, m, c in zip(distances, object_masks, channels)]
-        losses["loss_feat_obj"] = alpha_obj * _normalise(parts, norm)
+        losses["loss_feat_obj"] = settings.alpha_obj * _normalise(parts, norm)
     if mode in ("background", "decoupled"):
         parts = [_masked_sums(d, ~m.bool(), c) for d, m, c in zip(distances, object_masks, channels)]
-        losses["loss_feat_bg"] = alpha_bg * _normalise(parts, norm)
+        losses["loss_feat_bg"] = settings.alpha_bg * _normalise(parts, norm)
     if mode == "all":
         parts = [(d.sum(), torch.tensor(2.0 * c * d.numel(), device=d.device)) for d, c in zip(distances, channels)]
-        losses["loss_feat_all"] = alpha_all * _normalise(parts, norm)
+        losses["loss_feat_all"] = settings.alpha_all * _normalise(parts, norm)
     return losses
 
 
@@ -185,16 +191,15 @@ def _mean_or_zero(values: Tensor, select: Tensor) -> Tensor:
 
 
 def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-                            mode: str = "decoupled", beta_obj: float = 2.0, beta_bg: float = 2.0,
-                            beta_all: float = 2.0, temperature_obj: float = 1.0, temperature_bg: float = 1.0,
-                            temperature_all: float = 1.0, kl_fn: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl
-                            ) -> dict[str, Tensor]:
+                            settings: DistillSettings | None = None,
+                            kl_fn: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl) -> dict[str, Tensor]:
     """DeFeat's proposal (RoI classification) distillation on the proposals both heads classified.
 
         L_prop = beta_obj * mean_{i: label_i > 0} KL_i(T_obj) + beta_bg * mean_{i: label_i = 0} KL_i(T_bg)
 
-    with ``KL_i(T)`` from :func:`softmax_kl`. ``labels`` are the sampler's labels of exactly the proposals
-    whose logits are given. Modes keep exactly their terms: ``positive`` -> ``loss_kd_pos``, ``negative``
+    with ``KL_i(T)`` from :func:`softmax_kl`; mode, betas and temperatures come from ``settings``
+    (``settings.proposal_mode``, ``beta_*``, ``temperature_*``; default: DeFeat's). ``labels`` are the sampler's
+    labels of exactly the proposals whose logits are given. Modes keep exactly their terms: ``positive`` -> ``loss_kd_pos``, ``negative``
     -> ``loss_kd_neg``, ``decoupled`` -> both, ``all`` -> ``loss_kd_all`` = beta_all * mean_i KL_i(T_all),
     ``none`` -> nothing. A split with no proposals contributes 0.
 
@@ -205,8 +210,8 @@ def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labe
         student_logits, teacher_logits: ``(R, K + 1)``.
         labels: ``(R,)`` int, 0 = background.
     """
-    _check_choice(mode, PROPOSAL_MODES, "proposal_mode")
-    _check_non_negative(beta_obj=beta_obj, beta_bg=beta_bg, beta_all=beta_all)
+    s = settings or DistillSettings()
+    mode = s.proposal_mode
     if labels.shape[0] != student_logits.shape[0]:
         raise ValueError(f"labels: {labels.shape[0]} labels for {student_logits.shape[0]} proposals")
     losses: dict[str, Tensor] = {}
@@ -219,9 +224,9 @@ def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labe
         return kl_at[temperature]
 
     if mode in ("positive", "decoupled"):
-        losses["loss_kd_pos"] = beta_obj * _mean_or_zero(kl(temperature_obj), positive)
+        losses["loss_kd_pos"] = s.beta_obj * _mean_or_zero(kl(s.temperature_obj), positive)
     if mode in ("negative", "decoupled"):
-        losses["loss_kd_neg"] = beta_bg * _mean_or_zero(kl(temperature_bg), 1.0 - positive)
+        losses["loss_kd_neg"] = s.beta_bg * _mean_or_zero(kl(s.temperature_bg), 1.0 - positive)
     if mode == "all":
-        losses["loss_kd_all"] = beta_all * _mean_or_zero(kl(temperature_all), torch.ones_like(positive))
+        losses["loss_kd_all"] = s.beta_all * _mean_or_zero(kl(s.temperature_all), torch.ones_like(positive))
     return losses

@@ -4,16 +4,22 @@ A checkpoint is a plain dict (only tensors, numbers, strings, lists and dicts, s
 loading works): ``kind`` ("detector" | "distill"), ``model`` (state dict of the trained module),
 ``categories`` (COCO category dicts in label order), ``config`` (the full config as a dict), ``step``,
 and for resuming ``optimizer``, ``scheduler``, ``rng``.
+
+:func:`load_model` is the one way a detector is rebuilt from such a file (training, evaluation, export,
+distillation teachers and the analyses all use it).
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from defeat.config import Config, ModelConfig, config_from_dict
 from defeat.utils import atomic_torch_save
 
 KINDS = ("detector", "distill")
@@ -59,3 +65,75 @@ def detector_state(state: dict) -> dict:
         return state["model"]
     prefix = "student."
     return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+# ------------------------------------------------------------------------------------------ rebuilding a model
+@dataclass
+class LoadedModel:
+    """A detector rebuilt from a checkpoint of this project (see :func:`load_model`)."""
+
+    model: nn.Module  # the detector (a distillation's student), eval mode, on the CPU
+    config: Config  # the checkpoint's config (its model section replaced when load_model was given one)
+    kind: str  # "detector" | "distill"
+    categories: list[dict]  # COCO categories in label order
+    path: str
+    step: int | None = None
+    adapters: nn.Module | None = None  # a distillation's FeatureAdapters (eval mode), else None
+    missing: list[str] = field(default_factory=list)  # keys the weights lacked (only with strict=False)
+    unexpected: list[str] = field(default_factory=list)  # keys the model lacked (only with strict=False)
+
+    @property
+    def feature_mode(self) -> str:
+        """The distillation's feature mode (``none`` for a plain detector)."""
+        return "none" if self.kind == "detector" else self.config.distill.feature_mode
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+
+def load_model(path: str | Path, *, kinds: str | tuple[str, ...] | None = None, categories: list[dict] | None = None,
+               dataset: str | Path = "the dataset", model_cfg: ModelConfig | None = None, strict: bool = True,
+               role: str = "") -> LoadedModel:
+    """Rebuild the detector of any checkpoint this project writes (``train``/``distill``: last or final).
+
+    Args:
+        kinds: accept only these checkpoint kinds (``"detector"``, ``"distill"``).
+        categories: the dataset's categories; the checkpoint's class list must equal them.
+        dataset: how messages name the dataset.
+        model_cfg: build this model section instead of the checkpoint's own (e.g. ``distill.teacher_config``).
+        strict: refuse weights that do not fit the model (one line with the key counts and examples); with
+            ``False`` they load partially and the mismatches are in ``missing`` / ``unexpected``.
+        role: prefix of the messages (e.g. ``"--teacher"``).
+    """
+    from defeat.distill.adapters import FeatureAdapters
+    from defeat.models import build_detector
+
+    prefix = f"{role}: " if role else ""
+    try:
+        state = load_checkpoint(path, kind=kinds)
+    except ValueError as err:
+        raise ValueError(f"{prefix}{err}") from None
+    if categories is not None:
+        check_categories(state, categories, path, dataset)
+    cfg = config_from_dict(state["config"], source=str(path))
+    if model_cfg is not None:
+        cfg.model = model_cfg
+    weights = detector_state(state)
+    if not weights:
+        raise ValueError(f"{prefix}{path}: no detector weights in this {state['kind']!r} checkpoint")
+    model = build_detector(cfg.model, len(state["categories"]))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if (missing or unexpected) and strict:
+        raise ValueError(f"{prefix}{path}: weights do not fit {cfg.model.name} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected keys, e.g. {(list(missing) + list(unexpected))[:3]})")
+    adapters = None
+    adapter_weights = {k[len("adapters."):]: v for k, v in state["model"].items() if k.startswith("adapters.")}
+    if adapter_weights:
+        levels = [k.split(".")[1] for k in adapter_weights if k.endswith(".weight")]
+        out_ch, in_ch = adapter_weights[f"convs.{levels[0]}.weight"].shape[:2]
+        adapters = FeatureAdapters(levels, in_ch, out_ch)
+        adapters.load_state_dict(adapter_weights)
+        adapters.eval()
+    return LoadedModel(model.eval(), cfg, state["kind"], list(state["categories"]), str(path), state.get("step"),
+                       adapters, list(missing), list(unexpected))

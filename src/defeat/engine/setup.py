@@ -1,15 +1,13 @@
-"""Building what a run needs from the config: datasets, the detector, a detector from a checkpoint."""
+"""Building what a run needs from the config: the datasets and a fresh detector (from a checkpoint:
+:func:`defeat.engine.checkpoint.load_model`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from defeat.config import Config, ModelConfig, config_from_dict
+from defeat.config import Config, ModelConfig
 from defeat.data import CocoDetection
-from defeat.engine.checkpoint import check_categories, detector_state, load_checkpoint
 from defeat.models import build_detector
 
 
@@ -27,22 +25,3 @@ def build_for_dataset(model_cfg: ModelConfig, categories: list[dict], seed: int)
     """A freshly initialised detector for these categories; the same seed gives the same weights."""
     torch.manual_seed(seed)
     return build_detector(model_cfg, len(categories))
-
-
-def load_detector(checkpoint: str | Path, categories: list[dict] | None = None,
-                  dataset_name: str | Path = "the dataset") -> tuple[nn.Module, Config]:
-    """Rebuild the detector stored in a checkpoint (a trained model or a distilled student).
-
-    Returns the model in eval mode and the checkpoint's config (as a ``Config``). With ``categories``
-    the checkpoint's class list must equal them.
-    """
-    state = load_checkpoint(checkpoint)
-    if categories is not None:
-        check_categories(state, categories, checkpoint, dataset_name)
-    cfg = config_from_dict(state["config"], source=str(checkpoint))
-    model = build_detector(cfg.model, len(state["categories"]))
-    missing, unexpected = model.load_state_dict(detector_state(state), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{checkpoint}: weights do not fit {cfg.model.name} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[:2]})")
-    return model.eval(), cfg

@@ -1,7 +1,10 @@
-"""Detector zoo: torchvision detectors on ResNet-FPN backbones, built from a short name."""
+"""Detectors: the zoo (torchvision detectors on ResNet-FPN backbones, by short name) and what differs between
+detector families (levels, strides, features, heads), in :mod:`defeat.models.families`."""
 
-from defeat.models.zoo import (DEPTHS, FAMILIES, LEVELS, DetectorSpec, build_detector, count_parameters,
-                               fpn_features, levels_of, parse_name)
+from defeat.models.families import (FAMILIES, LEVELS, anchor_generator_of, common_levels, family_of, fpn_features,
+                                    levels_of, name_levels, num_classes_of, strides_of)
+from defeat.models.zoo import DEPTHS, DetectorSpec, build_detector, count_parameters, parse_name
 
-__all__ = ["DEPTHS", "FAMILIES", "LEVELS", "DetectorSpec", "build_detector", "count_parameters", "fpn_features",
-           "levels_of", "parse_name"]
+__all__ = ["DEPTHS", "FAMILIES", "LEVELS", "DetectorSpec", "anchor_generator_of", "build_detector", "common_levels",
+           "count_parameters", "family_of", "fpn_features", "levels_of", "name_levels", "num_classes_of", "parse_name",
+           "strides_of"]

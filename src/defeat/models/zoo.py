@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -27,17 +26,10 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from defeat.config import ModelConfig
+from defeat.models.families import FAMILIES, LEVELS
 
-FAMILIES = ("faster_rcnn", "retinanet", "fcos")
 DEPTHS = (18, 34, 50, 101, 152)
 _NAME = re.compile(r"^(faster_rcnn|retinanet|fcos)_r(\d+)_fpn$")
-
-# FPN level names per family, in torchvision's feature-dict order, with their strides.
-LEVELS = {
-    "faster_rcnn": {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64},
-    "retinanet": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
-    "fcos": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
-}
 
 
 @dataclass(frozen=True)
@@ -145,19 +137,3 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def fpn_features(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The FPN maps of a zoo detector for a batched, already-transformed image tensor, keyed P2.. / P3..
-
-    torchvision keys its FPN outputs '0', '1', ..., 'pool' / 'p6', 'p7'; we name them by pyramid level.
-    """
-    spec_levels = levels_of(model)
-    features = model.backbone(images)
-    return dict(zip(spec_levels, features.values()))
-
-
-def levels_of(model: nn.Module) -> list[str]:
-    """Level names of a zoo detector's FPN outputs, e.g. ['P2', ..., 'P6'] for Faster R-CNN."""
-    family = "faster_rcnn" if isinstance(model, FasterRCNN) else "retinanet" if isinstance(model, RetinaNet) else "fcos"
-    return list(LEVELS[family])

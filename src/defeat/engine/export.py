@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from defeat.config import config_to_dict
+from defeat.engine.checkpoint import load_model
 from defeat.utils import atomic_torch_save, atomic_write_json
 
 
@@ -25,25 +27,11 @@ def student_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict, di
 
     Returns ``(model in eval mode, its state dict, sidecar metadata)``.
     """
-    from defeat.config import config_from_dict
-    from defeat.engine import detector_state, load_checkpoint
-    from defeat.models import build_detector
-
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"], source=str(checkpoint))
-    weights = detector_state(state)
-    if not weights:
-        raise ValueError(f"{checkpoint}: no student weights in this {state['kind']!r} checkpoint")
-    model = build_detector(cfg.model, len(state["categories"]))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{checkpoint}: student weights do not fit {cfg.model.name} "
-                         f"({str(err).splitlines()[0]})") from None
-    meta = {"source": str(checkpoint), "kind": state["kind"], "step": state.get("step"),
-            "model": dict(state["config"]["model"]), "num_classes": len(state["categories"]),
-            "categories": state["categories"]}
-    return model.eval(), weights, meta
+    loaded = load_model(checkpoint)
+    meta = {"source": str(checkpoint), "kind": loaded.kind, "step": loaded.step,
+            "model": config_to_dict(loaded.config)["model"], "num_classes": len(loaded.categories),
+            "categories": loaded.categories}
+    return loaded.model, loaded.model.state_dict(), meta
 
 
 def export_student(checkpoint: str | Path, out: str | Path) -> dict:

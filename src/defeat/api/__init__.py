@@ -1,0 +1,35 @@
+"""The programmatic surface of defeat: every command of the ``defeat`` CLI as a typed function.
+
+The CLI (``defeat.cli``) only parses arguments, calls these and prints; the ``defeat reproduce`` study
+(``defeat.study``) calls them with config objects. They take a :class:`~defeat.config.Config` or plain
+arguments, write their files atomically, raise ``ValueError`` / ``FileNotFoundError`` with one line naming the
+file or item on bad input, and return what they computed.
+
+Runs (``defeat train / distill / eval``)::
+
+    from defeat import api
+    from defeat.config import load_config
+
+    cfg = load_config("configs/demo.yaml", ["output.dir=runs/r18"])
+    result = api.train(cfg)                        # -> RunResult(final_checkpoint, step, metrics)
+    stats = api.evaluate(cfg, result.final_checkpoint)
+    student = api.distill(load_config("configs/distill.yaml"))
+
+Models: :func:`load_detector` (any checkpoint -> model, config, classes, adapters), :func:`export`.
+Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`.
+Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func:`analyze_errors` (Fig. 4-9).
+
+The method itself (masks, losses, the distiller) is in :mod:`defeat.distill`, usable in a plain PyTorch loop.
+"""
+
+from defeat.api.data import import_voc, import_yolo, synth
+from defeat.api.errors import analyze_errors
+from defeat.api.features import channel_distance, grad_norm
+from defeat.api.models import export, load_detector
+from defeat.api.runs import RunResult, check_teacher, distill, evaluate, load_teacher, train
+from defeat.config import Config, DistillSettings, config_from_dict, load_config
+from defeat.engine import LoadedModel
+
+__all__ = ["Config", "DistillSettings", "LoadedModel", "RunResult", "analyze_errors", "channel_distance",
+           "check_teacher", "config_from_dict", "distill", "evaluate", "export", "grad_norm", "import_voc",
+           "import_yolo", "load_config", "load_detector", "load_teacher", "synth", "train"]

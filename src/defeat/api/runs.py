@@ -1,0 +1,158 @@
+"""Training, distillation and evaluation runs: a config in, checkpoints and metrics out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from defeat.config import Config
+from defeat.data import CocoDetection
+from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, evaluate as evaluate_detector,
+                           init_distributed, load_datasets, load_model, train as train_loop)
+from defeat.engine.distributed import broadcast_from_main
+from defeat.utils import atomic_write_json
+
+
+@dataclass
+class RunResult:
+    """What a training or distillation run produced (metrics on rank 0; empty elsewhere or without a val split)."""
+
+    final_checkpoint: Path
+    step: int
+    metrics: dict = field(default_factory=dict)  # the final evaluation's COCO stats (fractions)
+    teacher_metrics: dict = field(default_factory=dict)  # distill: the teacher's AP/AP50 on the same images
+    notes: list[str] = field(default_factory=list)  # what the run reported before training (teacher load, ...)
+
+
+def _say(message: str, info: DistInfo, verbose: bool) -> None:
+    if verbose and info.is_main:
+        tqdm.write(message)
+
+
+def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Train the detector of ``cfg.model`` on ``cfg.data`` (under torchrun: DDP over every process).
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoint_last.pt`` and ``model_final.pt`` to ``cfg.output.dir``;
+    ``resume`` continues from its ``checkpoint_last.pt``.
+    """
+    info = init_distributed(cfg.device)
+    try:
+        train_set, val_set = load_datasets(cfg)
+        model = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
+        result = train_loop(cfg, model, model, train_set, val_set, info, kind="detector", resume=resume,
+                            progress=progress)
+        return RunResult(result.final_checkpoint, result.step, result.metrics)
+    finally:
+        cleanup(info)
+
+
+def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the dataset") -> tuple[LoadedModel, str]:
+    """The frozen teacher named by ``cfg.distill``: weights from ``teacher_checkpoint``, the model section from
+    ``teacher_config`` (or the checkpoint's own config). Returns it and a one-line load report; weights that
+    do not fit are refused unless ``distill.force``."""
+    from defeat.config import load_config
+
+    path = cfg.distill.teacher_checkpoint
+    if not path:
+        raise ValueError("distill.teacher_checkpoint: not set (path to the teacher's model_final.pt)")
+    model_cfg = load_config(cfg.distill.teacher_config).model if cfg.distill.teacher_config else None
+    teacher = load_model(path, categories=categories, dataset=dataset, model_cfg=model_cfg, strict=False)
+    bad = teacher.missing + teacher.unexpected
+    report = (f"teacher {teacher.name} from {path}: {len(teacher.missing)} missing, "
+              f"{len(teacher.unexpected)} unexpected keys")
+    if bad:
+        if not cfg.distill.force:
+            raise ValueError(f"{path}: weights do not fit {teacher.name} ({report}, e.g. {bad[:3]}); "
+                             "check distill.teacher_config or pass --force")
+        report += f" (e.g. {bad[:3]}; continuing because of --force)"
+    return teacher, report
+
+
+def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, info: DistInfo,
+                  verbose: bool = True) -> dict:
+    """The teacher sanity check: teacher and (untrained) student on ``distill.teacher_check_images`` validation
+    images; refuses a teacher below ``distill.teacher_min_ap`` unless ``distill.force``. Returns the teacher's
+    AP/AP50 on the images the student will be evaluated on (empty when the check is off)."""
+    n = cfg.distill.teacher_check_images
+    if val_set is None or n <= 0:
+        return {}
+    quick = dict(batch_size=cfg.eval.batch_size, max_images=n, score_thresh=cfg.eval.score_thresh, progress=False)
+    t_stats = evaluate_detector(teacher, val_set, info, **quick)
+    s_stats = evaluate_detector(student, val_set, info, **quick)
+    checked = min(n, len(val_set))
+    verdict = None
+    if info.is_main:
+        _say(f"teacher check on {checked} val images: teacher AP {100 * t_stats['AP']:.1f} "
+             f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
+             f"AP50 {100 * s_stats['AP50']:.1f}", info, verbose)
+        if t_stats["AP"] < cfg.distill.teacher_min_ap:
+            verdict = (f"{cfg.distill.teacher_checkpoint}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
+                       f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
+                       "is it trained on this dataset?")
+    verdict = broadcast_from_main(verdict, info)
+    if verdict and not cfg.distill.force:
+        raise ValueError(f"{verdict} Pass --force to distil anyway")
+    if verdict:
+        _say(f"warning: {verdict} (continuing because of --force)", info, verbose)
+    evaluated = min(cfg.data.val_max_images or len(val_set), len(val_set))
+    if checked != evaluated:  # side-by-side numbers must come from the same images as the student's
+        t_stats = evaluate_detector(teacher, val_set, info, batch_size=cfg.eval.batch_size,
+                                    max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
+                                    progress=False)
+    reference = {"teacher_AP": t_stats["AP"], "teacher_AP50": t_stats["AP50"]} if info.is_main else {}
+    return broadcast_from_main(reference, info)
+
+
+def distill(cfg: Config, *, resume: bool = False, progress: bool = True, verbose: bool = True) -> RunResult:
+    """Distil the teacher of ``cfg.distill`` into a fresh ``cfg.model`` student with DeFeat (under torchrun: DDP).
+
+    Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`), then trains the
+    :class:`~defeat.distill.DeFeatDistiller`; the checkpoints hold the student and the adapters, never the teacher.
+    """
+    from defeat.distill import build_distiller
+
+    info = init_distributed(cfg.device)
+    try:
+        train_set, val_set = load_datasets(cfg)
+        categories = train_set.categories
+        teacher, report = load_teacher(cfg, categories, cfg.data.train_annotations)
+        student = build_for_dataset(cfg.model, categories, cfg.seed)
+        try:
+            distiller = build_distiller(student, teacher.model, cfg.distill.settings(),
+                                        max_steps=cfg.schedule.max_steps,
+                                        where=f"teacher {cfg.distill.teacher_checkpoint}")
+        except ValueError as err:
+            raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
+        distiller.to(info.device)
+        notes = [report, f"DeFeat: feature_mode={cfg.distill.feature_mode} proposal_mode={cfg.distill.proposal_mode} "
+                         f"student {cfg.model.name} <- teacher {teacher.name}"]
+        for line in notes:
+            _say(line, info, verbose)
+        reference = check_teacher(cfg, teacher.model, student, val_set, info, verbose)
+        result = train_loop(cfg, distiller, student, train_set, val_set, info, kind="distill", resume=resume,
+                            before_step=distiller.before_step, reference_metrics=reference or None,
+                            progress=progress)
+        return RunResult(result.final_checkpoint, result.step, result.metrics, reference, notes)
+    finally:
+        cleanup(info)
+
+
+def evaluate(cfg: Config, checkpoint: str | Path, out: str | Path | None = None, *, progress: bool = True) -> dict:
+    """COCO metrics of a checkpoint on ``cfg.data``'s validation split; writes ``results.json`` (detections)
+    and ``metrics.json`` to ``out`` (default: the checkpoint's folder). Returns the stats (rank 0)."""
+    info = init_distributed(cfg.device)
+    try:
+        _, val_set = load_datasets(cfg, train=False)
+        loaded = load_model(checkpoint, categories=val_set.categories, dataset=cfg.data.val_annotations)
+        model = loaded.model.to(info.device)
+        out = Path(out) if out else Path(checkpoint).parent
+        stats = evaluate_detector(model, val_set, info, batch_size=cfg.eval.batch_size,
+                                  max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
+                                  results_file=out / "results.json", progress=progress)
+        if info.is_main:
+            atomic_write_json(out / "metrics.json", stats)
+        return stats or {}
+    finally:
+        cleanup(info)

@@ -1,0 +1,171 @@
+"""``DeFeatDistiller``: a torchvision detector (the student) trained from a frozen one (the teacher) with DeFeat.
+
+The distiller is what the training loop trains: ``forward(images, targets)`` in train mode returns the
+student's own detection losses plus the weighted distillation terms as one dict; in eval mode the student's
+detections. Its registered submodules are only ``student`` and ``adapters``, so its ``state_dict``, its
+optimizer and DDP never see the teacher (held outside the module tree, frozen, in eval mode, moved along by
+``.to()``; see :class:`~defeat.distill.base.TeacherStudentModule`).
+
+One training step, top to bottom (:meth:`DeFeatDistiller.forward`), the same for every pair:
+
+1. the student's transform resizes, normalises and batches the images once; both backbones see that tensor;
+2. student backbone+FPN; teacher backbone+FPN under ``no_grad``;
+3. the student's detection losses and the head term's samples (the family part, :mod:`defeat.distill.heads`:
+   Faster R-CNN's sampled proposals, or every anchor of RetinaNet / FCOS with torchvision's own assignment);
+4. the feature term on the distilled FPN levels with the object masks of the GT boxes
+   (:mod:`defeat.distill.masks`), through one adapter conv per level;
+5. the head term: the teacher's classifier on the *same* samples, and the KL split into positive and
+   negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`).
+
+Pairs: the feature term runs on the FPN levels both models have (same name = same stride; none in common:
+refused with the reason). The head term needs both of one family; on a mixed pair (a Faster R-CNN and a
+one-stage detector, or RetinaNet and FCOS) it is switched off with a warning. For one-stage students,
+``level_k0`` assigns each box to ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the distilled levels (see
+docs/distill.md for the choice on P3-P7).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from defeat.config import DistillSettings
+from defeat.distill.adapters import FeatureAdapters
+from defeat.distill.base import TeacherStudentModule
+from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for
+from defeat.distill.losses import (decoupled_feature_loss, decoupled_proposal_loss, feature_loss_keys,
+                                   proposal_loss_keys)
+from defeat.distill.masks import fgfi_masks, object_masks, split_anchors
+from defeat.models.families import anchor_generator_of, common_levels, family_of, strides_of
+
+
+class DeFeatDistiller(TeacherStudentModule):
+    """DeFeat for any pair of torchvision Faster R-CNN / RetinaNet / FCOS detectors (see the module docstring).
+
+    Args:
+        student: the detector that trains.
+        teacher: the detector it imitates (frozen here: ``requires_grad=False`` and eval mode for good); same
+            classes and image normalisation, at least one FPN level in common.
+        settings: the method's settings (modes, weights, temperatures, schedule); default: DeFeat's.
+        max_steps: length of training, for the linear/cosine KD-weight schedules.
+        where: how messages name the teacher (e.g. its checkpoint path).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,
+                 max_steps: int = 0, where: str = "teacher") -> None:
+        settings = settings or DistillSettings()
+        family_of(student, "student"), family_of(teacher, where)  # a clear error for anything else
+        check_same_input(student, teacher, where)
+        super().__init__(student, teacher, settings, max_steps)
+        self.head = head_for(student)
+        self.student_strides = strides_of(student, "student")
+        self.teacher_strides = strides_of(teacher, where)
+        self.levels = common_levels(student, teacher, where)
+        self.strides = {name: self.student_strides[name] for name in self.levels}
+        why_off = head_term_for(student, teacher, settings.proposal_mode, where)
+        self.head_kd = family_of(student) == family_of(teacher)
+        self.notes: list[str] = []
+        if not self.head_kd:
+            note = (f"DeFeat on a mixed pair (student {family_of(student)}, {where} {family_of(teacher)}): "
+                    f"feature KD on the common levels {'/'.join(self.levels)}")
+            if why_off:
+                note += f"; head KD is off ({why_off})"
+            self.notes.append(note)
+            warnings.warn(note, stacklevel=2)
+        self.adapters = (FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
+                         if settings.feature_mode != "none" else None)
+
+    @property
+    def proposal_mode(self) -> str:
+        """The head term's mode in effect (``none`` when the pair cannot have one)."""
+        return self.settings.proposal_mode if self.head_kd else "none"
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Train mode: dict of weighted losses. Eval mode: the student's detections."""
+        if not self.training:
+            return self.student(images, targets)
+        if targets is None:
+            raise ValueError("DeFeatDistiller: targets are required in training mode")
+        student, teacher, s = self.student, self.teacher, self.settings
+        scale = self.kd_scale
+        use_features = s.feature_mode != "none" and scale > 0
+        use_head = self.proposal_mode != "none" and scale > 0
+
+        # 1-2. one transformed batch, both backbones
+        images, targets = student.transform(images, targets)
+        check_boxes(targets)
+        s_feats = student.backbone(images.tensors)
+        t_feats = None
+        if use_features or use_head:
+            with torch.no_grad():
+                t_feats = teacher.backbone(images.tensors)
+
+        # 3. the student's own detection losses and the head term's samples
+        losses, samples = self.head.student_step(student, images, s_feats, targets)
+
+        # 4. decoupled features
+        if use_features:
+            feature_losses = self.feature_loss(images, targets, s_feats, t_feats, samples)
+            losses.update({k: scale * v for k, v in feature_losses.items()})
+        elif s.feature_mode != "none":  # schedule at 0: same keys, and the adapters stay in the graph for DDP
+            zero = sum(p.sum() for p in self.adapters.parameters()) * 0.0
+            losses.update({k: zero for k in feature_loss_keys(s.feature_mode)})
+
+        # 5. decoupled proposals / anchors
+        if use_head:
+            with torch.no_grad():
+                teacher_logits = self.head.teacher_logits(teacher, images, t_feats, samples)
+            head_losses = decoupled_proposal_loss(samples.student_logits, teacher_logits, samples.labels, s,
+                                                  kl_fn=self.head.kl)
+            losses.update({k: scale * v for k, v in head_losses.items()})
+        elif self.proposal_mode != "none":
+            zero = samples.student_logits.sum() * 0.0
+            losses.update({k: zero for k in proposal_loss_keys(self.proposal_mode)})
+        return losses
+
+    def feature_masks(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
+                      samples: HeadSamples | None = None) -> dict[str, Tensor]:
+        """Per distilled level ``(N, H, W)`` bool masks: DeFeat's object masks, or FGFI's in ``fgfi`` mode."""
+        sizes = {name: tuple(f.shape[-2:]) for name, f in zip(self.student_strides, s_feats.values())}
+        boxes = [t["boxes"] for t in targets]
+        if self.settings.feature_mode == "fgfi":
+            anchors = samples.anchors if samples is not None and samples.anchors is not None else \
+                anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
+            per_level = split_anchors(anchors, sizes)
+            return fgfi_masks(boxes, {name: per_level[name] for name in self.levels}, phi=self.settings.fgfi_phi)
+        return object_masks(boxes, {name: sizes[name] for name in self.levels}, self.strides,
+                            k0=self.settings.level_k0)
+
+    def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
+                     t_feats: dict[str, Tensor], samples: HeadSamples | None = None) -> dict[str, Tensor]:
+        """The (unscaled) feature term on the distilled levels: adapters(student) vs teacher, under the masks."""
+        named_student = dict(zip(self.student_strides, s_feats.values()))
+        named_teacher = dict(zip(self.teacher_strides, t_feats.values()))
+        adapted = self.adapters({name: named_student[name] for name in self.levels})
+        teacher_maps = [named_teacher[name] for name in self.levels]
+        if self.settings.feature_mode == "all":  # one uniform term: every pixel counts
+            masks = [torch.ones(t.shape[0], *t.shape[-2:], dtype=torch.bool, device=t.device) for t in teacher_maps]
+        else:
+            level_masks = self.feature_masks(images, targets, s_feats, samples)
+            masks = [level_masks[name] for name in self.levels]
+        return decoupled_feature_loss([adapted[name] for name in self.levels], teacher_maps, masks, self.settings)
+
+
+def check_boxes(targets: list[dict[str, Tensor]]) -> None:
+    """The check torchvision's GeneralizedRCNN does: no box with non-positive width or height."""
+    for index, target in enumerate(targets):
+        boxes = target["boxes"]
+        bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+        if bad.any():
+            raise ValueError(f"targets[{index}]: degenerate box {boxes[bad][0].tolist()} (width or height <= 0)")
+
+
+def build_distiller(student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,
+                    max_steps: int = 0, where: str = "teacher") -> DeFeatDistiller:
+    """The DeFeat distiller for this pair; ``where`` names the teacher in messages. One-line ValueError (with the
+    reason) for pairs that cannot be distilled."""
+    return DeFeatDistiller(student, teacher, settings, max_steps=max_steps, where=where)

@@ -1,0 +1,85 @@
+"""What differs between detector families, in one place: the family of a model, its FPN levels and strides,
+its FPN features, its anchor generator and the width of its classifier.
+
+Every other module asks these functions instead of testing model classes itself. A model of no known family
+is an error that names it, never a silent default. Adding a family means adding it to :data:`LEVELS` and to
+the ``isinstance`` table of :func:`family_of` (and, for distillation, one head class in ``defeat.distill``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+
+FAMILIES = ("faster_rcnn", "retinanet", "fcos")
+
+#: FPN level names per family, in torchvision's feature-dict order, with their strides (level Pk: stride 2**k)
+LEVELS = {
+    "faster_rcnn": {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64},
+    "retinanet": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
+    "fcos": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
+}
+
+_CLASSES = ((FasterRCNN, "faster_rcnn"), (RetinaNet, "retinanet"), (FCOS, "fcos"))
+
+
+def family_of(model: nn.Module, where: str = "model") -> str:
+    """``'faster_rcnn' | 'retinanet' | 'fcos'`` for a torchvision detector; a ValueError naming ``where`` otherwise."""
+    for cls, family in _CLASSES:
+        if isinstance(model, cls):
+            return family
+    raise ValueError(f"{where}: expected a torchvision FasterRCNN, RetinaNet or FCOS, got {type(model).__name__}")
+
+
+def anchor_generator_of(model: nn.Module, where: str = "model"):
+    """The anchor generator: the RPN's for Faster R-CNN, the model's own for one-stage detectors."""
+    return model.rpn.anchor_generator if family_of(model, where) == "faster_rcnn" else model.anchor_generator
+
+
+def strides_of(model: nn.Module, where: str = "model") -> dict[str, int]:
+    """Level name -> stride of a detector's FPN outputs, in order (``P2..`` for Faster R-CNN, ``P3..`` one-stage).
+
+    The number of levels is the anchor generator's (one size tuple per FPN output).
+    """
+    family = family_of(model, where)
+    count = len(anchor_generator_of(model).sizes)
+    if count > len(LEVELS[family]):
+        raise ValueError(f"{where}: {count} FPN levels, but a {family} has at most {len(LEVELS[family])} "
+                         f"({'/'.join(LEVELS[family])})")
+    return dict(list(LEVELS[family].items())[:count])
+
+
+def levels_of(model: nn.Module, where: str = "model") -> list[str]:
+    """Level names of a detector's FPN outputs, e.g. ``['P2', ..., 'P6']`` for Faster R-CNN."""
+    return list(strides_of(model, where))
+
+
+def fpn_features(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """The FPN maps of a detector for a batched, already-transformed image tensor, keyed ``P2..`` / ``P3..``.
+
+    torchvision keys its FPN outputs '0', '1', ..., 'pool' / 'p6', 'p7'; we name them by pyramid level.
+    """
+    return name_levels(model, model.backbone(images))
+
+
+def name_levels(model: nn.Module, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's feature dict of ``model``'s backbone, re-keyed by pyramid level (same order)."""
+    return dict(zip(levels_of(model), features.values()))
+
+
+def num_classes_of(model: nn.Module, where: str = "model") -> int:
+    """Outputs of the classifier, the background (or unused) class 0 included."""
+    if family_of(model, where) == "faster_rcnn":
+        return model.roi_heads.box_predictor.cls_score.out_features
+    return model.head.classification_head.num_classes
+
+
+def common_levels(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> list[str]:
+    """Levels both FPNs output (same name = same stride); a ValueError with the reason when there is none."""
+    s_levels, t_levels = strides_of(student, "student"), strides_of(teacher, where)
+    shared = [name for name in s_levels if name in t_levels]
+    if not shared:
+        raise ValueError(f"{where}: no FPN level in common with the student (teacher {'/'.join(t_levels)}, student "
+                         f"{'/'.join(s_levels)}); DeFeat imitates features level by level at equal strides, so "
+                         "this pair cannot be distilled")
+    return shared

@@ -1,0 +1,19 @@
+"""``defeat reproduce``: the DeFeat supplementary's study end to end on the embedded benchmark, with a report.
+
+It sits above the API: every stage calls :mod:`defeat.api` with a config object (no command lines, no
+process-global state carried from one stage to the next). Modules: :mod:`~defeat.study.presets` (presets and the
+configs derived from them), :mod:`~defeat.study.plan` (the stages), :mod:`~defeat.study.estimate` (time estimate),
+:mod:`~defeat.study.runner` (running with cache/resume), :mod:`~defeat.study.claims` (the numbers and claims, pure),
+:mod:`~defeat.study.render` (Markdown/HTML), :mod:`~defeat.study.report` (files), :mod:`~defeat.study.coco`.
+
+    from defeat.study import load_preset, run_reproduce
+    summary = run_reproduce(load_preset("tiny"), "runs/reproduce_tiny")
+"""
+
+from defeat.study.claims import CLAIM_IDS, claims_by_id, compute_claims
+from defeat.study.plan import Stage, build_plan
+from defeat.study.presets import PRESETS, STUDENT_MODES, derive_config, load_preset
+from defeat.study.runner import StageError, StaleStageError, execute_stage, run_reproduce
+
+__all__ = ["CLAIM_IDS", "PRESETS", "STUDENT_MODES", "Stage", "StageError", "StaleStageError", "build_plan",
+           "claims_by_id", "compute_claims", "derive_config", "execute_stage", "load_preset", "run_reproduce"]

@@ -1,0 +1,199 @@
+"""The stages of a ``defeat reproduce`` run, derived from its preset: what each calls, needs, writes and costs.
+
+Stages (each in its own folder of the run directory, in this order)::
+
+    data                       api.synth                        -> data/
+    teacher                    api.train   (the bigger network)  -> models/teacher/
+    eval_teacher               api.evaluate                     -> eval/teacher/
+    <student>_s<seed>          api.train (baseline) / distill   -> models/<student>_s<seed>/
+    eval_<student>_s<seed>     api.evaluate                     -> eval/<student>_s<seed>/
+    channel_distance(_raw)     api.channel_distance             -> analysis/channel_distance(_raw)/
+    grad_norm                  api.grad_norm                    -> analysis/grad_norm/
+    errors                     api.analyze_errors               -> analysis/errors/
+
+Students (first seed of each first, then the extra seeds, so that an interrupted run has every comparison early):
+``baseline`` (no KD), ``object``, ``background``, ``all``, ``decoupled`` (feature distillation only: the
+supplementary's five students), ``defeat`` (decoupled features + decoupled proposals) and ``fgfi``.
+
+Each stage records the equivalent ``defeat`` command (``Stage.command``), so it can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defeat.config import Config, config_to_dict
+from defeat.study.estimate import Estimator, minutes
+from defeat.study.presets import STUDENT_MODES, data_paths, derive_config, run_name, run_order, seeds_of
+
+
+@dataclass
+class Stage:
+    name: str
+    folder: Path
+    kind: str  # data | train | distill | eval | channel_distance | grad_norm | errors
+    params: dict  # keyword arguments of the API call (paths as strings)
+    command: str  # the equivalent `defeat ...` command line, for people
+    deps: list[str] = field(default_factory=list)
+    config: Config | None = None  # model stages: saved as folder/config.yaml before running
+    steps: int = 0
+    estimate: dict = field(default_factory=dict)  # {estimate key: units} parts of the time
+    outputs: list[str] = field(default_factory=list)  # files (relative to folder) that must exist afterwards
+    seed: int = 0  # the global torch seed set before the stage runs
+    key: str = ""
+
+    def spec(self, run_dir: Path) -> dict:
+        """What defines the stage, with the run folder written as <run> (so a moved run folder stays cached)."""
+        text = json.dumps({"kind": self.kind, "params": self.params, "seed": self.seed,
+                           "config": config_to_dict(self.config) if self.config else None},
+                          sort_keys=True, default=str)
+        return json.loads(text.replace(str(run_dir), "<run>"))
+
+
+def _flags(params: dict, order: list[str]) -> str:
+    """``--key value`` pairs of ``params`` for the command line shown to people."""
+    parts = []
+    for key in order:
+        value = params.get(key)
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, dict):
+            parts.append(flag + " " + " ".join(f"{k}={v}" for k, v in value.items()))
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {','.join(map(str, value))}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
+    """The stage list of a run preset (see the module docstring), with keys and time-estimate parts."""
+    run_dir = Path(run_dir)
+    b = preset["benchmark"]
+    an = preset.get("analysis", {})
+    paths = data_paths(run_dir)
+    num_val = int(b["num_val"])
+    val_images = min(num_val, int(preset["common"].get("data", {}).get("val_max_images", 0)) or num_val)
+    stages: list[Stage] = []
+
+    data_dir = run_dir / "data"
+    synth = {"out": str(data_dir), "seed": int(b.get("seed", 0)), "num_train": int(b["num_train"]),
+             "num_val": num_val, "image_size": int(b["image_size"]), "min_objects": int(b.get("min_objects", 2)),
+             "max_objects": int(b.get("max_objects", 8)), "workers": int(b.get("workers", 2))}
+    stages.append(Stage("data", data_dir, "data", synth, "defeat data synth " + _flags(synth, list(synth)),
+                        estimate={"synth_image": int(b["num_train"]) + num_val}, outputs=["train.json", "val.json"]))
+
+    def add_model(name: str, role: str, seed: int, modes: tuple[str, str] | None) -> None:
+        folder = run_dir / "models" / name
+        cfg = derive_config(preset, role, run_dir, folder, seed, modes)
+        kind = "train" if modes is None else "distill"
+        cfg_path = folder / "config.yaml"
+        step_key = ("teacher_step" if role == "teacher" else "student_step" if modes is None
+                    else "defeat_step" if modes[1] != "none" else "distill_step")
+        image_key = "teacher_image" if role == "teacher" else "student_image"
+        deps = ["data"] + ([] if modes is None else ["teacher"])
+        stages.append(Stage(name, folder, kind, {"resume": True}, f"defeat {kind} {cfg_path} --resume", deps, cfg,
+                            cfg.schedule.max_steps, {step_key: cfg.schedule.max_steps, image_key: val_images},
+                            ["model_final.pt"], seed=seed))
+        ev = run_dir / "eval" / name
+        checkpoint = str(folder / "model_final.pt")
+        stages.append(Stage(f"eval_{name}", ev, "eval", {"checkpoint": checkpoint, "out": str(ev)},
+                            f"defeat eval {cfg_path} --checkpoint {checkpoint} --out {ev}", [name], cfg,
+                            estimate={image_key: val_images}, outputs=["results.json", "metrics.json"]))
+
+    teacher_seed = int(preset["teacher"].get("seed", 0))
+    add_model("teacher", "teacher", teacher_seed, None)
+    for student, seed in run_order(preset):
+        add_model(run_name(student, seed), "student", seed, STUDENT_MODES[student])
+
+    first = {s: run_name(s, seeds_of(preset, s)[0]) for s in preset["students"]}
+    teacher_ckpt = str(run_dir / "models" / "teacher" / "model_final.pt")
+
+    cd = an.get("channel_distance")
+    fig1 = [s for s in ("baseline", "object", "background", "all", "decoupled") if s in first]
+    # Fig. 1 twice: as the distiller compares the maps (distilled students through their adapters), and on the
+    # raw FPN output of every student (what the student itself carries, without the adapter's help)
+    for name, feature in (("channel_distance", "auto"), ("channel_distance_raw", "raw")):
+        if cd is None or len(fig1) < 2:
+            break
+        folder = run_dir / "analysis" / name
+        n = min(int(cd.get("images", 20)), num_val)
+        params = {"teacher": teacher_ckpt,
+                  "students": {s: str(run_dir / "models" / first[s] / "model_final.pt") for s in fig1},
+                  "images_dir": paths["val_images"], "annotations": paths["val_annotations"], "out": str(folder),
+                  "level": str(cd.get("level", "P2")), "images": n, "seed": int(cd.get("seed", 0)),
+                  "student_feature": feature, "quiet": True}
+        shown = {**params, "student": params["students"]}
+        stages.append(Stage(
+            name, folder, "channel_distance", params,
+            "defeat analyze channel-distance " + _flags(shown, ["teacher", "student", "images", "seed", "level",
+                                                                "student_feature", "images_dir", "annotations",
+                                                                "out", "quiet"]),
+            ["teacher", *[first[s] for s in fig1]],
+            estimate={"teacher_image": n, "student_image": n * len(fig1)},
+            outputs=["channel_distance_summary.json", "channel_distance.png"], seed=int(cd.get("seed", 0))))
+
+    gn = an.get("grad_norm")
+    if gn is not None:
+        folder = run_dir / "analysis" / "grad_norm"
+        n = min(int(gn.get("images", 8)), int(b["num_train"]))
+        k = int(gn.get("train_steps", 0))
+        params = {"student": str(run_dir / "models" / first["baseline"] / "model_final.pt"), "teacher": teacher_ckpt,
+                  "mode": str(gn.get("mode", "all")), "train_steps": k, "images": n, "seed": int(gn.get("seed", 0)),
+                  "images_dir": paths["train_images"], "annotations": paths["train_annotations"],
+                  "out": str(folder), "quiet": True}
+        stages.append(Stage(
+            "grad_norm", folder, "grad_norm", params, "defeat analyze grad-norm " + _flags(params, list(params)),
+            ["teacher", first["baseline"]], steps=k, estimate={"distill_step": k + n},
+            outputs=["grad_norm_ratio.json"], seed=int(gn.get("seed", 0))))
+
+    er = an.get("errors")
+    compared = [s for s in ("baseline", "object", "background", "decoupled") if s in first]
+    if er is not None and len(compared) >= 2:
+        folder = run_dir / "analysis" / "errors"
+        formats = str(er.get("formats", "none"))
+        params = {"gt": paths["val_annotations"],
+                  "dets": {s: str(run_dir / "eval" / first[s] / "results.json") for s in compared},
+                  "out": str(folder), "categories": list(er.get("categories") or []) or None,
+                  "formats": [] if formats == "none" else formats.split(","), "workers": int(er.get("workers", 1)),
+                  "progress": False}
+        shown = {**params, "formats": formats, "quiet": True}
+        stages.append(Stage(
+            "errors", folder, "errors", params,
+            "defeat analyze errors " + _flags(shown, ["gt", "dets", "categories", "out", "formats", "workers",
+                                                      "quiet"]),
+            ["data", *[f"eval_{first[s]}" for s in compared]], estimate={"errors": 1},
+            outputs=["errors_table.json"]))
+
+    keys: dict[str, str] = {}
+    for stage in stages:
+        stage.estimate["stage_overhead"] = 1  # start-up: model builds, dataset loading
+        payload = json.dumps({"spec": stage.spec(run_dir), "deps": [keys[d] for d in stage.deps]}, sort_keys=True)
+        stage.key = keys[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return stages
+
+
+def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done: set[str]) -> str:
+    """The plan as a table: stage, command, steps, estimated time (``cached`` for finished stages)."""
+    lines = [f"{'stage':<26} {'command':<24} {'steps':>6} {'estimate':>10}"]
+    total_steps, total = 0, 0.0
+    for s in stages:
+        est = 0.0 if s.name in done else estimator.seconds(s)
+        total += est
+        total_steps += s.steps if s.name not in done else 0
+        words = s.command.split()[1:]
+        command = " ".join(words[:2]) if words[0] in ("analyze", "data") else words[0]
+        lines.append(f"{s.name:<26} {command:<24} {s.steps or '':>6} "
+                     f"{'cached' if s.name in done else minutes(est):>10}")
+    report = estimator.apriori.get("report", 5.0)
+    lines.append(f"{'report':<26} {'':<24} {'':>6} {minutes(report):>10}")
+    budget = preset.get("budget_minutes")
+    lines.append(f"planned: {len(stages) + 1} stages ({len(done)} already done), {total_steps} training steps to run, "
+                 f"estimated {minutes(total + report)}" + (f" (budget {budget} min)" if budget else ""))
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Presets of ``defeat reproduce`` and the configs derived from them.
+
+A **preset** (``defeat/configs/reproduce_<name>.yaml`` or any YAML file of the same shape) gives the benchmark size,
+the teacher and student model sections, the steps per model, the seeds and the analysis sizes. Every model's full
+:class:`~defeat.config.Config` is derived from it here (:func:`derive_config`); the plan (:mod:`defeat.study.plan`)
+saves it into the model's folder so each stage can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from defeat.config import Config, ConfigError, apply_override, config_from_dict
+
+PRESETS = ("tiny", "quick", "full", "coco")
+
+#: student name -> (distill.feature_mode, distill.proposal_mode); ``None`` = plain training (no KD)
+STUDENT_MODES: dict[str, tuple[str, str] | None] = {
+    "baseline": None,
+    "object": ("object", "none"),
+    "background": ("background", "none"),
+    "all": ("all", "none"),
+    "decoupled": ("decoupled", "none"),
+    "defeat": ("decoupled", "decoupled"),
+    "fgfi": ("fgfi", "none"),
+}
+
+RUN_KEYS = {"preset", "description", "indicative", "budget_minutes", "benchmark", "common", "teacher", "student",
+            "distill", "students", "seeds", "analysis", "estimate", "keep_checkpoints"}
+COCO_KEYS = {"preset", "description", "configs_only", "data", "common", "pairs", "distill", "gpus"}
+ESTIMATE_KEYS = ("synth_image", "teacher_step", "student_step", "distill_step", "defeat_step", "teacher_image",
+                 "student_image", "errors", "stage_overhead", "report")
+
+
+def preset_file(name: str) -> Path:
+    """The YAML of a built-in preset (``defeat/configs/reproduce_<name>.yaml``, shipped as package data)."""
+    return Path(str(resources.files("defeat") / "configs" / f"reproduce_{name}.yaml"))
+
+
+def _merge(base: dict, extra: dict | None) -> dict:
+    """Deep merge: ``extra`` wins; nested mappings are merged, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
+    """A preset by name (``tiny``, ``quick``, ``full``, ``coco``) or path, with ``--set key=value`` overrides
+    (e.g. ``teacher.steps=800``, ``seeds.baseline=[0,1,2,3]``). One-line ``ValueError`` on bad input."""
+    path = preset_file(spec) if spec in PRESETS else Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--preset {spec!r}: not a preset name ({', '.join(PRESETS)}) nor a YAML file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    for assignment in overrides or []:
+        try:
+            apply_override(tree, assignment)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    tree.setdefault("preset", path.stem.replace("reproduce_", ""))
+    tree["source"] = str(path)
+    known = (COCO_KEYS if tree.get("configs_only") else RUN_KEYS) | {"source"}
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown preset key '{unknown[0]}' (known: {', '.join(sorted(known - {'source'}))})")
+    if tree.get("configs_only"):
+        return tree
+    missing = sorted({"benchmark", "common", "teacher", "student", "students", "seeds"} - set(tree))
+    if missing:
+        raise ValueError(f"{path}: missing preset section '{missing[0]}'")
+    bad = [s for s in tree["students"] if s not in STUDENT_MODES]
+    if bad:
+        raise ValueError(f"{path}: students: unknown student {bad[0]!r} (choose from {', '.join(STUDENT_MODES)})")
+    if "baseline" not in tree["students"]:
+        raise ValueError(f"{path}: students: the baseline student is required (every comparison refers to it)")
+    for role in ("teacher", "student"):
+        for key in ("model", "steps"):
+            if key not in tree[role]:
+                raise ValueError(f"{path}: {role}.{key}: missing")
+    for name, seeds in tree["seeds"].items():
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"{path}: seeds.{name}: expected a non-empty list of integers, got {seeds!r}")
+    if "default" not in tree["seeds"]:
+        raise ValueError(f"{path}: seeds.default: missing (the seeds of students not listed in seeds)")
+    probe = Path("<run>")  # derive one config per role now, so that a bad model/config key fails before any work
+    derive_config(tree, "teacher", probe, probe / "teacher", 0)
+    derive_config(tree, "student", probe, probe / "student", 0, ("decoupled", "decoupled"))
+    unknown_est = sorted(set(tree.get("estimate", {})) - set(ESTIMATE_KEYS))
+    if unknown_est:
+        raise ValueError(f"{path}: unknown key 'estimate.{unknown_est[0]}' (known: {', '.join(ESTIMATE_KEYS)})")
+    return tree
+
+
+def seeds_of(preset: dict, student: str) -> list[int]:
+    return list(preset["seeds"].get(student, preset["seeds"]["default"]))
+
+
+def run_order(preset: dict) -> list[tuple[str, int]]:
+    """(student, seed) pairs: the first seed of every student in preset order, then the extra seeds round-robin."""
+    seeds = {s: seeds_of(preset, s) for s in preset["students"]}
+    order = [(s, seeds[s][0]) for s in preset["students"]]
+    for k in range(1, max(len(v) for v in seeds.values())):
+        order += [(s, seeds[s][k]) for s in preset["students"] if k < len(seeds[s])]
+    return order
+
+
+def run_name(student: str, seed: int) -> str:
+    return f"{student}_s{seed}"
+
+
+# ------------------------------------------------------------------------------------------ derived configs
+def data_paths(run_dir: Path) -> dict:
+    data = run_dir / "data"
+    return {"train_images": str(data / "train"), "train_annotations": str(data / "train.json"),
+            "val_images": str(data / "val"), "val_annotations": str(data / "val.json")}
+
+
+def derive_config(preset: dict, role: str, run_dir: Path, out_dir: Path, seed: int,
+                  modes: tuple[str, str] | None = None) -> Config:
+    """The full config of one model: ``common`` + the role's ``model``/``config`` sections + data paths, steps,
+    output folder, seed (+ the ``distill`` section and teacher checkpoint for a distilled student)."""
+    section = preset[role]
+    tree = _merge(preset["common"], {"model": section["model"]})
+    tree = _merge(tree, section.get("config"))
+    tree["data"] = _merge(tree.get("data", {}), data_paths(run_dir))
+    steps = int(section["steps"])
+    warmup = int(section.get("warmup_steps", max(1, steps // 10)))
+    tree["schedule"] = _merge(tree.get("schedule", {}), {"max_steps": steps, "warmup_steps": min(warmup, steps)})
+    tree["output"] = _merge(tree.get("output", {}), {"dir": str(out_dir)})
+    tree["seed"] = seed
+    if modes is not None:
+        tree["distill"] = _merge(preset.get("distill", {}), {
+            "teacher_checkpoint": str(run_dir / "models" / "teacher" / "model_final.pt"), "teacher_config": "",
+            "feature_mode": modes[0], "proposal_mode": modes[1]})
+    return config_from_dict(tree, source=f"preset {preset['preset']} ({role}, {out_dir.name})")
