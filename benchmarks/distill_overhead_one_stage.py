@@ -1,4 +1,4 @@
-"""Overhead of one-stage DeFeat (``OneStageDistiller``) beyond the compute it cannot avoid: step time and memory.
+"""Overhead of one-stage DeFeat (``DeFeatDistiller``) beyond the compute it cannot avoid: step time and memory.
 
 The method of ``benchmarks/distill_overhead.py`` (two-stage), on RetinaNet R50-FPN -> R18-FPN at the embedded
 benchmark's 320 px by default, one fixed batch, same models:
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from defeat.config import DistillConfig, ModelConfig
-from defeat.distill import FeatureAdapters, OneStageDistiller
+from defeat.distill import DeFeatDistiller, FeatureAdapters
 from defeat.models import build_detector
 
 NUM_CLASSES = 9  # the embedded benchmark's (defeat data synth) class count
@@ -109,8 +109,8 @@ WITH_HEAD = DistillConfig(feature_mode="decoupled", proposal_mode="decoupled")
 def run_timing(args, device) -> dict:
     images, targets = make_batch(args.batch, args.size, device)
     student, teacher = build(args, device)
-    defeat = OneStageDistiller(student, teacher, FEATURES_ONLY)
-    with_head = OneStageDistiller(student, teacher, WITH_HEAD)
+    defeat = DeFeatDistiller(student, teacher, FEATURES_ONLY)
+    with_head = DeFeatDistiller(student, teacher, WITH_HEAD)
     with_head.adapters = defeat.adapters  # same adapters; only the head term differs
     opt_student = torch.optim.SGD(student.parameters(), lr=0.0, momentum=0.9)
     opt_defeat = torch.optim.SGD(defeat.parameters(), lr=0.0, momentum=0.9)
@@ -210,7 +210,7 @@ def memory_probe(args) -> dict:
         if probe != "student":
             torch.manual_seed(1)
             teacher = build_detector(model_config(args, args.teacher), NUM_CLASSES).to(device)
-            module = OneStageDistiller(student, teacher, FEATURES_ONLY if probe == "defeat" else WITH_HEAD)
+            module = DeFeatDistiller(student, teacher, FEATURES_ONLY if probe == "defeat" else WITH_HEAD)
         optimizer = torch.optim.SGD(module.parameters(), lr=0.0, momentum=0.9)
         for seed in range(2):
             train_step(module, optimizer, images, targets, seed)

@@ -10,7 +10,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = REPO.parent / "shared"  # the team's data beside the repo; absent in a user's fresh clone
+FIXTURES = REPO / "tests" / "fixtures"
+#: real COCO val2014 ground truth for 100 images and perturbed-GT results (committed copy; see its README)
+VAL100 = FIXTURES / "coco-val2014-100"
 
 TINY_CATEGORIES = [
     {"id": 3, "name": "square", "supercategory": "box"},
@@ -70,3 +73,13 @@ def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_r18_fpn",
         "data.workers=0", f"schedule.max_steps={steps}", "schedule.warmup_steps=1", "optim.lr=0.01",
         "output.log_every=1", f"output.dir={out_dir}", "eval.batch_size=2",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_coco, tmp_path_factory):
+    """A zoo Faster R-CNN R18 'teacher' trained for one step on the tiny set (weights, not quality, matter)."""
+    from defeat.cli.main import main
+    out = tmp_path_factory.mktemp("teacher")
+    overrides = tiny_overrides(tiny_coco, out, steps=1) + ["output.checkpoint_every=0", "seed=5"]
+    assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
+    return out / "model_final.pt"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defeat.analysis import grad_norm as gn
-from defeat.models.zoo import fpn_features
+from defeat.models import fpn_features
 from tests.distill.conftest import batch, tiny_faster_rcnn
 
 

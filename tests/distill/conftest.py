@@ -44,15 +44,3 @@ def batch(with_empty: bool = True):
 @pytest.fixture
 def tiny():
     return tiny_faster_rcnn
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher(tiny_coco, tmp_path_factory):
-    """A zoo Faster R-CNN R18 'teacher' trained for one step on the tiny set (weights, not quality, matter)."""
-    from defeat.cli.main import main
-    from tests.conftest import tiny_overrides
-
-    out = tmp_path_factory.mktemp("teacher")
-    overrides = tiny_overrides(tiny_coco, out, steps=1) + ["output.checkpoint_every=0", "seed=5"]
-    assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
-    return out / "model_final.pt"

@@ -1,13 +1,11 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from defeat.engine.evaluator import STAT_NAMES, coco_stats, detections_to_coco, format_stats
-from tests.conftest import SHARED
+from tests.conftest import VAL100
 
-VAL100 = SHARED / "data" / "coco-val2014-100"
 # pycocotools 2.0.11 on the pair, from ../shared/README.md
 EXPECTED = [0.50458, 0.69697, 0.57298, 0.58563, 0.51940, 0.50140, 0.38681, 0.59368, 0.59535, 0.63981, 0.56642, 0.56429]
 

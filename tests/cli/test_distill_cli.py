@@ -73,7 +73,7 @@ def test_onnx_export_matches_pytorch(tiny_coco, tiny_teacher, tmp_path):
     pytest.importorskip("onnx")
     out = tmp_path / "student.pt"
     assert main(["export", str(tiny_teacher), "--out", str(out), "--onnx"]) == 0
-    from defeat.distill.export import student_from_checkpoint
+    from defeat.engine.export import student_from_checkpoint
 
     model, _, _ = student_from_checkpoint(tiny_teacher)
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
