@@ -188,7 +188,7 @@ def _pretrain(student, teacher, base_cfg: Config, adapters, dataset_dirs, train_
     from defeat.distill import DeFeatDistiller
 
     cfg = copy.deepcopy(base_cfg)
-    cfg.data.train_images, cfg.data.train_annotations = dataset_dirs
+    cfg.data.train_images, cfg.data.train_annotations = (str(p) for p in dataset_dirs)
     cfg.data.workers = 0
     cfg.schedule.max_steps = train_steps
     cfg.schedule.warmup_steps = min(cfg.schedule.warmup_steps, max(train_steps // 5, 1))
@@ -221,8 +221,18 @@ def grad_norm(student: str | Path, images_dir: str | Path, annotations: str | Pa
     student for K steps, all regions (the supplementary's setting).
 
     Writes ``grad_norm_<image id>.png``, ``grad_norm_ratio.{csv,json,md}`` and ``run.json`` to ``out``; returns
-    ``{"rows": rows pooled over images, "meta": ...}``.
+    ``{"rows": rows pooled over images, "meta": ...}``. The result depends on ``seed``, not on the state of the
+    global random generator (it runs on a forked generator seeded with ``seed``).
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _grad_norm(student, images_dir, annotations, out, teacher=teacher, mode=mode,
+                          proposal_mode=proposal_mode, loss=loss, levels=levels, train_steps=train_steps,
+                          images=images, seed=seed, mask=mask, level_k0=level_k0, device=device, quiet=quiet)
+
+
+def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal_mode, loss, levels, train_steps,
+               images, seed, mask, level_k0, device, quiet) -> dict:
     for value, allowed, flag in ((mode, FEATURE_MODES, "--mode"), (proposal_mode, PROPOSAL_MODES, "--proposal-mode")):
         if value not in allowed:
             raise ValueError(f"{flag}: unknown value {value!r} (choose from {', '.join(allowed)})")

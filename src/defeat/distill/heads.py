@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
@@ -222,9 +221,10 @@ def matched_idxs(model: nn.Module, targets: list[dict[str, Tensor]], anchors: li
     ``>= 0``: positive (index of the matched box); ``-1`` (``Matcher.BELOW_LOW_THRESHOLD``): negative;
     ``-2`` (``Matcher.BETWEEN_THRESHOLDS``, RetinaNet only): ignored. Images without boxes are all ``-1``.
     """
+    family = family_of(model, "matched_idxs")
     recorder = _MatchRecorder(model)
-    if isinstance(model, RetinaNet):
+    if family == "retinanet":
         return type(model).compute_loss(recorder, targets, None, anchors)
-    if isinstance(model, FCOS):
+    if family == "fcos":
         return type(model).compute_loss(recorder, targets, None, anchors, num_anchors_per_level)
     raise ValueError(f"matched_idxs: expected a RetinaNet or FCOS, got {type(model).__name__}")
