@@ -118,7 +118,7 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
                               "sec_per_step": rec.get("sec_per_step"), "command": s.command}
     configs = {}
     for s in stages:
-        if s.config is not None:
+        if s.config is not None and s.kind in ("train", "distill"):
             configs[s.name] = yaml.safe_dump(config_to_dict(s.config), sort_keys=False)
     return {"preset": preset["preset"], "description": preset.get("description", ""),
             "indicative": bool(preset.get("indicative", False)), "teacher": teacher, "students": students,
