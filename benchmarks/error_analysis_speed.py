@@ -188,9 +188,9 @@ def make_venv(path: Path) -> tuple[Path, Path, dict]:
     py = path / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", MMDET, "mmengine"], check=True,
                    stdout=subprocess.DEVNULL)
-    probe = ("import importlib.metadata as m, mmdet, pycocotools, matplotlib, numpy, os;"
+    probe = ("import importlib.metadata as m, importlib.util as u, os;"  # mmdet itself needs mmcv: not imported
              "print({p: m.version(p) for p in ('mmdet', 'mmengine', 'pycocotools', 'matplotlib', 'numpy')});"
-             "print(os.path.dirname(mmdet.__path__[0]))")
+             "print(os.path.dirname(u.find_spec('mmdet').submodule_search_locations[0]))")
     lines = subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True).stdout.splitlines()
     script = Path(lines[1]) / SCRIPT
     if not script.is_file():
@@ -235,6 +235,7 @@ def compare(name: str, gt_path: Path, res_path: Path, work: Path, py: Path, scri
             workers: int) -> dict:
     """ours (b) default, ours (a) script's figures, reference, then ours (b) and (a) again."""
     gt = json.loads(gt_path.read_text())
+    work.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {"default": [], "same_figures": []}
     arrays = []
 
