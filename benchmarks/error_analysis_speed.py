@@ -319,6 +319,8 @@ def main() -> int:
                                "unpickle and deep-copy the results (8.5 GB for the 49 processes at 500 images), which "
                                "does not fit in this machine's 23 GB" if args.reference_pool else "as shipped")},
         },
+        "scale_note": (None if args.images == 5000 else
+                       f"the generated set has {args.images} images, not the 5,000 at which the goals are stated"),
         "sets": sets,
         "ours_commands": {
             "default": "python -m defeat analyze errors --gt GT --dets model=RESULTS --out OUT "
