@@ -6,17 +6,17 @@ import contextlib
 import copy
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from defeat.analysis import coco_errors as ce
+from tests.conftest import VAL100
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-val2014-100"
+DATA = VAL100  # the committed copy of the COCO val2014-100 pair (tests/fixtures)
 GT_FILE = DATA / "instances_val2014_100.json"
 RES_FILE = DATA / "instances_val2014_fakebbox100_results.json"
-needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="../shared/data/coco-val2014-100 not available")
+needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="tests/fixtures/coco-val2014-100 missing")
 
 
 # ------------------------------------------------------------------ straightforward reference (pycocotools)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from defeat.cli.main import main
+from tests.conftest import VAL100
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-val2014-100"
+DATA = VAL100  # the committed copy of the COCO val2014-100 pair (tests/fixtures)
 GT_FILE = DATA / "instances_val2014_100.json"
 RES_FILE = DATA / "instances_val2014_fakebbox100_results.json"
-needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="../shared/data/coco-val2014-100 not available")
+needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="tests/fixtures/coco-val2014-100 missing")
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +32,27 @@ def student(tmp_path_factory) -> Path:
 def test_two_models_write_plots_figures_and_tables(tmp_path, student, capsys):
     out = tmp_path / "errors"
     rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--dets", f"baseline={RES_FILE}", f"student={student}",
-               "--out", str(out), "--categories", "apple,62"])
+               "--out", str(out), "--categories", "apple,62", "--formats", "png,pdf", "--workers", "2"])
     assert rc == 0
-    assert "baseline: C75=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "baseline: C75=" in printed
+    # the 100-image set has 10 categories without ground truth; 4 of them have no detection either
+    assert "skipped 4 empty categories (no ground truth, no detections): horse, keyboard, scissors, hair drier" \
+        in printed
     for model in ("baseline", "student"):
         for name in ("apple", "chair", "overall"):
             for area in ("all", "small", "medium", "large"):
                 for fmt in ("png", "pdf"):
                     assert (out / model / f"{name}-{area}.{fmt}").stat().st_size > 1000
+        for area in ("all", "small", "medium", "large"):
+            assert (out / model / f"grid-{area}.png").stat().st_size > 10000
         assert not (out / model / "spoon-all.png").exists()
+        assert not (out / model / "horse-all.png").exists()
         with np.load(out / model / "curves.npz") as z:
             assert z["precision"].shape == (7, 101, 80, 4)
     for name in ("apple", "chair", "overall"):
         assert (out / "comparison" / f"{name}.png").is_file() and (out / "comparison" / f"{name}.pdf").is_file()
+    assert {p.stem for p in (out / "comparison").iterdir()} == {"apple", "chair", "overall"}
     rows = list(csv.DictReader((out / "errors_table.csv").open()))
     assert len(rows) == 2 * 81 * 4
     overall = {r["model"]: r for r in rows if r["category"] == "overall" and r["area"] == "all"}
@@ -56,7 +65,22 @@ def test_two_models_write_plots_figures_and_tables(tmp_path, student, capsys):
         (float(overall["student"]["BG"]) - float(overall["student"]["Oth"]))
         - (float(overall["baseline"]["BG"]) - float(overall["baseline"]["Oth"])), abs=1e-5)
     assert (out / "errors_deltas.md").read_text().startswith("# COCO error analysis: deltas")
+    index = (out / "index.md").read_text()
+    assert "](baseline/grid-all.png)" in index and "](comparison/apple.pdf)" in index
     assert not list(out.rglob(".*.tmp*")) and not list(out.rglob(".*png"))
+
+
+@needs_data
+def test_formats_none_and_one_model_write_no_figure(tmp_path, capsys):
+    out = tmp_path / "errors"
+    rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--dets", f"baseline={RES_FILE}", "--out", str(out),
+               "--formats", "none", "--per-category", "--quiet"])
+    assert rc == 0 and capsys.readouterr().out == ""
+    assert not [p for p in out.rglob("*") if p.suffix in (".png", ".pdf", ".svg")]
+    assert not (out / "comparison").exists()
+    assert (out / "errors_table.json").is_file() and (out / "index.md").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["empty_categories"] == ["horse", "keyboard", "scissors", "hair drier"] and run["formats"] == []
 
 
 def write(tmp_path: Path, name: str, obj) -> str:

@@ -1,32 +1,46 @@
 """Figures and tables of the COCO error analysis (:mod:`defeat.analysis.coco_errors`).
 
-* :func:`write_band_plots` -- per model, per category (and ``overall``), per area: the stacked-band PR plot
-  (Loc blue, Sim red, Oth green, BG purple, FN orange, C75/C50 white; legend ``[0.585]C75``), as in mmdetection.
-* :func:`write_comparison_figure` -- one row per model, one column per area (the supplementary's Fig. 4-9 layout).
-* :func:`write_tables` -- every curve's value per model x category x area and the deltas between models (CSV, JSON,
-  Markdown). Besides the curve values (``C75`` ... ``FN``) each row has the band widths (``band_Loc = Loc - C50``,
-  ..., ``band_BG = BG - Oth``, ``band_FN = FN - BG``): how much precision each error type costs.
+Figures (matplotlib, Agg), each a stack of seven PR curves with the error bands between them (Loc blue, Sim red,
+Oth green, BG purple, FN orange, C75/C50 white; legend ``[0.585]C75`` = the curve's mean precision), as in
+mmdetection's ``coco_error_analysis.py``:
 
-Every file is written atomically (``defeat.utils``: temporary name in the same folder, then rename).
+* :func:`draw_singles` -- one model, one category (or ``overall``), one area per file: ``<stem>-<area>.<fmt>``;
+* :func:`draw_comparisons` -- one category, rows = models, columns = areas (the supplementary's Fig. 4-9 layout);
+* :func:`draw_grid` -- one model, one area, every given category as a small multiple on one page.
+
+A figure is built once per worker process and kind, then reused: later categories only update the curves, bands,
+legend texts and titles (no new figure, axes or artists). :func:`render` runs a list of drawing jobs in worker
+processes. Legends sit outside the axes, so they never cover a curve.
+
+Tables: :func:`write_tables` -- every curve's value per model x category x area and the deltas between models (CSV,
+JSON, Markdown). Besides the curve values (``C75`` ... ``FN``) each row has the band widths (``band_Loc = Loc - C50``,
+..., ``band_BG = BG - Oth``, ``band_FN = FN - BG``): how much precision each error type costs.
+
+Every file is written atomically (``defeat.utils``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+import multiprocessing
 import re
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defeat.analysis.coco_errors import BANDS, ErrorCurves  # noqa: E402
-from defeat.analysis.plotting import save_figure  # noqa: E402
 from defeat.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
 #: fill colours of the bands, in :data:`BANDS` order (mmdetection's / cocoapi's palette)
@@ -34,6 +48,9 @@ BAND_COLORS = ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0.31, 0.51, 0.74), (0.75, 0.31
                (0.50, 0.39, 0.64), (1.0, 0.6, 0.0))
 AREA_TITLES = {"all": "all areas", "small": "small", "medium": "medium", "large": "large"}
 OVERALL = "overall"
+GRID = "grid"
+FORMATS = ("png", "pdf", "svg")
+DPI = 100
 
 
 def safe_name(name: str) -> str:
@@ -41,23 +58,14 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "unnamed"
 
 
-def draw_bands(ax: plt.Axes, rec: np.ndarray, curves: np.ndarray, title: str, legend: bool = True,
-               fontsize: float = 8) -> None:
-    """Stack the seven curves ``curves[7, R]`` on ``ax``: band ``b`` fills between curve ``b-1`` and curve ``b``."""
-    values = curves.mean(axis=1)
-    lower = np.zeros_like(rec)
-    for b, name in enumerate(BANDS):
-        ax.plot(rec, curves[b], color="black", linewidth=0.5)
-        ax.fill_between(rec, lower, curves[b], color=BAND_COLORS[b], label=f"[{values[b]:.3f}]{name}")
-        lower = curves[b]
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("recall", fontsize=fontsize)
-    ax.set_ylabel("precision", fontsize=fontsize)
-    ax.set_title(title, fontsize=fontsize + 1)
-    ax.tick_params(labelsize=fontsize - 1)
-    if legend:
-        ax.legend(loc="lower left", fontsize=fontsize - 1, framealpha=0.85)
+def category_stems(cat_ids: Sequence[int], cat_names: Sequence[str]) -> list[str]:
+    """File stems of the categories, aligned with ``cat_ids``: :func:`safe_name`, made unique.
+
+    A stem that two categories share, or that equals ``overall`` / ``grid``, gets ``-id<category id>`` appended.
+    """
+    counts = Counter(safe_name(n) for n in cat_names)
+    return [f"{s}-id{c}" if counts[s] > 1 or s in (OVERALL, GRID) else s
+            for c, s in zip(cat_ids, (safe_name(n) for n in cat_names))]
 
 
 def curves_for(result: ErrorCurves, category: str | None) -> np.ndarray:
@@ -67,59 +75,211 @@ def curves_for(result: ErrorCurves, category: str | None) -> np.ndarray:
     return result.precision[:, :, result.cat_names.index(category), :]
 
 
-def _band_plots_of(result: ErrorCurves, model: str, out_dir: Path, name: str | None,
-                   formats: Sequence[str]) -> list[Path]:
-    curves = curves_for(result, name)
-    label = OVERALL if name is None else name
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of a near-square page of ``n`` small multiples (a little wider than tall)."""
+    cols = max(1, min(n, math.ceil(math.sqrt(n * 1.25))))
+    return max(1, math.ceil(n / cols)), cols
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+class BandAxes:
+    """The seven curves and bands of one axes: two artists (a polygon collection for the bands, a line collection for
+    the curves) made once, then updated in place by :meth:`update`."""
+
+    def __init__(self, ax: plt.Axes, rec: np.ndarray, fontsize: float = 8, legend: bool = True,
+                 labels: bool = True) -> None:
+        self.ax, self.rec = ax, np.asarray(rec, dtype=float)
+        self.bands = PolyCollection([], facecolors=BAND_COLORS, edgecolors="none", antialiaseds=True)
+        self.curves = LineCollection([], colors="black", linewidths=0.5)
+        ax.add_collection(self.bands)
+        ax.add_collection(self.curves)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        if labels:
+            ax.set_xlabel("recall", fontsize=fontsize)
+            ax.set_ylabel("precision", fontsize=fontsize)
+        ax.tick_params(labelsize=fontsize - 1)
+        self.title = ax.set_title(" ", fontsize=fontsize + 1)
+        self.legend = ax.legend(band_handles(), [f"[0.000]{b}" for b in BANDS], loc="center left",
+                                bbox_to_anchor=(1.01, 0.5), fontsize=fontsize - 1, frameon=False,
+                                borderaxespad=0.2, handlelength=1.5) if legend else None
+
+    def update(self, curves: np.ndarray, title: str) -> None:
+        """Show ``curves[7, R]``: band ``b`` fills between curve ``b-1`` and curve ``b``; legend = mean precision."""
+        self.bands.set_verts(band_polygons(self.rec, curves))
+        self.curves.set_segments([np.column_stack([self.rec, c]) for c in curves])
+        if self.legend is not None:
+            for text, value, name in zip(self.legend.get_texts(), curves.mean(axis=1), BANDS):
+                text.set_text(f"[{value:.3f}]{name}")
+        self.title.set_text(title)
+
+
+def band_polygons(rec: np.ndarray, curves: np.ndarray) -> list[np.ndarray]:
+    """The seven band outlines: band ``b`` runs along curve ``b`` and back along curve ``b-1`` (0 for the first)."""
+    lower = np.vstack([np.zeros_like(rec), curves[:-1]])
+    return [np.column_stack([np.concatenate([rec, rec[::-1]]), np.concatenate([up, lo[::-1]])])
+            for up, lo in zip(curves, lower)]
+
+
+def band_handles() -> list[Patch]:
+    """Legend swatches of the bands (white ones outlined, so that C75 and C50 show)."""
+    return [Patch(facecolor=c, edgecolor="0.6" if c == (1.0, 1.0, 1.0) else c, linewidth=0.5) for c in BAND_COLORS]
+
+
+class _Page:
+    """A figure of ``rows x cols`` :class:`BandAxes`, laid out once (on its first save) and reused."""
+
+    def __init__(self, rows: int, cols: int, cell: tuple[float, float], rec: np.ndarray, fontsize: float,
+                 legend: bool, labels: bool, used: int | None = None) -> None:
+        self.fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+        used = rows * cols if used is None else used
+        self.cells = []
+        for i, ax in enumerate(axes.flat):
+            if i >= used:
+                ax.set_axis_off()
+                continue
+            self.cells.append(BandAxes(ax, rec, fontsize, legend, labels))
+        self.laid_out = False
+
+    def save(self, stem: Path, formats: Sequence[str], rect: tuple | None = None) -> list[Path]:
+        if not self.laid_out:  # lay out once; no layout engine afterwards (it would draw every figure twice)
+            self.fig.tight_layout(rect=rect)
+            self.fig.set_layout_engine(None)
+            self.laid_out = True
+        return [save_bulk_figure(self.fig, Path(f"{stem}.{fmt}")) for fmt in formats]
+
+
+def save_bulk_figure(fig: plt.Figure, path: Path) -> Path:
+    """Render ``fig`` in the format of ``path``'s suffix and write it atomically without fsync: a figure is one of
+    many bulk files, made durable as a set by the run's final ``index.md`` / ``run.json`` (written with fsync).
+    PNGs use zlib level 1: a tenth faster to write for files about a tenth larger."""
+    fmt = path.suffix.lstrip(".")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=DPI, **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
+    atomic_write_bytes(path, buffer.getvalue(), fsync=False)
+    return path
+
+
+#: figures of this worker process, by kind and shape (a worker draws many categories on the same figure)
+_PAGES: dict[tuple, Any] = {}
+
+
+def _page(key: tuple, make: Callable[[], Any]) -> Any:
+    if key not in _PAGES:
+        _PAGES[key] = make()
+    return _PAGES[key]
+
+
+def area_title(area: str) -> str:
+    return AREA_TITLES.get(area, area)
+
+
+def draw_singles(model: str, rec: np.ndarray, area_names: Sequence[str],
+                 items: Sequence[tuple[str, str, np.ndarray]], out_dir: str | Path,
+                 formats: Sequence[str]) -> list[Path]:
+    """``out_dir/<stem>-<area>.<fmt>`` for each ``(label, stem, curves[7, R, A])`` of ``items``, one figure reused."""
+    page = _page(("single", len(rec)), lambda: _Page(1, 1, (6.2, 4.0), rec, 8, True, True))
+    cell = page.cells[0]
     written = []
-    for a, area in enumerate(result.area_names):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        draw_bands(ax, result.rec_thrs, curves[:, :, a], f"{model}: {label} ({AREA_TITLES.get(area, area)})")
-        fig.tight_layout()
-        for fmt in formats:
-            path = Path(out_dir) / f"{safe_name(label)}-{area}.{fmt}"
-            save_figure(fig, path, close=False)
-            written.append(path)
-        plt.close(fig)
+    for label, stem, curves in items:
+        for a, area in enumerate(area_names):
+            cell.update(curves[:, :, a], f"{model}: {label} ({area_title(area)})")
+            written += page.save(Path(out_dir) / f"{stem}-{area}", formats)
     return written
 
 
-def write_band_plots(result: ErrorCurves, model: str, out_dir: Path, categories: Sequence[str] | None,
-                     formats: Sequence[str] = ("png", "pdf"), workers: int = 1) -> list[Path]:
-    """``out_dir/<category>-<area>.<fmt>`` for the selected categories (all when None) and ``overall``.
-
-    About 0.15 s per category and area for PNG + PDF; ``workers > 1`` renders in that many processes.
-    """
-    names: list[str | None] = list(result.cat_names if categories is None else categories) + [None]
-    if workers > 1 and len(names) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_band_plots_of, result, model, out_dir, n, formats) for n in names]
-            return [p for f in futures for p in f.result()]
-    return [p for n in names for p in _band_plots_of(result, model, out_dir, n, formats)]
-
-
-def write_comparison_figure(results: dict[str, ErrorCurves], category: str | None, path_stem: Path,
-                            formats: Sequence[str] = ("png", "pdf"), dpi: int = 100) -> list[Path]:
-    """One row per model, one column per area for ``category`` (None: overall); returns the files written."""
-    models = list(results)
-    areas = next(iter(results.values())).area_names
-    label = OVERALL if category is None else category
-    fig, axes = plt.subplots(len(models), len(areas), figsize=(3.2 * len(areas), 2.9 * len(models)), squeeze=False)
-    for r, model in enumerate(models):
-        curves = curves_for(results[model], category)
-        for a, area in enumerate(areas):
-            draw_bands(axes[r, a], results[model].rec_thrs, curves[:, :, a],
-                       f"{model}: {label} ({AREA_TITLES.get(area, area)})", fontsize=7)
-    fig.tight_layout()
+def draw_comparisons(models: Sequence[str], rec: np.ndarray, area_names: Sequence[str],
+                     items: Sequence[tuple[str, str, np.ndarray]], out_dir: str | Path,
+                     formats: Sequence[str]) -> list[Path]:
+    """``out_dir/<stem>.<fmt>`` per ``(label, stem, curves[M, 7, R, A])``: rows = models, columns = areas."""
+    M, A = len(models), len(area_names)
+    page = _page(("comparison", M, A, len(rec)), lambda: _Page(M, A, (4.3, 2.9), rec, 7, True, True))
     written = []
-    for fmt in formats:
-        path = Path(f"{path_stem}.{fmt}")
-        save_figure(fig, path, dpi=dpi, close=False)
-        written.append(path)
-    plt.close(fig)
+    for label, stem, curves in items:
+        for r, model in enumerate(models):
+            for a, area in enumerate(area_names):
+                page.cells[r * A + a].update(curves[r, :, :, a], f"{model}: {label} ({area_title(area)})")
+        written += page.save(Path(out_dir) / stem, formats)
     return written
+
+
+def draw_grid(model: str, rec: np.ndarray, area_names: Sequence[str], areas: Sequence[int],
+              labels: Sequence[str], curves: np.ndarray, out_dir: str | Path, formats: Sequence[str]) -> list[Path]:
+    """``out_dir/grid-<area>.<fmt>`` for each area index in ``areas``: every category of ``curves[7, R, K, A]``
+    (titled by ``labels``, with its C50 value) as a small multiple on one page, one band legend for the page."""
+    K = len(labels)
+    rows, cols = grid_shape(K)
+    page = _page(("grid", K, len(rec)), lambda: _grid_page(rows, cols, K, rec))
+    c50 = curves[1].mean(axis=0)  # [K, A]
+    written = []
+    for a in areas:
+        for k, cell in enumerate(page.cells):
+            cell.update(curves[:, :, k, a], f"{labels[k]} ({c50[k, a]:.2f})")
+        page.suptitle.set_text(f"{model}: every category, {area_title(area_names[a])} "
+                               f"(each cell: recall 0-1 across, precision 0-1 up; title: category (C50); every value in "
+                               "errors_table.md)")
+        written += page.save(Path(out_dir) / f"{GRID}-{area_names[a]}", formats, rect=(0, 0, 1, 0.975))
+    return written
+
+
+def _grid_page(rows: int, cols: int, used: int, rec: np.ndarray) -> _Page:
+    page = _Page(rows, cols, (1.7, 1.45), rec, 5, False, False, used=used)
+    for cell in page.cells:  # axes 0..1 x 0..1 without ticks: a frame per cell is enough at this size
+        cell.ax.set_xticks([])
+        cell.ax.set_yticks([])
+        cell.title.set_fontsize(6)
+    page.fig.legend(band_handles(), BANDS, loc="upper right", ncol=len(BANDS), fontsize=7, frameon=False,
+                    bbox_to_anchor=(1, 1))
+    page.suptitle = page.fig.suptitle(" ", x=0.01, y=0.995, ha="left", fontsize=9)
+    return page
+
+
+# ----------------------------------------------------------------------------------------------- running jobs
+
+#: a drawing job: one of the draw_* functions and its positional arguments; returns the files it wrote
+Job = tuple[Callable[..., list[Path]], tuple]
+
+
+def chunks(items: Sequence, n: int) -> list[list]:
+    """``items`` cut into at most ``n`` contiguous, nearly equal, non-empty pieces."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(list(items[start:end]))
+        start = end
+    return [c for c in out if c]
+
+
+def _run_job(job: Job) -> list[Path]:
+    func, args = job
+    return func(*args)
+
+
+def render(jobs: Sequence[Job], workers: int = 1) -> list[Path]:
+    """Run drawing jobs, in ``workers`` processes when more than one (forkserver: small, clean workers that have
+    imported matplotlib once); returns every file written, in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        try:
+            return [p for job in jobs for p in _run_job(job)]
+        finally:
+            close_pages()
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["defeat.analysis.error_plots"])
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+        return [p for paths in pool.map(_run_job, jobs) for p in paths]
+
+
+def close_pages() -> None:
+    """Close this process's reusable figures."""
+    for page in _PAGES.values():
+        plt.close(page.fig)
+    _PAGES.clear()
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -157,13 +157,15 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     compared = [s for s in ("baseline", "object", "background", "decoupled") if s in first]
     if er is not None and len(compared) >= 2:
         folder = run_dir / "analysis" / "errors"
-        formats = str(er.get("formats", "none"))
+        formats = str(er.get("formats", "png"))
+        # the categories whose comparison figures the report shows get their own figures
+        figured = list(er.get("categories") or [f for f in er.get("figures", []) if f != "overall"])
         params = {"gt": paths["val_annotations"],
                   "dets": {s: str(run_dir / "eval" / first[s] / "results.json") for s in compared},
-                  "out": str(folder), "categories": list(er.get("categories") or []) or None,
+                  "out": str(folder), "categories": figured or None,
                   "formats": [] if formats == "none" else formats.split(","), "workers": int(er.get("workers", 1)),
-                  "progress": False}
-        shown = {**params, "formats": formats, "quiet": True}
+                  "quiet": True}
+        shown = {**params, "formats": formats}
         stages.append(Stage(
             "errors", folder, "errors", params,
             "defeat analyze errors " + _flags(shown, ["gt", "dets", "categories", "out", "formats", "workers",
