@@ -129,7 +129,11 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
-    bf16: bool = False  # autocast the forward pass in bfloat16
+    # auto | fp32 | bf16 | fp16: the fast path (defeat.engine.precision). auto = bf16 on CPUs with AMX-BF16 /
+    # AVX-512-BF16 and on bf16 GPUs, fp16 + grad scaler on older GPUs, else fp32 (one-line notice); an explicit
+    # bf16/fp16 the hardware lacks is refused in one line.
+    precision: str = "auto"
+    bf16: bool = False  # the old switch: true = precision bf16 (kept so that old configs load)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +252,10 @@ def validate(cfg: Config) -> None:
     _choice(cfg.optim.name, ("sgd", "adamw"), "optim.name")
     _choice(cfg.schedule.policy, ("cosine", "step"), "schedule.policy")
     _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
+    _choice(cfg.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
+    if cfg.bf16 and cfg.precision not in ("auto", "bf16"):
+        raise ConfigError(f"bf16: true contradicts precision: {cfg.precision} (bf16: true is the old name of "
+                          "precision: bf16; drop it)")
     _choice(cfg.distill.feature_mode, ("none", "object", "background", "all", "decoupled", "fgfi"),
             "distill.feature_mode")
     _choice(cfg.distill.proposal_mode, ("none", "positive", "negative", "all", "decoupled"), "distill.proposal_mode")
