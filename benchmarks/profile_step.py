@@ -29,12 +29,13 @@ from defeat.data import CocoDetection  # noqa: E402
 def make_step(mode: str, cfg, categories, images, targets):
     model = build_for_dataset(cfg.model, categories, cfg.seed).train()
     if mode == "fast":
-        from defeat.engine import precision as fastpath
+        from defeat.engine.precision import resolve_precision
+        from defeat.engine.trainer import build_optimizer
 
-        plan = fastpath.resolve(cfg.precision, torch.device("cpu"), quiet=True)
-        model = fastpath.prepare_model(model, plan)
-        optimizer = fastpath.build_sgd(model, cfg, plan)
-        ctx = fastpath.autocast(plan)
+        precision = resolve_precision("auto", "cpu")
+        model = precision.prepare(model)
+        optimizer = build_optimizer(cfg, model, precision)
+        ctx = precision.autocast()
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=1e-4)

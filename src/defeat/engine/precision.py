@@ -180,6 +180,60 @@ def config_precision(cfg) -> str:
     return requested
 
 
+# ------------------------------------------------------------------------------------------ the step
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of handing it back to the OS (once per process; Linux).
+
+    glibc serves allocations above its mmap threshold (at most 32 MB) with fresh ``mmap`` pages, so a big
+    tensor allocated every step (the box head's 51 MB ``fc6`` weight gradient, fresh after each
+    ``zero_grad(set_to_none=True)``) page-faults 12,500 times per step: on this CPU ``torch.empty(1024, 12544)
+    .fill_(1)`` takes 51 ms instead of 11 ms. ``mallopt(M_MMAP_MAX=0)`` + a 1 GiB trim threshold make every
+    allocation come from the heap and be reused. Changes no result; the process keeps its peak heap.
+    Returns whether the setting was applied (False off glibc).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 1 << 30) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> Tensor | None:
+    """``clip_grad_norm_(parameters, max_norm)`` then ``optimizer.step()``, in one pass over the gradients for
+    fused optimizers.
+
+    A fused SGD/AdamW kernel divides the gradients by ``optimizer.grad_scale`` (the protocol GradScaler uses)
+    while it updates, so the clip factor rides along instead of costing a separate read-modify-write of every
+    gradient (28 M parameters for the R18 detector). Other optimizers clip as usual. Returns the total norm.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if max_norm <= 0:
+        optimizer.step()
+        return None
+    if not optimizer.defaults.get("fused") or hasattr(optimizer, "grad_scale"):
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        return norm
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); dividing by its inverse is the same
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0).to(torch.float32)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
+
+
 # ------------------------------------------------------------------------------------------ placement
 def _detectors_in(model: nn.Module) -> list[nn.Module]:
     """The torchvision detectors of ``model``: itself, or a distiller's student and teacher."""

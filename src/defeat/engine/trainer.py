@@ -27,7 +27,7 @@ from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
 from defeat.engine.distributed import DistInfo, barrier, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
-from defeat.engine.precision import Precision, config_precision, resolve_precision
+from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision, tune_cpu_allocator
 from defeat.engine.schedule import lr_factor
 from defeat.utils import atomic_write_json
 
@@ -127,6 +127,8 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
     if info.is_main:
         print(precision.notice)
     precision.prepare(model)
+    if info.device.type == "cpu":
+        tune_cpu_allocator()  # bit-identical results; see its docstring
     if info.device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input sizes (min_size = max_size in the presets)
     optimizer = build_optimizer(cfg, model, precision)
@@ -218,13 +220,13 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
             scaler.unscale_(optimizer)
         else:
             total.backward()
-        if cfg.optim.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         if scaler is not None:
+            if cfg.optim.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-        else:
-            optimizer.step()
+        else:  # clipping folded into the fused optimizer's step where there is one
+            clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
         scheduler.step()
 
         for k, v in [*losses.items(), ("loss", total)]:
