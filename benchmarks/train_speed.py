@@ -1,11 +1,39 @@
-"""Training speed of the engine's fast path (bf16 autocast etc.) vs a plain float32 torchvision loop.
+"""Training speed of the engine's fast path vs a plain float32 torchvision loop, and the AP it reaches.
 
-(work in progress)
+    python benchmarks/train_speed.py                       # everything (about 40 min on 1 free core)
+    python benchmarks/train_speed.py --skip-ap             # the step speed only
+
+Models, batch and data are the full preset's (``src/defeat/configs/reproduce_full.yaml``): Faster R-CNN R18-FPN
+student and R50-FPN teacher, GroupNorm, 192 px, batch 2, on the embedded benchmark made by ``defeat data
+synth`` with the preset's benchmark settings (generated into ``--data`` if missing).
+
+1. Step speed, for the student, the teacher and one DeFeat distillation step (student + frozen teacher,
+   decoupled features and proposals): each variant runs ``--steps`` steps in a fresh process (the first
+   ``--warmup`` not timed), variants interleaved (plain, fast, plain, fast, ...) ``--repeats`` times;
+   ``speedup_vs_fp32_plain`` = the median over the interleaved pairs of (plain median s/step) / (fast median
+   s/step). ``plain`` is what a user writes: float32, ``torch.optim.SGD`` (for-loop), no clipping, stock
+   torchvision modules and glibc defaults. ``fast`` is the engine itself (``defeat.engine.train`` with
+   ``precision: auto``, i.e. bf16 on this CPU, gradient clipping and its per-step work included).
+   ``engine_fp32`` (student only) is the engine with ``precision: fp32``, to split the gain.
+2. Where the time goes: torch.profiler over 3 steps of the student, plain float32 and fast, ops grouped.
+3. AP after the same schedule (the preset's baseline student: 450 steps, cosine, warmup 50): the engine with
+   ``precision: fp32`` and with ``precision: auto``, each evaluated on the 100 validation images in its own
+   precision (the trainer's final evaluation).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -14,7 +42,10 @@ import yaml
 
 from defeat.config import Config, config_from_dict
 
+ROLES = ("student", "teacher", "distill")
 
+
+# ------------------------------------------------------------------------------------------ preset configs
 def _merge(base: dict, extra: dict | None) -> dict:
     out = copy.deepcopy(base)
     for key, value in (extra or {}).items():
@@ -27,8 +58,10 @@ def load_preset(name: str = "full") -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def preset_config(role: str, preset: str = "full", data: str = "runs/full_data", **top: object) -> Config:
-    """The preset's config of ``role`` (teacher | student): common + the role's model + its schedule."""
+def preset_config(role: str, preset: str = "full", data: str = "runs/full_data", overrides: list[str] | None = None,
+                  defeat: bool = False) -> Config:
+    """The preset's config of ``role`` (teacher | student) as ``reproduce`` derives it (common + the role's
+    model + its schedule); ``defeat=True`` adds the distill section with decoupled features and proposals."""
     tree = load_preset(preset)
     section = tree[role]
     cfg = _merge(tree["common"], {"model": section["model"]})
@@ -38,11 +71,288 @@ def preset_config(role: str, preset: str = "full", data: str = "runs/full_data",
         "val_images": f"{data}/val", "val_annotations": f"{data}/val.json"})
     cfg["schedule"] = _merge(cfg.get("schedule", {}), {"max_steps": int(section["steps"]),
                                                        "warmup_steps": int(section.get("warmup_steps", 0))})
-    cfg.update(top)
-    return config_from_dict(cfg, source=f"preset {preset} ({role})")
+    if defeat:
+        cfg["distill"] = _merge(tree.get("distill", {}), {"feature_mode": "decoupled", "proposal_mode": "decoupled"})
+    return config_from_dict(cfg, overrides, source=f"preset {preset} ({role})")
 
 
 def build_batch(dataset, batch_size: int, start: int = 0) -> tuple[list, list]:
     """A fixed batch: images ``start .. start + batch_size`` of ``dataset``."""
     items = [dataset[i] for i in range(start, start + batch_size)]
     return [im for im, _ in items], [t for _, t in items]
+
+
+def ensure_data(data: str, preset: str = "full") -> None:
+    if (Path(data) / "train.json").is_file() and (Path(data) / "val.json").is_file():
+        return
+    b = load_preset(preset)["benchmark"]
+    subprocess.run([sys.executable, "-m", "defeat", "data", "synth", "--out", data, "--seed", str(b.get("seed", 0)),
+                    "--num-train", str(b["num_train"]), "--num-val", str(b["num_val"]), "--image-size",
+                    str(b["image_size"]), "--min-objects", str(b.get("min_objects", 2)), "--max-objects",
+                    str(b.get("max_objects", 8)), "--workers", str(b.get("workers", 2))], check=True)
+
+
+# ------------------------------------------------------------------------------------------ one variant
+def build_models(role: str, data: str, overrides: list[str]):
+    """(config, model to train, detector, dataset, before_step) of a role."""
+    from defeat.data import CocoDetection
+    from defeat.engine.setup import build_for_dataset
+
+    cfg = preset_config("student" if role == "distill" else role, data=data, overrides=overrides,
+                        defeat=role == "distill")
+    dataset = CocoDetection(cfg.data.train_images, cfg.data.train_annotations)
+    detector = build_for_dataset(cfg.model, dataset.categories, cfg.seed)
+    if role != "distill":
+        return cfg, detector, detector, dataset, None
+    from defeat.distill import build_distiller
+
+    teacher_cfg = preset_config("teacher", data=data)  # random weights: the step costs the same
+    teacher = build_for_dataset(teacher_cfg.model, dataset.categories, 1)
+    distiller = build_distiller(detector, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
+    return cfg, distiller, detector, dataset, distiller.before_step
+
+
+def plain_loop(role: str, data: str, steps: int) -> list[float]:
+    """The plain float32 loop: DataLoader, SGD, forward, backward, step; seconds of every step."""
+    from torch.utils.data import DataLoader
+
+    from defeat.data import collate
+
+    cfg, model, _, dataset, before_step = build_models(role, data, ["precision=fp32"])
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr * 0.01, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.workers,
+                        collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(0))
+    times = []
+    batches = iter(loader)
+    start = time.perf_counter()
+    for step in range(steps):
+        images, targets = next(batches)
+        if before_step is not None:
+            before_step(step)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        float(loss)
+        now = time.perf_counter()
+        times.append(now - start)
+        start = now
+    return times
+
+
+def engine_loop(role: str, data: str, steps: int, precision: str) -> list[float]:
+    """``defeat.engine.train`` for ``steps`` steps (logging every step); seconds of every step from its log."""
+    from defeat.engine import DistInfo, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"precision={precision}", f"schedule.max_steps={steps}", "schedule.warmup_steps=0", "optim.lr=0.0002",
+                     "eval.every_steps=0", "output.checkpoint_every=0", f"output.dir={tmp}", "output.log_every=1"]
+        cfg, model, detector, dataset, before_step = build_models(role, data, overrides)
+        train(cfg, model, detector, dataset, None, DistInfo(), kind="distill" if role == "distill" else "detector",
+              before_step=before_step, progress=False)
+        log = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    return [r["sec_per_step"] for r in log if "sec_per_step" in r]
+
+
+# ------------------------------------------------------------------------------------------ profile
+CATEGORIES = [  # (name, predicate on the op name), first match wins
+    ("convolution backward", lambda k: k in ("aten::convolution_backward", "aten::_slow_conv2d_backward")),
+    ("convolution forward", lambda k: k in ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")),
+    ("matmul (box head fc6/fc7, matmul RoIAlign)", lambda k: k in ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("RoIAlign (torchvision kernel)", lambda k: "roi_align" in k),
+    ("dtype casts and copies", lambda k: k in ("aten::copy_", "aten::_to_copy", "aten::clone")),
+    ("optimizer step (+ clipping)", lambda k: "sgd" in k.lower() or k.startswith("Optimizer") or "_foreach" in k
+     or k in ("aten::linalg_vector_norm",)),
+    ("element-wise add/mul (grad accumulation, optimizer for-loop, residuals)",
+     lambda k: k in ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div")),
+    ("GroupNorm", lambda k: "group_norm" in k),
+    ("pooling / NMS", lambda k: "pool" in k or "nms" in k),
+]
+
+
+def profile_student(data: str, mode: str, steps: int = 3) -> dict:
+    """Self CPU time of a student step by op category, ``mode`` plain (float32) or fast (the engine's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from defeat.engine.precision import clipped_step, resolve_precision, tune_cpu_allocator
+    from defeat.engine.trainer import build_optimizer
+
+    cfg, model, _, dataset, _ = build_models("student", data, [f"precision={'fp32' if mode == 'plain' else 'auto'}"])
+    model.train()
+    images, targets = build_batch(dataset, cfg.data.batch_size)
+    if mode == "plain":
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                                    weight_decay=1e-4)
+        precision = resolve_precision("fp32")
+    else:
+        tune_cpu_allocator()
+        precision = resolve_precision("auto")
+        precision.prepare(model)
+        optimizer = build_optimizer(cfg, model, precision)
+
+    def step():
+        with precision.autocast():
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if mode == "plain":
+            optimizer.step()
+        else:
+            clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
+
+    step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups: dict[str, float] = {}
+    for e in events:
+        name = next((n for n, test in CATEGORIES if test(e.key)), "other")
+        groups[name] = groups.get(name, 0.0) + e.self_cpu_time_total
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"ms_per_step_profiled": round(total / 1000 / steps, 1),
+            "share_by_category": {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3),
+                         "calls_per_step": e.count // steps} for e in top]}
+
+
+# ------------------------------------------------------------------------------------------ AP
+def ap_run(data: str, precision: str, out: str, seed: int) -> dict:
+    from defeat.data import CocoDetection
+    from defeat.engine import DistInfo, train
+
+    overrides = [f"precision={precision}", f"output.dir={out}", f"seed={seed}", "output.checkpoint_every=0"]
+    cfg, model, detector, dataset, _ = build_models("student", data, overrides)
+    val_set = CocoDetection(cfg.data.val_images, cfg.data.val_annotations)
+    start = time.perf_counter()
+    result = train(cfg, model, detector, dataset, val_set, DistInfo(), kind="detector", progress=False)
+    return {"AP": result.metrics["AP"], "AP50": result.metrics["AP50"], "seconds": round(time.perf_counter() - start, 1),
+            "steps": cfg.schedule.max_steps, "seed": seed}
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    if args.worker == "plain":
+        result = plain_loop(args.role, args.data, args.steps)
+    elif args.worker.startswith("engine_"):
+        result = engine_loop(args.role, args.data, args.steps, args.worker.split("_", 1)[1])
+    elif args.worker.startswith("profile_"):
+        result = profile_student(args.data, args.worker.split("_", 1)[1])
+    else:
+        result = ap_run(args.data, args.worker.split("_", 1)[1], args.ap_out, args.seed)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _spawn(args, worker: str, role: str = "student", **extra) -> object:
+    cmd = [sys.executable, __file__, "--worker", worker, "--role", role, "--data", args.data, "--steps", str(args.steps),
+           "--threads", str(args.threads), *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{worker} {role} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="runs/full_data", help="the preset's benchmark (made if missing)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed run")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps of each run not timed")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved (plain, fast) pairs per role")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    parser.add_argument("--roles", default=",".join(ROLES))
+    parser.add_argument("--skip-ap", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--ap-seeds", default="0")
+    parser.add_argument("--out", default="benchmarks/results/train_speed.json")
+    # internal: one variant in a fresh process
+    parser.add_argument("--worker", default="")
+    parser.add_argument("--role", default="student")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ap-out", default="")
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(args)
+
+    ensure_data(args.data)
+    out_path = Path(args.out)
+    result: dict = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    result.update({"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
+                   "machine": _machine(), "date": datetime.date.today().isoformat(),
+                   "setup": "full preset (reproduce_full.yaml): Faster R-CNN R18-FPN student / R50-FPN teacher, "
+                            "GroupNorm, 192 px, batch 2, embedded benchmark (defeat data synth, preset settings)"})
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+
+    speed = result.setdefault("sec_per_step", {})
+    ratios = result.setdefault("pair_ratios", {})
+    speedups = result.setdefault("speedup_vs_fp32_plain", {})
+    for role in args.roles.split(","):
+        variants = ["plain", "engine_auto"] + (["engine_fp32"] if role == "student" else [])
+        runs: dict[str, list[float]] = {v: [] for v in variants}
+        for repeat in range(args.repeats):
+            for variant in variants:
+                times = _spawn(args, variant, role)[args.warmup:]
+                runs[variant].append(statistics.median(times))
+                print(f"{role:8s} {variant:12s} run {repeat}: {runs[variant][-1]:.3f} s/step "
+                      f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+        pairs = [p / f for p, f in zip(runs["plain"], runs["engine_auto"])]
+        key = "distill_step" if role == "distill" else role
+        speedups[key] = round(statistics.median(pairs), 3)
+        ratios[key] = [round(r, 3) for r in pairs]
+        speed[key] = {"plain_fp32": [round(t, 3) for t in runs["plain"]],
+                      "fast": [round(t, 3) for t in runs["engine_auto"]]}
+        if "engine_fp32" in runs:
+            speed[key]["engine_fp32"] = [round(t, 3) for t in runs["engine_fp32"]]
+            result["student_engine_fp32_vs_plain"] = round(statistics.median(
+                p / e for p, e in zip(runs["plain"], runs["engine_fp32"])), 3)
+        print(f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (pairs {ratios[key]})", flush=True)
+        save()
+
+    if not args.skip_profile:
+        result["profile_student"] = {mode: _spawn(args, f"profile_{mode}") for mode in ("plain", "fast")}
+        save()
+
+    if not args.skip_ap:
+        aps = {"fp32": [], "auto": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in [int(s) for s in args.ap_seeds.split(",")]:
+                for precision in ("fp32", "auto"):
+                    run = _spawn(args, f"ap_{precision}", seed=seed, ap_out=f"{tmp}/{precision}_{seed}")
+                    aps[precision].append(run)
+                    print(f"AP {precision} seed {seed}: {100 * run['AP']:.1f} ({run['seconds']:.0f} s)", flush=True)
+        result["ap_fp32"] = round(100 * statistics.mean(r["AP"] for r in aps["fp32"]), 2)
+        result["ap_fast"] = round(100 * statistics.mean(r["AP"] for r in aps["auto"]), 2)
+        result["ap_runs"] = {"fp32": aps["fp32"], "fast": aps["auto"],
+                             "schedule": "the full preset's baseline student: 450 steps, batch 2, cosine, warmup 50, "
+                                         "evaluated on the 100 validation images"}
+        save()
+    print(json.dumps({k: result.get(k) for k in ("speedup_vs_fp32_plain", "ap_fp32", "ap_fast")}))
+    print(f"wrote {out_path}")
+
+
+def _machine() -> str:
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+        have = [f for f in ("amx_bf16", "avx512_bf16") if f" {f}" in text]
+        flags = f"{model}, {os.cpu_count()} cores, flags {'/'.join(have) or 'no bf16'}"
+    except OSError:
+        flags = platform.processor()
+    return f"{platform.machine()} {flags}, shared with other jobs"
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,12 @@ teacher's no-grad pass run in the low precision); inside it these stay float32:
   2-7x faster on CPU than torchvision's scalar scatter kernel;
 * the distillation losses cast their inputs with ``.float()`` themselves (``defeat.distill.losses``).
 
+A distiller's frozen teacher (outside the state dict and the optimizer) keeps its convolution weights in the
+low precision after :meth:`Precision.prepare`: autocast caches its casts only for trainable weights, so it
+would otherwise cast the teacher's 27 M backbone weights again every step; the values it computes with are
+the same. Convolutions on inputs so small that a kernel tap sees only padding run in float32 (oneDNN's
+bfloat16 weight gradient leaves those taps uninitialised; see :func:`has_dead_taps`).
+
 Measured and left off: channels-last memory format (on this CPU bfloat16 convolutions were no faster and
 GroupNorm's backward 10x slower in channels-last). The optimizer step uses the fused kernel (SGD/AdamW
 ``fused=True``) where torch has one for the device. On CUDA the trainer also sets ``cudnn.benchmark`` (unless
@@ -122,6 +128,11 @@ class Precision:
         for module in [*model.modules(), *(_teacher_modules(model))]:
             if isinstance(module, nn.Conv2d):
                 _wrap(module, _guard_dead_taps(module))
+        for module in _teacher_modules(model):  # frozen, outside the state dict and the optimizer
+            if isinstance(module, nn.Conv2d):
+                # autocast would cast these weights again every step (it caches only trainable leaves)
+                for param in module.parameters(recurse=False):
+                    param.data = param.data.to(self.dtype)
         return model
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
@@ -294,14 +305,18 @@ def has_dead_taps(size: tuple[int, int], conv: nn.Conv2d) -> bool:
 
 
 def _guard_dead_taps(conv: nn.Conv2d):
-    """Run a convolution in float32 where its input is so small that a kernel tap sees only padding."""
+    """Run a convolution in float32 where its input is so small that a kernel tap sees only padding.
+
+    (The weight is cast too: a distiller's frozen teacher keeps its convolution weights in the low precision.)
+    """
     def make(forward):
         @functools.wraps(forward)
         def run(x, *args, **kwargs):
             if (x.dim() == 4 and max(conv.kernel_size) > 1 and torch.is_autocast_enabled(x.device.type)
                     and has_dead_taps(tuple(x.shape[-2:]), conv)):
                 with torch.autocast(x.device.type, enabled=False):
-                    return forward(x.float(), *args, **kwargs)
+                    bias = conv.bias.float() if conv.bias is not None else None
+                    return conv._conv_forward(x.float(), conv.weight.float(), bias)
             return forward(x, *args, **kwargs)
         return run
     return make
