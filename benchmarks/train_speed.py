@@ -1,6 +1,6 @@
 """Training speed of the engine's fast path vs a plain float32 torchvision loop, and the AP it reaches.
 
-    python benchmarks/train_speed.py                       # everything (about 40 min on 1 free core)
+    python benchmarks/train_speed.py                       # everything (about 45 min on 1 free core)
     python benchmarks/train_speed.py --skip-ap             # the step speed only
 
 Models, batch and data are the full preset's (``src/defeat/configs/reproduce_full.yaml``): Faster R-CNN R18-FPN
@@ -8,13 +8,14 @@ student and R50-FPN teacher, GroupNorm, 192 px, batch 2, on the embedded benchma
 synth`` with the preset's benchmark settings (generated into ``--data`` if missing).
 
 1. Step speed, for the student, the teacher and one DeFeat distillation step (student + frozen teacher,
-   decoupled features and proposals): each variant runs ``--steps`` steps in a fresh process (the first
-   ``--warmup`` not timed), variants interleaved (plain, fast, plain, fast, ...) ``--repeats`` times;
-   ``speedup_vs_fp32_plain`` = the median over the interleaved pairs of (plain median s/step) / (fast median
-   s/step). ``plain`` is what a user writes: float32, ``torch.optim.SGD`` (for-loop), no clipping, stock
-   torchvision modules and glibc defaults. ``fast`` is the engine itself (``defeat.engine.train`` with
-   ``precision: auto``, i.e. bf16 on this CPU, gradient clipping and its per-step work included).
-   ``engine_fp32`` (student only) is the engine with ``precision: fp32``, to split the gain.
+   decoupled features and proposals): in one process per role, the variants take turns step by step on the
+   same batches (A B, B A, A B, ...; ``--steps`` each, the first ``--warmup`` not timed), so that the load of a
+   shared machine hits them alike; ``speedup_vs_fp32_plain`` = the median over steps of (plain s/step) / (fast
+   s/step). ``plain`` is what a user writes: float32, stock torchvision modules, ``torch.optim.SGD``
+   (for-loop), no clipping, glibc's allocator defaults. ``fast`` is the engine's fast path as the trainer runs
+   it (``precision: auto``, i.e. bf16 on this CPU; the fused optimizer with gradient clipping; the allocator
+   setting; the loss check). ``engine_fp32`` (student only) is the engine with ``precision: fp32``. Data
+   loading is not timed (the same pre-loaded batches for all).
 2. Where the time goes: torch.profiler over 3 steps of the student, plain float32 and fast, ops grouped.
 3. AP after the same schedule (the preset's baseline student: 450 steps, cosine, warmup 50): the engine with
    ``precision: fp32`` and with ``precision: auto``, each evaluated on the 100 validation images in its own
@@ -112,50 +113,89 @@ def build_models(role: str, data: str, overrides: list[str]):
     return cfg, distiller, detector, dataset, distiller.before_step
 
 
-def plain_loop(role: str, data: str, steps: int) -> list[float]:
-    """The plain float32 loop: DataLoader, SGD, forward, backward, step; seconds of every step."""
-    from torch.utils.data import DataLoader
+_MMAP_MAX, _TRIM = -4, -1
 
-    from defeat.data import collate
 
-    cfg, model, _, dataset, before_step = build_models(role, data, ["precision=fp32"])
+def _glibc_defaults() -> None:
+    """Back to glibc's allocator defaults (what the plain loop runs with); the fast path's setting is the
+    opposite (``defeat.engine.precision.tune_cpu_allocator``)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_MMAP_MAX, 65536)
+    libc.mallopt(_TRIM, 128 * 1024)
+
+
+def _glibc_fast() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_MMAP_MAX, 0)
+    libc.mallopt(_TRIM, 1 << 30)
+
+
+def make_step(variant: str, role: str, data: str):
+    """One training step of ``variant`` on a given batch.
+
+    plain: float32, stock torchvision modules, ``torch.optim.SGD`` (for-loop), no clipping, glibc defaults.
+    fast: the engine's fast path (the trainer's building blocks: ``resolve_precision('auto')``, ``prepare``,
+    autocast, the fused optimizer with the clip folded in, the allocator setting) plus the trainer's per-step
+    loss check. engine_fp32: the engine with ``precision: fp32`` (stock modules, SGD for-loop, clipping).
+    """
+    from defeat.engine.precision import clipped_step, resolve_precision
+    from defeat.engine.trainer import build_optimizer
+
+    precision_name = "auto" if variant == "fast" else "fp32"
+    cfg, model, _, dataset, before_step = build_models(role, data, [f"precision={precision_name}"])
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr * 0.01, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.workers,
-                        collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(0))
-    times = []
-    batches = iter(loader)
-    start = time.perf_counter()
-    for step in range(steps):
-        images, targets = next(batches)
+    precision = resolve_precision(precision_name, "cpu")
+    precision.prepare(model)
+    lr = cfg.optim.lr * 0.01  # no warmup here: a small lr keeps every variant finite
+    if variant == "plain":
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                    momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    else:
+        cfg.optim.lr = lr
+        optimizer = build_optimizer(cfg, model, precision)
+    allocator = _glibc_fast if variant == "fast" else _glibc_defaults
+
+    def step(index: int, images, targets) -> float:
+        allocator()
+        start = time.perf_counter()
         if before_step is not None:
-            before_step(step)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        float(loss)
-        now = time.perf_counter()
-        times.append(now - start)
-        start = now
+            before_step(index)
+        with precision.autocast():
+            losses = model(images, targets)
+        total = sum(losses.values())
+        if variant == "plain":
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            float(total)
+        else:
+            if not bool(torch.isfinite(total.detach())):
+                raise FloatingPointError(f"{variant}: non-finite loss")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
+        return time.perf_counter() - start
+    return step, dataset, cfg
+
+
+def interleaved(role: str, data: str, steps: int, warmup: int, variants: list[str]) -> dict[str, list[float]]:
+    """Seconds per step of each variant, steps interleaved (A B B A A B ...) on the same batches."""
+    built = {v: make_step(v, role, data) for v in variants}
+    _, dataset, cfg = built[variants[0]]
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    bs = cfg.data.batch_size
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for index in range(steps):
+        images, targets = build_batch(torch.utils.data.Subset(dataset, order), bs, (index * bs) % (len(order) - bs))
+        for variant in (variants if index % 2 == 0 else variants[::-1]):
+            seconds = built[variant][0](index, images, targets)
+            if index >= warmup:
+                times[variant].append(seconds)
     return times
-
-
-def engine_loop(role: str, data: str, steps: int, precision: str) -> list[float]:
-    """``defeat.engine.train`` for ``steps`` steps (logging every step); seconds of every step from its log."""
-    from defeat.engine import DistInfo, train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"precision={precision}", f"schedule.max_steps={steps}", "schedule.warmup_steps=0", "optim.lr=0.0002",
-                     "eval.every_steps=0", "output.checkpoint_every=0", f"output.dir={tmp}", "output.log_every=1"]
-        cfg, model, detector, dataset, before_step = build_models(role, data, overrides)
-        train(cfg, model, detector, dataset, None, DistInfo(), kind="distill" if role == "distill" else "detector",
-              before_step=before_step, progress=False)
-        log = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    return [r["sec_per_step"] for r in log if "sec_per_step" in r]
 
 
 # ------------------------------------------------------------------------------------------ profile
@@ -240,10 +280,9 @@ def ap_run(data: str, precision: str, out: str, seed: int) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 def _worker(args) -> None:
     torch.set_num_threads(args.threads)
-    if args.worker == "plain":
-        result = plain_loop(args.role, args.data, args.steps)
-    elif args.worker.startswith("engine_"):
-        result = engine_loop(args.role, args.data, args.steps, args.worker.split("_", 1)[1])
+    if args.worker == "speed":
+        variants = ["plain", "fast"] + (["engine_fp32"] if args.role == "student" else [])
+        result = interleaved(args.role, args.data, args.steps, args.warmup, variants)
     elif args.worker.startswith("profile_"):
         result = profile_student(args.data, args.worker.split("_", 1)[1])
     else:
@@ -253,7 +292,7 @@ def _worker(args) -> None:
 
 def _spawn(args, worker: str, role: str = "student", **extra) -> object:
     cmd = [sys.executable, __file__, "--worker", worker, "--role", role, "--data", args.data, "--steps", str(args.steps),
-           "--threads", str(args.threads), *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+           "--warmup", str(args.warmup), "--threads", str(args.threads), *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -265,9 +304,8 @@ def _spawn(args, worker: str, role: str = "student", **extra) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="runs/full_data", help="the preset's benchmark (made if missing)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed run")
-    parser.add_argument("--warmup", type=int, default=3, help="first steps of each run not timed")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved (plain, fast) pairs per role")
+    parser.add_argument("--steps", type=int, default=24, help="interleaved steps per variant and role")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     parser.add_argument("--roles", default=",".join(ROLES))
     parser.add_argument("--skip-ap", action="store_true")
@@ -299,25 +337,18 @@ def main() -> None:
     ratios = result.setdefault("pair_ratios", {})
     speedups = result.setdefault("speedup_vs_fp32_plain", {})
     for role in args.roles.split(","):
-        variants = ["plain", "engine_auto"] + (["engine_fp32"] if role == "student" else [])
-        runs: dict[str, list[float]] = {v: [] for v in variants}
-        for repeat in range(args.repeats):
-            for variant in variants:
-                times = _spawn(args, variant, role)[args.warmup:]
-                runs[variant].append(statistics.median(times))
-                print(f"{role:8s} {variant:12s} run {repeat}: {runs[variant][-1]:.3f} s/step "
-                      f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
-        pairs = [p / f for p, f in zip(runs["plain"], runs["engine_auto"])]
+        times = _spawn(args, "speed", role)
+        pairs = [p / f for p, f in zip(times["plain"], times["fast"])]
         key = "distill_step" if role == "distill" else role
         speedups[key] = round(statistics.median(pairs), 3)
-        ratios[key] = [round(r, 3) for r in pairs]
-        speed[key] = {"plain_fp32": [round(t, 3) for t in runs["plain"]],
-                      "fast": [round(t, 3) for t in runs["engine_auto"]]}
-        if "engine_fp32" in runs:
-            speed[key]["engine_fp32"] = [round(t, 3) for t in runs["engine_fp32"]]
+        ratios[key] = {"median": speedups[key], "quartiles": [round(q, 3) for q in statistics.quantiles(pairs, n=4)],
+                       "pairs": len(pairs)}
+        speed[key] = {v: {"median": round(statistics.median(t), 3), "min": round(min(t), 3)} for v, t in times.items()}
+        if "engine_fp32" in times:
             result["student_engine_fp32_vs_plain"] = round(statistics.median(
-                p / e for p, e in zip(runs["plain"], runs["engine_fp32"])), 3)
-        print(f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (pairs {ratios[key]})", flush=True)
+                p / e for p, e in zip(times["plain"], times["engine_fp32"])), 3)
+        print(f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (quartiles {ratios[key]['quartiles']}); "
+              f"s/step {speed[key]}", flush=True)
         save()
 
     if not args.skip_profile:
