@@ -25,6 +25,7 @@ synth`` with the preset's benchmark settings (generated into ``--data`` if missi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -263,6 +264,33 @@ def profile_student(data: str, mode: str, steps: int = 3) -> dict:
                          "calls_per_step": e.count // steps} for e in top]}
 
 
+# ------------------------------------------------------------------------------------------ inference
+def eval_speed(data: str, images: int = 48, batch_size: int = 4) -> dict:
+    """Seconds per evaluation batch of the student (the preset's eval batch), float32 vs the fast path,
+    batches interleaved; the same weights (trained 0 steps: random proposals cost the same)."""
+    from defeat.data import CocoDetection
+    from defeat.engine.precision import resolve_precision
+
+    cfg, model, _, _, _ = build_models("student", data, [])
+    val = CocoDetection(cfg.data.val_images, cfg.data.val_annotations)
+    fast_model = copy.deepcopy(model).eval()
+    model.eval()
+    precision = resolve_precision("auto", "cpu")
+    precision.prepare(fast_model)
+    times: dict[str, list[float]] = {"fp32": [], "fast": []}
+    with torch.no_grad():
+        for index, start in enumerate(range(0, images, batch_size)):
+            batch, _ = build_batch(val, batch_size, start)
+            runs = [("fp32", model, contextlib.nullcontext), ("fast", fast_model, precision.autocast)]
+            for name, net, ctx in (runs if index % 2 == 0 else runs[::-1]):
+                begin = time.perf_counter()
+                with ctx():
+                    net(batch)
+                if index > 0:
+                    times[name].append(time.perf_counter() - begin)
+    return times
+
+
 # ------------------------------------------------------------------------------------------ AP
 def ap_run(data: str, precision: str, out: str, seed: int) -> dict:
     from defeat.data import CocoDetection
@@ -283,6 +311,8 @@ def _worker(args) -> None:
     if args.worker == "speed":
         variants = ["plain", "fast"] + (["engine_fp32"] if args.role == "student" else [])
         result = interleaved(args.role, args.data, args.steps, args.warmup, variants)
+    elif args.worker == "eval_speed":
+        result = eval_speed(args.data)
     elif args.worker.startswith("profile_"):
         result = profile_student(args.data, args.worker.split("_", 1)[1])
     else:
@@ -310,6 +340,8 @@ def main() -> None:
     parser.add_argument("--roles", default=",".join(ROLES))
     parser.add_argument("--skip-ap", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the training step speed")
+    parser.add_argument("--skip-eval-speed", action="store_true")
     parser.add_argument("--ap-seeds", default="0")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     # internal: one variant in a fresh process
@@ -336,7 +368,7 @@ def main() -> None:
     speed = result.setdefault("sec_per_step", {})
     ratios = result.setdefault("pair_ratios", {})
     speedups = result.setdefault("speedup_vs_fp32_plain", {})
-    for role in args.roles.split(","):
+    for role in ([] if args.skip_speed else args.roles.split(",")):
         times = _spawn(args, "speed", role)
         pairs = [p / f for p, f in zip(times["plain"], times["fast"])]
         key = "distill_step" if role == "distill" else role
@@ -349,6 +381,14 @@ def main() -> None:
                 p / e for p, e in zip(times["plain"], times["engine_fp32"])), 3)
         print(f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (quartiles {ratios[key]['quartiles']}); "
               f"s/step {speed[key]}", flush=True)
+        save()
+
+    if not args.skip_eval_speed:
+        times = _spawn(args, "eval_speed")
+        pairs = [a / b for a, b in zip(times["fp32"], times["fast"])]
+        result["eval_speedup_vs_fp32"] = round(statistics.median(pairs), 3)
+        result["eval_sec_per_batch"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+        print(f"evaluation: {result['eval_speedup_vs_fp32']:.2f}x ({result['eval_sec_per_batch']})", flush=True)
         save()
 
     if not args.skip_profile:

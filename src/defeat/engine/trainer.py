@@ -238,6 +238,8 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
             seconds = (time.perf_counter() - window_start) / window_steps
             record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "sec_per_step": round(seconds, 4),
                       **{k: round(float(v) / window_steps, 5) for k, v in running.items()}}
+            if info.device.type == "cuda":
+                record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2 ** 30, 3)
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
             running, window_start, window_steps = {}, time.perf_counter(), 0
