@@ -392,7 +392,16 @@ def main() -> None:
         save()
 
     if not args.skip_profile:
-        result["profile_student"] = {mode: _spawn(args, f"profile_{mode}") for mode in ("plain", "fast")}
+        profiles = {mode: _spawn(args, f"profile_{mode}") for mode in ("plain", "fast")}
+        shares = profiles["plain"]["share_by_category"]
+        p = sum(v for k, v in shares.items() if k.startswith(("convolution", "matmul")))
+        # Amdahl on the float32 profile: bf16 speeds up convolutions/matmuls (4.5x measured for a 3x3 256-channel
+        # conv, forward + backward) and nothing else; the rest (RoIAlign, optimizer, element-wise, copies) stays
+        profiles["limit_implied"] = {
+            "conv_matmul_share_fp32": round(p, 3),
+            "speedup_if_only_conv_matmul_4_5x": round(1 / ((1 - p) + p / 4.5), 2),
+            "speedup_if_conv_matmul_free": round(1 / (1 - p), 2)}
+        result["profile_student"] = profiles
         save()
 
     if not args.skip_ap:

@@ -130,9 +130,9 @@ def test_prepare_keeps_state_dict_and_is_idempotent(tiny_coco, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = P.Precision("bf16", "cpu")
     plan.prepare(model)
-    forward = model.roi_heads.box_head.forward
+    forward = model.roi_heads.box_predictor.forward
     plan.prepare(model)
-    assert model.roi_heads.box_head.forward is forward
+    assert model.roi_heads.box_predictor.forward is forward
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
 

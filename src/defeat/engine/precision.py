@@ -19,18 +19,18 @@ teacher's no-grad pass run in the low precision); inside it these stay float32:
 
 * the RPN / one-stage heads' *outputs* are cast to float32, so box coding, proposal selection, NMS and every
   loss see float32 (autocast would keep e.g. softmax in bfloat16);
-* RoI pooling and the Faster R-CNN box head + predictor run in float32 with autocast off. RoIAlign has no
-  bfloat16 kernel, and the box head's ``fc6`` (12544 x 1024, half the R18 detector's parameters) on 64 RoIs
-  is as slow in bfloat16 as in float32 once its weight is cast both ways every step (measured, see
-  benchmarks/train_speed.py). In training, RoIAlign runs as two dense matmuls per image and level
+* RoI pooling and the Faster R-CNN box predictor (class logits, box deltas) run in float32 with autocast
+  off. RoIAlign has no bfloat16 kernel; in training it runs as two dense matmuls per image and level
   (:func:`roi_align_matmul`, the same result as ``torchvision.ops.roi_align`` to ~1e-5), whose backward is
-  2-7x faster on CPU than torchvision's scalar scatter kernel;
+  2-7x faster on CPU than torchvision's scalar scatter kernel. The box head (``fc6``: 12544 x 1024, half the
+  R18 detector's parameters, on only 64 RoIs) stays in bfloat16 although it gains little (1.2x measured:
+  its weight is cast both ways every step);
 * the distillation losses cast their inputs with ``.float()`` themselves (``defeat.distill.losses``).
 
 A distiller's frozen teacher (outside the state dict and the optimizer) keeps its convolution weights in the
-low precision after :meth:`Precision.prepare`: autocast caches its casts only for trainable weights, so it
-would otherwise cast the teacher's 27 M backbone weights again every step; the values it computes with are
-the same. Convolutions on inputs so small that a kernel tap sees only padding run in float32 (oneDNN's
+low precision after :meth:`Precision.prepare` (and, for Faster R-CNN, its box head's linear weights):
+autocast caches its casts only for trainable weights, so it would otherwise cast the teacher's 27 M backbone
+weights again every step; the values it computes with are the same. Convolutions on inputs so small that a kernel tap sees only padding run in float32 (oneDNN's
 bfloat16 weight gradient leaves those taps uninitialised; see :func:`has_dead_taps`).
 
 Measured and left off: channels-last memory format (on this CPU bfloat16 convolutions were no faster and
@@ -118,8 +118,9 @@ class Precision:
     def prepare(self, model: nn.Module) -> nn.Module:
         """Install the float32 islands on a detector (or on a distiller's student and teacher); idempotent.
 
-        Changes no parameter or buffer, so state dicts and checkpoints are the same as without it. A no-op
-        for fp32.
+        Changes no parameter or buffer of the trained model, so state dicts and checkpoints are the same as
+        without it; a distiller's frozen teacher gets its convolution (and box-head) weights in the low
+        precision, so after this it runs only under :meth:`autocast`. A no-op for fp32.
         """
         if not self.enabled:
             return model
@@ -128,11 +129,14 @@ class Precision:
         for module in [*model.modules(), *(_teacher_modules(model))]:
             if isinstance(module, nn.Conv2d):
                 _wrap(module, _guard_dead_taps(module))
-        for module in _teacher_modules(model):  # frozen, outside the state dict and the optimizer
-            if isinstance(module, nn.Conv2d):
-                # autocast would cast these weights again every step (it caches only trainable leaves)
-                for param in module.parameters(recurse=False):
-                    param.data = param.data.to(self.dtype)
+        teacher_low = [m for m in _teacher_modules(model) if isinstance(m, nn.Conv2d)]
+        teacher = getattr(model, "teacher", None)
+        if isinstance(teacher, nn.Module) and _family(teacher) == "faster_rcnn":
+            teacher_low += [m for m in teacher.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+        for module in teacher_low:  # frozen, outside the state dict and the optimizer
+            # autocast would cast these weights again every step (it caches only trainable leaves)
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(self.dtype)
         return model
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
@@ -282,7 +286,6 @@ def _place(detector: nn.Module) -> None:
     if _family(detector) == "faster_rcnn":
         _wrap(detector.rpn.head, _float_outputs)
         _wrap(detector.roi_heads.box_roi_pool, _float32_roi_pool)
-        _wrap(detector.roi_heads.box_head, _float32_region)
         _wrap(detector.roi_heads.box_predictor, _float32_region)
     else:
         _wrap(detector.head, _float_outputs)
