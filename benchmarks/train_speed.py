@@ -358,6 +358,7 @@ def main() -> None:
     result: dict = json.loads(out_path.read_text()) if out_path.is_file() else {}
     result.update({"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
                    "machine": _machine(), "date": datetime.date.today().isoformat(),
+                   "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                    "setup": "full preset (reproduce_full.yaml): Faster R-CNN R18-FPN student / R50-FPN teacher, "
                             "GroupNorm, 192 px, batch 2, embedded benchmark (defeat data synth, preset settings)"})
 
@@ -418,6 +419,8 @@ def main() -> None:
                              "schedule": "the full preset's baseline student: 450 steps, batch 2, cosine, warmup 50, "
                                          "evaluated on the 100 validation images"}
         save()
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    save()
     print(json.dumps({k: result.get(k) for k in ("speedup_vs_fp32_plain", "ap_fp32", "ap_fast")}))
     print(f"wrote {out_path}")
 
