@@ -69,6 +69,20 @@ def test_trainer_prints_the_choice_and_runs_fp32_without_support(no_bf16_cpu, ti
     assert not any(getattr(m, P._MARK, False) for m in model.modules())  # fp32 = the stock modules
 
 
+def test_release_undoes_prepare_on_a_distiller(tiny_coco, tmp_path):
+    from defeat.distill import build_distiller
+
+    cfg = config_from_dict({}, tiny_overrides(tiny_coco, tmp_path / "run"))
+    student = build_for_dataset(cfg.model, [{"id": 1, "name": "a"}], 0)
+    teacher = build_for_dataset(cfg.model, [{"id": 1, "name": "a"}], 1)
+    distiller = build_distiller(student, teacher, cfg.distill)
+    P.Precision("bf16", "cpu").prepare(distiller)
+    assert teacher.backbone.body.conv1.weight.dtype == torch.bfloat16 and "forward" in vars(student.rpn.head)
+    P.Precision.release(distiller)
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert not any("forward" in vars(m) for m in [*distiller.modules(), *teacher.modules()])
+
+
 def test_cuda_choice(monkeypatch):
     monkeypatch.setattr(P, "cuda_bf16_support", lambda device: (False, "GPU (sm_75) has no bfloat16"))
     plan = P.resolve_precision("auto", "cuda")

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _MARK = "_defeat_fast_path"
+_LOW_PARAMS = "_defeat_low_precision_params"
 
 
 class PrecisionError(ValueError):
@@ -133,10 +134,32 @@ class Precision:
         teacher = getattr(model, "teacher", None)
         if isinstance(teacher, nn.Module) and _family(teacher) == "faster_rcnn":
             teacher_low += [m for m in teacher.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+        converted = getattr(model, _LOW_PARAMS, [])
         for module in teacher_low:  # frozen, outside the state dict and the optimizer
             # autocast would cast these weights again every step (it caches only trainable leaves)
             for param in module.parameters(recurse=False):
-                param.data = param.data.to(self.dtype)
+                if param.dtype != self.dtype:
+                    converted.append((param, param.dtype))
+                    param.data = param.data.to(self.dtype)
+        if converted:
+            setattr(model, _LOW_PARAMS, converted)
+        return model
+
+    @staticmethod
+    def release(model: nn.Module) -> nn.Module:
+        """Undo :meth:`prepare`: the stock forwards again and the teacher's weights back in their dtype.
+
+        The trainer calls it when training ends, so that what it was given comes back as it was (e.g. a
+        distiller whose teacher is used in float32 afterwards).
+        """
+        for module in [*model.modules(), *_teacher_modules(model)]:
+            if getattr(module, _MARK, False):
+                del module.forward
+                delattr(module, _MARK)
+        for param, dtype in getattr(model, _LOW_PARAMS, []):
+            param.data = param.data.to(dtype)
+        if hasattr(model, _LOW_PARAMS):
+            delattr(model, _LOW_PARAMS)
         return model
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:

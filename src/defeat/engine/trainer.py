@@ -116,8 +116,20 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
     """Train ``model`` for ``cfg.schedule.max_steps`` steps; see the module docstring.
 
     ``before_step(step)`` runs before every step (e.g. a KD-weight schedule); ``reference_metrics``
-    (e.g. the teacher's AP) is logged beside every evaluation.
+    (e.g. the teacher's AP) is logged beside every evaluation. ``cfg.precision`` picks the fast path
+    (:mod:`defeat.engine.precision`); its changes to ``model`` are undone when training ends.
     """
+    try:
+        return _train(cfg, model, detector, train_set, val_set, info, kind=kind, resume=resume,
+                      before_step=before_step, reference_metrics=reference_metrics, progress=progress)
+    finally:
+        Precision.release(model)
+        Precision.release(detector)
+
+
+def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
+           info: DistInfo, *, kind: str, resume: bool, before_step: Callable[[int], None] | None,
+           reference_metrics: dict | None, progress: bool) -> TrainResult:
     out_dir = Path(cfg.output.dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
