@@ -171,7 +171,11 @@ class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
-    bf16: bool = False  # autocast the forward pass in bfloat16
+    # auto | fp32 | bf16 | fp16: the fast path (defeat.engine.precision). auto = bf16 on CPUs with AMX-BF16 /
+    # AVX-512-BF16 and on bf16 GPUs, fp16 + grad scaler on older GPUs, else fp32 (one-line notice); an explicit
+    # bf16/fp16 the hardware lacks is refused in one line.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    bf16: bool = False  # the old switch: true = precision bf16 (kept so that old configs load)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +299,9 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 def validate(cfg: Config) -> None:
     """Semantic checks beyond types (choices are checked by their ``Literal`` types, the distillation
     settings by :class:`DistillSettings` itself)."""
+    if cfg.bf16 and cfg.precision not in ("auto", "bf16"):
+        raise ConfigError(f"bf16: true contradicts precision: {cfg.precision} (bf16: true is the old name of "
+                          "precision: bf16; drop it)")
     positive = {
         "data.batch_size": cfg.data.batch_size, "schedule.max_steps": cfg.schedule.max_steps,
         "model.min_size": cfg.model.min_size, "model.max_size": cfg.model.max_size,

@@ -103,8 +103,10 @@ def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path):
 
 def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path):
     """RetinaNet + GroupNorm: no random sampling in the loss and no batch statistics, so 2 x batch 1
-    under DDP equals 1 x batch 2 up to float summation order (tolerance 1e-4 relative)."""
-    common = tiny_overrides(tiny_coco, tmp_path / "x", name="retinanet_r18_fpn", steps=3) + ["data.hflip_prob=0.5"]
+    under DDP equals 1 x batch 2 up to float summation order (tolerance 1e-4 relative). In float32: in bfloat16
+    oneDNN picks other kernels for batch 1 and 2, and one bf16 rounding step (2^-8) is far above the tolerance."""
+    common = tiny_overrides(tiny_coco, tmp_path / "x", name="retinanet_r18_fpn", steps=3) + ["data.hflip_prob=0.5",
+                                                                                            "precision=fp32"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run_cli(["train", *_sets(common + [f"output.dir={one}", "data.batch_size=2"])]).wait() == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",

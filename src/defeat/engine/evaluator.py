@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from defeat.data import CocoDetection, collate, shard_indices
 from defeat.engine.distributed import DistInfo, gather_to_main
+from defeat.engine.precision import Precision
 from defeat.utils import atomic_write_json, read_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -72,15 +73,24 @@ def coco_stats(gt: dict | str | Path, results: list[dict], image_ids: list[int] 
 
 @torch.no_grad()
 def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batch_size: int = 4,
-            max_images: int = 0, workers: int = 0, score_thresh: float = 0.0, progress: bool = True) -> list[dict] | None:
-    """Run ``detector`` over this rank's shard; return every rank's COCO results on rank 0, else None."""
+            max_images: int = 0, workers: int = 0, score_thresh: float = 0.0, progress: bool = True,
+            precision: Precision | None = None) -> list[dict] | None:
+    """Run ``detector`` over this rank's shard; return every rank's COCO results on rank 0, else None.
+
+    ``precision`` (see :func:`defeat.engine.precision.resolve_precision`): the inference fast path, e.g. the
+    training run's; None runs in float32. Detections come back in float32 either way.
+    """
     was_training = detector.training
     detector.eval()
+    if precision is not None:
+        precision.prepare(detector)
     indices = shard_indices(len(dataset), info.world_size, info.rank, max_images)
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        pin_memory=info.device.type == "cuda")
     results: list[dict] = []
     for images, targets in tqdm(loader, desc="eval", disable=not (progress and info.is_main), leave=False):
-        outputs = detector([im.to(info.device) for im in images])
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            outputs = detector([im.to(info.device, non_blocking=True) for im in images])
         outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
         results += detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.categories, score_thresh)
     detector.train(was_training)
@@ -90,10 +100,10 @@ def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batc
 
 def evaluate(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batch_size: int = 4,
              max_images: int = 0, workers: int = 0, score_thresh: float = 0.0, results_file: str | Path | None = None,
-             progress: bool = True) -> dict | None:
-    """Predict and score on rank 0 (returns the stats there, None on other ranks)."""
+             progress: bool = True, precision: Precision | None = None) -> dict | None:
+    """Predict and score on rank 0 (returns the stats there, None on other ranks); ``precision`` as in predict."""
     results = predict(detector, dataset, info, batch_size=batch_size, max_images=max_images, workers=workers,
-                      score_thresh=score_thresh, progress=progress)
+                      score_thresh=score_thresh, progress=progress, precision=precision)
     if results is None:
         return None
     if results_file is not None:

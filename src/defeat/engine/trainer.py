@@ -3,14 +3,14 @@
 It trains any ``nn.Module`` whose ``forward(images, targets)`` returns a dict of scalar losses (a
 torchvision detector, or the DeFeat distiller wrapping a student), evaluates ``detector`` (the model
 itself, or the student) and handles the rest: DDP under torchrun, LR schedule, gradient clipping,
-bf16 autocast, JSONL/TensorBoard logs, atomic checkpoints, exact resume and non-finite-loss stops.
+mixed precision (the fast path of :mod:`defeat.engine.precision`), JSONL/TensorBoard logs, atomic
+checkpoints, exact resume and non-finite-loss stops.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +27,7 @@ from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
 from defeat.engine.distributed import DistInfo, barrier, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
+from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision, tune_cpu_allocator
 from defeat.engine.schedule import lr_factor
 from defeat.utils import atomic_write_json
 
@@ -45,16 +46,20 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)  # last evaluation's COCO stats (rank 0)
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW; no weight decay on 1-D parameters (norm scales and biases), as is standard."""
+def build_optimizer(cfg: Config, model: nn.Module, precision: Precision | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW; no weight decay on 1-D parameters (norm scales and biases), as is standard.
+
+    With a fast-path ``precision`` (not fp32) the step is the fused kernel where the device has one.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fast = precision.optimizer_kwargs() if precision is not None and precision.enabled else {}
     if cfg.optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, **fast)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, **fast)
 
 
 class MetricsLog:
@@ -111,14 +116,35 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
     """Train ``model`` for ``cfg.schedule.max_steps`` steps; see the module docstring.
 
     ``before_step(step)`` runs before every step (e.g. a KD-weight schedule); ``reference_metrics``
-    (e.g. the teacher's AP) is logged beside every evaluation.
+    (e.g. the teacher's AP) is logged beside every evaluation. ``cfg.precision`` picks the fast path
+    (:mod:`defeat.engine.precision`); its changes to ``model`` are undone when training ends.
     """
+    try:
+        return _train(cfg, model, detector, train_set, val_set, info, kind=kind, resume=resume,
+                      before_step=before_step, reference_metrics=reference_metrics, progress=progress)
+    finally:
+        Precision.release(model)
+        Precision.release(detector)
+
+
+def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
+           info: DistInfo, *, kind: str, resume: bool, before_step: Callable[[int], None] | None,
+           reference_metrics: dict | None, progress: bool) -> TrainResult:
     out_dir = Path(cfg.output.dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     model.to(info.device)
-    optimizer = build_optimizer(cfg, model)
+    precision = resolve_precision(config_precision(cfg), info.device)
+    if info.is_main:
+        print(precision.notice)
+    precision.prepare(model)
+    if info.device.type == "cpu":
+        tune_cpu_allocator()  # bit-identical results; see its docstring
+    if info.device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes (min_size = max_size in the presets)
+    optimizer = build_optimizer(cfg, model, precision)
+    scaler = precision.grad_scaler()  # fp16 only
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.schedule))
     categories = train_set.categories
     log = MetricsLog(out_dir, info.is_main, cfg.output.tensorboard)
@@ -130,6 +156,8 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == info.world_size:  # exact continuation needs each rank's own generator state
@@ -154,13 +182,13 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
     loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
                         collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
                         persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
-    autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext())
 
     def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
         rngs = gather_to_main(_rng_state(), info)
         if info.is_main:
             save_checkpoint({"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "step": step, "rng": rngs,
+                             "scaler": scaler.state_dict() if scaler is not None else None,
                              "categories": categories, "config": config_to_dict(cfg), "metrics": metrics or {}}, path)
         barrier(info)
 
@@ -168,7 +196,7 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
         if val_set is None:
             return {}
         stats = evaluate(detector, val_set, info, batch_size=cfg.eval.batch_size, max_images=cfg.data.val_max_images,
-                         score_thresh=cfg.eval.score_thresh, progress=progress)
+                         score_thresh=cfg.eval.score_thresh, progress=progress, precision=precision)
         if info.is_main:
             extra = " | " + " ".join(f"{k} {100 * v:.1f}" for k, v in (reference_metrics or {}).items())
             tqdm.write(f"[step {step}] {format_stats(stats)}{extra if reference_metrics else ''}")
@@ -190,7 +218,7 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
         targets = [{k: v.to(info.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         if before_step is not None:
             before_step(step)
-        with autocast:
+        with precision.autocast():
             losses = train_module(images, targets)
         total = sum(losses.values())
         if not _all_finite(total, info):
@@ -199,10 +227,18 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
             raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
                                      f"last good checkpoint: {good}")
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.optim.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        if scaler is not None:
+            if cfg.optim.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:  # clipping folded into the fused optimizer's step where there is one
+            clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
         scheduler.step()
 
         for k, v in [*losses.items(), ("loss", total)]:
@@ -214,6 +250,8 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
             seconds = (time.perf_counter() - window_start) / window_steps
             record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "sec_per_step": round(seconds, 4),
                       **{k: round(float(v) / window_steps, 5) for k, v in running.items()}}
+            if info.device.type == "cuda":
+                record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2 ** 30, 3)
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
             running, window_start, window_steps = {}, time.perf_counter(), 0
