@@ -82,7 +82,7 @@ class DeFeatDistiller(TeacherStudentModule):
             raise ValueError(f"distill.proposal_sampling=teacher: only for Faster R-CNN pairs (a {family_of(student)} "
                              "head term distils every anchor; there are no proposals to sample); use student")
         self.backbone_stages = settings.backbone_stage_names
-        self.stage_strides = check_backbone_stages(student, teacher, self.backbone_stages, where)
+        check_backbone_stages(student, teacher, self.backbone_stages, where)
         self.backbone_adapters = (FeatureAdapters(
             self.backbone_stages, {n: backbone_stage_channels(student, n) for n in self.backbone_stages},
             {n: backbone_stage_channels(teacher, n) for n in self.backbone_stages}, relu=True)
@@ -133,7 +133,9 @@ class DeFeatDistiller(TeacherStudentModule):
         # 4b. decoupled backbone stages
         if use_backbone:
             sizes = {name: tuple(s_stages[name].shape[-2:]) for name in self.backbone_stages}
-            masks = stage_masks([t["boxes"] for t in targets], sizes, self.stage_strides)
+            # the stride as the maps show it (the padded input is a multiple of 32, so it divides exactly)
+            strides = {name: max(1, round(images.tensors.shape[-1] / sizes[name][1])) for name in sizes}
+            masks = stage_masks([t["boxes"] for t in targets], sizes, strides)
             adapted = self.backbone_adapters(s_stages)
             stage_losses = backbone_feature_loss([adapted[n] for n in self.backbone_stages],
                                                  [t_stages[n] for n in self.backbone_stages],
@@ -193,17 +195,14 @@ def check_boxes(targets: list[dict[str, Tensor]]) -> None:
             raise ValueError(f"targets[{index}]: degenerate box {boxes[bad][0].tolist()} (width or height <= 0)")
 
 
-def check_backbone_stages(student: nn.Module, teacher: nn.Module, stages: list[str],
-                           where: str = "teacher") -> dict[str, int]:
-    """Stage name -> stride for backbone KD; a one-line ValueError for a stage either model does not have."""
+def check_backbone_stages(student: nn.Module, teacher: nn.Module, stages: list[str], where: str = "teacher") -> None:
+    """Backbone KD: a one-line ValueError for a stage either model does not have."""
     for model, who in ((student, "the student"), (teacher, where)):
         have = backbone_stages_of(model, who)
         for name in stages:
             if name not in have:
                 raise ValueError(f"distill.backbone_stages: {who} has no backbone stage {name} (its stages: "
                                  f"{', '.join(have) or 'none'})")
-    have = backbone_stages_of(student)
-    return {name: have[name] for name in stages}
 
 
 def build_distiller(student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,
