@@ -188,3 +188,23 @@ def test_bad_auto_settings_are_refused_in_one_line():
         with pytest.raises(ConfigError) as err:
             config_from_dict({"distill": {key: value}})
         assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------- the level rule's k0
+def test_level_k0_defaults_follow_the_family():
+    from defeat.config import ModelConfig
+    from defeat.models import build_detector
+    from defeat.models.families import default_level_k0
+
+    zoo = {name: build_detector(ModelConfig(name=name), 3) for name in
+           ("faster_rcnn_r18_fpn", "retinanet_r18_fpn", "fcos_r18_fpn")}
+    # Faster R-CNN: the RoI rule whatever the anchors; RetinaNet with 32-px P3 anchors: floor(3 + log2(7)) = 5,
+    # the official rule ported to P3-P7; FCOS: P3 takes distances 4a..8a -> floor(3 + log2(224 / 256)) = 2
+    assert [default_level_k0(m) for m in zoo.values()] == [4, 5, 2]
+    small = build_detector(ModelConfig(name="retinanet_r18_fpn", anchor_sizes=[16, 32, 64, 128, 256]), 3)
+    assert default_level_k0(small) == 6
+    d = build_distiller(tiny_one_stage("retinanet", 1), tiny_one_stage("retinanet", 2), DistillConfig())
+    assert d.level_k0 == 7  # tiny anchors of 8 px on P3: floor(3 + log2(28))
+    assert build_distiller(tiny_one_stage("retinanet", 1), tiny_one_stage("retinanet", 2),
+                           DistillConfig(level_k0=4)).level_k0 == 4
+    assert two_stage().level_k0 == 4

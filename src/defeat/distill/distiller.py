@@ -15,13 +15,17 @@ One training step, top to bottom (:meth:`DeFeatDistiller.forward`), the same for
 4. the feature term on the distilled FPN levels with the object masks of the GT boxes
    (:mod:`defeat.distill.masks`), through one adapter conv per level;
 5. the head term: the teacher's classifier on the *same* samples, and the KL split into positive and
-   negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`).
+   negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`). With ``proposal_sampling: teacher``
+   (Faster R-CNN) the samples are the teacher's RPN proposals drawn by the student's sampler instead.
+
+Optional: ``backbone_stages`` adds the decoupled feature term on ResNet stages (recorded by forward hooks during
+step 2; every box on every stage; conv + ReLU adapters, ``backbone_adapters``).
 
 Pairs: the feature term runs on the FPN levels both models have (same name = same stride; none in common:
 refused with the reason). The head term needs both of one family; on a mixed pair (a Faster R-CNN and a
 one-stage detector, or RetinaNet and FCOS) it is switched off with a warning. For one-stage students,
-``level_k0`` assigns each box to ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the distilled levels (see
-docs/distill.md for the choice on P3-P7).
+``level_k0`` assigns each box to ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the distilled levels; unset, k0
+follows the student family (:func:`~defeat.models.families.default_level_k0`; docs/distill.md).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from defeat.distill.losses import (BACKBONE_LOSS_KEYS, backbone_feature_loss, de
                                    decoupled_proposal_loss, feature_loss_keys, proposal_loss_keys)
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors, stage_masks
 from defeat.models.families import (anchor_generator_of, backbone_stage_channels, backbone_stages_of,
-                                    capture_backbone_stages, common_levels, family_of, strides_of)
+                                    capture_backbone_stages, common_levels, default_level_k0, family_of,
+                                    strides_of)
 
 
 class DeFeatDistiller(TeacherStudentModule):
@@ -87,6 +92,13 @@ class DeFeatDistiller(TeacherStudentModule):
             self.backbone_stages, {n: backbone_stage_channels(student, n) for n in self.backbone_stages},
             {n: backbone_stage_channels(teacher, n) for n in self.backbone_stages}, relu=True)
             if self.backbone_stages else None)
+
+    @property
+    def level_k0(self) -> int:
+        """k0 of the box-to-level rule in effect: ``settings.level_k0``, or the student family's default
+        (:func:`~defeat.models.families.default_level_k0`: 4 for Faster R-CNN, from the anchors one-stage)."""
+        k0 = self.settings.level_k0
+        return k0 if k0 is not None else default_level_k0(self.student, "student")
 
     @property
     def proposal_mode(self) -> str:
@@ -167,9 +179,9 @@ class DeFeatDistiller(TeacherStudentModule):
                 anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
             per_level = split_anchors(anchors, sizes)
             return fgfi_masks(boxes, {name: per_level[name] for name in self.levels}, phi=self.settings.fgfi_phi,
-                              assign=self.settings.fgfi_assign, k0=self.settings.level_k0)
+                              assign=self.settings.fgfi_assign, k0=self.level_k0)
         return object_masks(boxes, {name: sizes[name] for name in self.levels}, self.strides,
-                            k0=self.settings.level_k0)
+                            k0=self.level_k0)
 
     def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
                      t_feats: dict[str, Tensor], samples: HeadSamples | None = None) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ the ``isinstance`` table of :func:`family_of` (and, for distillation, one head c
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -127,3 +128,23 @@ def capture_backbone_stages(model: nn.Module, stages: list[str]) -> Iterator[dic
     finally:
         for handle in handles:
             handle.remove()
+
+
+def default_level_k0(model: nn.Module, where: str = "model") -> int:
+    """k0 of the box-to-level rule ``floor(k0 + log2(sqrt(wh) / 224))`` when ``distill.level_k0`` is not set.
+
+    * Faster R-CNN: 4, the RoI-level rule (the official code's, and torchvision's ``MultiScaleRoIAlign``): a
+      box's object mask is where its RoI features are pooled from.
+    * RetinaNet / FCOS (no RoI pooling): the level made for the box's size by the model's own assignment, rounded
+      down as the official rule is (4 = floor(4.81) for Faster R-CNN's 32-px anchors on P2): with ``a`` the first
+      level's smallest anchor size, RetinaNet's anchors on P3 fit sides from ``a``, FCOS's P3 takes regression
+      distances 4a..8a (sides from ~8a), so ``k0 = floor(3 + log2(224 / a))`` resp. ``floor(3 + log2(224 / (8 a)))``.
+      The zoo's default anchors (32 on P3) give RetinaNet 5, the official rule ported to P3-P7 (side < 112 -> P3).
+    """
+    family = family_of(model, where)
+    if family == "faster_rcnn":
+        return 4
+    first_level = int(next(iter(LEVELS[family]))[1:])
+    size = float(min(anchor_generator_of(model).sizes[0]))
+    made_for = size if family == "retinanet" else 8.0 * size
+    return math.floor(first_level + math.log2(224.0 / made_for) + 1e-9)
