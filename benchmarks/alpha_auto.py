@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the student's config (model, data, optimiser)")
     parser.add_argument("--teacher", required=True, help="the teacher's checkpoint")
     parser.add_argument("--teacher-note", default="", help="how the teacher was trained (recorded as is)")
+    parser.add_argument("--teacher-metrics", default="", help="metrics.json of `defeat eval` on the teacher (optional)")
+    parser.add_argument("--note", default="", help="a conclusion or caveat recorded in the JSON")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -86,6 +88,12 @@ def main() -> None:
                     raise SystemExit(f"{key}: failed, see {runs / f'{key[0]}_s{key[1]}' / 'run.log'}")
                 del running[key]
 
+    # runs finished by an earlier invocation keep the wall times that invocation recorded
+    prior = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    for mode, seed in jobs:
+        recorded = prior.get(f"decoupled_{mode}_AP", {}).get("wall_seconds", {}).get(str(seed))
+        if (mode, seed) not in walls and recorded is not None:
+            walls[(mode, seed)] = recorded
     result: dict = {
         "what": ("decoupled feature distillation (DeFeat features, proposal_mode=none) with the authors' fixed weights "
                  "(alpha_obj 4, alpha_bg 16) vs distill.weights=auto (alpha_bg/alpha_obj = 4 kept, scaled so the "
@@ -94,12 +102,14 @@ def main() -> None:
         "command": " ".join(["python benchmarks/alpha_auto.py", *sys.argv[1:]]),
         "run_command": " ".join(command(args, "<fixed|auto>", 0, runs / "<mode>_s<seed>")[1:]).replace(
             "seed=0", "seed=<seed>"),
-        "teacher": {"checkpoint": args.teacher, "note": args.teacher_note},
+        "teacher": {"checkpoint": args.teacher, "note": args.teacher_note,
+                    **({"AP": round(100 * json.loads(Path(args.teacher_metrics).read_text())["AP"], 2)}
+                       if args.teacher_metrics else {})},
         "schedule": {"steps": args.steps, "warmup_steps": args.warmup, "seeds": args.seeds},
         "machine": {"cpu_threads": os.cpu_count(), "torch_threads_per_run": args.threads, "parallel_runs": args.parallel,
                     "platform": platform.platform(), "torch": torch.__version__, "gpu": torch.cuda.is_available()},
         "metric": "COCO box AP x 100 on the validation split of --base",
-        "wall_seconds_total_this_invocation": round(time.perf_counter() - started, 1),
+        "wall_seconds_total": round(time.perf_counter() - started, 1) + prior.get("wall_seconds_total", prior.get("wall_seconds_total_this_invocation", 0.0)),
     }
     for mode in ("fixed", "auto"):
         per_seed, chosen, wall, final_losses = {}, {}, {}, {}
@@ -132,6 +142,8 @@ def main() -> None:
         fractions[seed] = {"fixed_4_16": round((4.0 * m["loss_feat_obj"] + 16.0 * m["loss_feat_bg"]) / d, 3),
                            "auto": round((w["alpha_obj"] * m["loss_feat_obj"] + w["alpha_bg"] * m["loss_feat_bg"]) / d, 3)}
     result["feature_term_start_fraction_of_detection_loss"] = fractions
+    if args.note:
+        result["note"] = args.note
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in result if k.endswith("_AP")}, indent=2))
