@@ -106,10 +106,12 @@ def main() -> None:
                     **({"AP": round(100 * json.loads(Path(args.teacher_metrics).read_text())["AP"], 2)}
                        if args.teacher_metrics else {})},
         "schedule": {"steps": args.steps, "warmup_steps": args.warmup, "seeds": args.seeds},
-        "machine": {"cpu_threads": os.cpu_count(), "torch_threads_per_run": args.threads, "parallel_runs": args.parallel,
+        "machine": {"cpu_threads": os.cpu_count(), "torch_threads_per_run": args.threads,
+                    "parallel_runs": args.parallel,
                     "platform": platform.platform(), "torch": torch.__version__, "gpu": torch.cuda.is_available()},
         "metric": "COCO box AP x 100 on the validation split of --base",
-        "wall_seconds_total": round(time.perf_counter() - started, 1) + prior.get("wall_seconds_total", prior.get("wall_seconds_total_this_invocation", 0.0)),
+        "wall_seconds_total": round(time.perf_counter() - started + prior.get(
+            "wall_seconds_total", prior.get("wall_seconds_total_this_invocation", 0.0)), 1),
     }
     for mode in ("fixed", "auto"):
         per_seed, chosen, wall, final_losses = {}, {}, {}, {}
@@ -139,8 +141,9 @@ def main() -> None:
     fractions = {}
     for seed, record in result["decoupled_auto_AP"].get("chosen_weights", {}).items():
         m, d, w = record["unweighted"], record["detection_loss"], record["weights"]
-        fractions[seed] = {"fixed_4_16": round((4.0 * m["loss_feat_obj"] + 16.0 * m["loss_feat_bg"]) / d, 3),
-                           "auto": round((w["alpha_obj"] * m["loss_feat_obj"] + w["alpha_bg"] * m["loss_feat_bg"]) / d, 3)}
+        start = {"fixed_4_16": 4.0 * m["loss_feat_obj"] + 16.0 * m["loss_feat_bg"],
+                 "auto": w["alpha_obj"] * m["loss_feat_obj"] + w["alpha_bg"] * m["loss_feat_bg"]}
+        fractions[seed] = {k: round(v / d, 3) for k, v in start.items()}
     result["feature_term_start_fraction_of_detection_loss"] = fractions
     if args.note:
         result["note"] = args.note

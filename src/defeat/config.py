@@ -152,7 +152,7 @@ class DistillSettings:
     temperature_all: float = 1.0  # ... on all proposals in proposal_mode=all
     fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box)
     fgfi_assign: FgfiAssign = "level"  # level: each box on its one level, best IoU there (official) | global: one max
-    level_k0: int | None = None  # box of side s -> level floor(k0 + log2(s / 224)); null: 4 two-stage, from anchors one-stage
+    level_k0: int | None = None  # box of side s -> level floor(k0 + log2(s / 224)); null: 4 / from the anchors
     proposal_sampling: ProposalSampling = "student"  # proposal term on the student's samples | the teacher's RPN's
     backbone_stages: list[int | str] = field(default_factory=list)  # backbone KD on these ResNet stages ([] = off)
     alpha_bb_obj: float = 4.0  # backbone KD: object-region weight

@@ -13,8 +13,9 @@ from defeat.distill.calibrate import WeightCalibration, calibrate_weights, choos
 from defeat.distill.distiller import DeFeatDistiller, build_distiller, check_boxes
 from defeat.distill.heads import (AnchorHead, HeadSamples, HeadTerm, ProposalHead, check_anchors_align,
                                   check_roi_heads_align, matched_idxs, rpn_proposals)
-from defeat.distill.losses import (backbone_feature_loss, decoupled_feature_loss, decoupled_proposal_loss, feature_loss_keys, imitation_term,
-                                   masked_squared_error, proposal_loss_keys, sigmoid_kl, softmax_kl, squared_distance)
+from defeat.distill.losses import (backbone_feature_loss, decoupled_feature_loss, decoupled_proposal_loss,
+                                   feature_loss_keys, imitation_term, masked_squared_error, proposal_loss_keys,
+                                   sigmoid_kl, softmax_kl, squared_distance)
 from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors, stage_masks
 
 __all__ = ["AnchorHead", "DeFeatDistiller", "DistillSettings", "FeatureAdapters", "HeadSamples", "HeadTerm",
