@@ -94,11 +94,39 @@ FeatureMode = Literal["none", "object", "background", "all", "decoupled", "fgfi"
 ProposalMode = Literal["none", "positive", "negative", "all", "decoupled"]
 FeatureNorm = Literal["per_level", "all_levels"]
 KDSchedule = Literal["constant", "linear", "cosine"]
+FgfiAssign = Literal["level", "global"]
+ProposalSampling = Literal["student", "teacher"]
+WeightsMode = Literal["fixed", "auto"]
 
 FEATURE_MODES: tuple[str, ...] = typing.get_args(FeatureMode)
 PROPOSAL_MODES: tuple[str, ...] = typing.get_args(ProposalMode)
 FEATURE_NORMS: tuple[str, ...] = typing.get_args(FeatureNorm)
 KD_SCHEDULES: tuple[str, ...] = typing.get_args(KDSchedule)
+FGFI_ASSIGNS: tuple[str, ...] = typing.get_args(FgfiAssign)
+PROPOSAL_SAMPLINGS: tuple[str, ...] = typing.get_args(ProposalSampling)
+WEIGHTS_MODES: tuple[str, ...] = typing.get_args(WeightsMode)
+
+#: ResNet stages that backbone KD can distil: torchvision's ``layer1..layer4`` (strides 4, 8, 16, 32; the
+#: C2..C5 of the FPN paper; mmdetection's out_indices 0..3)
+BACKBONE_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+
+
+def backbone_stage_names(stages: list) -> list[str]:
+    """``[3, "layer4"]`` -> ``["layer3", "layer4"]``: stage numbers k (1..4) or names ``layerk``, in the given
+    order, duplicates refused. A ConfigError naming ``backbone_stages`` for anything else."""
+    names: list[str] = []
+    for stage in stages:
+        if isinstance(stage, int) and not isinstance(stage, bool) and 1 <= stage <= len(BACKBONE_STAGES):
+            name = f"layer{stage}"
+        elif isinstance(stage, str) and stage in BACKBONE_STAGES:
+            name = stage
+        else:
+            raise ConfigError(f"backbone_stages: unknown stage {stage!r} (use 1..4 or layer1..layer4: the ResNet "
+                              "stages of strides 4, 8, 16, 32)")
+        if name in names:
+            raise ConfigError(f"backbone_stages: stage {name} listed twice")
+        names.append(name)
+    return names
 
 
 @dataclass
@@ -122,21 +150,45 @@ class DistillSettings:
     temperature_obj: float = 1.0  # softmax temperature of the KL on positive proposals
     temperature_bg: float = 1.0  # ... on negative proposals
     temperature_all: float = 1.0  # ... on all proposals in proposal_mode=all
-    fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box on that level)
-    level_k0: int = 4  # object masks: box of side s goes to level floor(k0 + log2(s / 224)), clamped to the FPN levels
+    fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box)
+    fgfi_assign: FgfiAssign = "level"  # level: each box on its one level, best IoU there (official) | global: one max
+    level_k0: int | None = None  # box of side s -> level floor(k0 + log2(s / 224)); null: 4 / from the anchors
+    proposal_sampling: ProposalSampling = "student"  # proposal term on the student's samples | the teacher's RPN's
+    backbone_stages: list[int | str] = field(default_factory=list)  # backbone KD on these ResNet stages ([] = off)
+    alpha_bb_obj: float = 4.0  # backbone KD: object-region weight
+    alpha_bb_bg: float = 16.0  # backbone KD: background-region weight
+    weights: WeightsMode = "fixed"  # auto: scale the KD weights at the start so each term is auto_target x det. loss
+    auto_target: float = 1.0  # weights=auto: each KD term's starting magnitude as a fraction of the detection loss
+    auto_batches: int = 4  # weights=auto: training batches measured
+    auto_keep_ratio: bool = True  # weights=auto: keep alpha_bg/alpha_obj (and beta_bg/beta_obj) as given
     weight_decay_policy: KDSchedule = "constant"  # KD weight over training
     stop_step: int = 0  # 0 = distil for the whole schedule
 
     def __post_init__(self) -> None:
         for key, allowed in (("feature_mode", FEATURE_MODES), ("proposal_mode", PROPOSAL_MODES),
-                             ("feature_norm", FEATURE_NORMS), ("weight_decay_policy", KD_SCHEDULES)):
+                             ("feature_norm", FEATURE_NORMS), ("weight_decay_policy", KD_SCHEDULES),
+                             ("fgfi_assign", FGFI_ASSIGNS), ("proposal_sampling", PROPOSAL_SAMPLINGS),
+                             ("weights", WEIGHTS_MODES)):
             _choice(getattr(self, key), allowed, key)
-        for key in ("alpha_obj", "alpha_bg", "alpha_all", "beta_obj", "beta_bg", "beta_all", "stop_step"):
+        for key in ("alpha_obj", "alpha_bg", "alpha_all", "beta_obj", "beta_bg", "beta_all", "stop_step",
+                    "alpha_bb_obj", "alpha_bb_bg"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if not isinstance(self.backbone_stages, list):
+            raise ConfigError(f"backbone_stages: expected a list such as [3, 4], got {self.backbone_stages!r}")
+        backbone_stage_names(self.backbone_stages)
+        if not self.auto_target > 0:
+            raise ConfigError(f"auto_target: must be > 0 (a fraction of the detection loss), got {self.auto_target}")
+        if self.auto_batches < 1:
+            raise ConfigError(f"auto_batches: must be >= 1, got {self.auto_batches}")
+
+    @property
+    def backbone_stage_names(self) -> list[str]:
+        """The backbone stages to distil as torchvision layer names (``[]``: backbone KD off)."""
+        return backbone_stage_names(self.backbone_stages)
 
 
 @dataclass

@@ -95,3 +95,32 @@ def test_settings_are_validated_once_when_made():
         dataclasses.replace(settings, alpha_bg=-1.0)
     with pytest.raises(ValueError, match="proposal_mode: unknown value 'both'"):
         api.DistillSettings(proposal_mode="both")
+
+
+@pytest.mark.slow
+def test_distill_weights_auto_writes_the_chosen_weights_into_the_run_config(round_trip, tiny_coco):
+    """weights=auto measures the terms on the run's first batches, trains with the chosen weights and writes them
+    into config.yaml (weights: fixed), so that config reproduces the run; auto_weights.json has the measurement."""
+    import json
+
+    from defeat.config import load_config
+
+    out, _, teacher, _, _ = round_trip
+    cfg = config_from_dict({}, tiny_overrides(tiny_coco, out / "auto", steps=1) + [
+        f"distill.teacher_checkpoint={teacher.final_checkpoint}", "distill.teacher_check_images=0",
+        "distill.weights=auto", "distill.auto_target=0.5", "distill.auto_batches=2", "distill.backbone_stages=[4]"])
+    result = api.distill(cfg)
+    record = json.loads((out / "auto" / "auto_weights.json").read_text())
+    saved = load_config(out / "auto" / "config.yaml").distill
+    assert saved.weights == "fixed" and saved.auto_target == 0.5
+    for name, value in record["weights"].items():
+        assert getattr(saved, name) == value
+    assert set(record["weights"]) == {"alpha_obj", "alpha_bg", "alpha_bb_obj", "alpha_bb_bg", "beta_obj", "beta_bg"}
+    assert saved.alpha_bg / saved.alpha_obj == pytest.approx(4.0, rel=1e-3)  # the authors' ratio kept
+    assert saved.alpha_bb_bg / saved.alpha_bb_obj == pytest.approx(4.0, rel=1e-3)
+    for term, fraction in record["starting_fractions"].items():
+        assert fraction == pytest.approx(0.5, rel=1e-2), term
+    assert any(n.startswith("weights=auto over 2 batches") for n in result.notes)
+    # resuming reuses the recorded choice instead of measuring again
+    again = api.distill(cfg, resume=True)
+    assert any("reusing" in n for n in again.notes)

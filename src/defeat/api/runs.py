@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from defeat.config import Config
-from defeat.data import CocoDetection
+from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, evaluate as evaluate_detector,
                            init_distributed, load_datasets, load_model, train as train_loop)
 from defeat.engine.distributed import broadcast_from_main
@@ -130,6 +132,10 @@ def distill(cfg: Config, *, resume: bool = False, progress: bool = True, verbose
                          f"student {cfg.model.name} <- teacher {teacher.name}"]
         for line in notes:
             _say(line, info, verbose)
+        if cfg.distill.weights == "auto":
+            cfg, line = calibrate_run(cfg, distiller, train_set, info, resume=resume)
+            notes.append(line)
+            _say(line, info, verbose)
         reference = check_teacher(cfg, teacher.model, student, val_set, info, verbose)
         result = train_loop(cfg, distiller, student, train_set, val_set, info, kind="distill", resume=resume,
                             before_step=distiller.before_step, reference_metrics=reference or None,
@@ -137,6 +143,47 @@ def distill(cfg: Config, *, resume: bool = False, progress: bool = True, verbose
         return RunResult(result.final_checkpoint, result.step, result.metrics, reference, notes)
     finally:
         cleanup(info)
+
+
+AUTO_WEIGHTS_FILE = "auto_weights.json"
+
+
+def calibration_batches(cfg: Config, train_set: CocoDetection, info: DistInfo) -> list:
+    """The first ``distill.auto_batches`` training batches of this rank, exactly as the run will draw them at
+    its start (same sampler, seed and flips), on the run's device."""
+    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
+                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=0)
+    batches, indices = [], iter(sampler)
+    for _ in range(cfg.distill.auto_batches):
+        items = [train_set[next(indices)] for _ in range(cfg.data.batch_size)]
+        images, targets = collate(items)
+        batches.append(([im.to(info.device) for im in images],
+                        [{k: v.to(info.device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets]))
+    return batches
+
+
+def calibrate_run(cfg: Config, distiller, train_set: CocoDetection, info: DistInfo, *,
+                  resume: bool = False) -> tuple[Config, str]:
+    """``distill.weights: auto``: measure the KD terms on the run's first batches, choose the weights
+    (:func:`defeat.distill.calibrate_weights`; rank 0's choice on every rank), set them on ``distiller`` and
+    return the config with them written in (``weights: fixed``), so the run's ``config.yaml`` reproduces it,
+    and a log line. The measurement goes to ``output.dir/auto_weights.json``; a resumed run reuses that file
+    instead of measuring again."""
+    from defeat.distill import calibrate_weights
+
+    record_path = Path(cfg.output.dir) / AUTO_WEIGHTS_FILE
+    if resume and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        line = f"weights=auto: reusing {record_path}: " + ", ".join(f"{k}={v:g}" for k, v in record["weights"].items())
+    else:  # every rank measures (SyncBatchNorm needs all of them in a forward); rank 0's choice is used
+        calibration = calibrate_weights(distiller, calibration_batches(cfg, train_set, info))
+        record, line = broadcast_from_main((calibration.as_dict(), calibration.summary()), info)
+    distill_cfg = dataclasses.replace(cfg.distill, weights="fixed", **record["weights"])
+    distiller.settings = distill_cfg.settings()
+    if info.is_main:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record_path, record)
+    return dataclasses.replace(cfg, distill=distill_cfg), line
 
 
 def evaluate(cfg: Config, checkpoint: str | Path, out: str | Path | None = None, *, progress: bool = True) -> dict:

@@ -9,15 +9,19 @@ Everything here works on tensors and modules; nothing reads or writes files (che
 from defeat.config import DistillSettings
 from defeat.distill.adapters import FeatureAdapters, init_adapter_
 from defeat.distill.base import TeacherStudentModule, kd_scale_at
+from defeat.distill.calibrate import WeightCalibration, calibrate_weights, choose_weights, measure_terms
 from defeat.distill.distiller import DeFeatDistiller, build_distiller, check_boxes
 from defeat.distill.heads import (AnchorHead, HeadSamples, HeadTerm, ProposalHead, check_anchors_align,
-                                  check_roi_heads_align, matched_idxs)
-from defeat.distill.losses import (decoupled_feature_loss, decoupled_proposal_loss, feature_loss_keys, imitation_term,
-                                   masked_squared_error, proposal_loss_keys, sigmoid_kl, softmax_kl, squared_distance)
-from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors
+                                  check_roi_heads_align, matched_idxs, rpn_proposals)
+from defeat.distill.losses import (backbone_feature_loss, decoupled_feature_loss, decoupled_proposal_loss,
+                                   feature_loss_keys, imitation_term, masked_squared_error, proposal_loss_keys,
+                                   sigmoid_kl, softmax_kl, squared_distance)
+from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors, stage_masks
 
 __all__ = ["AnchorHead", "DeFeatDistiller", "DistillSettings", "FeatureAdapters", "HeadSamples", "HeadTerm",
-           "ProposalHead", "TeacherStudentModule", "assign_levels", "box_cells", "build_distiller",
+           "ProposalHead", "TeacherStudentModule", "WeightCalibration", "assign_levels", "backbone_feature_loss",
+           "box_cells", "build_distiller", "calibrate_weights", "choose_weights", "measure_terms", "rpn_proposals",
+           "stage_masks",
            "check_anchors_align", "check_boxes", "check_roi_heads_align", "decoupled_feature_loss",
            "decoupled_proposal_loss", "feature_loss_keys", "fgfi_masks", "imitation_term", "init_adapter_",
            "kd_scale_at", "masked_squared_error", "matched_idxs", "object_masks", "proposal_loss_keys", "sigmoid_kl",

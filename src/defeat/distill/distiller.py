@@ -15,13 +15,17 @@ One training step, top to bottom (:meth:`DeFeatDistiller.forward`), the same for
 4. the feature term on the distilled FPN levels with the object masks of the GT boxes
    (:mod:`defeat.distill.masks`), through one adapter conv per level;
 5. the head term: the teacher's classifier on the *same* samples, and the KL split into positive and
-   negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`).
+   negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`). With ``proposal_sampling: teacher``
+   (Faster R-CNN) the samples are the teacher's RPN proposals drawn by the student's sampler instead.
+
+Optional: ``backbone_stages`` adds the decoupled feature term on ResNet stages (recorded by forward hooks during
+step 2; every box on every stage; conv + ReLU adapters, ``backbone_adapters``).
 
 Pairs: the feature term runs on the FPN levels both models have (same name = same stride; none in common:
 refused with the reason). The head term needs both of one family; on a mixed pair (a Faster R-CNN and a
 one-stage detector, or RetinaNet and FCOS) it is switched off with a warning. For one-stage students,
-``level_k0`` assigns each box to ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the distilled levels (see
-docs/distill.md for the choice on P3-P7).
+``level_k0`` assigns each box to ``floor(k0 + log2(sqrt(wh) / 224))`` clamped to the distilled levels; unset, k0
+follows the student family (:func:`~defeat.models.families.default_level_k0`; docs/distill.md).
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from defeat.config import DistillSettings
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.base import TeacherStudentModule
 from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for
-from defeat.distill.losses import (decoupled_feature_loss, decoupled_proposal_loss, feature_loss_keys,
-                                   proposal_loss_keys)
-from defeat.distill.masks import fgfi_masks, object_masks, split_anchors
-from defeat.models.families import anchor_generator_of, common_levels, family_of, strides_of
+from defeat.distill.losses import (BACKBONE_LOSS_KEYS, backbone_feature_loss, decoupled_feature_loss,
+                                   decoupled_proposal_loss, feature_loss_keys, proposal_loss_keys)
+from defeat.distill.masks import fgfi_masks, object_masks, split_anchors, stage_masks
+from defeat.models.families import (anchor_generator_of, backbone_stage_channels, backbone_stages_of,
+                                    capture_backbone_stages, common_levels, default_level_k0, family_of,
+                                    strides_of)
 
 
 class DeFeatDistiller(TeacherStudentModule):
@@ -77,6 +83,22 @@ class DeFeatDistiller(TeacherStudentModule):
             warnings.warn(note, stacklevel=2)
         self.adapters = (FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
                          if settings.feature_mode != "none" else None)
+        if settings.proposal_sampling == "teacher" and self.proposal_mode != "none" and not self.head.teacher_sampling:
+            raise ValueError(f"distill.proposal_sampling=teacher: only for Faster R-CNN pairs (a {family_of(student)} "
+                             "head term distils every anchor; there are no proposals to sample); use student")
+        self.backbone_stages = settings.backbone_stage_names
+        check_backbone_stages(student, teacher, self.backbone_stages, where)
+        self.backbone_adapters = (FeatureAdapters(
+            self.backbone_stages, {n: backbone_stage_channels(student, n) for n in self.backbone_stages},
+            {n: backbone_stage_channels(teacher, n) for n in self.backbone_stages}, relu=True)
+            if self.backbone_stages else None)
+
+    @property
+    def level_k0(self) -> int:
+        """k0 of the box-to-level rule in effect: ``settings.level_k0``, or the student family's default
+        (:func:`~defeat.models.families.default_level_k0`: 4 for Faster R-CNN, from the anchors one-stage)."""
+        k0 = self.settings.level_k0
+        return k0 if k0 is not None else default_level_k0(self.student, "student")
 
     @property
     def proposal_mode(self) -> str:
@@ -94,18 +116,23 @@ class DeFeatDistiller(TeacherStudentModule):
         scale = self.kd_scale
         use_features = s.feature_mode != "none" and scale > 0
         use_head = self.proposal_mode != "none" and scale > 0
+        use_backbone = bool(self.backbone_stages) and scale > 0
 
-        # 1-2. one transformed batch, both backbones
+        # 1-2. one transformed batch, both backbones (their stages recorded on the way when backbone KD is on)
         images, targets = student.transform(images, targets)
         check_boxes(targets)
-        s_feats = student.backbone(images.tensors)
+        with capture_backbone_stages(student, self.backbone_stages if use_backbone else []) as s_stages:
+            s_feats = student.backbone(images.tensors)
         t_feats = None
-        if use_features or use_head:
-            with torch.no_grad():
+        if use_features or use_head or use_backbone:
+            with torch.no_grad(), capture_backbone_stages(teacher, self.backbone_stages if use_backbone else []) \
+                    as t_stages:
                 t_feats = teacher.backbone(images.tensors)
 
         # 3. the student's own detection losses and the head term's samples
         losses, samples = self.head.student_step(student, images, s_feats, targets)
+        if use_head and s.proposal_sampling == "teacher":  # the head term on the teacher's proposals instead
+            samples = self.head.teacher_samples(student, teacher, images, s_feats, t_feats, targets)
 
         # 4. decoupled features
         if use_features:
@@ -114,6 +141,21 @@ class DeFeatDistiller(TeacherStudentModule):
         elif s.feature_mode != "none":  # schedule at 0: same keys, and the adapters stay in the graph for DDP
             zero = sum(p.sum() for p in self.adapters.parameters()) * 0.0
             losses.update({k: zero for k in feature_loss_keys(s.feature_mode)})
+
+        # 4b. decoupled backbone stages
+        if use_backbone:
+            sizes = {name: tuple(s_stages[name].shape[-2:]) for name in self.backbone_stages}
+            # the stride as the maps show it (the padded input is a multiple of 32, so it divides exactly)
+            strides = {name: max(1, round(images.tensors.shape[-1] / sizes[name][1])) for name in sizes}
+            masks = stage_masks([t["boxes"] for t in targets], sizes, strides)
+            adapted = self.backbone_adapters(s_stages)
+            stage_losses = backbone_feature_loss([adapted[n] for n in self.backbone_stages],
+                                                 [t_stages[n] for n in self.backbone_stages],
+                                                 [masks[n] for n in self.backbone_stages], s)
+            losses.update({k: scale * v for k, v in stage_losses.items()})
+        elif self.backbone_stages:
+            zero = sum(p.sum() for p in self.backbone_adapters.parameters()) * 0.0
+            losses.update({k: zero for k in BACKBONE_LOSS_KEYS})
 
         # 5. decoupled proposals / anchors
         if use_head:
@@ -136,9 +178,10 @@ class DeFeatDistiller(TeacherStudentModule):
             anchors = samples.anchors if samples is not None and samples.anchors is not None else \
                 anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
             per_level = split_anchors(anchors, sizes)
-            return fgfi_masks(boxes, {name: per_level[name] for name in self.levels}, phi=self.settings.fgfi_phi)
+            return fgfi_masks(boxes, {name: per_level[name] for name in self.levels}, phi=self.settings.fgfi_phi,
+                              assign=self.settings.fgfi_assign, k0=self.level_k0)
         return object_masks(boxes, {name: sizes[name] for name in self.levels}, self.strides,
-                            k0=self.settings.level_k0)
+                            k0=self.level_k0)
 
     def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
                      t_feats: dict[str, Tensor], samples: HeadSamples | None = None) -> dict[str, Tensor]:
@@ -162,6 +205,16 @@ def check_boxes(targets: list[dict[str, Tensor]]) -> None:
         bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
         if bad.any():
             raise ValueError(f"targets[{index}]: degenerate box {boxes[bad][0].tolist()} (width or height <= 0)")
+
+
+def check_backbone_stages(student: nn.Module, teacher: nn.Module, stages: list[str], where: str = "teacher") -> None:
+    """Backbone KD: a one-line ValueError for a stage either model does not have."""
+    for model, who in ((student, "the student"), (teacher, where)):
+        have = backbone_stages_of(model, who)
+        for name in stages:
+            if name not in have:
+                raise ValueError(f"distill.backbone_stages: {who} has no backbone stage {name} (its stages: "
+                                 f"{', '.join(have) or 'none'})")
 
 
 def build_distiller(student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,

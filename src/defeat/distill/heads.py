@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import Matcher
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 
@@ -53,6 +54,8 @@ class HeadTerm:
 
     #: the per-sample divergence of the head term
     kl: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl
+    #: whether the head term's samples can come from the teacher (``proposal_sampling: teacher``)
+    teacher_sampling: bool = False
 
     def student_step(self, student: nn.Module, images: ImageList, features: dict[str, Tensor],
                      targets: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], HeadSamples]:
@@ -64,11 +67,18 @@ class HeadTerm:
         """The teacher's logits on exactly the samples of ``samples`` (called under ``no_grad``)."""
         raise NotImplementedError
 
+    def teacher_samples(self, student: nn.Module, teacher: nn.Module, images: ImageList,
+                        student_features: dict[str, Tensor], teacher_features: dict[str, Tensor],
+                        targets: list[dict[str, Tensor]]) -> HeadSamples:
+        """The head term's samples drawn from the teacher (only where :attr:`teacher_sampling`)."""
+        raise NotImplementedError(f"{type(self).__name__}: the head term has no teacher sampling")
+
 
 class ProposalHead(HeadTerm):
     """Faster R-CNN: RPN, the RoI sampler's proposals, the box head; the KL on the sampled proposals."""
 
     kl = staticmethod(softmax_kl)
+    teacher_sampling = True
 
     def student_step(self, student, images, features, targets):
         proposals, losses = student.rpn(images, features, targets)
@@ -85,6 +95,39 @@ class ProposalHead(HeadTerm):
         box_features = roi.box_head(roi.box_roi_pool(features, samples.context, images.image_sizes))
         logits, _ = roi.box_predictor(box_features)
         return logits
+
+    def teacher_samples(self, student, teacher, images, student_features, teacher_features, targets):
+        """``proposal_sampling: teacher`` (the official default, ``SampleTEA``): the *teacher's* RPN proposals
+        (its training-time pre/post-NMS counts), sampled and labelled by the student's RoI sampler against the
+        GT boxes (GT added as proposals, as torchvision does); the student's box head classifies them with
+        gradient. The labels are those of exactly these samples (the official code splits them with the labels
+        of the student's own samples, a positional mismatch; see docs/distill.md)."""
+        with torch.no_grad():
+            proposals = rpn_proposals(teacher, images, teacher_features)
+            proposals, _, labels, _ = student.roi_heads.select_training_samples(proposals, targets)
+        roi = student.roi_heads
+        logits, _ = roi.box_predictor(roi.box_head(roi.box_roi_pool(student_features, proposals, images.image_sizes)))
+        return HeadSamples(logits, torch.cat(labels), context=proposals)
+
+
+def rpn_proposals(model: nn.Module, images: ImageList, features: dict[str, Tensor]) -> list[Tensor]:
+    """A Faster R-CNN's RPN proposals per image, without its losses, with the *training-time* pre/post-NMS
+    counts whatever the model's mode (a frozen teacher stays in eval mode; its RPN then would use the test-time
+    counts). Only the RPN module's own ``training`` flag is switched, for the filtering call, and restored."""
+    rpn = model.rpn
+    maps = list(features.values())
+    objectness, deltas = rpn.head(maps)
+    anchors = rpn.anchor_generator(images, maps)
+    per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+    was_training = rpn.training
+    rpn.training = True
+    try:
+        boxes, _ = rpn.filter_proposals(proposals, objectness.detach(), images.image_sizes, per_level)
+    finally:
+        rpn.training = was_training
+    return boxes
 
 
 class AnchorHead(HeadTerm):

@@ -13,6 +13,7 @@ their mode uses, so they can be added to a detector's loss dict as they are.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import torch
@@ -25,6 +26,8 @@ from defeat.config import FEATURE_NORMS, DistillSettings
 FEATURE_LOSS_KEYS = {"none": (), "object": ("loss_feat_obj",), "background": ("loss_feat_bg",),
                      "all": ("loss_feat_all",), "decoupled": ("loss_feat_obj", "loss_feat_bg"),
                      "fgfi": ("loss_feat_obj",)}
+#: the backbone term's keys (``backbone_stages`` set): object and background regions of the ResNet stages
+BACKBONE_LOSS_KEYS = ("loss_bb_obj", "loss_bb_bg")
 PROPOSAL_LOSS_KEYS = {"none": (), "positive": ("loss_kd_pos",), "negative": ("loss_kd_neg",),
                       "all": ("loss_kd_all",), "decoupled": ("loss_kd_pos", "loss_kd_neg")}
 
@@ -141,6 +144,22 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
         parts = [(d.sum(), torch.tensor(2.0 * c * d.numel(), device=d.device)) for d, c in zip(distances, channels)]
         losses["loss_feat_all"] = settings.alpha_all * _normalise(parts, norm)
     return losses
+
+
+def backbone_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
+                          settings: DistillSettings | None = None) -> dict[str, Tensor]:
+    """The decoupled feature term on backbone stages (the official ``bb-decouple``):
+
+        loss_bb_obj = alpha_bb_obj * obj,   loss_bb_bg = alpha_bb_bg * bg
+
+    with ``obj`` / ``bg`` exactly as :func:`decoupled_feature_loss` computes them (same distance, same
+    ``feature_norm``), on the adapted student stages against the teacher's. Always both keys (a weight of 0
+    gives a 0 term). Args as :func:`decoupled_feature_loss`, one entry per stage.
+    """
+    s = settings or DistillSettings()
+    as_feature = dataclasses.replace(s, feature_mode="decoupled", alpha_obj=s.alpha_bb_obj, alpha_bg=s.alpha_bb_bg)
+    terms = decoupled_feature_loss(students, teachers, object_masks, as_feature)
+    return {"loss_bb_obj": terms["loss_feat_obj"], "loss_bb_bg": terms["loss_feat_bg"]}
 
 
 def softmax_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -6,7 +6,9 @@ Boxes are ``xyxy`` in the frame of the (transformed, padded) image tensor that t
 
 * :func:`assign_levels` - the RoI-level rule of the FPN paper / DeFeat's official code.
 * :func:`object_masks` - DeFeat's object mask: each box marks the cells it covers on its one level.
-* :func:`fgfi_masks` - the FGFI imitation mask: cells whose anchors overlap a box almost as well as the best one.
+* :func:`stage_masks` - object masks of backbone stages: every box on every stage.
+* :func:`fgfi_masks` - the FGFI imitation mask: cells whose anchors overlap a box almost as well as the best one
+  (on the box's own level, as DeFeat's official FGFI baseline; or against one max over all levels).
 """
 
 from __future__ import annotations
@@ -112,36 +114,77 @@ def object_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int,
     return masks
 
 
-def fgfi_masks(boxes: Sequence[Tensor], anchors: Mapping[str, Tensor], phi: float = 0.5) -> dict[str, Tensor]:
+def stage_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]],
+                strides: Mapping[str, int]) -> dict[str, Tensor]:
+    """Object masks of backbone stages, one ``(N, H_s, W_s)`` bool tensor per stage: *every* box marks
+    :func:`box_cells` on *every* stage (a backbone stage is not a pyramid level; no level rule), the rest is
+    background. The official code marks all boxes at stride 4 and resizes that mask (nearest) to each stage;
+    here each stage's cells are computed at its own stride with the same rule as the FPN masks.
+    """
+    device = next((b.device for b in boxes), torch.device("cpu"))
+    flat, owner = _flatten_boxes(boxes, device)
+    masks = {}
+    for name, (height, width) in feature_sizes.items():
+        masks[name] = _or_per_image(box_cells(flat, strides[name], height, width), owner, len(boxes))
+    return masks
+
+
+FGFI_ASSIGN = ("level", "global")
+
+
+def fgfi_masks(boxes: Sequence[Tensor], anchors: Mapping[str, Tensor], phi: float = 0.5, assign: str = "level",
+               k0: int = 4) -> dict[str, Tensor]:
     """FGFI imitation masks (Wang et al., CVPR 2019), one ``(N, H_l, W_l)`` bool tensor per level.
 
-    For every box and level, with ``IoU_max`` the best IoU of that box with any anchor of the level:
+    A cell is marked when one of its ``A`` anchors overlaps a box almost as well as that box's best anchor:
 
-        M[y, x] = OR over boxes and the A anchors at (y, x) of  [ IoU(anchor, box) > phi * IoU_max ]
+        M[y, x] = OR over boxes b and the anchors a at (y, x) of  [ IoU(a, b) > phi * IoU_max(b) ]
 
-    A box that overlaps no anchor of a level (IoU_max = 0) marks nothing there.
+    ``assign`` says where a box is imitated and what ``IoU_max`` is:
+
+    * ``level`` (default; DeFeat's official FGFI baseline, ``get_roi_mask``): each box first goes to its one
+      level by the RoI-level rule (:func:`assign_levels` with ``k0``), as RoIs do; it marks cells on that level
+      only, against its best IoU *on that level*.
+    * ``global`` (the original FGFI, one anchor set): ``IoU_max`` is the box's best IoU over the anchors of
+      *all* levels, and cells of any level whose anchors pass that one threshold are marked.
+
+    A box that overlaps no anchor (``IoU_max = 0``) marks nothing.
 
     Args:
         boxes: per image, ``(G_i, 4)`` xyxy in the padded-tensor frame.
-        anchors: level name -> ``(H_l, W_l, A, 4)`` xyxy anchors (the same for every image of the batch).
-        phi: the FGFI threshold factor psi (0.5 in the paper).
+        anchors: level name -> ``(H_l, W_l, A, 4)`` xyxy anchors (the same for every image of the batch), levels
+            consecutive and in increasing-stride order (e.g. ``P2..P6``).
+        phi: the FGFI threshold factor (0.5 in the paper).
+        assign: ``level`` | ``global``.
+        k0: the level rule's k0 (``level`` only).
     """
-    masks = {}
-    for name, level_anchors in anchors.items():
-        height, width, per_cell, _ = level_anchors.shape
-        flat_anchors = level_anchors.reshape(-1, 4)
-        per_image = []
-        for image_boxes in boxes:  # a loop over images, not pixels: IoU is (G_i, H*W*A)
-            if image_boxes.numel() == 0:
-                per_image.append(torch.zeros(height, width, dtype=torch.bool, device=flat_anchors.device))
-                continue
-            iou = box_iou(image_boxes.reshape(-1, 4).to(flat_anchors), flat_anchors)  # (G, H*W*A)
-            threshold = phi * iou.max(dim=1, keepdim=True).values
-            hit = (iou > threshold).any(dim=0)
-            per_image.append(hit.view(height, width, per_cell).any(dim=2))
-        masks[name] = torch.stack(per_image) if per_image else \
-            torch.zeros(0, height, width, dtype=torch.bool, device=flat_anchors.device)
-    return masks
+    if assign not in FGFI_ASSIGN:
+        raise ValueError(f"fgfi_assign: unknown value {assign!r} (choose from {', '.join(FGFI_ASSIGN)})")
+    levels = list(anchors)
+    shapes = {name: tuple(a.shape[:3]) for name, a in anchors.items()}
+    flat_anchors = {name: a.reshape(-1, 4) for name, a in anchors.items()}
+    device = next(iter(flat_anchors.values())).device if flat_anchors else torch.device("cpu")
+    per_image: dict[str, list[Tensor]] = {name: [] for name in levels}
+    for image_boxes in boxes:  # a loop over images, not pixels: IoU is (G_i, H*W*A) per level
+        image_boxes = image_boxes.reshape(-1, 4).to(device=device, dtype=torch.float32)
+        ious = {name: box_iou(image_boxes, flat_anchors[name]) for name in levels}  # (G, H*W*A)
+        if assign == "level":
+            level_of_box = assign_levels(image_boxes, levels, k0=k0)
+            # only a box's own level counts: its IoUs elsewhere are zeroed, so they never pass a threshold > 0
+            ious = {name: iou * (level_of_box == index)[:, None] for index, (name, iou) in enumerate(ious.items())}
+            best = {name: iou.max(dim=1, keepdim=True).values if iou.shape[1] else iou.new_zeros(len(iou), 1)
+                    for name, iou in ious.items()}
+        else:
+            overall = torch.stack([iou.max(dim=1).values if iou.shape[1] else iou.new_zeros(len(iou))
+                                   for iou in ious.values()]).amax(dim=0, keepdim=True).T if ious else None
+            best = {name: overall for name in levels}
+        for name in levels:
+            height, width, per_cell = shapes[name]
+            threshold = phi * best[name]
+            hit = ((ious[name] > threshold) & (threshold > 0)).any(dim=0)
+            per_image[name].append(hit.view(height, width, per_cell).any(dim=2))
+    return {name: torch.stack(per_image[name]) if per_image[name] else
+            torch.zeros(0, *shapes[name][:2], dtype=torch.bool, device=device) for name in levels}
 
 
 def split_anchors(anchors: Tensor, feature_sizes: Mapping[str, tuple[int, int]]) -> dict[str, Tensor]:

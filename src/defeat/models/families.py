@@ -8,6 +8,10 @@ the ``isinstance`` table of :func:`family_of` (and, for distillation, one head c
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
@@ -21,6 +25,9 @@ LEVELS = {
 }
 
 _CLASSES = ((FasterRCNN, "faster_rcnn"), (RetinaNet, "retinanet"), (FCOS, "fcos"))
+
+#: ResNet stages inside ``backbone.body`` (torchvision's IntermediateLayerGetter) and their strides
+BACKBONE_STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
 def family_of(model: nn.Module, where: str = "model") -> str:
@@ -83,3 +90,61 @@ def common_levels(student: nn.Module, teacher: nn.Module, where: str = "teacher"
                          f"{'/'.join(s_levels)}); DeFeat imitates features level by level at equal strides, so "
                          "this pair cannot be distilled")
     return shared
+
+
+def backbone_stages_of(model: nn.Module, where: str = "model") -> dict[str, int]:
+    """ResNet stage name -> stride of the stages the detector's backbone body runs (``layer1..layer4``).
+
+    torchvision's ``BackboneWithFPN.body`` keeps the ResNet's layers up to the last one the FPN reads (all four
+    for the zoo's detectors; the one-stage ones still run ``layer1``, it only does not feed the FPN).
+    """
+    family_of(model, where)
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if body is None:
+        return {}
+    children = dict(body.named_children())
+    return {name: stride for name, stride in BACKBONE_STAGE_STRIDES.items() if name in children}
+
+
+def backbone_stage_channels(model: nn.Module, stage: str) -> int:
+    """Output channels of a backbone stage: the ``out_channels`` of its last convolution (in a ResNet stage the
+    last block's projection or downsample conv, both of the stage's width)."""
+    convs = [m for m in getattr(model.backbone.body, stage).modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"backbone stage {stage}: no convolution to read its channel count from")
+    return convs[-1].out_channels
+
+
+@contextmanager
+def capture_backbone_stages(model: nn.Module, stages: list[str]) -> Iterator[dict[str, Tensor]]:
+    """Within the block, every forward of ``model.backbone`` records the outputs of ``stages`` (ResNet layer
+    names) into the yielded dict; the hooks are removed on exit (the model is left as it was)."""
+    captured: dict[str, Tensor] = {}
+    body = model.backbone.body
+    handles = [getattr(body, name).register_forward_hook(
+        lambda _module, _inputs, output, name=name: captured.__setitem__(name, output)) for name in stages]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def default_level_k0(model: nn.Module, where: str = "model") -> int:
+    """k0 of the box-to-level rule ``floor(k0 + log2(sqrt(wh) / 224))`` when ``distill.level_k0`` is not set.
+
+    * Faster R-CNN: 4, the RoI-level rule (the official code's, and torchvision's ``MultiScaleRoIAlign``): a
+      box's object mask is where its RoI features are pooled from.
+    * RetinaNet / FCOS (no RoI pooling): the level made for the box's size by the model's own assignment, rounded
+      down as the official rule is (4 = floor(4.81) for Faster R-CNN's 32-px anchors on P2): with ``a`` the first
+      level's smallest anchor size, RetinaNet's anchors on P3 fit sides from ``a``, FCOS's P3 takes regression
+      distances 4a..8a (sides from ~8a), so ``k0 = floor(3 + log2(224 / a))`` resp. ``floor(3 + log2(224 / (8 a)))``.
+      The zoo's default anchors (32 on P3) give RetinaNet 5, the official rule ported to P3-P7 (side < 112 -> P3).
+    """
+    family = family_of(model, where)
+    if family == "faster_rcnn":
+        return 4
+    first_level = int(next(iter(LEVELS[family]))[1:])
+    size = float(min(anchor_generator_of(model).sizes[0]))
+    made_for = size if family == "retinanet" else 8.0 * size
+    return math.floor(first_level + math.log2(224.0 / made_for) + 1e-9)
