@@ -14,6 +14,7 @@ from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, evaluate as evaluate_detector,
                            init_distributed, load_datasets, load_model, train as train_loop)
 from defeat.engine.distributed import broadcast_from_main
+from defeat.engine.precision import config_precision, resolve_precision
 from defeat.utils import atomic_write_json
 
 
@@ -80,7 +81,9 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
     n = cfg.distill.teacher_check_images
     if val_set is None or n <= 0:
         return {}
-    quick = dict(batch_size=cfg.eval.batch_size, max_images=n, score_thresh=cfg.eval.score_thresh, progress=False)
+    precision = resolve_precision(config_precision(cfg), info.device)  # as the student will be evaluated
+    quick = dict(batch_size=cfg.eval.batch_size, max_images=n, score_thresh=cfg.eval.score_thresh, progress=False,
+                 precision=precision)
     t_stats = evaluate_detector(teacher, val_set, info, **quick)
     s_stats = evaluate_detector(student, val_set, info, **quick)
     checked = min(n, len(val_set))
@@ -102,7 +105,7 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
     if checked != evaluated:  # side-by-side numbers must come from the same images as the student's
         t_stats = evaluate_detector(teacher, val_set, info, batch_size=cfg.eval.batch_size,
                                     max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
-                                    progress=False)
+                                    progress=False, precision=precision)
     reference = {"teacher_AP": t_stats["AP"], "teacher_AP50": t_stats["AP50"]} if info.is_main else {}
     return broadcast_from_main(reference, info)
 
@@ -187,17 +190,20 @@ def calibrate_run(cfg: Config, distiller, train_set: CocoDetection, info: DistIn
 
 
 def evaluate(cfg: Config, checkpoint: str | Path, out: str | Path | None = None, *, progress: bool = True) -> dict:
-    """COCO metrics of a checkpoint on ``cfg.data``'s validation split; writes ``results.json`` (detections)
-    and ``metrics.json`` to ``out`` (default: the checkpoint's folder). Returns the stats (rank 0)."""
+    """COCO metrics of a checkpoint on ``cfg.data``'s validation split, in ``cfg.precision`` (as training evaluates);
+    writes ``results.json`` (detections) and ``metrics.json`` to ``out`` (default: the checkpoint's folder).
+    Returns the stats (rank 0)."""
     info = init_distributed(cfg.device)
     try:
         _, val_set = load_datasets(cfg, train=False)
         loaded = load_model(checkpoint, categories=val_set.categories, dataset=cfg.data.val_annotations)
         model = loaded.model.to(info.device)
         out = Path(out) if out else Path(checkpoint).parent
+        # the precision the config trains with: `defeat eval` gives the numbers the training run's final eval gave
+        precision = resolve_precision(config_precision(cfg), info.device)
         stats = evaluate_detector(model, val_set, info, batch_size=cfg.eval.batch_size,
                                   max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
-                                  results_file=out / "results.json", progress=progress)
+                                  results_file=out / "results.json", progress=progress, precision=precision)
         if info.is_main:
             atomic_write_json(out / "metrics.json", stats)
         return stats or {}
