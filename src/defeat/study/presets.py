@@ -12,9 +12,8 @@ import copy
 from importlib import resources
 from pathlib import Path
 
-import yaml
 
-from defeat.config import Config, ConfigError, apply_override, config_from_dict
+from defeat.config import Config, ConfigError, apply_override, config_from_dict, read_yaml_mapping
 
 PRESETS = ("tiny", "quick", "full", "coco")
 
@@ -58,12 +57,7 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
     path = preset_file(spec) if spec in PRESETS else Path(spec)
     if not path.is_file():
         raise ValueError(f"--preset {spec!r}: not a preset name ({', '.join(PRESETS)}) nor a YAML file")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    tree = read_yaml_mapping(path)
     for assignment in overrides or []:
         try:
             apply_override(tree, assignment)
