@@ -24,10 +24,18 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Which detector to build (see ``defeat.models.build_detector``)."""
 
+    # the zoo's ``<family>_r<depth>_fpn`` (from scratch, ``norm``) or a torchvision name such as
+    # ``fasterrcnn_resnet50_fpn_v2`` / ``fasterrcnn_mobilenet_v3_large_fpn`` (torchvision's own builders)
     name: str = "faster_rcnn_r18_fpn"
-    norm: Literal["gn", "bn", "syncbn", "frozen_bn"] = "gn"  # trainable normalisation for from-scratch backbones
-    pretrained_backbone: bool = False  # ImageNet weights from torchvision (needs internet once)
-    trainable_layers: int = 5  # backbone stages that train (5 = all); frozen stages only make sense pretrained
+    norm: Literal["gn", "bn", "syncbn", "frozen_bn"] = "gn"  # zoo names: trainable normalisation from scratch
+    # whole-detector weights: a file as torchvision writes it (e.g. fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth),
+    # DEFAULT (torchvision's COCO weights of this name, downloaded once) or none
+    weights: str = "none"
+    # ImageNet backbone weights: a file (e.g. resnet50-0676ba61.pth, mobilenet_v3_large-8738ca79.pth), DEFAULT or none
+    backbone_weights: str = "none"
+    pretrained_backbone: bool = False  # old spelling of backbone_weights=DEFAULT (zoo names)
+    # backbone stages that train; None: torchvision's convention (3 with pretrained weights, all without)
+    trainable_layers: int | None = None
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one base size per level
     min_size: int = 320  # GeneralizedRCNNTransform resize: shorter side
     max_size: int = 320  # ... and cap on the longer side
@@ -379,5 +387,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if not 0.0 <= cfg.data.hflip_prob <= 1.0:
         raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {cfg.data.hflip_prob}")
-    if cfg.model.trainable_layers not in range(0, 6):
-        raise ConfigError(f"model.trainable_layers: must be 0..5, got {cfg.model.trainable_layers}")
+    if cfg.model.trainable_layers is not None and cfg.model.trainable_layers not in range(0, 7):
+        raise ConfigError(f"model.trainable_layers: must be 0..5 (ResNet), 0..6 (MobileNetV3) or null, "
+                          f"got {cfg.model.trainable_layers}")
+    for key in ("weights", "backbone_weights"):
+        if not getattr(cfg.model, key).strip():
+            raise ConfigError(f"model.{key}: empty (use a file path, DEFAULT or none)")

@@ -229,10 +229,23 @@ def test_mixed_pairs_distil_common_levels_with_head_kd_off():
     assert isinstance(build_distiller(tiny_faster_rcnn(seed=1), tiny_faster_rcnn(seed=2)).head, ProposalHead)
 
 
+class FirstMapOnly(nn.Module):
+    """A backbone that returns only the finest map of the wrapped one (a P2-only detector)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.out_channels = backbone, backbone.out_channels
+
+    def forward(self, images):
+        return dict(list(self.inner(images).items())[:1])
+
+
 def test_pairs_that_cannot_be_distilled_are_refused():
-    p2_only = tiny_faster_rcnn()  # a Faster R-CNN whose only level is P2 shares no level with P3-P7
+    p2_only = tiny_faster_rcnn()  # a Faster R-CNN whose only level is P2 shares no stride with P3-P7
+    p2_only.backbone = FirstMapOnly(p2_only.backbone)
     p2_only.rpn.anchor_generator = AnchorGenerator(((8,),), ((0.5, 1.0, 2.0),))
-    with pytest.raises(ValueError, match=r"no FPN level in common with the student \(teacher P2, student P3/"):
+    with pytest.raises(ValueError, match=r"teacher t.pt: no FPN stride in common with the student \(teacher P2 "
+                                         r"\(stride 4\); student P3 \(stride 8\), P4"):
         build_distiller(tiny_one_stage("retinanet"), p2_only, where="teacher t.pt")
     with pytest.raises(ValueError, match="classes"):
         build_distiller(tiny_one_stage("fcos"), tiny_one_stage("fcos", num_classes=5))

@@ -44,8 +44,8 @@ from defeat.distill.losses import (BACKBONE_LOSS_KEYS, backbone_feature_loss, de
                                    decoupled_proposal_loss, feature_loss_keys, proposal_loss_keys)
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors, stage_masks
 from defeat.models.families import (anchor_generator_of, backbone_stage_channels, backbone_stages_of,
-                                    capture_backbone_stages, common_levels, default_level_k0, family_of,
-                                    strides_of)
+                                    capture_backbone_stages, default_level_k0, family_of,
+                                    level_pairs, strides_of)
 
 
 class DeFeatDistiller(TeacherStudentModule):
@@ -69,8 +69,11 @@ class DeFeatDistiller(TeacherStudentModule):
         self.head = head_for(student)
         self.student_strides = strides_of(student, "student")
         self.teacher_strides = strides_of(teacher, where)
-        self.levels = common_levels(student, teacher, where)
-        self.strides = {name: self.student_strides[name] for name in self.levels}
+        #: student level -> teacher level of the same stride; the masks live on the teacher levels
+        self.pairs = level_pairs(student, teacher, where)
+        self.levels = list(self.pairs)
+        self.mask_levels = list(dict.fromkeys(self.pairs.values()))
+        self.strides = {name: self.teacher_strides[name] for name in self.mask_levels}
         why_off = head_term_for(student, teacher, settings.proposal_mode, where)
         self.head_kd = family_of(student) == family_of(teacher)
         self.notes: list[str] = []
@@ -171,17 +174,20 @@ class DeFeatDistiller(TeacherStudentModule):
 
     def feature_masks(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
                       samples: HeadSamples | None = None) -> dict[str, Tensor]:
-        """Per distilled level ``(N, H, W)`` bool masks: DeFeat's object masks, or FGFI's in ``fgfi`` mode."""
-        sizes = {name: tuple(f.shape[-2:]) for name, f in zip(self.student_strides, s_feats.values())}
+        """Per mask level (the teacher's levels paired with the student's) ``(N, H, W)`` bool masks: DeFeat's
+        object masks, or FGFI's in ``fgfi`` mode."""
+        student_sizes = {name: tuple(f.shape[-2:]) for name, f in zip(self.student_strides, s_feats.values())}
+        # one student level per mask level: equal strides give equal map sizes (and FGFI its anchors)
+        first = {t: s for s, t in reversed(list(self.pairs.items()))}
+        sizes = {t: student_sizes[first[t]] for t in self.mask_levels}
         boxes = [t["boxes"] for t in targets]
         if self.settings.feature_mode == "fgfi":
             anchors = samples.anchors if samples is not None and samples.anchors is not None else \
                 anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
-            per_level = split_anchors(anchors, sizes)
-            return fgfi_masks(boxes, {name: per_level[name] for name in self.levels}, phi=self.settings.fgfi_phi,
+            per_level = split_anchors(anchors, student_sizes)
+            return fgfi_masks(boxes, {t: per_level[first[t]] for t in self.mask_levels}, phi=self.settings.fgfi_phi,
                               assign=self.settings.fgfi_assign, k0=self.level_k0)
-        return object_masks(boxes, {name: sizes[name] for name in self.levels}, self.strides,
-                            k0=self.level_k0)
+        return object_masks(boxes, sizes, self.strides, k0=self.level_k0)
 
     def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
                      t_feats: dict[str, Tensor], samples: HeadSamples | None = None) -> dict[str, Tensor]:
@@ -189,12 +195,12 @@ class DeFeatDistiller(TeacherStudentModule):
         named_student = dict(zip(self.student_strides, s_feats.values()))
         named_teacher = dict(zip(self.teacher_strides, t_feats.values()))
         adapted = self.adapters({name: named_student[name] for name in self.levels})
-        teacher_maps = [named_teacher[name] for name in self.levels]
+        teacher_maps = [named_teacher[self.pairs[name]] for name in self.levels]
         if self.settings.feature_mode == "all":  # one uniform term: every pixel counts
             masks = [torch.ones(t.shape[0], *t.shape[-2:], dtype=torch.bool, device=t.device) for t in teacher_maps]
         else:
             level_masks = self.feature_masks(images, targets, s_feats, samples)
-            masks = [level_masks[name] for name in self.levels]
+            masks = [level_masks[self.pairs[name]] for name in self.levels]
         return decoupled_feature_loss([adapted[name] for name in self.levels], teacher_maps, masks, self.settings)
 
 

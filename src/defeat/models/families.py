@@ -9,15 +9,18 @@ the ``isinstance`` table of :func:`family_of` (and, for distillation, one head c
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 FAMILIES = ("faster_rcnn", "retinanet", "fcos")
 
-#: FPN level names per family, in torchvision's feature-dict order, with their strides (level Pk: stride 2**k)
+#: FPN levels of the zoo's ResNet-FPN models per family, in torchvision's feature-dict order, with their strides
+#: (level Pk: stride 2**k); a model's own levels are measured by :func:`strides_of`
 LEVELS = {
     "faster_rcnn": {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64},
     "retinanet": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
@@ -44,16 +47,45 @@ def anchor_generator_of(model: nn.Module, where: str = "model"):
 
 
 def strides_of(model: nn.Module, where: str = "model") -> dict[str, int]:
-    """Level name -> stride of a detector's FPN outputs, in order (``P2..`` for Faster R-CNN, ``P3..`` one-stage).
+    """Level name -> stride of a detector's FPN outputs, in order; level ``Pk`` has stride ``2**k`` (``P2..P6``
+    for the ResNet Faster R-CNNs, ``P3..P7`` one-stage, ``P4..P6`` for torchvision's MobileNetV3-FPN).
 
-    The number of levels is the anchor generator's (one size tuple per FPN output).
+    Measured, not looked up: the backbone runs once on a blank image and each stride is the image side over the
+    map's side, so any torchvision backbone (or a user's own) gets its true levels. Cached per backbone.
     """
-    family = family_of(model, where)
-    count = len(anchor_generator_of(model).sizes)
-    if count > len(LEVELS[family]):
-        raise ValueError(f"{where}: {count} FPN levels, but a {family} has at most {len(LEVELS[family])} "
-                         f"({'/'.join(LEVELS[family])})")
-    return dict(list(LEVELS[family].items())[:count])
+    family_of(model, where)
+    backbone = model.backbone
+    if backbone not in _STRIDES:
+        _STRIDES[backbone] = _measure_strides(backbone, where)
+    return dict(_STRIDES[backbone])
+
+
+_STRIDES: "weakref.WeakKeyDictionary[nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
+_PROBE_SIDE = 256
+
+
+def _measure_strides(backbone: nn.Module, where: str) -> dict[str, int]:
+    parameter = next(backbone.parameters())
+    probe = torch.zeros(1, 3, _PROBE_SIDE, _PROBE_SIDE, device=parameter.device, dtype=parameter.dtype)
+    was_training = backbone.training
+    backbone.eval()  # BatchNorm must not learn from the probe
+    try:
+        with torch.no_grad():
+            maps = backbone(probe)
+    finally:
+        backbone.train(was_training)
+    strides = {}
+    for key, feature in maps.items():
+        stride = _PROBE_SIDE // feature.shape[-1]
+        if stride < 1 or stride & (stride - 1) or stride * feature.shape[-1] != _PROBE_SIDE:
+            raise ValueError(f"{where}: FPN output {key!r} has side {feature.shape[-1]} for a {_PROBE_SIDE}-px image, "
+                             "not a power-of-two stride")
+        name = f"P{stride.bit_length() - 1}"
+        suffix = iter("bcdefgh")
+        while name in strides:  # MobileNetV3-FPN has two maps at stride 32: P5 and P5b
+            name = f"P{stride.bit_length() - 1}{next(suffix)}"
+        strides[name] = stride
+    return strides
 
 
 def levels_of(model: nn.Module, where: str = "model") -> list[str]:
@@ -81,15 +113,26 @@ def num_classes_of(model: nn.Module, where: str = "model") -> int:
     return model.head.classification_head.num_classes
 
 
-def common_levels(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> list[str]:
-    """Levels both FPNs output (same name = same stride); a ValueError with the reason when there is none."""
+def level_pairs(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> dict[str, str]:
+    """Student level -> the teacher level of the same stride, for every student level that has one (two student
+    maps of one stride, as MobileNetV3-FPN's P5/P5b, both imitate that teacher level); a ValueError with the reason
+    when no stride is shared."""
     s_levels, t_levels = strides_of(student, "student"), strides_of(teacher, where)
-    shared = [name for name in s_levels if name in t_levels]
-    if not shared:
-        raise ValueError(f"{where}: no FPN level in common with the student (teacher {'/'.join(t_levels)}, student "
-                         f"{'/'.join(s_levels)}); DeFeat imitates features level by level at equal strides, so "
-                         "this pair cannot be distilled")
-    return shared
+    by_stride: dict[int, str] = {}
+    for name, stride in t_levels.items():
+        by_stride.setdefault(stride, name)
+    pairs = {name: by_stride[stride] for name, stride in s_levels.items() if stride in by_stride}
+    if not pairs:
+        show = lambda levels: ", ".join(f"{n} (stride {s})" for n, s in levels.items())  # noqa: E731
+        raise ValueError(f"{where}: no FPN stride in common with the student (teacher {show(t_levels)}; student "
+                         f"{show(s_levels)}); DeFeat imitates features level by level at equal strides, so this "
+                         "pair cannot be distilled")
+    return pairs
+
+
+def common_levels(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> list[str]:
+    """The student's levels that have a teacher level of the same stride (see :func:`level_pairs`)."""
+    return list(level_pairs(student, teacher, where))
 
 
 def backbone_stages_of(model: nn.Module, where: str = "model") -> dict[str, int]:
@@ -144,7 +187,7 @@ def default_level_k0(model: nn.Module, where: str = "model") -> int:
     family = family_of(model, where)
     if family == "faster_rcnn":
         return 4
-    first_level = int(next(iter(LEVELS[family]))[1:])
+    first_level = int(next(iter(strides_of(model, where)))[1:])
     size = float(min(anchor_generator_of(model).sizes[0]))
     made_for = size if family == "retinanet" else 8.0 * size
     return math.floor(first_level + math.log2(224.0 / made_for) + 1e-9)

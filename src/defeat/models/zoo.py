@@ -1,7 +1,8 @@
 """Detector zoo: torchvision Faster R-CNN, RetinaNet and FCOS on ResNet-FPN backbones, by short name.
 
-Names are ``<family>_r<depth>_fpn`` with family in ``faster_rcnn | retinanet | fcos`` and depth in
-18/34/50/101/152, e.g. ``faster_rcnn_r50_fpn``. Every family uses contiguous labels ``1..K`` with 0 as
+The zoo's names are ``<family>_r<depth>_fpn`` with family in ``faster_rcnn | retinanet | fcos`` and depth in
+18/34/50/101/152, e.g. ``faster_rcnn_r50_fpn``; torchvision's own names (``fasterrcnn_resnet50_fpn_v2``,
+``fasterrcnn_mobilenet_v3_large_fpn``, ...) go to :mod:`defeat.models.torchvision_zoo`. Every family uses contiguous labels ``1..K`` with 0 as
 background, so the model is built with ``K + 1`` class outputs (for one-stage heads output 0 never fires).
 
 From scratch the backbone needs *trainable* normalisation. torchvision's ``resnet_fpn_backbone()`` uses
@@ -27,6 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from defeat.config import ModelConfig
 from defeat.models.families import FAMILIES, LEVELS
+from defeat.models.torchvision_zoo import OFFICIAL, build_torchvision_detector, is_torchvision_name
 
 DEPTHS = (18, 34, 50, 101, 152)
 _NAME = re.compile(r"^(faster_rcnn|retinanet|fcos)_r(\d+)_fpn$")
@@ -48,7 +50,8 @@ def parse_name(name: str) -> DetectorSpec:
     match = _NAME.match(name)
     if not match or int(match.group(2)) not in DEPTHS:
         choices = ", ".join(f"{f}_r{{{','.join(map(str, DEPTHS))}}}_fpn" for f in FAMILIES)
-        raise ValueError(f"model.name: unknown detector {name!r} (expected one of {choices})")
+        raise ValueError(f"model.name: unknown detector {name!r} (expected one of {choices}, or a torchvision "
+                         f"name: {', '.join(OFFICIAL)}, {{fasterrcnn,retinanet,fcos}}_resnet{{18,34,101,152}}_fpn)")
     return DetectorSpec(match.group(1), int(match.group(2)))
 
 
@@ -85,12 +88,15 @@ def build_backbone(spec: DetectorSpec, cfg: ModelConfig) -> BackboneWithFPN:
     if cfg.pretrained_backbone and cfg.norm == "gn":
         raise ValueError("model.pretrained_backbone: torchvision's ImageNet weights are BatchNorm weights; "
                          "use model.norm=frozen_bn or bn with them")
+    trainable = 5 if cfg.trainable_layers is None else cfg.trainable_layers
+    if trainable > 5:
+        raise ValueError(f"model.trainable_layers: a ResNet has 5 stages, got {trainable}")
     body = _load_resnet(spec.depth, cfg.norm, cfg.pretrained_backbone)
     if spec.family == "faster_rcnn":
         returned, extra = [1, 2, 3, 4], LastLevelMaxPool()
     else:
         returned, extra = [2, 3, 4], LastLevelP6P7(256, 256)
-    return _resnet_fpn_extractor(body, cfg.trainable_layers, returned_layers=returned, extra_blocks=extra)
+    return _resnet_fpn_extractor(body, trainable, returned_layers=returned, extra_blocks=extra)
 
 
 def _anchor_generator(spec: DetectorSpec, cfg: ModelConfig) -> AnchorGenerator:
@@ -111,6 +117,9 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Build the detector named ``cfg.name`` for ``num_classes`` foreground classes (labels 1..K)."""
     if num_classes < 1:
         raise ValueError(f"num_classes: need at least one class, got {num_classes}")
+    if is_torchvision_name(cfg.name):
+        model = build_torchvision_detector(cfg, num_classes + 1, pretrained=uses_pretrained_weights(cfg))
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if cfg.norm == "syncbn" else model
     spec = parse_name(cfg.name)
     backbone = build_backbone(spec, cfg)
     anchors = _anchor_generator(spec, cfg)
@@ -133,6 +142,11 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.norm == "syncbn":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def uses_pretrained_weights(cfg: ModelConfig) -> bool:
+    """Whether weights will be loaded into the model built from ``cfg`` (torchvision's pretrained conventions)."""
+    return cfg.weights.lower() != "none" or cfg.backbone_weights.lower() != "none" or cfg.pretrained_backbone
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,180 @@
+"""torchvision's detection models by torchvision's own names, built by torchvision's own builders.
+
+* The seven official builders: ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v2``,
+  ``fasterrcnn_mobilenet_v3_large_fpn``, ``fasterrcnn_mobilenet_v3_large_320_fpn``, ``retinanet_resnet50_fpn``,
+  ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``: their state dicts are torchvision's, so the official COCO
+  files load into them and an exported student loads into the stock builder.
+* Other ResNet depths in the same families (``fasterrcnn_resnet18_fpn``, ``retinanet_resnet101_fpn``,
+  ``fcos_resnet34_fpn``, ...), assembled as the v1 ResNet-50 builders assemble theirs (ImageNet backbone files
+  load into them; torchvision publishes no COCO weights for them).
+
+Built from scratch a model follows torchvision's untrained convention (BatchNorm, every stage trainable); built
+``pretrained`` (weights will be loaded: the caller does the I/O) it follows the pretrained one: FrozenBatchNorm in
+the backbone body (BatchNorm for the ``_v2`` models, as torchvision does) and only the last ``trainable_layers``
+stages trainable (default 3).
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+from torchvision.models import detection, resnet
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from defeat.config import ModelConfig
+
+OFFICIAL = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+            "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+            "fcos_resnet50_fpn")
+VARIANT_DEPTHS = (18, 34, 101, 152)
+_VARIANT = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
+_FAMILY = {"fasterrcnn": "faster_rcnn", "retinanet": "retinanet", "fcos": "fcos"}
+#: torchvision's default for ``trainable_backbone_layers`` with pretrained weights, and the stage counts
+DEFAULT_TRAINABLE = 3
+MAX_TRAINABLE = {"resnet": 5, "mobilenet": 6}
+
+
+def torchvision_names() -> list[str]:
+    """Every torchvision name :func:`build_torchvision_detector` accepts."""
+    variants = [f"{prefix}_resnet{d}_fpn" for prefix in _FAMILY for d in VARIANT_DEPTHS]
+    return list(OFFICIAL) + variants
+
+
+def is_torchvision_name(name: str) -> bool:
+    return name in OFFICIAL or _variant(name) is not None
+
+
+def _variant(name: str) -> tuple[str, int] | None:
+    match = _VARIANT.match(name)
+    if match and int(match.group(2)) in VARIANT_DEPTHS:
+        return match.group(1), int(match.group(2))
+    return None
+
+
+def torchvision_family(name: str) -> str:
+    """``'faster_rcnn' | 'retinanet' | 'fcos'`` of a torchvision name."""
+    return _FAMILY[name.split("_", 1)[0]]
+
+
+def backbone_arch(name: str) -> str:
+    """The ImageNet classifier the backbone comes from: ``resnet50``, ``resnet18``, ``mobilenet_v3_large``."""
+    if "mobilenet_v3_large" in name:
+        return "mobilenet_v3_large"
+    variant = _variant(name)
+    return f"resnet{variant[1]}" if variant else "resnet50"
+
+
+def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: bool) -> nn.Module:
+    """The torchvision detector ``cfg.name`` with ``num_outputs`` class outputs (background included).
+
+    ``pretrained``: build it as torchvision does when weights are loaded (FrozenBatchNorm body, frozen early
+    stages); the weights themselves are loaded by the caller. The model section's sizes (``min_size``, the RPN and
+    box sampling numbers, score threshold) apply as to the zoo's models; ``anchor_sizes`` replaces the builder's
+    anchors only when changed from the default (same number of anchors per location, so weights still fit).
+    """
+    family = torchvision_family(cfg.name)
+    kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size)
+    if family == "faster_rcnn":
+        kwargs.update(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                      rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                      rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+                      rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+                      rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+                      box_batch_size_per_image=cfg.box_batch_size_per_image,
+                      box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh)
+    else:
+        kwargs.update(score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img)
+    variant = _variant(cfg.name)
+    if cfg.name in OFFICIAL:
+        builder = getattr(detection, cfg.name)
+        model = builder(weights=None, weights_backbone=None, num_classes=num_outputs, **kwargs)
+    elif variant is not None:
+        model = _resnet_variant(*variant, num_outputs, **kwargs)
+    else:
+        raise ValueError(f"model.name: {cfg.name!r} is not a torchvision detector name "
+                         f"(choose from {', '.join(torchvision_names())})")
+    _replace_anchors(model, cfg, family)
+    if pretrained or cfg.trainable_layers is not None:
+        trainable = DEFAULT_TRAINABLE if cfg.trainable_layers is None else cfg.trainable_layers
+        freeze_stages(model, trainable)
+    if pretrained and not cfg.name.endswith("_v2"):
+        frozen_batchnorm(model.backbone.body)
+    return model
+
+
+def _resnet_variant(prefix: str, depth: int, num_outputs: int, **kwargs) -> nn.Module:
+    """A ResNet-``depth`` detector assembled as torchvision's v1 ResNet-50 builder of that family does."""
+    body = getattr(resnet, f"resnet{depth}")(weights=None, norm_layer=nn.BatchNorm2d)
+    if prefix == "fasterrcnn":
+        return FasterRCNN(_resnet_fpn_extractor(body, 5), num_outputs, **kwargs)
+    backbone = _resnet_fpn_extractor(body, 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    if prefix == "retinanet":
+        from torchvision.models.detection.retinanet import _default_anchorgen
+        return RetinaNet(backbone, num_outputs, anchor_generator=_default_anchorgen(), **kwargs)
+    return FCOS(backbone, num_outputs, **kwargs)
+
+
+def _replace_anchors(model: nn.Module, cfg: ModelConfig, family: str) -> None:
+    if cfg.anchor_sizes == ModelConfig().anchor_sizes:
+        return  # the builder's own anchors
+    generator = model.rpn.anchor_generator if family == "faster_rcnn" else model.anchor_generator
+    if len(cfg.anchor_sizes) != len(generator.sizes):
+        raise ValueError(f"model.anchor_sizes: {cfg.name} has {len(generator.sizes)} anchor levels "
+                         f"({[list(s) for s in generator.sizes]}); give {len(generator.sizes)} sizes, one per level")
+    per_level = len(generator.sizes[0])
+    if family == "retinanet" and per_level == 3:  # three octave scales per level
+        sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in cfg.anchor_sizes)
+    elif per_level == 1:
+        sizes = tuple((s,) for s in cfg.anchor_sizes)
+    else:
+        raise ValueError(f"model.anchor_sizes: {cfg.name}'s anchors ({[list(s) for s in generator.sizes]}) have "
+                         "several sizes per level; keep its own anchors (leave model.anchor_sizes at the default)")
+    replacement = AnchorGenerator(sizes, generator.aspect_ratios)
+    if family == "faster_rcnn":
+        model.rpn.anchor_generator = replacement
+    else:
+        model.anchor_generator = replacement
+
+
+def frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` under ``module`` by a ``FrozenBatchNorm2d`` with its statistics, in place.
+
+    torchvision builds pretrained bodies with ``norm_layer=FrozenBatchNorm2d`` (default eps 1e-5); this gives the
+    same modules (and state-dict keys, without ``num_batches_tracked``) after building from scratch.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            frozen_batchnorm(child)
+    return module
+
+
+def freeze_stages(model: nn.Module, trainable: int) -> None:
+    """torchvision's ``trainable_backbone_layers``: only the last ``trainable`` stages of the body train.
+
+    ResNet (5 stages: conv1+bn1, layer1..layer4), as ``_resnet_fpn_extractor``; MobileNetV3 (6 stages split at
+    its strided blocks), as ``_mobilenet_extractor``.
+    """
+    body = model.backbone.body
+    kind = "resnet" if hasattr(body, "layer1") else "mobilenet"
+    if not 0 <= trainable <= MAX_TRAINABLE[kind]:
+        raise ValueError(f"model.trainable_layers: a {kind} backbone has {MAX_TRAINABLE[kind]} stages, got {trainable}")
+    if kind == "resnet":
+        train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable] + (["bn1"] if trainable == 5 else [])
+        for name, parameter in body.named_parameters():
+            parameter.requires_grad_(any(name.startswith(layer) for layer in train))
+        return
+    blocks = list(body.children())
+    stage_starts = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+    freeze_before = len(blocks) if trainable == 0 else stage_starts[len(stage_starts) - trainable]
+    for index, block in enumerate(blocks):
+        block.requires_grad_(index >= freeze_before)
