@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
+import inspect
 import io
 from pathlib import Path
 
@@ -114,7 +115,10 @@ def draw_detections(image_path: Path, dets: list[dict], names: dict[int, str], c
         labels = [f"{names.get(d['category_id'], d['category_id'])} {d['score']:.2f}" for d in dets]
         colour = [colours.get(d["category_id"], (255, 255, 255)) for d in dets]
         width = max(1, round(max(image.shape[1:]) / 320))
-        image = draw_bounding_boxes(image, boxes, labels=labels, colors=colour, width=width)
+        extra = {}
+        if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters:  # torchvision >= 0.21
+            extra = {"fill_labels": True, "label_colors": "white"}  # white text on the box's colour
+        image = draw_bounding_boxes(image, boxes, labels=labels, colors=colour, width=width, **extra)
     picture = Image.fromarray(image.permute(1, 2, 0).numpy())
     fmt = Image.registered_extensions().get(out_path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
