@@ -139,7 +139,7 @@ def truncated_png(path):
 
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "only_text", "corrupt", "truncated", "truncated_workers",
                                   "json_no_images_dir", "images_missing", "no_common_name", "size_mismatch",
-                                  "out_is_folder", "draw_over_inputs", "not_an_image_file"])
+                                  "out_is_folder", "draw_over_inputs", "out_over_json", "not_an_image_file"])
 def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
     ann, images = val
     folder = tmp_path / "in"
@@ -182,6 +182,9 @@ def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
         inputs, match = images, "is a folder"
     elif case == "draw_over_inputs":
         inputs, match, kw = images, "would overwrite the images", {"draw_dir": images}
+    elif case == "out_over_json":
+        shutil.copy(ann, tmp_path / "results.json")
+        inputs, match, kw = tmp_path / "results.json", "results.json: is one of the inputs", {"images_dir": images}
     else:
         (folder / "x.txt").write_text("x")
         inputs, match = folder / "x.txt", "x.txt: not an image file"

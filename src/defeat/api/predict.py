@@ -35,9 +35,11 @@ def _check_outputs(out: Path, draw_dir: Path | None, images: ImageList) -> None:
     if out.is_dir():
         raise ValueError(f"{out}: is a folder; out must be a file name (e.g. {out / 'results.json'})")
     inputs = {images.path(im).resolve() for im in images.images}
+    if images.categories is not None:  # the COCO JSON itself
+        inputs.add(Path(images.source).resolve())
     for path in (out, images_file_for(out)):
         if path.resolve() in inputs:
-            raise ValueError(f"{path}: is one of the input images; choose another output file")
+            raise ValueError(f"{path}: is one of the inputs; choose another output file")
     if draw_dir is not None:
         if draw_dir.exists() and not draw_dir.is_dir():
             raise ValueError(f"{draw_dir}: exists and is not a folder (draw_dir)")
