@@ -105,8 +105,8 @@ def test_classes_map_by_name_to_a_dataset_with_other_ids(loaded, val, tmp_path):
     plain = run(loaded, ann, tmp_path / "plain.json", images_dir=images)
     mapped = run(loaded, renumbered, tmp_path / "mapped.json", images_dir=images)
     assert mapped["mapped_by_name"] and mapped["unmatched"] == ["bar"]
-    expected = [dict(d, category_id=new_ids[d["category_id"]]) for d in json.loads((tmp_path / "plain.json").read_text())
-                if d["category_id"] in new_ids]
+    plain_dets = json.loads((tmp_path / "plain.json").read_text())
+    expected = [dict(d, category_id=new_ids[d["category_id"]]) for d in plain_dets if d["category_id"] in new_ids]
     assert json.loads((tmp_path / "mapped.json").read_text()) == expected
     assert mapped["dropped"] == plain["detections"] - len(expected)
     api.analyze_errors(renumbered, {"m": tmp_path / "mapped.json"}, tmp_path / "e", formats=(), workers=1, quiet=True)
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
 
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
-    ann, images = val
+    _, images = val
     args = ["predict", str(images), "--checkpoint", str(tiny_teacher), "--out", str(tmp_path / "r.json"),
             "--score-thresh", "0", "--precision", "fp32", "--draw", str(tmp_path / "draw"), "--batch-size", "3"]
     assert main(args) == 0

@@ -34,7 +34,8 @@ def identity_map(model_categories: list[dict]) -> CategoryMap:
     return CategoryMap({k + 1: c["id"] for k, c in enumerate(model_categories)})
 
 
-def map_by_name(model_categories: list[dict], dataset_categories: list[dict], dataset: str = "the dataset") -> CategoryMap:
+def map_by_name(model_categories: list[dict], dataset_categories: list[dict],
+                dataset: str = "the dataset") -> CategoryMap:
     """Map the model's labels (label k is ``model_categories[k-1]``) to ``dataset_categories`` ids.
 
     Identical lists (ids and names) map to themselves. Otherwise labels map by name; model classes the dataset
