@@ -236,3 +236,39 @@ def test_predict_is_part_of_the_documented_api():
 
     assert "predict" in api.__all__ and len(inspect.getdoc(api.predict)) > 200
     assert "argparse" not in str(inspect.signature(api.predict))
+
+
+def test_a_torchvision_coco_model_maps_to_yolo_style_ids(val, tmp_path):
+    """Any LoadedModel works: a stock torchvision COCO detector (random weights, 91 outputs with 'N/A' slots)
+    on a dataset with COCO names and YOLO-style ids 0..79, as coco128 imported with ``import-yolo``."""
+    import torch
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from defeat.config import Config
+
+    names = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # '__background__', 'person', ..., 'N/A'
+    torch.manual_seed(0)
+    detector = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    detector.roi_heads.score_thresh = 0.0  # random weights: every score is about 1/91
+    detector.transform.min_size, detector.transform.max_size = (128,), 128  # fast
+    model = api.LoadedModel(detector, Config(), "detector", [{"id": k, "name": names[k]} for k in range(1, 91)],
+                            "torchvision")
+    ann, images = val
+    data = json.loads(ann.read_text())
+    coco80 = [n for n in names[1:] if n != "N/A"]
+    data["categories"] = [{"id": i, "name": n} for i, n in enumerate(coco80)]
+    data["annotations"], data["images"] = [], data["images"][:2]  # 2 images (ids 1, 2: 0000.png, 0001.png)
+    yolo = write_coco(tmp_path / "yolo.json", data)
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for im in data["images"]:
+        shutil.copy(images / im["file_name"], folder / im["file_name"])
+    run(model, folder, tmp_path / "own.json")  # the model's own ids, images 1, 2 in sorted name order
+    mapped = run(model, yolo, tmp_path / "mapped.json", images_dir=images)
+    assert mapped["mapped_by_name"] and mapped["unmatched"] == ["N/A"]
+    own_dets = json.loads((tmp_path / "own.json").read_text())
+    na_ids = {k for k in range(1, 91) if names[k] == "N/A"}
+    assert mapped["dropped"] == sum(d["category_id"] in na_ids for d in own_dets)
+    expected = [dict(d, category_id=coco80.index(names[d["category_id"]])) for d in own_dets
+                if d["category_id"] not in na_ids]
+    assert json.loads((tmp_path / "mapped.json").read_text()) == expected and expected
