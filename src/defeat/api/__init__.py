@@ -15,7 +15,8 @@ Runs (``defeat train / distill / eval``)::
     stats = api.evaluate(cfg, result.final_checkpoint)
     student = api.distill(load_config("configs/distill.yaml"))
 
-Models: :func:`load_detector` (any checkpoint -> model, config, classes, adapters), :func:`export`.
+Models: :func:`load_detector` (any checkpoint -> model, config, classes, adapters), :func:`export`,
+:func:`predict` (a detector on an image, a folder or a COCO JSON's images -> COCO results, pictures).
 Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`.
 Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func:`analyze_errors` (Fig. 4-9).
 
@@ -26,10 +27,11 @@ from defeat.api.data import import_voc, import_yolo, synth
 from defeat.api.errors import analyze_errors
 from defeat.api.features import channel_distance, grad_norm
 from defeat.api.models import export, load_detector
+from defeat.api.predict import predict
 from defeat.api.runs import RunResult, check_teacher, distill, evaluate, load_teacher, train
 from defeat.config import Config, DistillSettings, config_from_dict, load_config
 from defeat.engine import LoadedModel
 
 __all__ = ["Config", "DistillSettings", "LoadedModel", "RunResult", "analyze_errors", "channel_distance",
            "check_teacher", "config_from_dict", "distill", "evaluate", "export", "grad_norm", "import_voc",
-           "import_yolo", "load_config", "load_detector", "load_teacher", "synth", "train"]
+           "import_yolo", "load_config", "load_detector", "load_teacher", "predict", "synth", "train"]
