@@ -126,9 +126,9 @@ def callers_of(name: str) -> list[str]:
 
 
 def test_one_way_to_rebuild_a_model_from_a_checkpoint():
-    """Only ``engine.checkpoint.load_model`` turns a checkpoint into a model; only it and the fresh-model
-    builder call ``build_detector``."""
-    assert callers_of("build_detector") == ["defeat.engine.checkpoint", "defeat.engine.setup"]
+    """Only ``engine.checkpoint.load_model`` turns a checkpoint into a model; only it and the builder from weight
+    files (which also makes fresh models) call ``build_detector``."""
+    assert callers_of("build_detector") == ["defeat.engine.checkpoint", "defeat.engine.weights"]
     assert callers_of("load_checkpoint") == ["defeat.engine.checkpoint", "defeat.engine.trainer"]  # trainer: resume
     assert callers_of("load_model")[0] == "defeat.api.features"  # and everything else goes through it
 

@@ -205,6 +205,9 @@ class DistillConfig(DistillSettings):
 
     teacher_config: str = ""  # the teacher's training config (model section is read from it)
     teacher_checkpoint: str = ""
+    # or a torchvision detector and its weight file (a COCO file or DEFAULT; classes mapped to the data by name)
+    teacher_model: str = ""  # e.g. fasterrcnn_resnet50_fpn_v2
+    teacher_weights: str = ""  # e.g. fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth
     teacher_check_images: int = 50  # quick teacher/student evaluation before training (0 = skip)
     teacher_min_ap: float = 0.05  # refuse a teacher whose quick-check AP is below this (unless force)
     force: bool = False  # start even when the teacher check fails

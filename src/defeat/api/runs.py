@@ -7,13 +7,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
 from tqdm import tqdm
 
-from defeat.config import Config
+from defeat.config import Config, ModelConfig
 from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, evaluate as evaluate_detector,
                            init_distributed, load_datasets, load_model, train as train_loop)
 from defeat.engine.distributed import broadcast_from_main
+from defeat.engine.weights import load_pretrained
 from defeat.engine.precision import config_precision, resolve_precision
 from defeat.utils import atomic_write_json
 
@@ -43,10 +45,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> RunRes
     info = init_distributed(cfg.device)
     try:
         train_set, val_set = load_datasets(cfg)
-        model = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
+        notes: list[str] = []
+        model = build_for_dataset(cfg.model, train_set.categories, cfg.seed, notes)
+        for line in notes:
+            _say(line, info, True)
         result = train_loop(cfg, model, model, train_set, val_set, info, kind="detector", resume=resume,
                             progress=progress)
-        return RunResult(result.final_checkpoint, result.step, result.metrics)
+        return RunResult(result.final_checkpoint, result.step, result.metrics, notes=notes)
     finally:
         cleanup(info)
 
@@ -58,8 +63,13 @@ def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the
     from defeat.config import load_config
 
     path = cfg.distill.teacher_checkpoint
+    if cfg.distill.teacher_model:
+        if path:
+            raise ValueError("distill.teacher_model and distill.teacher_checkpoint: set one of them, not both")
+        return load_torchvision_teacher(cfg, categories, dataset)
     if not path:
-        raise ValueError("distill.teacher_checkpoint: not set (path to the teacher's model_final.pt)")
+        raise ValueError("distill.teacher_checkpoint: not set (path to the teacher's model_final.pt, or set "
+                         "distill.teacher_model and distill.teacher_weights for a torchvision detector)")
     model_cfg = load_config(cfg.distill.teacher_config).model if cfg.distill.teacher_config else None
     teacher = load_model(path, categories=categories, dataset=dataset, model_cfg=model_cfg, strict=False)
     bad = teacher.missing + teacher.unexpected
@@ -71,6 +81,21 @@ def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the
                              "check distill.teacher_config or pass --force")
         report += f" (e.g. {bad[:3]}; continuing because of --force)"
     return teacher, report
+
+
+def load_torchvision_teacher(cfg: Config, categories: list[dict],
+                             dataset: str | Path = "the dataset") -> tuple[LoadedModel, str]:
+    """The teacher ``distill.teacher_model`` with ``distill.teacher_weights`` (torchvision's files), its class outputs
+    mapped onto the dataset's by name; it sees the student's images (same transform sizes), with its own anchors."""
+    if not cfg.distill.teacher_weights:
+        raise ValueError(f"distill.teacher_weights: not set (the weight file of {cfg.distill.teacher_model}, e.g. "
+                         "its COCO file as torchvision writes it, or DEFAULT)")
+    defaults = ModelConfig()
+    model_cfg = dataclasses.replace(cfg.model, name=cfg.distill.teacher_model, weights=cfg.distill.teacher_weights,
+                                    backbone_weights="none", pretrained_backbone=False, trainable_layers=None,
+                                    anchor_sizes=defaults.anchor_sizes)
+    teacher = load_pretrained(model_cfg, categories, dataset=str(dataset))
+    return teacher, f"teacher {model_cfg.name} from {model_cfg.weights} ({len(categories)} classes mapped by name)"
 
 
 def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, info: DistInfo,
@@ -93,7 +118,7 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
              f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
              f"AP50 {100 * s_stats['AP50']:.1f}", info, verbose)
         if t_stats["AP"] < cfg.distill.teacher_min_ap:
-            verdict = (f"{cfg.distill.teacher_checkpoint}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
+            verdict = (f"{cfg.distill.teacher_checkpoint or cfg.distill.teacher_weights}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
                        f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
                        "is it trained on this dataset?")
     verdict = broadcast_from_main(verdict, info)
@@ -110,7 +135,8 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
     return broadcast_from_main(reference, info)
 
 
-def distill(cfg: Config, *, resume: bool = False, progress: bool = True, verbose: bool = True) -> RunResult:
+def distill(cfg: Config, *, teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
+            verbose: bool = True) -> RunResult:
     """Distil the teacher of ``cfg.distill`` into a fresh ``cfg.model`` student with DeFeat (under torchrun: DDP).
 
     Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`), then trains the
@@ -122,16 +148,22 @@ def distill(cfg: Config, *, resume: bool = False, progress: bool = True, verbose
     try:
         train_set, val_set = load_datasets(cfg)
         categories = train_set.categories
-        teacher, report = load_teacher(cfg, categories, cfg.data.train_annotations)
-        student = build_for_dataset(cfg.model, categories, cfg.seed)
+        if teacher is None:
+            teacher, report = load_teacher(cfg, categories, cfg.data.train_annotations)
+        else:  # a detector the caller built (its classes must be the dataset's, in order)
+            named = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=type(teacher).__name__))
+            teacher = LoadedModel(teacher.eval(), named, "detector", categories, "the given teacher")
+            report = f"teacher: the given {type(teacher.model).__name__}"
+        built: list[str] = []
+        student = build_for_dataset(cfg.model, categories, cfg.seed, built)
         try:
             distiller = build_distiller(student, teacher.model, cfg.distill.settings(),
                                         max_steps=cfg.schedule.max_steps,
-                                        where=f"teacher {cfg.distill.teacher_checkpoint}")
+                                        where=f"teacher {teacher.path}")
         except ValueError as err:
             raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
         distiller.to(info.device)
-        notes = [report, f"DeFeat: feature_mode={cfg.distill.feature_mode} proposal_mode={cfg.distill.proposal_mode} "
+        notes = [report, *built, f"DeFeat: feature_mode={cfg.distill.feature_mode} proposal_mode={cfg.distill.proposal_mode} "
                          f"student {cfg.model.name} <- teacher {teacher.name}"]
         for line in notes:
             _say(line, info, verbose)
@@ -189,16 +221,21 @@ def calibrate_run(cfg: Config, distiller, train_set: CocoDetection, info: DistIn
     return dataclasses.replace(cfg, distill=distill_cfg), line
 
 
-def evaluate(cfg: Config, checkpoint: str | Path, out: str | Path | None = None, *, progress: bool = True) -> dict:
+def evaluate(cfg: Config, checkpoint: str | Path | None = None, out: str | Path | None = None, *,
+             progress: bool = True) -> dict:
     """COCO metrics of a checkpoint on ``cfg.data``'s validation split, in ``cfg.precision`` (as training evaluates);
     writes ``results.json`` (detections) and ``metrics.json`` to ``out`` (default: the checkpoint's folder).
-    Returns the stats (rank 0)."""
+    Without a checkpoint it evaluates ``cfg.model`` with its ``model.weights`` (e.g. torchvision's COCO file on
+    COCO-named data: classes mapped by name; ``out`` defaults to ``output.dir``). Returns the stats (rank 0)."""
     info = init_distributed(cfg.device)
     try:
         _, val_set = load_datasets(cfg, train=False)
-        loaded = load_model(checkpoint, categories=val_set.categories, dataset=cfg.data.val_annotations)
+        if checkpoint is not None:
+            loaded = load_model(checkpoint, categories=val_set.categories, dataset=cfg.data.val_annotations)
+        else:
+            loaded = load_pretrained(cfg.model, val_set.categories, dataset=cfg.data.val_annotations)
         model = loaded.model.to(info.device)
-        out = Path(out) if out else Path(checkpoint).parent
+        out = Path(out) if out else Path(checkpoint).parent if checkpoint is not None else Path(cfg.output.dir)
         # the precision the config trains with: `defeat eval` gives the numbers the training run's final eval gave
         precision = resolve_precision(config_precision(cfg), info.device)
         stats = evaluate_detector(model, val_set, info, batch_size=cfg.eval.batch_size,

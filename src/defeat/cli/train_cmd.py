@@ -20,7 +20,8 @@ def register(subparsers) -> None:
 
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint on the validation split (COCO metrics)")
     add_config_arguments(ev)
-    ev.add_argument("--checkpoint", required=True, help="a model_final.pt / checkpoint_last.pt of train or distill")
+    ev.add_argument("--checkpoint", default=None, help="a model_final.pt / checkpoint_last.pt of train or distill "
+                    "(default: the config's model with its model.weights, e.g. a torchvision COCO file)")
     ev.add_argument("--out", help="folder for results.json and metrics.json (default: next to the checkpoint)")
     ev.set_defaults(func=run_eval)
 
@@ -46,8 +47,9 @@ def run_eval(args) -> int:
     from defeat import api
     from defeat.engine import format_stats
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    stats = api.evaluate(api.load_config(args.config, args.overrides), args.checkpoint, out)
+    cfg = api.load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent if args.checkpoint else Path(cfg.output.dir)
+    stats = api.evaluate(cfg, args.checkpoint, out)
     if is_main_process() and stats:
         print(format_stats(stats))
         width = max(len(n) for n in stats["per_class_AP"])

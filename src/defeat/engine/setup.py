@@ -8,7 +8,7 @@ from torch import nn
 
 from defeat.config import Config, ModelConfig
 from defeat.data import CocoDetection
-from defeat.models import build_detector
+from defeat.engine.weights import build_pretrained
 
 
 def load_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[CocoDetection | None, CocoDetection | None]:
@@ -21,7 +21,14 @@ def load_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[Co
     return train_set, val_set
 
 
-def build_for_dataset(model_cfg: ModelConfig, categories: list[dict], seed: int) -> nn.Module:
-    """A freshly initialised detector for these categories; the same seed gives the same weights."""
+def build_for_dataset(model_cfg: ModelConfig, categories: list[dict], seed: int,
+                      notes: list[str] | None = None) -> nn.Module:
+    """A detector for these categories: freshly initialised, or from the weight files ``model.weights`` /
+    ``model.backbone_weights`` name (classes mapped by name or fine-tuned, see
+    :func:`defeat.engine.weights.build_pretrained`; what was done is appended to ``notes``). The same seed gives
+    the same weights."""
     torch.manual_seed(seed)
-    return build_detector(model_cfg, len(categories))
+    model, done = build_pretrained(model_cfg, categories, role="train")
+    if notes is not None:
+        notes.extend(done)
+    return model

@@ -109,7 +109,8 @@ def name_levels(model: nn.Module, features: dict[str, Tensor]) -> dict[str, Tens
 def num_classes_of(model: nn.Module, where: str = "model") -> int:
     """Outputs of the classifier, the background (or unused) class 0 included."""
     if family_of(model, where) == "faster_rcnn":
-        return model.roi_heads.box_predictor.cls_score.out_features
+        predictor = model.roi_heads.box_predictor  # a class-restricted predictor says its own width
+        return getattr(predictor, "num_classes", None) or predictor.cls_score.out_features
     return model.head.classification_head.num_classes
 
 

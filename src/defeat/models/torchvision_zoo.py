@@ -69,6 +69,18 @@ def backbone_arch(name: str) -> str:
     return f"resnet{variant[1]}" if variant else "resnet50"
 
 
+def torchvision_defaults(name: str) -> dict:
+    """The model-section values that give the builder's own behaviour (torchvision's defaults differ from this
+    project's small-image ones): transform sizes, RPN numbers, score threshold. E.g. for ``defeat predict``."""
+    values = dict(min_size=800, max_size=1333, box_score_thresh=0.05, box_detections_per_img=100)
+    if torchvision_family(name) == "faster_rcnn":
+        values.update(rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+                      rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256, box_batch_size_per_image=512)
+    if name == "fasterrcnn_mobilenet_v3_large_320_fpn":
+        values.update(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150)
+    return values
+
+
 def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: bool) -> nn.Module:
     """The torchvision detector ``cfg.name`` with ``num_outputs`` class outputs (background included).
 
