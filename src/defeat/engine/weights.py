@@ -88,7 +88,7 @@ def official_state_dict(name: str, key: str, backbone: bool = False) -> tuple[di
         return weights.get_state_dict(progress=True, check_hash=True), file
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         folder = Path(torch.hub.get_dir()) / "checkpoints"
-        raise RuntimeError(f"{key}=DEFAULT: could not get {file} ({type(err).__name__}: {str(err)[:120]}); offline? "
+        raise FileNotFoundError(f"{key}=DEFAULT: could not get {file} ({type(err).__name__}: {str(err)[:120]}); offline? "
                            f"put {file} in {folder} or set {key} to the file's path") from None
 
 
