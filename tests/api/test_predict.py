@@ -211,24 +211,18 @@ def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
     assert "give --checkpoint FILE" in capsys.readouterr().err
 
 
-def test_cli_model_and_weights_plug_into_load_detector(tmp_path, val, capsys, monkeypatch):
-    import inspect
-
+def test_cli_model_and_weights_bad_input(tmp_path, val, capsys):
+    """--model/--weights go through api.load_detector (end to end in tests/api/test_torchvision.py)."""
     _, images = val
     args = ["predict", str(images), "--model", "fasterrcnn_resnet50_fpn_v2", "--weights", str(tmp_path / "w.pth"),
             "--out", str(tmp_path / "r.json")]
-    if not {"model", "weights"} <= set(inspect.signature(api.load_detector).parameters):
-        assert main(args) == 2 and "not yet supported" in capsys.readouterr().err
-    seen = {}
-
-    def fake_load_detector(checkpoint=None, *, model=None, weights=None):
-        seen.update(model=model, weights=weights)
-        raise ValueError("stop here")
-
-    monkeypatch.setattr(api, "load_detector", fake_load_detector)
-    assert main(args) == 2 and "stop here" in capsys.readouterr().err
-    assert seen == {"model": "fasterrcnn_resnet50_fpn_v2", "weights": str(tmp_path / "w.pth")}
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w.pth: file not found" in err
+    bad_name = ["predict", str(images), "--model", "fasterrcnn_r50", "--weights", "w.pth", "--out", "r.json"]
+    assert main(bad_name) == 2 and "not a torchvision detector name" in capsys.readouterr().err
     assert main(args + ["--checkpoint", "c.pt"]) == 2 and "not both" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_predict_is_part_of_the_documented_api():

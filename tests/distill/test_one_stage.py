@@ -251,9 +251,9 @@ def test_pairs_that_cannot_be_distilled_are_refused():
         build_distiller(tiny_one_stage("fcos"), tiny_one_stage("fcos", num_classes=5))
     with pytest.raises(ValueError, match="RetinaNet or FCOS, got Linear"):
         build_distiller(tiny_one_stage("fcos"), nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="FPN levels"):  # two-stage pairs keep their own checks
+    with pytest.raises(ValueError, match="RoI head pools FPN levels"):  # two-stage pairs keep their own checks
         other = tiny_faster_rcnn()
-        other.roi_heads.box_roi_pool.featmap_names = ["0", "1"]
+        other.roi_heads.box_roi_pool.featmap_names = ["7"]
         build_distiller(tiny_faster_rcnn(), other)
     with pytest.raises(ValueError, match="proposal_mode"):
         build_distiller(tiny_one_stage("fcos"), tiny_one_stage("fcos"), DistillConfig(proposal_mode="pos"))

@@ -161,8 +161,8 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="classes"):
         DeFeatDistiller(student, tiny_faster_rcnn(num_classes=4))
     other_levels = tiny_faster_rcnn()
-    other_levels.roi_heads.box_roi_pool.featmap_names = ["0", "1", "2"]
-    with pytest.raises(ValueError, match="FPN levels"):
+    other_levels.roi_heads.box_roi_pool.featmap_names = ["9"]
+    with pytest.raises(ValueError, match=r"teacher: its RoI head pools FPN levels \['9'\], none of which"):
         DeFeatDistiller(student, other_levels)
     retina = RetinaNet(tiny_faster_rcnn().backbone, num_classes=4)
     with pytest.warns(UserWarning, match="mixed pair.*head KD is off"):  # one skeleton: a mixed pair, features only

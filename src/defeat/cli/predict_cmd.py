@@ -6,7 +6,6 @@ for ``defeat analyze errors`` (see :func:`defeat.api.predict`).
 
 from __future__ import annotations
 
-import inspect
 import sys
 
 
@@ -22,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="results JSON to write (e.g. runs/predict/results.json)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint of defeat train / distill (model_final.pt)")
     p.add_argument("--model", default=None, help="a torchvision detector by name (with --weights)")
-    p.add_argument("--weights", default=None, help="its weight file as torchvision writes it (with --model)")
+    p.add_argument("--weights", default=None, help="its weight file as torchvision writes it (with --model; "
+                   "default DEFAULT: torchvision's COCO weights, downloaded once)")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="with a COCO JSON input: the folder its file_name entries are relative to")
     p.add_argument("--score-thresh", type=float, default=0.05, help="keep detections scoring >= this (default 0.05)")
@@ -37,9 +37,11 @@ def register(subparsers) -> None:
 
 
 def load_model(args):
-    """The one place the model options become a LoadedModel: ``--checkpoint FILE`` today; ``--model NAME
-    --weights FILE`` once ``api.load_detector`` accepts ``model=`` / ``weights=`` (torchvision detectors)."""
+    """The one place the model options become a LoadedModel: ``--checkpoint FILE``, or ``--model NAME [--weights
+    FILE]`` (a torchvision detector; without ``--weights`` torchvision's DEFAULT COCO weights)."""
     from defeat import api
+    from defeat.config import ModelConfig
+    from defeat.models.torchvision_zoo import is_torchvision_name, torchvision_defaults, torchvision_names
 
     if args.model is None and args.weights is None:
         if args.checkpoint is None:
@@ -49,9 +51,14 @@ def load_model(args):
         raise ValueError("predict: give either --checkpoint or --model/--weights, not both")
     if args.model is None:
         raise ValueError("--weights needs --model NAME (the torchvision detector the file is for)")
-    if not {"model", "weights"} <= set(inspect.signature(api.load_detector).parameters):
-        raise ValueError("--model/--weights: not yet supported in this version; use --checkpoint")
-    return api.load_detector(model=args.model, weights=args.weights)
+    if not is_torchvision_name(args.model):
+        raise ValueError(f"--model {args.model!r}: not a torchvision detector name (choose from "
+                         f"{', '.join(torchvision_names())})")
+    # torchvision's own sizes and thresholds, the model's score threshold no higher than --score-thresh
+    defaults = torchvision_defaults(args.model)
+    model = ModelConfig(name=args.model, **{**defaults, "box_score_thresh": min(defaults["box_score_thresh"],
+                                                                                  args.score_thresh)})
+    return api.load_detector(model=model, weights=args.weights or "DEFAULT")
 
 
 def run_predict(args) -> int:

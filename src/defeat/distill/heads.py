@@ -31,7 +31,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 
 from defeat.distill.losses import sigmoid_kl, softmax_kl
-from defeat.models.families import anchor_generator_of, family_of, num_classes_of, strides_of
+from defeat.models.families import (anchor_generator_of, family_of, fpn_output_keys, num_classes_of,
+                                    strides_of)
 
 
 @dataclass
@@ -185,14 +186,15 @@ def head_term_for(student: nn.Module, teacher: nn.Module, proposal_mode: str, wh
 
 
 def check_roi_heads_align(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> None:
-    """Two Faster R-CNNs: same FPN levels and RoI levels (the teacher pools the student's proposals)."""
-    s_levels = student.roi_heads.box_roi_pool.featmap_names
-    t_levels = teacher.roi_heads.box_roi_pool.featmap_names
-    s_feats = len(student.rpn.anchor_generator.sizes)
-    t_feats = len(teacher.rpn.anchor_generator.sizes)
-    if s_feats != t_feats or s_levels != t_levels:
-        raise ValueError(f"{where}: FPN levels differ from the student's ({t_feats} levels, RoI levels {t_levels} vs "
-                         f"{s_feats} levels, RoI levels {s_levels})")
+    """Two Faster R-CNNs: each RoI head pools from levels its own FPN outputs (torchvision's ``MultiScaleRoIAlign``
+    uses the named levels that exist). Their levels need not match: a proposal is a box in image coordinates, and
+    the teacher pools it from its own pyramid (an R50 P2-P6 teacher classifies a MobileNetV3 student's proposals)."""
+    for model, who in ((student, "student"), (teacher, where)):
+        pooled = model.roi_heads.box_roi_pool.featmap_names
+        outputs = fpn_output_keys(model, who)
+        if not any(name in outputs for name in pooled):
+            raise ValueError(f"{who}: its RoI head pools FPN levels {pooled}, none of which its backbone outputs "
+                             f"(outputs {outputs})")
 
 
 def check_anchors_align(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> None:

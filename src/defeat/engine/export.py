@@ -6,7 +6,9 @@ as the torchvision model of that architecture names them, so that::
     model = defeat.models.build_detector(ModelConfig(name=..., norm=...), num_classes)
     model.load_state_dict(torch.load("student.pt", weights_only=True), strict=True)
 
-works. A JSON sidecar (``student.pt.json``) records the model section and the class list needed to rebuild it.
+works; a student named by torchvision's name (``fasterrcnn_mobilenet_v3_large_fpn``, ...) also loads into the stock
+builder ``torchvision.models.detection.<name>(weights=None, weights_backbone=None, num_classes=K + 1)`` (recorded in
+the sidecar as ``torchvision_builder``). A JSON sidecar (``student.pt.json``) records the model section and the class list needed to rebuild it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from defeat.config import config_to_dict
 from defeat.engine.checkpoint import load_model
+from defeat.models.torchvision_zoo import is_torchvision_name
 from defeat.utils import atomic_torch_save, atomic_write_json
 
 
@@ -31,6 +34,9 @@ def student_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict, di
     meta = {"source": str(checkpoint), "kind": loaded.kind, "step": loaded.step,
             "model": config_to_dict(loaded.config)["model"], "num_classes": len(loaded.categories),
             "categories": loaded.categories}
+    if is_torchvision_name(loaded.name):  # the stock builder loads the exported state dict with strict=True
+        meta["torchvision_builder"] = (f"torchvision.models.detection.{loaded.name}(weights=None, "
+                                       f"weights_backbone=None, num_classes={len(loaded.categories) + 1})")
     return loaded.model, loaded.model.state_dict(), meta
 
 

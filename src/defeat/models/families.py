@@ -53,18 +53,27 @@ def strides_of(model: nn.Module, where: str = "model") -> dict[str, int]:
     Measured, not looked up: the backbone runs once on a blank image and each stride is the image side over the
     map's side, so any torchvision backbone (or a user's own) gets its true levels. Cached per backbone.
     """
+    return dict(_probe(model, where)[0])
+
+
+def fpn_output_keys(model: nn.Module, where: str = "model") -> list[str]:
+    """torchvision's keys of the backbone's outputs (``'0', '1', ..., 'pool'``), in the order of :func:`strides_of`."""
+    return list(_probe(model, where)[1])
+
+
+_STRIDES: "weakref.WeakKeyDictionary[nn.Module, tuple[dict[str, int], list[str]]]" = weakref.WeakKeyDictionary()
+_PROBE_SIDE = 256
+
+
+def _probe(model: nn.Module, where: str) -> tuple[dict[str, int], list[str]]:
     family_of(model, where)
     backbone = model.backbone
     if backbone not in _STRIDES:
         _STRIDES[backbone] = _measure_strides(backbone, where)
-    return dict(_STRIDES[backbone])
+    return _STRIDES[backbone]
 
 
-_STRIDES: "weakref.WeakKeyDictionary[nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
-_PROBE_SIDE = 256
-
-
-def _measure_strides(backbone: nn.Module, where: str) -> dict[str, int]:
+def _measure_strides(backbone: nn.Module, where: str) -> tuple[dict[str, int], list[str]]:
     parameter = next(backbone.parameters())
     probe = torch.zeros(1, 3, _PROBE_SIDE, _PROBE_SIDE, device=parameter.device, dtype=parameter.dtype)
     was_training = backbone.training
@@ -85,7 +94,7 @@ def _measure_strides(backbone: nn.Module, where: str) -> dict[str, int]:
         while name in strides:  # MobileNetV3-FPN has two maps at stride 32: P5 and P5b
             name = f"P{stride.bit_length() - 1}{next(suffix)}"
         strides[name] = stride
-    return strides
+    return strides, list(maps)
 
 
 def levels_of(model: nn.Module, where: str = "model") -> list[str]:
