@@ -17,6 +17,12 @@ Optimisers use lr = 0 so every repeat does the same work on the same weights.
 
     python benchmarks/distill_overhead.py --threads 1          # CPU, batch 2, 5 repeats
     python benchmarks/distill_overhead.py --device cuda --batch 8 --repeats 20
+    # torchvision's names: the R50-FPN-v2 COCO teacher -> MobileNetV3-FPN student (levels paired by stride)
+    python benchmarks/distill_overhead.py --threads 1 --teacher fasterrcnn_resnet50_fpn_v2 \
+        --student fasterrcnn_mobilenet_v3_large_fpn --out benchmarks/results/distill_overhead_torchvision.json
+
+Keys: ``student_step_s``, ``teacher_features_s`` (teacher backbone+FPN, no grad), ``adapters_s``, ``defeat_step_s``
+(medians, seconds), ``step_ratio`` (above) and ``ratio_to_student`` = DeFeat step ÷ student step.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import torch
 
 from defeat.config import DistillConfig, ModelConfig
 from defeat.distill import DeFeatDistiller, FeatureAdapters
-from defeat.models import build_detector
+from defeat.models import build_detector, strides_of
+from defeat.models.torchvision_zoo import is_torchvision_name
 
 NUM_CLASSES = 10  # the embedded benchmark's class count
 
@@ -58,12 +65,21 @@ def make_batch(batch: int, size: int, device: torch.device, seed: int = 0):
     return images, targets
 
 
+def model_config(name: str, size: int, role: str) -> ModelConfig:
+    """The zoo's names from scratch (GroupNorm); torchvision's names as a user runs them: the teacher as built for its
+    COCO file, the student for an ImageNet backbone file (FrozenBatchNorm, 3 trainable stages). Only the modules
+    matter here: the weights stay random (same compute)."""
+    if not is_torchvision_name(name):
+        return ModelConfig(name=name, min_size=size, max_size=size, norm="gn")
+    pretrained = {"weights": "coco.pth"} if role == "teacher" else {"backbone_weights": "imagenet.pth"}
+    return ModelConfig(name=name, min_size=size, max_size=size, **pretrained)
+
+
 def build(args, device):
-    cfg = dict(min_size=args.size, max_size=args.size, norm="gn")
     torch.manual_seed(0)
-    student = build_detector(ModelConfig(name=args.student, **cfg), NUM_CLASSES).to(device).train()
+    student = build_detector(model_config(args.student, args.size, "student"), NUM_CLASSES).to(device).train()
     torch.manual_seed(1)
-    teacher = build_detector(ModelConfig(name=args.teacher, **cfg), NUM_CLASSES).to(device)
+    teacher = build_detector(model_config(args.teacher, args.size, "teacher"), NUM_CLASSES).to(device)
     return student, teacher
 
 
@@ -108,8 +124,10 @@ def run_timing(args, device) -> dict:
         proposals, _ = student.rpn(image_list, s_maps, t_targets)
         proposals, _, _, _ = student.roi_heads.select_training_samples(proposals, t_targets)
     # The adapters' backward includes the gradient into the student's FPN maps (what the method sends back).
-    s_named = {name: m.detach().requires_grad_(True) for name, m in zip(defeat.levels, s_maps.values())}
-    t_list = list(t_maps.values())
+    s_all = dict(zip(strides_of(student), s_maps.values()))
+    t_all = dict(zip(strides_of(teacher), t_maps.values()))
+    s_named = {name: s_all[name].detach().requires_grad_(True) for name in defeat.levels}
+    t_list = [t_all[defeat.pairs[name]] for name in defeat.levels]  # the teacher level of each student level
     adapters = FeatureAdapters(defeat.levels).to(device)
 
     def adapters_alone():
@@ -176,22 +194,21 @@ def memory_probe(args) -> dict:
     else:
         baseline = _rss_bytes()
     images, targets = make_batch(args.batch, args.size, device)
-    cfg = dict(min_size=args.size, max_size=args.size, norm="gn")
     probe = args.memory_probe
     if probe in ("student", "defeat"):
         torch.manual_seed(0)
-        student = build_detector(ModelConfig(name=args.student, **cfg), NUM_CLASSES).to(device).train()
+        student = build_detector(model_config(args.student, args.size, "student"), NUM_CLASSES).to(device).train()
         module = student
         if probe == "defeat":
             torch.manual_seed(1)
-            teacher = build_detector(ModelConfig(name=args.teacher, **cfg), NUM_CLASSES).to(device)
+            teacher = build_detector(model_config(args.teacher, args.size, "teacher"), NUM_CLASSES).to(device)
             module = DeFeatDistiller(student, teacher, DistillConfig(feature_mode="decoupled", proposal_mode="none"))
         optimizer = torch.optim.SGD(module.parameters(), lr=0.0, momentum=0.9)
         for seed in range(2):
             train_step(module, optimizer, images, targets, seed)
     else:  # teacher inference: full detector, or backbone+FPN only
         torch.manual_seed(1)
-        teacher = build_detector(ModelConfig(name=args.teacher, **cfg), NUM_CLASSES).to(device).eval()
+        teacher = build_detector(model_config(args.teacher, args.size, "teacher"), NUM_CLASSES).to(device).eval()
         with torch.no_grad():
             for _ in range(2):
                 if probe == "teacher":
@@ -248,7 +265,13 @@ def main() -> int:
     memory = run_memory(args)
     timing_both = run_timing(args, device)
     timing = timing_both["wall"]
+    med = timing["median_seconds"]
     report = {
+        "student_step_s": round(med["student_step"], 4),
+        "teacher_features_s": round(med["teacher_fpn_forward"], 4),
+        "adapters_s": round(med["adapters_forward_backward"], 4),
+        "defeat_step_s": round(med["defeat_step"], 4),
+        "ratio_to_student": round(med["defeat_step"] / med["student_step"], 4),
         "step_ratio": round(timing["step_ratio"], 4),
         "memory_ratio": round(memory["memory_ratio"], 4),
         "goals": {"step_ratio": 1.05, "memory_ratio": 1.1},
