@@ -118,7 +118,8 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
              f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
              f"AP50 {100 * s_stats['AP50']:.1f}", info, verbose)
         if t_stats["AP"] < cfg.distill.teacher_min_ap:
-            verdict = (f"{cfg.distill.teacher_checkpoint or cfg.distill.teacher_weights}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
+            source = cfg.distill.teacher_checkpoint or f"{cfg.distill.teacher_model} ({cfg.distill.teacher_weights})"
+            verdict = (f"{source}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
                        f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
                        "is it trained on this dataset?")
     verdict = broadcast_from_main(verdict, info)
