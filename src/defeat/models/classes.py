@@ -85,28 +85,24 @@ def keep_classes(model: nn.Module, keep: list[int], merge_background: bool = Tru
         if merge_background:
             model.roi_heads.box_predictor = MergedBackgroundPredictor(predictor, list(keep))
             return model
-        _slice_linear(predictor.cls_score, rows)
-        _slice_linear(predictor.bbox_pred, [4 * r + i for r in rows for i in range(4)])
+        _keep_rows(predictor.cls_score, rows)
+        _keep_rows(predictor.bbox_pred, [4 * r + i for r in rows for i in range(4)])
         return model
     head = model.head.classification_head
     total = head.num_classes
     anchors = head.cls_logits.out_channels // total
-    _slice_conv(head.cls_logits, [a * total + r for a in range(anchors) for r in rows])
+    _keep_rows(head.cls_logits, [a * total + r for a in range(anchors) for r in rows])
     head.num_classes = len(rows)
     return model
 
 
 @torch.no_grad()
-def _slice_linear(layer: nn.Linear, rows: list[int]) -> None:
+def _keep_rows(layer: nn.Linear | nn.Conv2d, rows: list[int]) -> None:
+    """Keep these output rows (Linear) / channels (Conv2d) of ``layer``, in this order."""
     index = torch.tensor(rows, dtype=torch.long, device=layer.weight.device)
     layer.weight = nn.Parameter(layer.weight.index_select(0, index).clone())
     layer.bias = nn.Parameter(layer.bias.index_select(0, index).clone())
-    layer.out_features = len(rows)
-
-
-@torch.no_grad()
-def _slice_conv(layer: nn.Conv2d, channels: list[int]) -> None:
-    index = torch.tensor(channels, dtype=torch.long, device=layer.weight.device)
-    layer.weight = nn.Parameter(layer.weight.index_select(0, index).clone())
-    layer.bias = nn.Parameter(layer.bias.index_select(0, index).clone())
-    layer.out_channels = len(channels)
+    if isinstance(layer, nn.Linear):
+        layer.out_features = len(rows)
+    else:
+        layer.out_channels = len(rows)
