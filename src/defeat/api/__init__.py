@@ -16,15 +16,16 @@ Runs (``defeat train / distill / eval``)::
     student = api.distill(load_config("configs/distill.yaml"))
 
 Models: :func:`load_detector` (any checkpoint -> model, config, classes, adapters), :func:`export`.
-Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`.
+Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`, :func:`dataset_stats`, :func:`init_config` (``defeat init``).
 Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func:`analyze_errors` (Fig. 4-9).
 
 The method itself (masks, losses, the distiller) is in :mod:`defeat.distill`, usable in a plain PyTorch loop.
 """
 
-from defeat.api.data import import_voc, import_yolo, synth
+from defeat.api.data import DatasetReport, dataset_stats, import_voc, import_yolo, synth
 from defeat.api.errors import analyze_errors
 from defeat.api.features import channel_distance, grad_norm
+from defeat.api.init import InitResult, init_config
 from defeat.api.models import export, load_detector
 from defeat.api.runs import RunResult, check_teacher, distill, evaluate, load_teacher, train
 from defeat.config import Config, DistillSettings, config_from_dict, load_config
@@ -33,3 +34,4 @@ from defeat.engine import LoadedModel
 __all__ = ["Config", "DistillSettings", "LoadedModel", "RunResult", "analyze_errors", "channel_distance",
            "check_teacher", "config_from_dict", "distill", "evaluate", "export", "grad_norm", "import_voc",
            "import_yolo", "load_config", "load_detector", "load_teacher", "synth", "train"]
+__all__ += ["DatasetReport", "InitResult", "dataset_stats", "init_config"]  # defeat init / data stats
