@@ -34,4 +34,6 @@ from defeat.engine import LoadedModel
 __all__ = ["Config", "DistillSettings", "LoadedModel", "RunResult", "analyze_errors", "channel_distance",
            "check_teacher", "config_from_dict", "distill", "evaluate", "export", "grad_norm", "import_voc",
            "import_yolo", "load_config", "load_detector", "load_teacher", "synth", "train"]
-__all__ += ["DatasetReport", "InitResult", "dataset_stats", "init_config"]  # defeat init / data stats
+from defeat.api.runs import StepTiming, estimate  # noqa: E402
+
+__all__ += ["DatasetReport", "InitResult", "StepTiming", "dataset_stats", "estimate", "init_config"]  # issue 18
