@@ -16,7 +16,8 @@ Runs (``defeat train / distill / eval``)::
     student = api.distill(load_config("configs/distill.yaml"))
 
 Models: :func:`load_detector` (any checkpoint -> model, config, classes, adapters), :func:`export`.
-Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`, :func:`dataset_stats`, :func:`init_config` (``defeat init``).
+Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`, :func:`dataset_stats`, :func:`init_config`
+(``defeat init``). Cost before a run: :func:`estimate` (``--estimate``).
 Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func:`analyze_errors` (Fig. 4-9).
 
 The method itself (masks, losses, the distiller) is in :mod:`defeat.distill`, usable in a plain PyTorch loop.

@@ -67,14 +67,15 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
                 image_size: int | None = None, batch_size: int = 4, epochs: float = 12.0, dry_run: bool = False,
                 overwrite: bool = False, figure: str | Path | None = None) -> InitResult:
     """Measure the dataset (:func:`~defeat.api.data.dataset_stats`) and write ``out`` (a config for ``defeat
-    train``); with ``family`` or ``model`` also ``<out stem>_teacher.yaml`` and ``<out stem>_distill.yaml``.
-    ``dry_run``: measure, render and validate, write no config (the figure, when asked, is still drawn)."""
+    train``); with ``family``, ``model`` or ``teacher`` also ``<out stem>_teacher.yaml`` and
+    ``<out stem>_distill.yaml``. ``dry_run``: measure, render and validate, write no config (the figure, when
+    asked, is still drawn)."""
     out = Path(out)
     if model is not None and family is not None and family_of_name(model) != family:
         raise ValueError(f"--model {model} is not of --family {family}")
     if family is not None and family not in STRIDES:
         raise ValueError(f"--family: unknown family {family!r} (choose from {', '.join(STRIDES)})")
-    companions = family is not None or model is not None
+    companions = family is not None or model is not None or teacher is not None
     family = family or (family_of_name(model) if model else "faster_rcnn")
     student = model or f"{family}_r18_fpn"
     teacher = teacher or f"{family}_r50_fpn"
@@ -91,11 +92,15 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
             if path.exists():
                 raise ValueError(f"{path}: exists (pass --force to overwrite)")
     report = dataset_stats(annotations, images, val_annotations=val_annotations, val_images=val_images,
-                           model=student, image_size=image_size, given_sizes=DEFAULT_ANCHORS, figure=figure)
+                           model=student, image_size=image_size, given_sizes=DEFAULT_ANCHORS)
     texts = render_configs(report, paths, annotations, images, val_annotations, val_images, student, teacher,
                            batch_size, epochs)
     for kind, text in texts.items():  # what `defeat train/distill` will load: refuse here, before writing
         config_from_dict(yaml.safe_load(text), source=str(paths[kind]))
+    if figure is not None:  # only once everything is known to be valid
+        from defeat.api.dataset_figure import draw_dataset_figure
+
+        report.figure = draw_dataset_figure(report, figure)
     if not dry_run:
         for kind, text in texts.items():
             atomic_write_text(paths[kind], text)
@@ -143,7 +148,8 @@ def render_configs(report: DatasetReport, paths: dict[str, Path], annotations, i
     if "teacher" in paths:
         teacher_steps = TEACHER_STEPS_FACTOR * steps
         texts["teacher"] = one("teacher", teacher, teacher_steps, f"runs/{stem}_teacher")
-        distill = [("teacher_checkpoint", f"runs/{stem}_teacher/model_final.pt", f"from defeat train {paths['teacher']}"),
+        distill = [("teacher_checkpoint", f"runs/{stem}_teacher/model_final.pt",
+                    f"from defeat train {paths['teacher']}"),
                    ("baseline_checkpoint", f"runs/{stem}/model_final.pt",
                     f"from defeat train {paths['train']}: the teacher must beat it (warning otherwise)"),
                    ("feature_mode", "decoupled", "DeFeat: object and background features apart"),

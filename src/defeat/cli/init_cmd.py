@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     init.add_argument("--family", choices=["faster_rcnn", "retinanet", "fcos"],
                       help="student <family>_r18_fpn, teacher <family>_r50_fpn; writes teacher + distill configs")
     init.add_argument("--model", help="the student model, e.g. faster_rcnn_r34_fpn (implies the companions)")
-    init.add_argument("--teacher", help="the teacher model (default: the family at depth 50)")
+    init.add_argument("--teacher", help="the teacher model (default: the family at depth 50; implies the companions)")
     init.add_argument("--batch-size", type=int, default=4)
     init.add_argument("--epochs", type=float, default=12.0, help="student schedule in passes over the train images")
     init.add_argument("--dry-run", action="store_true", help="print the statistics and configs, write no config")

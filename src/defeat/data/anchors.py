@@ -10,8 +10,8 @@ foreground, but every box also gets its best anchor).
 
 **Anchor shapes** follow torchvision's ``AnchorGenerator`` as the zoo builds it: for size s and ratio r = h/w,
 ``w = s / √r``, ``h = s · √r``; Faster R-CNN has one size per level, RetinaNet three octave scales
-``s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋`` per level; FCOS is anchor-free (its "anchor" is a square of the level's size that
-only sets the level's scale range), so it is not fitted.
+``s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋`` per level; FCOS is anchor-free (its "anchor" is a square of the level's size
+that only sets the level's scale range), so it is not fitted.
 
 **Boxes at the training scale.** torchvision resizes an image of w×h by ``min(min_size / min(w, h),
 max_size / max(w, h))``; box sizes are scaled by the same factor before coverage is measured.

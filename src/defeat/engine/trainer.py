@@ -248,7 +248,8 @@ class StepTiming:
     def as_dict(self) -> dict:
         return {"warmup_steps": self.warmup_steps, "step_seconds": [round(s, 4) for s in self.step_seconds],
                 "sec_per_step": round(self.sec_per_step, 4), "max_steps": self.max_steps,
-                "projected_seconds": round(self.projected_seconds, 1), "peak_memory_gib": round(self.peak_memory_gib, 3),
+                "projected_seconds": round(self.projected_seconds, 1),
+                "peak_memory_gib": round(self.peak_memory_gib, 3),
                 "memory_kind": self.memory_kind}
 
 
@@ -263,7 +264,8 @@ def _peak_memory(info: DistInfo) -> tuple[float, str]:
 def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info: DistInfo, *, warmup: int = 2,
                    steps: int = 5, before_step: Callable[[int], None] | None = None) -> StepTiming:
     """Run ``warmup`` + ``steps`` real training steps of ``cfg`` (same precision, optimizer, data loading and
-    order) and time the last ``steps``, each from loading its batch to the end of its update; writes nothing (no output folder, log or checkpoint). The model's weights change."""
+    order) and time the last ``steps``, each from loading its batch to the end of its update; writes nothing (no
+    output folder, log or checkpoint). The model's weights change."""
     if warmup < 0 or steps < 1:
         raise ValueError(f"estimate: need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
     torch.manual_seed(cfg.seed * 1000 + info.rank)
