@@ -82,12 +82,15 @@ def main() -> None:
     sizes = dict(item.split("=") for item in args.sizes.split(","))
     out = Path(args.out)
     record = read_json(out) if out.is_file() else {}
-    record.update({"command": "python " + " ".join(sys.argv), "machine": machine(),
-                   "what": __doc__.split("\n\n")[1].replace("\n", " "),
-                   "schedule": {"model": "faster_rcnn_r18_fpn", "norm": "gn", "steps": args.steps,
-                                "batch_size": args.batch_size, "warmup_steps": min(50, args.steps // 4),
-                                "lr": 0.02, "seed": 0, "precision": "auto", "val_max_images": args.val_images}})
-    record.setdefault("datasets", {})
+    for entry in record.get("datasets", {}).values():  # older files kept one run's settings at the top level
+        for key in ("command", "machine", "schedule"):
+            if key in record and key not in entry:
+                entry[key] = record[key]
+    run = {"command": "python " + " ".join(sys.argv), "machine": machine(),
+           "schedule": {"model": "faster_rcnn_r18_fpn", "norm": "gn", "steps": args.steps,
+                        "batch_size": args.batch_size, "warmup_steps": min(50, args.steps // 4),
+                        "lr": 0.02, "seed": 0, "precision": "auto", "val_max_images": args.val_images}}
+    record = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "datasets": record.get("datasets", {})}
     for name, data in datasets(work, Path(args.shared)).items():
         if args.only and name not in args.only.split(","):
             continue
@@ -96,7 +99,7 @@ def main() -> None:
         at_init_size = api.dataset_stats(data["train_annotations"], data["train_images"],
                                          given_sizes=DEFAULT_SIZES, given_ratios=DEFAULT_RATIOS)
         fit = report.anchors
-        entry = {"boxes": report.train.boxes, "images": report.train.images,
+        entry = {**run, "boxes": report.train.boxes, "images": report.train.images,
                  "min_size": report.min_size, "max_size": report.max_size,
                  "default": {"sizes": fit.given_sizes, "ratios": fit.given_ratios,
                              "coverage": round(fit.given_coverage, 4),
@@ -107,7 +110,8 @@ def main() -> None:
                                           **{k: v for k, v in at_init_size.anchors.as_dict().items() if k != "notes"}}}
         print(f"{name}: {fit.summary()}", flush=True)
         previous = record["datasets"].get(name, {})
-        entry["training"] = previous.get("training", {}) if previous.get("fitted") == entry["fitted"] else {}
+        same = all(previous.get(k) == entry[k] for k in ("fitted", "schedule", "min_size", "max_size"))
+        entry["training"] = previous.get("training", {}) if same else {}  # kept only for the same settings
         record["datasets"][name] = entry
         atomic_write_json(out, record)
         if args.no_train:
