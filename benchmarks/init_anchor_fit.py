@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="embedded_synth=192,coco128=256", help="training shorter side per set")
     parser.add_argument("--only", help="comma-separated data sets (default: both)")
     parser.add_argument("--no-train", action="store_true", help="coverage only")
+    parser.add_argument("--key-suffix", default="", help="store under '<data set><suffix>' (e.g. a longer schedule)")
     parser.add_argument("--out", default="benchmarks/results/init_anchor_fit.json")
     args = parser.parse_args()
     work = Path(args.work)
@@ -91,10 +92,11 @@ def main() -> None:
                         "batch_size": args.batch_size, "warmup_steps": min(50, args.steps // 4),
                         "lr": 0.02, "seed": 0, "precision": "auto", "val_max_images": args.val_images}}
     record = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "datasets": record.get("datasets", {})}
-    for name, data in datasets(work, Path(args.shared)).items():
-        if args.only and name not in args.only.split(","):
+    for set_name, data in datasets(work, Path(args.shared)).items():
+        if args.only and set_name not in args.only.split(","):
             continue
-        report = api.dataset_stats(data["train_annotations"], data["train_images"], image_size=int(sizes[name]),
+        name = set_name + args.key_suffix
+        report = api.dataset_stats(data["train_annotations"], data["train_images"], image_size=int(sizes[set_name]),
                                    given_sizes=DEFAULT_SIZES, given_ratios=DEFAULT_RATIOS)
         at_init_size = api.dataset_stats(data["train_annotations"], data["train_images"],
                                          given_sizes=DEFAULT_SIZES, given_ratios=DEFAULT_RATIOS)
