@@ -37,6 +37,7 @@ class ModelConfig:
     # backbone stages that train; None: torchvision's convention (3 with pretrained weights, all without)
     trainable_layers: int | None = None
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one base size per level
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # anchor h/w on every level (not FCOS)
     min_size: int = 320  # GeneralizedRCNNTransform resize: shorter side
     max_size: int = 320  # ... and cap on the longer side
     # Two-stage sampling sizes: the RoI head dominates CPU cost, so these matter for speed.
@@ -211,6 +212,8 @@ class DistillConfig(DistillSettings):
     teacher_check_images: int = 50  # quick teacher/student evaluation before training (0 = skip)
     teacher_min_ap: float = 0.05  # refuse a teacher whose quick-check AP is below this (unless force)
     force: bool = False  # start even when the teacher check fails
+    baseline_checkpoint: str = ""  # the student trained alone (defeat train): the teacher is compared with it
+    teacher_min_lead: float = 0.01  # warn when teacher AP - baseline AP on the check images is below this
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -390,6 +393,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if not 0.0 <= cfg.data.hflip_prob <= 1.0:
         raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {cfg.data.hflip_prob}")
+    if not cfg.model.anchor_ratios or min(cfg.model.anchor_ratios) <= 0:
+        raise ConfigError(f"model.anchor_ratios: need at least one ratio, all > 0, got {cfg.model.anchor_ratios}")
     if cfg.model.trainable_layers is not None and cfg.model.trainable_layers not in range(0, 7):
         raise ConfigError(f"model.trainable_layers: must be 0..5 (ResNet), 0..6 (MobileNetV3) or null, "
                           f"got {cfg.model.trainable_layers}")

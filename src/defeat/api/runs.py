@@ -17,6 +17,7 @@ from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, ev
 from defeat.engine.distributed import broadcast_from_main
 from defeat.engine.weights import load_pretrained
 from defeat.engine.precision import config_precision, resolve_precision
+from defeat.engine.trainer import StepTiming, estimate_steps
 from defeat.utils import atomic_write_json
 
 
@@ -93,16 +94,20 @@ def load_torchvision_teacher(cfg: Config, categories: list[dict],
     defaults = ModelConfig()
     model_cfg = dataclasses.replace(cfg.model, name=cfg.distill.teacher_model, weights=cfg.distill.teacher_weights,
                                     backbone_weights="none", pretrained_backbone=False, trainable_layers=None,
-                                    anchor_sizes=defaults.anchor_sizes)
+                                    anchor_sizes=defaults.anchor_sizes, anchor_ratios=defaults.anchor_ratios)
     teacher = load_pretrained(model_cfg, categories, dataset=str(dataset))
     return teacher, f"teacher {model_cfg.name} from {model_cfg.weights} ({len(categories)} classes mapped by name)"
 
 
 def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, info: DistInfo,
-                  verbose: bool = True) -> dict:
-    """The teacher sanity check: teacher and (untrained) student on ``distill.teacher_check_images`` validation
-    images; refuses a teacher below ``distill.teacher_min_ap`` unless ``distill.force``. Returns the teacher's
-    AP/AP50 on the images the student will be evaluated on (empty when the check is off)."""
+                  verbose: bool = True, notes: list[str] | None = None) -> dict:
+    """The teacher check: teacher and (untrained) student on ``distill.teacher_check_images`` validation images;
+    refuses a teacher below ``distill.teacher_min_ap`` unless ``distill.force``. With
+    ``distill.baseline_checkpoint`` (the student trained alone) it also evaluates that baseline on the same images
+    and **warns** (does not refuse) when ``teacher AP − baseline AP < distill.teacher_min_lead``: a teacher no
+    better than the student can still regularise it, so this is the user's call, but it is rarely worth the
+    run. Warnings are appended to ``notes``. Returns the teacher's (and the baseline's) AP/AP50 on the images the
+    student will be evaluated on (empty when the check is off)."""
     n = cfg.distill.teacher_check_images
     if val_set is None or n <= 0:
         return {}
@@ -111,72 +116,125 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
                  precision=precision)
     t_stats = evaluate_detector(teacher, val_set, info, **quick)
     s_stats = evaluate_detector(student, val_set, info, **quick)
+    baseline = None
+    if cfg.distill.baseline_checkpoint:
+        baseline = load_model(cfg.distill.baseline_checkpoint, categories=val_set.categories,
+                              dataset=cfg.data.val_annotations).model.to(info.device)
+        b_stats = evaluate_detector(baseline, val_set, info, **quick)
     checked = min(n, len(val_set))
-    verdict = None
+    verdict, warning = None, None
     if info.is_main:
+        side = (f" | baseline (student alone) AP {100 * b_stats['AP']:.1f} AP50 {100 * b_stats['AP50']:.1f}"
+                if baseline is not None else "")
         _say(f"teacher check on {checked} val images: teacher AP {100 * t_stats['AP']:.1f} "
              f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
-             f"AP50 {100 * s_stats['AP50']:.1f}", info, verbose)
+             f"AP50 {100 * s_stats['AP50']:.1f}{side}", info, verbose)
         if t_stats["AP"] < cfg.distill.teacher_min_ap:
             source = cfg.distill.teacher_checkpoint or f"{cfg.distill.teacher_model} ({cfg.distill.teacher_weights})"
             verdict = (f"{source}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
                        f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
                        "is it trained on this dataset?")
-    verdict = broadcast_from_main(verdict, info)
+        if baseline is not None and t_stats["AP"] - b_stats["AP"] < cfg.distill.teacher_min_lead:
+            warning = (f"warning: the teacher ({100 * t_stats['AP']:.1f} AP) is not ahead of the baseline student "
+                       f"{cfg.distill.baseline_checkpoint} ({100 * b_stats['AP']:.1f} AP) by "
+                       f"distill.teacher_min_lead ({100 * cfg.distill.teacher_min_lead:.1f} AP) on {checked} val "
+                       "images: the distilled student is unlikely to beat the baseline. Train the teacher longer, "
+                       "make it larger or start it from pretrained weights")
+    verdict, warning = broadcast_from_main((verdict, warning), info)
     if verdict and not cfg.distill.force:
         raise ValueError(f"{verdict} Pass --force to distil anyway")
     if verdict:
         _say(f"warning: {verdict} (continuing because of --force)", info, verbose)
+    if warning:
+        _say(warning, info, verbose)
+        if notes is not None:
+            notes.append(warning)
     evaluated = min(cfg.data.val_max_images or len(val_set), len(val_set))
     if checked != evaluated:  # side-by-side numbers must come from the same images as the student's
-        t_stats = evaluate_detector(teacher, val_set, info, batch_size=cfg.eval.batch_size,
-                                    max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
-                                    progress=False, precision=precision)
+        full = dict(quick, max_images=cfg.data.val_max_images)
+        t_stats = evaluate_detector(teacher, val_set, info, **full)
+        if baseline is not None:
+            b_stats = evaluate_detector(baseline, val_set, info, **full)
     reference = {"teacher_AP": t_stats["AP"], "teacher_AP50": t_stats["AP50"]} if info.is_main else {}
+    if baseline is not None and info.is_main:
+        reference.update(baseline_AP=b_stats["AP"], baseline_AP50=b_stats["AP50"])
     return broadcast_from_main(reference, info)
+
+
+def _distiller_for(cfg: Config, categories: list[dict], teacher: LoadedModel, notes: list[str] | None = None):
+    """A fresh ``cfg.model`` student (built as :func:`~defeat.engine.build_for_dataset` does, what it did appended to
+    ``notes``) and the DeFeat distiller around it and the frozen teacher."""
+    from defeat.distill import build_distiller
+
+    student = build_for_dataset(cfg.model, categories, cfg.seed, notes)
+    try:
+        distiller = build_distiller(student, teacher.model, cfg.distill.settings(), max_steps=cfg.schedule.max_steps,
+                                    where=f"teacher {teacher.path}")
+    except ValueError as err:
+        raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
+    return student, distiller
+
+
+def given_teacher(cfg: Config, teacher: nn.Module, categories: list[dict]) -> tuple[LoadedModel, str]:
+    """A detector instance the caller built, as the teacher (its classes must be the dataset's, in order)."""
+    named = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=type(teacher).__name__))
+    return (LoadedModel(teacher.eval(), named, "detector", categories, "the given teacher"),
+            f"teacher: the given {type(teacher).__name__}")
 
 
 def distill(cfg: Config, *, teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
             verbose: bool = True) -> RunResult:
     """Distil the teacher of ``cfg.distill`` into a fresh ``cfg.model`` student with DeFeat (under torchrun: DDP).
 
-    Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`), then trains the
+    Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`, with the baseline
+    comparison when ``distill.baseline_checkpoint`` is set), then trains the
     :class:`~defeat.distill.DeFeatDistiller`; the checkpoints hold the student and the adapters, never the teacher.
     """
-    from defeat.distill import build_distiller
-
     info = init_distributed(cfg.device)
     try:
         train_set, val_set = load_datasets(cfg)
         categories = train_set.categories
         if teacher is None:
             teacher, report = load_teacher(cfg, categories, cfg.data.train_annotations)
-        else:  # a detector the caller built (its classes must be the dataset's, in order)
-            named = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=type(teacher).__name__))
-            teacher = LoadedModel(teacher.eval(), named, "detector", categories, "the given teacher")
-            report = f"teacher: the given {type(teacher.model).__name__}"
+        else:
+            teacher, report = given_teacher(cfg, teacher, categories)
         built: list[str] = []
-        student = build_for_dataset(cfg.model, categories, cfg.seed, built)
-        try:
-            distiller = build_distiller(student, teacher.model, cfg.distill.settings(),
-                                        max_steps=cfg.schedule.max_steps,
-                                        where=f"teacher {teacher.path}")
-        except ValueError as err:
-            raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
+        student, distiller = _distiller_for(cfg, categories, teacher, built)
         distiller.to(info.device)
-        notes = [report, *built, f"DeFeat: feature_mode={cfg.distill.feature_mode} proposal_mode={cfg.distill.proposal_mode} "
-                         f"student {cfg.model.name} <- teacher {teacher.name}"]
+        notes = [report, *built, f"DeFeat: feature_mode={cfg.distill.feature_mode} "
+                                 f"proposal_mode={cfg.distill.proposal_mode} student {cfg.model.name} <- teacher "
+                                 f"{teacher.name}"]
         for line in notes:
             _say(line, info, verbose)
         if cfg.distill.weights == "auto":
             cfg, line = calibrate_run(cfg, distiller, train_set, info, resume=resume)
             notes.append(line)
             _say(line, info, verbose)
-        reference = check_teacher(cfg, teacher.model, student, val_set, info, verbose)
+        reference = check_teacher(cfg, teacher.model, student, val_set, info, verbose, notes)
         result = train_loop(cfg, distiller, student, train_set, val_set, info, kind="distill", resume=resume,
                             before_step=distiller.before_step, reference_metrics=reference or None,
                             progress=progress)
         return RunResult(result.final_checkpoint, result.step, result.metrics, reference, notes)
+    finally:
+        cleanup(info)
+
+
+def estimate(cfg: Config, *, distill: bool = False, warmup: int = 2, steps: int = 5) -> StepTiming:
+    """The cost of ``cfg``'s schedule before committing to it: ``warmup`` + ``steps`` real steps of ``defeat train``
+    (or, with ``distill``, of ``defeat distill``: teacher loaded, DeFeat losses on) timed after the warm-up
+    (:func:`defeat.engine.trainer.estimate_steps`); s/step × ``schedule.max_steps`` and the peak memory. Writes
+    nothing: no output folder, no log, no checkpoint (the teacher check and ``weights: auto`` do not run)."""
+    info = init_distributed(cfg.device)
+    try:
+        train_set, _ = load_datasets(cfg, val=False)
+        before = None
+        if distill:
+            teacher, _ = load_teacher(cfg, train_set.categories, cfg.data.train_annotations)
+            _, model = _distiller_for(cfg, train_set.categories, teacher)
+            before = model.before_step
+        else:
+            model = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
+        return estimate_steps(cfg, model, train_set, info, warmup=warmup, steps=steps, before_step=before)
     finally:
         cleanup(info)
 

@@ -1,4 +1,4 @@
-"""``defeat data synth | import-yolo | import-voc``: make or convert COCO-format datasets."""
+"""``defeat data synth | import-yolo | import-voc | stats``: make, convert or measure COCO-format datasets."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def register(subparsers) -> None:
     voc.add_argument("--keep-difficult", action="store_true", help="keep 'difficult' objects (marked difficult: 1)")
     voc.set_defaults(func=run_import_voc)
 
+    from defeat.cli.init_cmd import add_dataset_arguments
+
+    stats = commands.add_parser("stats", help="dataset statistics, anchor coverage and a figure (writes no config)")
+    add_dataset_arguments(stats)
+    stats.add_argument("--model", default="faster_rcnn_r18_fpn", help="detector the anchors are fitted for")
+    stats.add_argument("--json", help="also write the statistics as JSON here")
+    stats.set_defaults(func=run_stats)
+
 
 def run_synth(args) -> int:
     from defeat import api
@@ -59,4 +67,19 @@ def run_import_voc(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     print(json.dumps(api.import_voc(args.annotations, args.images, args.out, classes=classes,
                                     skip_difficult=not args.keep_difficult), default=str))
+    return 0
+
+
+def run_stats(args) -> int:
+    from defeat import api
+    from defeat.cli.init_cmd import print_report
+    from defeat.utils import atomic_write_json
+
+    report = api.dataset_stats(args.annotations, args.images, val_annotations=args.val_annotations,
+                               val_images=args.val_images, model=args.model, image_size=args.image_size,
+                               figure=args.figure)
+    print_report(report)
+    if args.json:
+        atomic_write_json(args.json, report.as_dict())
+        print(f"wrote {args.json}")
     return 0

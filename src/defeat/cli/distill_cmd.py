@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defeat.cli.train_cmd import add_config_arguments, is_main_process
+from defeat.cli.train_cmd import add_config_arguments, add_estimate_arguments, is_main_process, print_estimate
 
 
 def register(subparsers) -> None:
@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     distill.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint_last.pt")
     distill.add_argument("--force", action="store_true",
                          help="start even when the teacher fails its sanity check (same as distill.force=true)")
+    add_estimate_arguments(distill)
     distill.set_defaults(func=run_distill)
 
 
@@ -20,12 +21,29 @@ def run_distill(args) -> int:
     from defeat import api
 
     overrides = list(args.overrides) + (["distill.force=true"] if args.force else [])
-    result = api.distill(api.load_config(args.config, overrides), resume=args.resume)
+    cfg = api.load_config(args.config, overrides)
+    if args.estimate:
+        return print_estimate(api.estimate(cfg, distill=True, steps=args.estimate_steps))
+    result = api.distill(cfg, resume=args.resume)
     if is_main_process():
         print(f"final checkpoint: {result.final_checkpoint}")
         if result.metrics:
-            side = (f" | teacher AP {100 * result.teacher_metrics['teacher_AP']:.1f}"
-                    if result.teacher_metrics else "")
-            print(f"student COCO AP {100 * result.metrics['AP']:.1f} (AP50 {100 * result.metrics['AP50']:.1f}){side}")
+            print(summary_line(result.metrics, result.teacher_metrics))
+        for note in result.notes:
+            if note.startswith("warning:"):
+                print(note)
         print(f"export the student with: defeat export {Path(result.final_checkpoint)} --out student.pt")
     return 0
+
+
+def summary_line(student: dict, reference: dict) -> str:
+    """Teacher, baseline (when known) and distilled student side by side, on the same validation images."""
+    parts = []
+    if "teacher_AP" in reference:
+        parts.append(f"teacher AP {100 * reference['teacher_AP']:.1f} (AP50 {100 * reference['teacher_AP50']:.1f})")
+    if "baseline_AP" in reference:
+        parts.append(f"baseline AP {100 * reference['baseline_AP']:.1f} (AP50 {100 * reference['baseline_AP50']:.1f})")
+    line = f"distilled student COCO AP {100 * student['AP']:.1f} (AP50 {100 * student['AP50']:.1f})"
+    if "baseline_AP" in reference:
+        line += f", {100 * (student['AP'] - reference['baseline_AP']):+.1f} AP vs baseline"
+    return " | ".join(parts + [line])

@@ -12,10 +12,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
 
 
+def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--estimate", action="store_true",
+                        help="time a few real steps, print s/step, the schedule's wall time and peak memory, exit "
+                             "(writes nothing)")
+    parser.add_argument("--estimate-steps", type=int, default=5, metavar="N", help="timed steps (after 2 warm-up)")
+
+
+def print_estimate(timing) -> int:
+    if is_main_process():
+        print(timing.summary())
+    return 0
+
+
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a detector (runs under torchrun too)")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint_last.pt")
+    add_estimate_arguments(train)
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint on the validation split (COCO metrics)")
@@ -35,7 +49,10 @@ def is_main_process() -> bool:
 def run_train(args) -> int:
     from defeat import api
 
-    result = api.train(api.load_config(args.config, args.overrides), resume=args.resume)
+    cfg = api.load_config(args.config, args.overrides)
+    if args.estimate:
+        return print_estimate(api.estimate(cfg, steps=args.estimate_steps))
+    result = api.train(cfg, resume=args.resume)
     if is_main_process():
         print(f"final checkpoint: {result.final_checkpoint}")
         if result.metrics:

@@ -109,6 +109,189 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Stepper:
+    """One optimisation step as ``train`` and :func:`estimate_steps` both run it (precision, optimizer, LR
+    scheduler and grad scaler set up once by :meth:`prepare`)."""
+
+    def __init__(self, cfg: Config, model: nn.Module, info: DistInfo, precision: Precision, optimizer, scaler,
+                 scheduler):
+        self.cfg, self.model, self.info, self.precision = cfg, model, info, precision
+        self.optimizer, self.scaler, self.scheduler = optimizer, scaler, scheduler
+        self.module: nn.Module = model
+
+    @classmethod
+    def prepare(cls, cfg: Config, model: nn.Module, info: DistInfo, verbose: bool = True) -> "_Stepper":
+        model.to(info.device)
+        precision = resolve_precision(config_precision(cfg), info.device)
+        if info.is_main and verbose:
+            print(precision.notice)
+        precision.prepare(model)
+        if info.device.type == "cpu":
+            tune_cpu_allocator()  # bit-identical results; see its docstring
+        if info.device.type == "cuda" and not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes (min_size = max_size in the presets)
+        optimizer = build_optimizer(cfg, model, precision)
+        scaler = precision.grad_scaler()  # fp16 only
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.schedule))
+        return cls(cfg, model, info, precision, optimizer, scaler, scheduler)
+
+    def wrap(self) -> nn.Module:
+        """The module that trains: ``model``, in DDP under torchrun."""
+        if self.info.enabled:
+            device_ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            self.module = DistributedDataParallel(self.model, device_ids=device_ids)
+        return self.module
+
+    def __call__(self, images, targets, step: int, before_step: Callable[[int], None] | None,
+                 last_path: Path | None) -> tuple[dict, torch.Tensor]:
+        info, cfg, optimizer, scaler = self.info, self.cfg, self.optimizer, self.scaler
+        images = [im.to(info.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(info.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        if before_step is not None:
+            before_step(step)
+        with self.precision.autocast():
+            losses = self.module(images, targets)
+        total = sum(losses.values())
+        if not _all_finite(total, info):
+            bad = {k: float(v.detach()) for k, v in losses.items()}
+            good = last_path if last_path is not None and last_path.is_file() else "none written yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
+                                     f"last good checkpoint: {good}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            if cfg.optim.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:  # clipping folded into the fused optimizer's step where there is one
+            total.backward()
+            clipped_step(optimizer, self.model.parameters(), cfg.optim.clip_grad_norm)
+        self.scheduler.step()
+        return losses, total
+
+
+def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: int) -> DataLoader:
+    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
+                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=start_step)
+    # A private generator keeps the loader from drawing on the global RNG that the model's samplers use.
+    return DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+                      collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
+                      persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
+
+
+#: loss-key prefixes of the distillation (KD) terms; every other loss is the detector's own
+KD_PREFIXES = ("loss_feat", "loss_kd", "loss_bb")
+#: a KD term whose share of the first step's total loss exceeds this gets the pointer to ``distill.weights: auto``
+KD_DOMINANT_SHARE = 0.5
+
+
+def loss_shares(losses: dict[str, float]) -> dict[str, float]:
+    """Each loss term's share of the total, ``share_k = L_k / Σ_j L_j`` (all terms are >= 0)."""
+    total = sum(losses.values())
+    return {k: (v / total if total > 0 else 0.0) for k, v in losses.items()}
+
+
+def _first_step_record(step: int, max_steps: int, seconds: float, losses: dict, total: torch.Tensor) -> dict:
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    return {"step": step, "event": "first_step", "seconds": round(seconds, 3),
+            "eta_s": round(seconds * (max_steps - step), 1), "total_loss": round(float(total.detach()), 5),
+            "share": {k: round(v, 4) for k, v in loss_shares(values).items()}}
+
+
+def format_first_step(record: dict) -> str:
+    """The line printed after the first step: its time, the ETA at that pace, each term's share of the loss, and a
+    pointer to ``distill.weights: auto`` when a KD term dominates (> :data:`KD_DOMINANT_SHARE` of the total)."""
+    eta = record["eta_s"]
+    shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in record["share"].items())
+    line = (f"step {record['step']}: {record['seconds']:.2f} s (the first step is the slowest); ETA at this pace "
+            f"{eta / 60:.1f} min | initial loss {record['total_loss']:.3g} = {shares}")
+    dominant = [k for k, v in record["share"].items() if k.startswith(KD_PREFIXES) and v > KD_DOMINANT_SHARE]
+    if dominant:
+        line += (f"\nnote: {', '.join(dominant)} is over {100 * KD_DOMINANT_SHARE:.0f} % of the loss at the start; "
+                 "distill.weights: auto scales the KD weights to the detection loss (docs/distill.md)")
+    return line
+
+
+@dataclass
+class StepTiming:
+    """What :func:`estimate_steps` measured."""
+
+    warmup_steps: int
+    step_seconds: list[float]  # each timed step
+    max_steps: int  # the schedule the projection is for
+    peak_memory_gib: float
+    memory_kind: str  # what the peak is: CUDA's max allocated, or the process's peak resident set (CPU)
+
+    @property
+    def sec_per_step(self) -> float:
+        """The median timed step."""
+        ordered = sorted(self.step_seconds)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    @property
+    def projected_seconds(self) -> float:
+        """sec_per_step × max_steps: the training steps alone (evaluations and checkpoints not included)."""
+        return self.sec_per_step * self.max_steps
+
+    def summary(self) -> str:
+        low, high = min(self.step_seconds), max(self.step_seconds)
+        total = self.projected_seconds
+        span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
+        return (f"estimate: {self.sec_per_step:.3f} s/step (median of {len(self.step_seconds)} steps after "
+                f"{self.warmup_steps} warm-up; {low:.3f}-{high:.3f}) -> {self.max_steps} steps ~ {span} of training "
+                f"(evaluations and checkpoints not included); peak memory {self.peak_memory_gib:.2f} GiB "
+                f"({self.memory_kind})")
+
+    def as_dict(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "step_seconds": [round(s, 4) for s in self.step_seconds],
+                "sec_per_step": round(self.sec_per_step, 4), "max_steps": self.max_steps,
+                "projected_seconds": round(self.projected_seconds, 1),
+                "peak_memory_gib": round(self.peak_memory_gib, 3),
+                "memory_kind": self.memory_kind}
+
+
+def _peak_memory(info: DistInfo) -> tuple[float, str]:
+    if info.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(info.device) / 2 ** 30, "CUDA max allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "peak resident memory of the process"
+
+
+def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info: DistInfo, *, warmup: int = 2,
+                   steps: int = 5, before_step: Callable[[int], None] | None = None) -> StepTiming:
+    """Run ``warmup`` + ``steps`` real training steps of ``cfg`` (same precision, optimizer, data loading and
+    order) and time the last ``steps``, each from loading its batch to the end of its update; writes nothing (no
+    output folder, log or checkpoint). The model's weights change."""
+    if warmup < 0 or steps < 1:
+        raise ValueError(f"estimate: need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
+    torch.manual_seed(cfg.seed * 1000 + info.rank)
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
+    try:
+        step_fn = _Stepper.prepare(cfg, model, info)
+        step_fn.wrap().train()
+        batches = iter(_loader(cfg, train_set, info, 0))
+        seconds = []
+        for step in range(warmup + steps):  # timed from the batch's loading to the end of its update
+            if info.device.type == "cuda":
+                torch.cuda.synchronize(info.device)
+            start = time.perf_counter()
+            images, targets = next(batches)
+            step_fn(images, targets, step, before_step, None)
+            if info.device.type == "cuda":
+                torch.cuda.synchronize(info.device)
+            if step >= warmup:
+                seconds.append(time.perf_counter() - start)
+        peak, kind = _peak_memory(info)
+        return StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
+    finally:
+        Precision.release(model)
+
+
 def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
           info: DistInfo, *, kind: str = "detector", resume: bool = False,
           before_step: Callable[[int], None] | None = None, reference_metrics: dict | None = None,
@@ -134,18 +317,8 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    model.to(info.device)
-    precision = resolve_precision(config_precision(cfg), info.device)
-    if info.is_main:
-        print(precision.notice)
-    precision.prepare(model)
-    if info.device.type == "cpu":
-        tune_cpu_allocator()  # bit-identical results; see its docstring
-    if info.device.type == "cuda" and not cfg.deterministic:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes (min_size = max_size in the presets)
-    optimizer = build_optimizer(cfg, model, precision)
-    scaler = precision.grad_scaler()  # fp16 only
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.schedule))
+    step_fn = _Stepper.prepare(cfg, model, info)
+    precision, optimizer, scaler, scheduler = step_fn.precision, step_fn.optimizer, step_fn.scaler, step_fn.scheduler
     categories = train_set.categories
     log = MetricsLog(out_dir, info.is_main, cfg.output.tensorboard)
 
@@ -173,15 +346,8 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    train_module: nn.Module = model
-    if info.enabled:
-        train_module = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
-                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=start_step)
-    # A private generator keeps the loader from drawing on the global RNG that the model's samplers use.
-    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
-                        persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
+    train_module = step_fn.wrap()
+    loader = _loader(cfg, train_set, info, start_step)
 
     def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
         rngs = gather_to_main(_rng_state(), info)
@@ -214,41 +380,21 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
     batches = iter(loader)
     for step in range(start_step, max_steps):
         images, targets = next(batches)
-        images = [im.to(info.device, non_blocking=True) for im in images]
-        targets = [{k: v.to(info.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        if before_step is not None:
-            before_step(step)
-        with precision.autocast():
-            losses = train_module(images, targets)
-        total = sum(losses.values())
-        if not _all_finite(total, info):
-            bad = {k: float(v.detach()) for k, v in losses.items()}
-            good = last_path if last_path.is_file() else "none written yet"
-            raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
-                                     f"last good checkpoint: {good}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-        else:
-            total.backward()
-        if scaler is not None:
-            if cfg.optim.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:  # clipping folded into the fused optimizer's step where there is one
-            clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
-        scheduler.step()
+        losses, total = step_fn(images, targets, step, before_step, last_path)
 
         for k, v in [*losses.items(), ("loss", total)]:
             running[k] = running.get(k, 0.0) + v.detach()
         window_steps += 1
         done = step + 1
         bar.update(1)
+        if step == start_step and info.is_main:  # the first step: its cost, the ETA and each loss term's share
+            first = _first_step_record(done, max_steps, time.perf_counter() - window_start, losses, total)
+            log.write(first)
+            tqdm.write(format_first_step(first))
         if done % cfg.output.log_every == 0 or done == max_steps:
             seconds = (time.perf_counter() - window_start) / window_steps
             record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "sec_per_step": round(seconds, 4),
+                      "eta_s": round(seconds * (max_steps - done), 1),
                       **{k: round(float(v) / window_steps, 5) for k, v in running.items()}}
             if info.device.type == "cuda":
                 record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2 ** 30, 3)

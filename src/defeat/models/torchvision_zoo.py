@@ -86,8 +86,9 @@ def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: b
 
     ``pretrained``: build it as torchvision does when weights are loaded (FrozenBatchNorm body, frozen early
     stages); the weights themselves are loaded by the caller. The model section's sizes (``min_size``, the RPN and
-    box sampling numbers, score threshold) apply as to the zoo's models; ``anchor_sizes`` replaces the builder's
-    anchors only when changed from the default (same number of anchors per location, so weights still fit).
+    box sampling numbers, score threshold) apply as to the zoo's models; ``anchor_sizes`` / ``anchor_ratios``
+    replace the builder's anchors only when changed from the defaults (same number of anchors per location, so
+    weights still fit).
     """
     family = torchvision_family(cfg.name)
     kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size)
@@ -132,9 +133,19 @@ def _resnet_variant(prefix: str, depth: int, num_outputs: int, **kwargs) -> nn.M
 
 
 def _replace_anchors(model: nn.Module, cfg: ModelConfig, family: str) -> None:
-    if cfg.anchor_sizes == ModelConfig().anchor_sizes:
+    defaults = ModelConfig()
+    if cfg.anchor_sizes == defaults.anchor_sizes and cfg.anchor_ratios == defaults.anchor_ratios:
         return  # the builder's own anchors
     generator = model.rpn.anchor_generator if family == "faster_rcnn" else model.anchor_generator
+    ratios = generator.aspect_ratios
+    if cfg.anchor_ratios != defaults.anchor_ratios and family != "fcos":
+        if len(cfg.anchor_ratios) != len(ratios[0]):
+            raise ValueError(f"model.anchor_ratios: {cfg.name}'s heads are built for {len(ratios[0])} ratios per "
+                             f"location; give {len(ratios[0])} (got {cfg.anchor_ratios})")
+        ratios = (tuple(float(r) for r in cfg.anchor_ratios),) * len(ratios)
+    if cfg.anchor_sizes == defaults.anchor_sizes:
+        _set_generator(model, family, AnchorGenerator(generator.sizes, ratios))
+        return
     if len(cfg.anchor_sizes) != len(generator.sizes):
         raise ValueError(f"model.anchor_sizes: {cfg.name} has {len(generator.sizes)} anchor levels "
                          f"({[list(s) for s in generator.sizes]}); give {len(generator.sizes)} sizes, one per level")
@@ -146,11 +157,14 @@ def _replace_anchors(model: nn.Module, cfg: ModelConfig, family: str) -> None:
     else:
         raise ValueError(f"model.anchor_sizes: {cfg.name}'s anchors ({[list(s) for s in generator.sizes]}) have "
                          "several sizes per level; keep its own anchors (leave model.anchor_sizes at the default)")
-    replacement = AnchorGenerator(sizes, generator.aspect_ratios)
+    _set_generator(model, family, AnchorGenerator(sizes, ratios))
+
+
+def _set_generator(model: nn.Module, family: str, generator: AnchorGenerator) -> None:
     if family == "faster_rcnn":
-        model.rpn.anchor_generator = replacement
+        model.rpn.anchor_generator = generator
     else:
-        model.anchor_generator = replacement
+        model.anchor_generator = generator
 
 
 def frozen_batchnorm(module: nn.Module) -> nn.Module:

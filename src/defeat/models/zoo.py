@@ -109,7 +109,7 @@ def _anchor_generator(spec: DetectorSpec, cfg: ModelConfig) -> AnchorGenerator:
         sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in cfg.anchor_sizes)
     else:  # FCOS is anchor-free: one "anchor" per location marks the location and its stride
         sizes = tuple((s,) for s in cfg.anchor_sizes)
-    ratios = (0.5, 1.0, 2.0) if spec.family != "fcos" else (1.0,)
+    ratios = tuple(float(r) for r in cfg.anchor_ratios) if spec.family != "fcos" else (1.0,)  # h/w
     return AnchorGenerator(sizes, (ratios,) * len(sizes))
 
 
