@@ -104,8 +104,10 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
     settings = claims_settings(tree)
     if not settings["margin_ap"] > 0 or not 0 < settings["alpha"] < 0.5:
         raise ValueError(f"{path}: claims.margin_ap must be > 0 and claims.alpha in (0, 0.5), got {settings}")
-    if int(regime_settings(tree)["eval_points"]) < 1:
-        raise ValueError(f"{path}: regime.eval_points must be >= 1")
+    points = int(regime_settings(tree)["eval_points"])
+    if points < 1 or int(tree["student"]["steps"]) % points:
+        raise ValueError(f"{path}: regime.eval_points ({points}) must be >= 1 and divide student.steps "
+                         f"({tree['student']['steps']}), so that the evaluations fall on 50/75/100 % of the schedule")
     bad_curve = [s for s in regime_settings(tree)["curve_students"] if s not in tree["students"]]
     if bad_curve:
         raise ValueError(f"{path}: regime.curve_students: {bad_curve[0]!r} is not one of the students")

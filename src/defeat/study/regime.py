@@ -5,8 +5,9 @@ Pure functions on plain numbers (no I/O, no torch).
 Inputs: ``curves`` = ``{student: [curve of seed 0, curve of seed 1, ...]}``, each curve a list of
 ``(step, AP)`` pairs -- the trainer's evaluations during training (``eval.every_steps``) and at the end.
 
-* ``AP at f`` of a seed = the AP of its first evaluation at or after step ``ceil(f * steps)``; of a student = the
-  mean over its seeds (the step actually used is reported).
+* ``AP at f`` of a seed = the AP of its first evaluation in ``[ceil(f * steps), ceil(f * steps) + w)`` with
+  ``w = max(1, steps // 8)`` (none there: not measured); of a student = the mean over its seeds (the step actually
+  used is reported).
 * **Last-quarter gain** (relative) = ``(AP@100% - AP@75%) / AP@100%``: the share of the final AP that the last
   quarter of the schedule added.
 * **Near plateau** when that gain is below ``plateau_gain_max`` (10 %): more steps alone would add little, so the
@@ -27,9 +28,11 @@ def _label(fraction: float) -> str:
 
 
 def ap_at(curve: Sequence[tuple[int, float]], steps: int, fraction: float) -> tuple[int, float] | None:
-    """``(step, AP)`` of the first evaluation at or after ``ceil(fraction * steps)`` (None if there is none)."""
+    """``(step, AP)`` of the first evaluation in ``[ceil(fraction * steps), ... + max(1, steps // 8))`` (None if
+    there is none: an evaluation far later is not the AP at that point)."""
     target = math.ceil(fraction * steps - 1e-9)
-    later = sorted((int(s), float(a)) for s, a in curve if int(s) >= target)
+    window = max(1, int(steps) // 8)
+    later = sorted((int(s), float(a)) for s, a in curve if target <= int(s) < target + window)
     return later[0] if later else None
 
 
