@@ -74,7 +74,7 @@ def format_test(t: Mapping) -> str:
         text += f", margin ±{_num(t['margin'], unit)}{scale}"
     if t.get("p_value") is not None:
         text += f", p = {t['p_value']:.3g}"
-    verdict = "pass" if t.get("pass") else "fail" if t.get("decided") else f"not decided ({t.get('note')})"
+    verdict = "pass" if t.get("pass") else "fail" if t.get("decided") else "not decided"
     return f"{text} → {verdict}"
 
 
@@ -202,7 +202,8 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
     plateau = reg.get("plateau") or {}
     gain = plateau.get("gain")
     if gain is None:
-        lines += ["", "Plateau check: not computed (no evaluations during the baseline's training)."]
+        lines += ["", "Plateau check: not computed (the baseline's AP at 75 % or 100 % of its schedule is missing, or "
+                      "its final AP is 0)."]
     else:
         verdict = ("holds: more steps alone would add little" if plateau.get("near") else
                    f"does NOT hold: the baseline is {100 * (gain - plateau['gain_max']):.1f} points of its final AP "
