@@ -216,7 +216,8 @@ def test_rendered_tables_keep_their_columns():
 
 def test_render_report_sections():
     teacher, students, cd, ratio, errors = good_study()
-    reg = regime.regime({"baseline": [[(50, 0.1), (75, 0.1), (100, 0.2)]]}, 100, 100, 40_000_000, 20_000_000)
+    reg = regime.regime({"baseline": [[(50, 0.1), (75, 0.1), (100, 0.2)]]}, 100, 100, 40_000_000, 20_000_000,
+                        teacher_ap=0.15)
     results = {"preset": "x", "indicative": True, "table": report.results_table(teacher, students),
                "claims": report.compute_claims(teacher, students, cd, ratio, errors),
                "figures": {"AP": "figures/ap.png"},
@@ -234,7 +235,8 @@ def test_render_report_sections():
     text = render.render_report(results)
     for needle in ("Indicative only", "## Results", "## Claims", "TOST", "±1 AP", "![AP](figures/ap.png)",
                    "## Regime", "teacher: 100 steps, 40.0 M parameters", "equal schedule", "the bigger network",
-                   "AP at 50%", "50.0 %", "does NOT hold", "## Channel distance", "std_over_seeds",
+                   "AP at 50%", "50.0 %", "does NOT hold",
+                   "teacher AP 15.00, 5.00 AP below the baseline's final AP: the teacher is NOT ahead", "## Channel distance", "std_over_seeds",
                    "## Gradient norm", "ratio (detection loss)", "The claim tests the **distillation** loss",
                    "## Sensitivity to the KD weights (not part of the reproduction)", "sens_alpha_bg_4",
                    "alpha_bg=4.0", "## Error analysis", "`errors`: boom", "config: teacher", "Versions: torch x",

@@ -23,7 +23,8 @@ def test_plateau_check_on_hand_made_curves():
     flat = [[(100, 0.10), (200, 0.20), (300, 0.25), (400, 0.26)],
             [(100, 0.12), (200, 0.22), (300, 0.27), (400, 0.28)]]
     rising = [[(100, 0.02), (200, 0.05), (300, 0.08), (400, 0.12)]]
-    reg = regime.regime({"baseline": flat, "decoupled": rising}, 400, 400, 41_300_000, 28_300_000)
+    reg = regime.regime({"baseline": flat, "decoupled": rising}, 400, 400, 41_300_000, 28_300_000, teacher_ap=0.30)
+    assert reg["teacher_lead_ap"] == pytest.approx(0.03)
     assert reg["baseline_ap_at"] == {"50%": pytest.approx(0.21), "75%": pytest.approx(0.26),
                                      "100%": pytest.approx(0.27)}
     gain = (0.27 - 0.26) / 0.27  # 3.7 % of the final AP in the last quarter: near plateau
@@ -43,5 +44,5 @@ def test_regime_without_curves_reports_what_is_missing():
     reg = regime.regime({"baseline": [[(400, 0.3)]]}, 1200, 400, None, 28_000_000)
     assert reg["baseline_ap_at"]["100%"] == pytest.approx(0.3) and reg["baseline_ap_at"]["50%"] is None
     assert reg["baseline_last_quarter_gain"] is None and reg["plateau"]["near"] is None
-    assert reg["equal_schedule"] is False and reg["teacher_bigger"] is None
+    assert reg["equal_schedule"] is False and reg["teacher_bigger"] is None and reg["teacher_lead_ap"] is None
     assert regime.last_quarter_gain(0.1, 0.0) is None

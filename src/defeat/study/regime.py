@@ -73,14 +73,16 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[dict]:
 
 
 def regime(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], teacher_steps: int, student_steps: int,
-           teacher_params: int | None, student_params: int | None, plateau_gain_max: float = 0.10) -> dict:
+           teacher_params: int | None, student_params: int | None, plateau_gain_max: float = 0.10,
+           teacher_ap: float | None = None) -> dict:
     """The ``regime`` object of results.json.
 
     ``teacher_steps``, ``student_steps``, ``teacher_params_m`` / ``student_params_m`` (millions of parameters),
     ``equal_schedule``, ``teacher_bigger``, ``baseline_ap_at`` (mean AP at 50/75/100 % of the student schedule),
     ``baseline_last_quarter_gain``, ``plateau`` (``{"gain_max", "gain", "near", "gap_to_threshold"}``: how far from
-    the plateau condition, in numbers), the same ``ap_at`` / gain for every other curve student (``students``) and
-    the mean curves (``curves``: AP against steps)."""
+    the plateau condition, in numbers), the same ``ap_at`` / gain for every other curve student (``students``),
+    the mean curves (``curves``: AP against steps), and with ``teacher_ap`` the teacher's lead over the baseline's
+    final AP (``teacher_lead_ap``; <= 0: the teacher is not ahead, there is no gap to close)."""
     per_student = {}
     for name, seeds in curves.items():
         at = ap_at_fractions(seeds, student_steps)
@@ -97,6 +99,9 @@ def regime(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], teacher_
         "teacher_bigger": None if teacher_params is None or student_params is None else teacher_params > student_params,
         "baseline_ap_at": {k: v["AP"] for k, v in base.get("ap_at", {}).items()} or None,
         "baseline_last_quarter_gain": gain,
+        "teacher_ap": teacher_ap,
+        "teacher_lead_ap": (None if teacher_ap is None or (base.get("ap_at", {}).get("100%") or {}).get("AP") is None
+                            else teacher_ap - base["ap_at"]["100%"]["AP"]),
         "plateau": {"gain_max": plateau_gain_max, "gain": gain, "near": None if gain is None else gain < plateau_gain_max,
                     "gap_to_threshold": None if gain is None else gain - plateau_gain_max,
                     "definition": "(AP@100% - AP@75%) / AP@100% of the baseline student, mean over its seeds"},

@@ -184,6 +184,11 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
               f"{small} parameters ({'equal schedule' if reg.get('equal_schedule') else 'unequal schedules'}"
               + ("" if reg.get("teacher_bigger") is None else
                  f"; the teacher is {'the bigger' if reg['teacher_bigger'] else 'not the bigger'} network") + ")"]
+    if reg.get("teacher_lead_ap") is not None:
+        lead = reg["teacher_lead_ap"]
+        lines += [f"- teacher AP {_pct(reg.get('teacher_ap'), 2)}, {_pct(abs(lead), 2)} AP "
+                  f"{'above' if lead > 0 else 'below'} the baseline's final AP"
+                  + ("" if lead > 0 else ": the teacher is NOT ahead, there is no gap to close")]
     rows = []
     for name, st in (reg.get("students") or {}).items():
         at = st.get("ap_at", {})

@@ -233,7 +233,7 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
     regime_obj = regime.regime(curves, int(preset["teacher"]["steps"]), int(preset["student"]["steps"]),
                                _parameters(run_dir / "models" / "teacher" / "model_final.pt"),
                                _parameters(run_dir / "models" / first_baseline / "model_final.pt"),
-                               float(reg["plateau_gain_max"]))
+                               float(reg["plateau_gain_max"]), (teacher or {}).get("AP"))
 
     # the KD-weight sensitivity (apart from the reproduction, which keeps the authors' weights)
     sensitivity = []
