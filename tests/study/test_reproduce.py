@@ -24,34 +24,57 @@ def test_builtin_presets_plan(name, tmp_path):
     names = [s.name for s in stages]
     trainings = [s for s in stages if s.kind in ("train", "distill")]
     assert names[:3] == ["data", "teacher", "eval_teacher"]
-    assert names[-4:] == ["channel_distance", "channel_distance_raw", "grad_norm", "errors"]
-    raw = stages[-3]
-    assert raw.params["student_feature"] == "raw" and stages[-4].params["student_feature"] == "auto"
+    analyses = ["channel_distance", "channel_distance_raw", "grad_norm_detection", "grad_norm_distillation",
+                "grad_norm_sum", "errors"]
+    assert [n for n in names if n in analyses] == analyses
+    by_name = {s.name: s for s in stages}
+    raw = by_name["channel_distance_raw"]
+    assert raw.params["student_feature"] == "raw" and by_name["channel_distance"].params["student_feature"] == "auto"
     assert "--student-feature raw" in raw.command and raw.command.startswith("defeat analyze channel-distance ")
-    assert {s.name.rsplit("_s", 1)[0] for s in trainings} == {"teacher", *STUDENT_MODES}
+    # Fig. 1 on every seed of the five students
+    fig1 = {(s, seed) for s in ("baseline", "object", "background", "all", "decoupled") for seed in seeds_of(preset, s)}
+    assert set(raw.params["students"]) == {f"{s}_s{seed}" for s, seed in fig1}
+    # Fig. 2-3: the detection loss alone, the distillation loss alone, their sum; same student, images, K steps
+    grads = [by_name[f"grad_norm_{loss}"] for loss in ("detection", "distillation", "sum")]
+    assert [g.params["loss"] for g in grads] == ["detection", "distillation", "sum"]
+    assert len({(g.params["student"], g.params["train_steps"], g.params["images"]) for g in grads}) == 1
+    assert all(f"--loss {g.params['loss']}" in g.command for g in grads)
+    students = {s.name.rsplit("_s", 1)[0] for s in trainings}
+    assert {"teacher", *STUDENT_MODES} <= students
+    assert students - {"teacher", *STUDENT_MODES} == {f"sens_{e['name']}" for e in preset.get("sensitivity", [])}
     for s in trainings:  # every derived config is valid and points into the run folder
         assert s.config.output.dir == str(s.folder) and s.config.data.train_annotations.startswith(str(tmp_path))
         assert (s.config.distill.teacher_checkpoint.endswith("teacher/model_final.pt")) == (s.kind == "distill")
+        # baseline and decoupled are evaluated during training, at quarters (or halves) of the schedule
+        curve = s.name.rsplit("_s", 1)[0] in ("baseline", "decoupled")
+        points = preset["regime"]["eval_points"]
+        assert s.config.eval.every_steps == (s.steps // points if curve else 0), s.name
     decoupled = next(s for s in trainings if s.name.startswith("decoupled_"))
     assert (decoupled.config.distill.feature_mode, decoupled.config.distill.proposal_mode) == ("decoupled", "none")
+    assert (decoupled.config.distill.alpha_obj, decoupled.config.distill.alpha_bg) == (4.0, 16.0)  # the authors'
     full_defeat = next(s for s in trainings if s.name.startswith("defeat_"))
     assert full_defeat.config.distill.proposal_mode == "decoupled"
     teacher = trainings[0]
     if name != "tiny":  # tiny: the same backbone, for speed
         assert teacher.config.model.name != decoupled.config.model.name  # bigger teacher backbone
     if name == "full":
-        assert len(trainings) == 12  # teacher + 3 baseline + 3 decoupled + 5 single-seed students
-        assert len(seeds_of(preset, "baseline")) >= 3 and len(seeds_of(preset, "decoupled")) >= 3
+        assert all(len(seeds_of(preset, s)) >= 3 for s in STUDENT_MODES)  # 3 seeds for every student
+        assert len([s for s in trainings if not s.name.startswith(("teacher", "sens_"))]) == 21
+        assert teacher.steps == decoupled.steps  # the teacher is ahead by capacity, not by schedule
+        assert preset["claims"]["margin_ap"] > 0
+        sens = {s.name: s.config.distill for s in trainings if s.name.startswith("sens_")}
+        assert sens["sens_alpha_bg_4_s0"].alpha_bg == 4.0 and sens["sens_weights_auto_s0"].weights == "auto"
+        assert names.index("errors") < names.index("sens_alpha_bg_4_s0")  # sensitivity after the reproduction
     assert len({s.key for s in stages}) == len(stages)
     again = build_plan(preset, tmp_path)
     assert [s.key for s in again] == [s.key for s in stages]  # deterministic keys
 
 
 def test_preset_overrides_and_errors(tmp_path):
-    preset = load_preset("tiny", ["student.steps=5", "seeds.baseline=[3,4,5]"])
+    preset = load_preset("tiny", ["student.steps=6", "seeds.baseline=[3,4,5]"])
     stages = build_plan(preset, tmp_path)
     assert [s.name for s in stages if s.name.startswith("baseline_")] == ["baseline_s3", "baseline_s4", "baseline_s5"]
-    assert next(s for s in stages if s.name == "baseline_s3").config.schedule.max_steps == 5
+    assert next(s for s in stages if s.name == "baseline_s3").config.schedule.max_steps == 6
     # a changed setting changes the stage's key and the keys of everything downstream of it
     base = {s.name: s.key for s in build_plan(load_preset("tiny"), tmp_path)}
     changed = {s.name: s.key for s in build_plan(load_preset("tiny", ["teacher.steps=5"]), tmp_path)}
@@ -61,7 +84,12 @@ def test_preset_overrides_and_errors(tmp_path):
                           (["--preset", "tiny", "--set", "bogus=1"], "unknown preset key 'bogus'"),
                           (["--preset", "tiny", "--set", "students=[baseline,magic]"], "unknown student 'magic'"),
                           (["--preset", "tiny", "--set", "common.model.min_sise=3"], "unknown key 'model.min_sise'"),
-                          (["--preset", "tiny", "--set", "seeds.default=[]"], "seeds.default")]:
+                          (["--preset", "tiny", "--set", "seeds.default=[]"], "seeds.default"),
+                          (["--preset", "tiny", "--set", "claims.margin=1"], "unknown key 'claims.margin'"),
+                          (["--preset", "tiny", "--set", "claims.margin_ap=0"], "claims.margin_ap must be > 0"),
+                          (["--preset", "tiny", "--set", "regime.eval_points=3"], "must be >= 1 and divide"),
+                          (["--preset", "tiny", "--set", "regime.curve_students=[magic]"], "curve_students"),
+                          (["--preset", "tiny", "--set", "sensitivity=[{distill: {}}]"], "sensitivity")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[")):
             load_preset(args[1], args[3:4])
     assert main(["reproduce", "--preset", "tiny", "--set", "bogus=1", "--out", str(tmp_path / "x")]) == 2
@@ -128,21 +156,41 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert all(c["pass"] in (True, False, None) for c in claims.values())
     assert all(claims[k]["pass"] is not None for k in ("fig1_channel_distance", "fig2_3_gradients",
                                                         "fig4_9_background_errors"))
-    assert results["grad_norm"]["ratio"] > 0 and len(results["channel_distance"]) == 10
+    assert set(results["grad_norm"]["ratio"]) == {"detection", "distillation", "sum"}
+    assert all(r > 0 for r in results["grad_norm"]["ratio"].values()) and results["grad_norm"]["tested"] == "distillation"
+    assert claims["fig2_3_gradients"]["tested_loss"] == "distillation"
+    assert len(results["channel_distance"]) == 14  # every seed: 2 baseline + 2 decoupled + 3 single-seed, 2 regions
+    seeds_table = {(r["student"], r["region"]): r for r in results["channel_distance_seeds"]}
+    assert seeds_table[("decoupled", "object")]["seeds"] == 2 and seeds_table[("all", "object")]["seeds"] == 1
+    # statistics: baseline/decoupled have 2 seeds (decided), the single-seed comparisons are not
+    lifts, vs_all = claims["defeat_lifts_student"], claims["decoupled_beats_all"]
+    assert lifts["decided"] and lifts["test"] == "Welch t-test, one-sided (A > B)" and lifts["p_value"] is not None
+    assert vs_all["pass"] is False and not vs_all["decided"] and "needs >= 2 seeds" in vs_all["note"]
+    assert results["statistics"]["margin_ap"] == 1.0
+    # the regime: evaluations during training at 50 % and 100 % of the 2-step schedule
+    regime = results["regime"]
+    assert (regime["teacher_steps"], regime["student_steps"]) == (4, 2)
+    assert regime["teacher_params_m"] > 1 and regime["student_params_m"] > 1
+    assert set(regime["baseline_ap_at"]) == {"50%", "75%", "100%"}
+    assert all(v is not None for v in regime["baseline_ap_at"].values())
+    assert regime["students"]["baseline"]["ap_at"]["50%"]["steps"] == [1, 1]
+    assert [p["step"] for p in regime["curves"]["decoupled"]] == [1, 2]
+    assert "near" in regime["plateau"] and results["sensitivity"][0]["name"] == "alpha_bg_4"
     assert {r["feature"] for r in results["channel_distance_raw"]} == {"raw"}
     assert set(results["errors"]["band_BG"]) == {"baseline", "object", "background", "decoupled"}
-    assert len(results["configs"]) == 10 and results["versions"]["torch"]  # teacher + 2 + 2 + 5 students
+    assert len(results["configs"]) == 11 and results["versions"]["torch"]  # teacher + 2 + 2 + 5 students + 1 sens
     assert all(v["status"] == "ran" for v in results["stages"].values())
 
     text = (out / "report.md").read_text()
     for needle in ("preset `tiny`", "Indicative only", "## Results", "| **teacher** |", "| decoupled |",
                    "## Claims", "Fig. 1: decoupled distils best", "## Figures", "figures/channel_distance.png",
-                   "## Error analysis", "config: teacher", "Versions:"):
+                   "## Regime", "figures/ap_vs_steps.png", "## Gradient norm", "ratio (detection loss)",
+                   "## Sensitivity to the KD weights", "## Error analysis", "config: teacher", "Versions:"):
         assert needle in text, needle
-    for fig in ("ap.png", "channel_distance.png", "channel_distance_raw.png", "errors_overall.png",
-                "errors_triangle.png"):
+    for fig in ("ap.png", "ap_vs_steps.png", "channel_distance.png", "channel_distance_raw.png",
+                "errors_overall.png", "errors_triangle.png"):
         assert (out / "figures" / fig).stat().st_size > 0, fig
-    assert len(list((out / "figures").glob("grad_norm_*.png"))) == 1
+    assert len(list((out / "figures").glob("grad_norm_*.png"))) == 3  # one map per loss
     assert "<table>" in (out / "report.html").read_text()
     run = json.loads((out / "run.json").read_text())
     assert run["failed"] == {} and len(run["stages"]) == len(stages)
@@ -182,14 +230,14 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
 
     # a stage rerun in a process in another state gives the same numbers: every stage sets its own seed
     ratio = json.loads((out / "results.json").read_text())["grad_norm"]["ratio"]
-    shutil.rmtree(out / "analysis" / "grad_norm")
+    shutil.rmtree(out / "analysis" / "grad_norm_sum")
     torch.manual_seed(12345)
     torch.rand(1000)
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["grad_norm"]["ratio"] == ratio
 
     # a preset that asks for other settings refuses the finished stages instead of mixing results
-    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--set", "student.steps=3"]) == 2
+    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--set", "student.steps=4"]) == 2
     assert "finished with other settings" in capsys.readouterr().err
 
 
@@ -197,12 +245,14 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
 def test_tiny_failed_stage_is_reported_and_dependants_skipped(tiny_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pt"))  # the analyses fail: no usable models
-    for stage in ("grad_norm", "channel_distance", "channel_distance_raw"):
+    for stage in ("grad_norm_detection", "grad_norm_distillation", "grad_norm_sum", "channel_distance",
+                  "channel_distance_raw"):
         shutil.rmtree(out / "analysis" / stage)
     (out / "models" / "teacher" / "model_final.pt").write_bytes(b"broken")
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 1
     run = json.loads((out / "run.json").read_text())
-    assert set(run["failed"]) == {"channel_distance", "channel_distance_raw", "grad_norm"}
+    assert set(run["failed"]) == {"channel_distance", "channel_distance_raw", "grad_norm_detection",
+                                  "grad_norm_distillation", "grad_norm_sum"}
     claims = claims_by_id(json.loads((out / "results.json").read_text())["claims"])
     assert [claims[k]["pass"] for k in ("fig1_channel_distance", "fig2_3_gradients", "fig1_channel_distance_raw")] \
         == [None, None, None]

@@ -85,6 +85,37 @@ def plot_channel_distance(students: Sequence, level: str, path: str | Path, titl
     return save_figure(fig, path, tight=True)
 
 
+def plot_channel_distance_seeds(groups: Mapping[str, Mapping[str, np.ndarray]], level: str, path: str | Path,
+                                title: str | None = None) -> Path:
+    """Fig. 1 over seeds: one panel per student, per channel the mean over seeds of |T - S| (line) and its spread
+    (band from the lowest to the highest seed), object (red) and background (blue); panels share the y axis.
+
+    ``groups``: ``{student: {"object": (seeds, C) array, "background": (seeds, C) array}}``, in panel order.
+    """
+    names = list(groups)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 2.8), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        seeds = 0
+        for region, color in (("object", "tab:red"), ("background", "tab:blue")):
+            values = np.atleast_2d(np.asarray(groups[name][region], dtype=np.float64))
+            seeds = values.shape[0]
+            x = np.arange(values.shape[1])
+            ax.plot(x, np.nanmean(values, axis=0), color=color, lw=0.8, label=region)
+            if seeds > 1:
+                ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.25,
+                                lw=0)
+            ax.set_xlim(0, max(len(x) - 1, 1))
+        ax.set_title(f"{name} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=8)
+        ax.set_xlabel(f"channel of {level}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("mean |teacher - student|\n(line: mean over seeds; band: min-max)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, tight=True)
+
+
 # ------------------------------------------------------------------------------------------ gradient norms
 def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], strides: Mapping[str, int],
                            path: str | Path, boxes: np.ndarray | None = None, title: str | None = None,

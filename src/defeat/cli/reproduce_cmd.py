@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for claim in summary.get("claims", []):
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[claim["pass"]]
-        print(f"  [{verdict:>4}] {claim['claim']}")
+        if claim["pass"] is False and not claim.get("decided", True):
+            verdict = "undecided"
+        p = "" if claim.get("p_value") is None else f" (p = {claim['p_value']:.3g})"
+        print(f"  [{verdict:>9}] {claim['claim']}{p}")
     return 1 if summary.get("failed") else 0
 
 

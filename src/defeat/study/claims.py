@@ -11,20 +11,25 @@ runs with different seeds (``baseline`` is the student trained without KD).
 Conventions (documented in docs/reproduce.md)
 ---------------------------------------------
 * A group of runs is summarised by its mean and its *sample* standard deviation (``ddof=1``; ``None`` for one run).
-* **Seed noise** of a comparison A vs B = the larger of the two groups' standard deviations. A group trained with a
-  single seed has no standard deviation of its own; it borrows the largest standard deviation measured on any
-  multi-seed group of the same study (the run-to-run noise of this benchmark and schedule). With no multi-seed
-  group at all, the noise is unknown (``None``): the claim's pass is then computed from the sign of the
-  difference alone and the claim says so (``indicative``).
-* A difference is **beyond noise** when it is strictly larger than that noise.
+* **A beats B** = Welch's t-test over the seeds, one-sided, ``p < alpha`` (0.05); **A is comparable to B** = TOST
+  equivalence with the preset's margin (``claims.margin_ap``, in AP points), both one-sided p < alpha
+  (:mod:`defeat.study.stats`). Every test reports the means, the difference, its Welch CI (95 % for beats, 90 % for
+  TOST) and the p-value. Fewer than two seeds in an arm: the test is not decided and the claim does not pass
+  ("needs >= 2 seeds"). A claim made of several tests passes when all of them pass; its ``p_value`` is the largest.
+  No tolerance depends on the size of the effect.
 * **Gap closed** = (AP_student - AP_baseline) / (AP_teacher - AP_baseline); undefined (``None``) when the teacher
   is not better than the baseline.
+* The figure claims (Fig. 1 over seeds: Welch on the per-seed mean channel distances; Fig. 2-3 and Fig. 4-9:
+  descriptive, one measurement) say which test they use in ``test``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping, Sequence
+
+from defeat.study.stats import ALPHA, NEEDS_SEEDS, beats, equivalent
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -45,6 +50,7 @@ STUDENT_LABELS = {
 }
 
 GAP_CLOSED_MIN = 0.5  # claim 1: DeFeat closes at least half of the teacher-student gap
+MARGIN_AP = 1.0  # default equivalence margin of "comparable" (AP points); presets state theirs (claims.margin_ap)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -79,30 +85,12 @@ def _stat(stats: Mapping | None, key: str) -> float | None:
     return float(value)
 
 
-def reference_noise(groups: Mapping[str, Mapping], stat: str = "AP") -> float | None:
-    """The largest standard deviation of ``stat`` over the groups with >= 2 runs (``None`` if there is none)."""
-    stds = [g[stat]["std"] for g in groups.values() if stat in g and g[stat]["std"] is not None]
-    return max(stds) if stds else None
-
-
-def seed_noise(a: Mapping, b: Mapping, reference: float | None, stat: str = "AP") -> float | None:
-    """Noise of comparing groups ``a`` and ``b`` on ``stat``: the larger std (a single run borrows ``reference``)."""
-    stds = [g[stat]["std"] if g[stat]["std"] is not None else reference for g in (a, b)]
-    stds = [s for s in stds if s is not None]
-    return max(stds) if stds else None
-
-
 def gap_closed(ap_student: float, ap_baseline: float, ap_teacher: float) -> float | None:
     """(AP_student - AP_baseline) / (AP_teacher - AP_baseline); ``None`` when the teacher is not better."""
     gap = ap_teacher - ap_baseline
     if not gap > 0:
         return None
     return (ap_student - ap_baseline) / gap
-
-
-def beyond_noise(diff: float, noise: float | None) -> bool:
-    """``diff > noise`` (``diff > 0`` when the noise is unknown)."""
-    return diff > (noise if noise is not None else 0.0)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -139,11 +127,22 @@ def results_table(teacher: Mapping | None, students: Mapping[str, Sequence[Mappi
 CLAIM_IDS = ("defeat_lifts_student", "decoupled_beats_all", "background_carries_knowledge", "fig1_channel_distance",
              "fig2_3_gradients", "fig4_9_background_errors", "fig1_channel_distance_raw")
 
+#: the loss whose gradients the Fig. 2-3 claim tests (the others are shown as controls)
+GRAD_CLAIM_LOSS = "distillation"
+
 
 def _claim(claim_id: str, claim: str, check: str, value: Any, passed: bool | None, note: str = "",
-           noise: float | None = None, indicative: bool = False) -> dict:
-    return {"id": claim_id, "claim": claim, "check": check, "value": value, "pass": passed, "noise": noise,
-            "indicative": indicative, "note": note}
+           tests: Sequence[Mapping] = (), test: str = "", indicative: bool = False) -> dict:
+    """One claim. ``tests``: the statistical tests it is made of (each a :mod:`~defeat.study.stats` result with a
+    ``label``); ``test`` / ``p_value`` / ``decided`` summarise them (largest p; decided when every test is)."""
+    tests = [dict(t) for t in tests]
+    p_values = [t.get("p_value") for t in tests]
+    decided = all(t.get("decided") for t in tests) if tests else passed is not None
+    return {"id": claim_id, "claim": claim, "check": check,
+            "test": test or " + ".join(dict.fromkeys(t["test"] for t in tests)) or "descriptive",
+            "value": value, "tests": tests,
+            "p_value": max(p_values) if tests and None not in p_values else None,
+            "decided": decided, "pass": passed, "indicative": indicative, "note": note}
 
 
 def _missing(claim_id: str, claim: str, check: str, what: str) -> dict:
@@ -155,86 +154,93 @@ def claims_by_id(claims: Sequence[Mapping]) -> dict[str, Mapping]:
     return {c["id"]: c for c in claims}
 
 
+def _not_decided(tests: Sequence[Mapping]) -> str:
+    return "" if all(t["decided"] for t in tests) else f"cannot be decided: {NEEDS_SEEDS}"
+
+
 def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapping]],
-                   channel_distance: Sequence[Mapping] | None = None, grad_norm_ratio: float | None = None,
+                   channel_distance: Sequence[Mapping] | None = None,
+                   grad_norm: float | Mapping[str, float] | None = None,
                    errors: Sequence[Mapping] | None = None,
-                   channel_distance_raw: Sequence[Mapping] | None = None) -> list[dict]:
-    """The six claims of the supplementary, each ``{id, claim, check, value, pass, noise, indicative, note}``, plus a
-    seventh when ``channel_distance_raw`` is given: Fig. 1 measured on the students' raw FPN output. Address them by
-    ``id`` (:data:`CLAIM_IDS`, :func:`claims_by_id`), not by position.
+                   channel_distance_raw: Sequence[Mapping] | None = None, *,
+                   margin_ap: float = MARGIN_AP, alpha: float = ALPHA,
+                   gap_closed_min: float = GAP_CLOSED_MIN) -> list[dict]:
+    """The six claims of the supplementary, each ``{id, claim, check, test, value, tests, p_value, decided, pass,
+    indicative, note}``, plus a seventh when ``channel_distance_raw`` is given: Fig. 1 measured on the students'
+    raw FPN output. Address them by ``id`` (:data:`CLAIM_IDS`, :func:`claims_by_id`), not by position.
 
     ``channel_distance``: the summary rows of ``defeat analyze channel-distance`` (``student``, ``region``,
-    ``mean_distance``); ``grad_norm_ratio``: object/background mean gradient norm over every image and level;
+    ``mean_distance``); a student trained with several seeds appears once per seed as ``<student>_s<seed>``.
+    ``grad_norm``: object/background mean gradient-norm ratio over every image and level, per loss
+    (``{"detection": r, "distillation": r, "sum": r}``; a bare number is the ratio of the summed loss).
     ``errors``: rows of ``errors_table.json`` of ``defeat analyze errors`` (``model``, ``category``, ``area``,
-    ``band_BG``). ``pass`` is ``None`` when the numbers needed are missing.
+    ``band_BG``). ``margin_ap``: the equivalence margin of "comparable", in AP points (AP × 100).
+    ``pass`` is ``None`` when the numbers needed are missing, ``False`` when a test cannot be decided.
     """
     groups = {name: summarize_group(runs) for name, runs in students.items() if runs}
-    ref = reference_noise(groups)
+    margin = margin_ap / 100.0
 
     def ap(name):
         return groups[name]["AP"]["mean"] if name in groups and "AP" in groups[name] else None
 
-    def compare(a: str, b: str) -> tuple[float, float | None]:
-        return ap(a) - ap(b), seed_noise(groups[a], groups[b], ref)
+    def values(name):
+        return groups[name]["AP"]["values"]
 
-    no_noise = "no seed noise estimate (single seed everywhere): pass from the sign alone, indicative only"
+    def beat(a: str, b: str) -> dict:
+        return dict(beats(values(a), values(b), alpha), label=f"{a} > {b}", unit="AP")
+
     claims = []
 
     # 1. DeFeat lifts the student toward the teacher
     c, check = ("DeFeat lifts the student toward the teacher",
-                f"AP(decoupled) - AP(baseline) > seed noise; gap closed >= {GAP_CLOSED_MIN:.0%}")
+                f"AP(decoupled) > AP(baseline) (Welch, one-sided, p < {alpha}); gap closed >= {gap_closed_min:.0%} "
+                "(on the means)")
     if ap("decoupled") is None or ap("baseline") is None or not teacher or teacher.get("AP") is None:
         claims.append(_missing("defeat_lifts_student", c, check, "needs teacher, baseline and decoupled AP"))
     else:
-        diff, noise = compare("decoupled", "baseline")
+        test = beat("decoupled", "baseline")
         closed = gap_closed(ap("decoupled"), ap("baseline"), float(teacher["AP"]))
-        note = "" if noise is not None else no_noise
+        note = _not_decided([test])
         if closed is None:
             note = "; ".join(x for x in (note, "the teacher is not better than the baseline: no gap to close") if x)
-        passed = beyond_noise(diff, noise) and closed is not None and closed >= GAP_CLOSED_MIN
-        claims.append(_claim("defeat_lifts_student", c, check, {"dAP": diff, "gap_closed": closed}, passed, note,
-                             noise, noise is None))
+        passed = test["pass"] and closed is not None and closed >= gap_closed_min
+        claims.append(_claim("defeat_lifts_student", c, check, {"dAP": test["diff"], "gap_closed": closed}, passed,
+                             note, [test]))
 
     # 2. decoupled beats treating all regions alike
-    c, check = "decoupled beats treating all regions alike", "AP(decoupled) - AP(all) > seed noise"
+    c, check = "decoupled beats treating all regions alike", f"AP(decoupled) > AP(all) (Welch, one-sided, p < {alpha})"
     if ap("decoupled") is None or ap("all") is None:
         claims.append(_missing("decoupled_beats_all", c, check, "needs decoupled and all AP"))
     else:
-        diff, noise = compare("decoupled", "all")
-        claims.append(_claim("decoupled_beats_all", c, check, {"dAP": diff}, beyond_noise(diff, noise), "" if noise is not None else no_noise,
-                             noise, noise is None))
+        test = beat("decoupled", "all")
+        claims.append(_claim("decoupled_beats_all", c, check, {"dAP": test["diff"]}, test["pass"],
+                             _not_decided([test]), [test]))
 
-    # 3. background regions carry knowledge too
+    # 3. background regions carry knowledge too: background-only beats the baseline and reaches the same AP as
+    # object-only (the supplementary: both 39.9 mAP), i.e. equivalent within the stated margin
     c = "background regions carry knowledge too"
-    check = ("AP(background) - AP(baseline) > seed noise, and comparable to object-only: "
-             "abs(AP(background) - AP(object)) <= max(seed noise, half the object-only gain) or AP(background) > "
-             "AP(object)")
+    check = (f"AP(background) > AP(baseline) (Welch, one-sided, p < {alpha}), and AP(background) comparable to "
+             f"AP(object): TOST within ±{margin_ap:g} AP (90 % CI of the difference inside the margin)")
     if ap("background") is None or ap("baseline") is None or ap("object") is None:
         claims.append(_missing("background_carries_knowledge", c, check, "needs baseline, object and background AP"))
     else:
-        gain, noise = compare("background", "baseline")
-        obj_gain = ap("object") - ap("baseline")
-        vs_obj, noise_obj = compare("background", "object")
-        tolerance = max(noise_obj or 0.0, 0.5 * abs(obj_gain))
-        comparable = vs_obj > 0 or abs(vs_obj) <= tolerance
-        claims.append(_claim("background_carries_knowledge", c, check, {"dAP_vs_baseline": gain, "dAP_vs_object": vs_obj, "tolerance": tolerance},
-                             beyond_noise(gain, noise) and comparable, "" if noise is not None else no_noise,
-                             noise, noise is None))
+        gain = beat("background", "baseline")
+        same = dict(equivalent(values("background"), values("object"), margin, alpha), label="background ≈ object", unit="AP")
+        claims.append(_claim("background_carries_knowledge", c, check,
+                             {"dAP_vs_baseline": gain["diff"], "dAP_vs_object": same["diff"], "margin": margin},
+                             gain["pass"] and same["pass"], _not_decided([gain, same]), [gain, same]))
 
     # 4. Fig. 1: the decoupled student is closest to the teacher in both regions
     claims.append(_channel_distance_claim("fig1_channel_distance", "Fig. 1: decoupled distils best in both regions",
-                                          channel_distance))
+                                          channel_distance, alpha))
 
-    # 5. Fig. 2-3: gradients are larger on objects
-    c, check = "Fig. 2-3: object regions get larger gradients", "mean gradient norm object / background > 1"
-    if grad_norm_ratio is None or math.isnan(grad_norm_ratio):
-        claims.append(_missing("fig2_3_gradients", c, check, "no gradient-norm ratio"))
-    else:
-        claims.append(_claim("fig2_3_gradients", c, check, {"ratio": grad_norm_ratio}, grad_norm_ratio > 1.0))
+    # 5. Fig. 2-3: gradients of the distillation loss are larger on objects (detection loss alone: the control)
+    claims.append(_grad_claim(grad_norm))
 
     # 6. Fig. 4-9: background distillation cuts background false positives
     c = "Fig. 4-9: background distillation cuts background false positives"
-    check = "BG band (BG - Oth, overall, all areas) of background-only < that of object-only"
+    check = ("BG band (BG - Oth, overall, all areas) of background-only < that of object-only, and lower in most "
+             "categories (more than half of those where the two differ)")
     bands = error_bands(errors) if errors else {}
     if "background" not in bands or "object" not in bands:
         claims.append(_missing("fig4_9_background_errors", c, check,
@@ -243,36 +249,88 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
         bg, obj = bands["background"], bands["object"]
         cats = [k for k in bg["per_category"] if k in obj["per_category"]]
         fewer = sum(bg["per_category"][k] < obj["per_category"][k] for k in cats)
-        claims.append(_claim("fig4_9_background_errors", c, check, {"background": bg["overall"], "object": obj["overall"],
-                                        "categories_lower": fewer, "categories": len(cats)},
-                             bg["overall"] < obj["overall"]))
+        more = sum(bg["per_category"][k] > obj["per_category"][k] for k in cats)
+        passed = bg["overall"] < obj["overall"] and fewer * 2 > fewer + more
+        claims.append(_claim("fig4_9_background_errors", c, check,
+                             {"background": bg["overall"], "object": obj["overall"], "categories_lower": fewer,
+                              "categories_higher": more, "categories_tied": len(cats) - fewer - more,
+                              "categories": len(cats)}, passed, "first seed of each student",
+                             test="descriptive (one run each)"))
     # supplementary: Fig. 1 on the raw FPN output, where the adapters cannot absorb the difference
     if channel_distance_raw is not None:
         claims.append(_channel_distance_claim(
-            "fig1_channel_distance_raw", "Fig. 1 (raw FPN output, no adapter): decoupled distils best in both regions", channel_distance_raw))
+            "fig1_channel_distance_raw", "Fig. 1 (raw FPN output, no adapter): decoupled distils best in both regions",
+            channel_distance_raw, alpha))
     return claims
 
 
-def _channel_distance_claim(claim_id: str, claim: str, rows: Sequence[Mapping] | None) -> dict:
-    """Decoupled student's mean channel distance to the teacher lowest of all students, in object and background."""
-    check = "mean channel distance of the decoupled student lowest of the five students, in object and in background"
+def _grad_claim(grad_norm: float | Mapping[str, float] | None) -> dict:
+    """Fig. 2-3: the object/background gradient-norm ratio of the distillation loss alone > 1 (the detection loss
+    alone and the sum are reported beside it: a ratio above 1 of the sum may come from the detection loss)."""
+    claim_id, c = "fig2_3_gradients", "Fig. 2-3: object regions get larger gradients from the distillation loss"
+    check = (f"mean gradient norm object / background > 1 for the {GRAD_CLAIM_LOSS} loss alone "
+             "(detection loss alone and the sum: controls)")
+    ratios = {"sum": grad_norm} if isinstance(grad_norm, (int, float)) else dict(grad_norm or {})
+    ratios = {k: float(v) for k, v in ratios.items() if v is not None and not math.isnan(float(v))}
+    tested = GRAD_CLAIM_LOSS if GRAD_CLAIM_LOSS in ratios else "sum" if "sum" in ratios else None
+    if tested is None:
+        return _missing(claim_id, c, check, "no gradient-norm ratio")
+    note = "" if tested == GRAD_CLAIM_LOSS else (f"only the {tested} loss was measured: the detection loss alone may "
+                                                 "explain the ratio (no control)")
+    value = {f"ratio_{k}": ratios[k] for k in ("detection", "distillation", "sum") if k in ratios}
+    return dict(_claim(claim_id, c, check, dict(value, tested=tested), ratios[tested] > 1.0, note,
+                       test="descriptive (pooled over images and levels)"), tested_loss=tested)
+
+
+_SEED_SUFFIX = re.compile(r"^(.*)_s(\d+)$")
+
+
+def student_of(run: str) -> str:
+    """The student of a run name: ``decoupled_s2`` -> ``decoupled`` (a name without a seed suffix is kept)."""
+    m = _SEED_SUFFIX.match(str(run))
+    return m.group(1) if m else str(run)
+
+
+def channel_distance_groups(rows: Sequence[Mapping]) -> dict[str, dict[str, list[float]]]:
+    """``{student: {region: [mean distance of each seed]}}`` of channel-distance summary rows whose ``student`` is
+    ``<student>`` or ``<student>_s<seed>`` (NaN distances dropped)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        name = student_of(r["student"])
+        value = r.get("mean_distance")
+        entry = out.setdefault(name, {"object": [], "background": []})
+        if value is not None and not math.isnan(float(value)) and r["region"] in entry:
+            entry[r["region"]].append(float(value))
+    return out
+
+
+def _channel_distance_claim(claim_id: str, claim: str, rows: Sequence[Mapping] | None, alpha: float) -> dict:
+    """Decoupled student's mean channel distance to the teacher lower than every other student's, in object and
+    in background: a one-sided Welch test over seeds against the closest rival (lowest mean) of each region."""
+    check = (f"mean channel distance of the decoupled student below the closest other student's, in object and in "
+             f"background (Welch over seeds, one-sided, p < {alpha})")
     if not rows:
         return _missing(claim_id, claim, check, "no channel-distance results")
-    dist = {(r["student"], r["region"]): r["mean_distance"] for r in rows}
-    names = list(dict.fromkeys(r["student"] for r in rows))
-    if "decoupled" not in names or len(names) < 2:
+    groups = channel_distance_groups(rows)
+    if "decoupled" not in groups or len(groups) < 2:
         return _missing(claim_id, claim, check, "the decoupled student or its rivals are missing")
-    value, passed = {}, True
+    value, tests, passed = {}, [], True
     for region in ("object", "background"):
-        own = dist.get(("decoupled", region))
-        others = {n: dist.get((n, region)) for n in names if n != "decoupled"}
-        finite = {n: v for n, v in others.items() if v is not None and not math.isnan(v)}
-        best_other = min(finite, key=finite.get) if finite else None
-        ok = own is not None and not math.isnan(own) and best_other is not None and own < finite[best_other]
-        value[region] = {"decoupled": own, "best_other": best_other, "best_other_distance": finite.get(best_other)}
-        passed = passed and ok
-    return _claim(claim_id, claim, check, value, passed)
-
+        own = groups["decoupled"][region]
+        others = {n: g[region] for n, g in groups.items() if n != "decoupled" and g[region]}
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        best_other = min(others, key=lambda n: mean(others[n])) if others else None
+        value[region] = {"decoupled": mean(own) if own else None, "best_other": best_other,
+                         "best_other_distance": mean(others[best_other]) if best_other else None,
+                         "seeds": len(own)}
+        if not own or best_other is None:
+            passed = False
+            continue
+        test = dict(beats(others[best_other], own, alpha), label=f"{region}: {best_other} > decoupled (distance)",
+                    unit="distance")
+        tests.append(test)
+        passed = passed and test["pass"]
+    return _claim(claim_id, claim, check, value, passed, _not_decided(tests) if tests else "", tests)
 
 def error_bands(rows: Sequence[Mapping], band: str = "band_BG", area: str = "all") -> dict:
     """``{model: {"overall": value, "per_category": {category: value}}}`` of one band width, one area."""

@@ -8,12 +8,19 @@ Stages (each in its own folder of the run directory, in this order)::
     <student>_s<seed>          api.train (baseline) / distill   -> models/<student>_s<seed>/
     eval_<student>_s<seed>     api.evaluate                     -> eval/<student>_s<seed>/
     channel_distance(_raw)     api.channel_distance             -> analysis/channel_distance(_raw)/
-    grad_norm                  api.grad_norm                    -> analysis/grad_norm/
+    grad_norm_<loss>           api.grad_norm                    -> analysis/grad_norm_<loss>/
     errors                     api.analyze_errors               -> analysis/errors/
+    sens_<name>_s<seed>        api.distill (other KD weights)   -> models/sens_<name>_s<seed>/   (+ eval_...)
 
 Students (first seed of each first, then the extra seeds, so that an interrupted run has every comparison early):
 ``baseline`` (no KD), ``object``, ``background``, ``all``, ``decoupled`` (feature distillation only: the
-supplementary's five students), ``defeat`` (decoupled features + decoupled proposals) and ``fgfi``.
+supplementary's five students), ``defeat`` (decoupled features + decoupled proposals) and ``fgfi``. The
+students of ``regime.curve_students`` (baseline and decoupled) are evaluated ``regime.eval_points`` times during
+training (``eval.every_steps``: AP at 25/50/75/100 % of the schedule by default), for the AP-against-steps plot
+and the plateau check. Fig. 1 compares every seed of the five students; Fig. 2-3 back-propagates the detection
+loss alone, the distillation loss alone and their sum (``grad_norm_detection``, ``_distillation``, ``_sum``).
+The ``sensitivity`` students (decoupled, other KD weights, e.g. ``alpha_bg`` or ``weights: auto``) come last and
+are reported apart: the reproduction keeps the authors' weights.
 
 Each stage records the equivalent ``defeat`` command (``Stage.command``), so it can be rerun by hand.
 """
@@ -27,7 +34,17 @@ from pathlib import Path
 
 from defeat.config import Config, config_to_dict
 from defeat.study.estimate import Estimator, minutes
-from defeat.study.presets import STUDENT_MODES, data_paths, derive_config, run_name, run_order, seeds_of
+from defeat.study.presets import (STUDENT_MODES, data_paths, derive_config, regime_settings, run_name, run_order,
+                                   seeds_of, sensitivity_settings)
+
+#: the losses whose gradients Fig. 2-3 measures, each in its own stage ``grad_norm_<loss>``
+GRAD_LOSSES = ("detection", "distillation", "sum")
+
+
+def curve_every_steps(steps: int, points: int) -> int:
+    """``eval.every_steps`` that evaluates a run of ``steps`` steps at ``points`` evenly spaced points (the last
+    one is the final evaluation): ``max(1, steps // points)``."""
+    return max(1, int(steps) // max(1, int(points)))
 
 
 @dataclass
@@ -89,9 +106,17 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     stages.append(Stage("data", data_dir, "data", synth, "defeat data synth " + _flags(synth, list(synth)),
                         estimate={"synth_image": int(b["num_train"]) + num_val}, outputs=["train.json", "val.json"]))
 
-    def add_model(name: str, role: str, seed: int, modes: tuple[str, str] | None) -> None:
+    regime = regime_settings(preset)
+    points = int(regime["eval_points"])
+
+    def add_model(name: str, role: str, seed: int, modes: tuple[str, str] | None, curve: bool = False,
+                  extra: dict | None = None) -> None:
         folder = run_dir / "models" / name
-        cfg = derive_config(preset, role, run_dir, folder, seed, modes)
+        steps = int(preset[role]["steps"])
+        if curve:  # evaluated during training: AP against steps (the trainer's periodic evaluation)
+            extra = {**(extra or {}), "eval": {"every_steps": curve_every_steps(steps, points)}}
+        cfg = derive_config(preset, role, run_dir, folder, seed, modes, extra)
+        evals = 1 + (len(range(cfg.eval.every_steps, steps, cfg.eval.every_steps)) if curve else 0)
         kind = "train" if modes is None else "distill"
         cfg_path = folder / "config.yaml"
         step_key = ("teacher_step" if role == "teacher" else "student_step" if modes is None
@@ -99,7 +124,7 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
         image_key = "teacher_image" if role == "teacher" else "student_image"
         deps = ["data"] + ([] if modes is None else ["teacher"])
         stages.append(Stage(name, folder, kind, {"resume": True}, f"defeat {kind} {cfg_path} --resume", deps, cfg,
-                            cfg.schedule.max_steps, {step_key: cfg.schedule.max_steps, image_key: val_images},
+                            cfg.schedule.max_steps, {step_key: cfg.schedule.max_steps, image_key: val_images * evals},
                             ["model_final.pt"], seed=seed))
         ev = run_dir / "eval" / name
         checkpoint = str(folder / "model_final.pt")
@@ -109,8 +134,9 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
 
     teacher_seed = int(preset["teacher"].get("seed", 0))
     add_model("teacher", "teacher", teacher_seed, None)
+    curve_students = set(regime["curve_students"])
     for student, seed in run_order(preset):
-        add_model(run_name(student, seed), "student", seed, STUDENT_MODES[student])
+        add_model(run_name(student, seed), "student", seed, STUDENT_MODES[student], student in curve_students)
 
     first = {s: run_name(s, seeds_of(preset, s)[0]) for s in preset["students"]}
     teacher_ckpt = str(run_dir / "models" / "teacher" / "model_final.pt")
@@ -124,8 +150,9 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
             break
         folder = run_dir / "analysis" / name
         n = min(int(cd.get("images", 20)), num_val)
+        runs = [run_name(s, seed) for s in fig1 for seed in seeds_of(preset, s)]  # every seed: mean and spread
         params = {"teacher": teacher_ckpt,
-                  "students": {s: str(run_dir / "models" / first[s] / "model_final.pt") for s in fig1},
+                  "students": {r: str(run_dir / "models" / r / "model_final.pt") for r in runs},
                   "images_dir": paths["val_images"], "annotations": paths["val_annotations"], "out": str(folder),
                   "level": str(cd.get("level", "P2")), "images": n, "seed": int(cd.get("seed", 0)),
                   "student_feature": feature, "quiet": True}
@@ -135,21 +162,24 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
             "defeat analyze channel-distance " + _flags(shown, ["teacher", "student", "images", "seed", "level",
                                                                 "student_feature", "images_dir", "annotations",
                                                                 "out", "quiet"]),
-            ["teacher", *[first[s] for s in fig1]],
-            estimate={"teacher_image": n, "student_image": n * len(fig1)},
+            ["teacher", *runs],
+            estimate={"teacher_image": n, "student_image": n * len(runs)},
             outputs=["channel_distance_summary.json", "channel_distance.png"], seed=int(cd.get("seed", 0))))
 
     gn = an.get("grad_norm")
-    if gn is not None:
-        folder = run_dir / "analysis" / "grad_norm"
+    for loss in GRAD_LOSSES if gn is not None else ():
+        # the same student, images and K steps of all-regions distillation for each loss: detection alone (the
+        # control), distillation alone (what the claim tests) and their sum (what training back-propagates)
+        folder = run_dir / "analysis" / f"grad_norm_{loss}"
         n = min(int(gn.get("images", 8)), int(b["num_train"]))
         k = int(gn.get("train_steps", 0))
         params = {"student": str(run_dir / "models" / first["baseline"] / "model_final.pt"), "teacher": teacher_ckpt,
-                  "mode": str(gn.get("mode", "all")), "train_steps": k, "images": n, "seed": int(gn.get("seed", 0)),
-                  "images_dir": paths["train_images"], "annotations": paths["train_annotations"],
-                  "out": str(folder), "quiet": True}
+                  "mode": str(gn.get("mode", "all")), "loss": loss, "train_steps": k, "images": n,
+                  "seed": int(gn.get("seed", 0)), "images_dir": paths["train_images"],
+                  "annotations": paths["train_annotations"], "out": str(folder), "quiet": True}
         stages.append(Stage(
-            "grad_norm", folder, "grad_norm", params, "defeat analyze grad-norm " + _flags(params, list(params)),
+            f"grad_norm_{loss}", folder, "grad_norm", params,
+            "defeat analyze grad-norm " + _flags(params, list(params)),
             ["teacher", first["baseline"]], steps=k, estimate={"distill_step": k + n},
             outputs=["grad_norm_ratio.json"], seed=int(gn.get("seed", 0))))
 
@@ -172,6 +202,12 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
                                                       "quiet"]),
             ["data", *[f"eval_{first[s]}" for s in compared]], estimate={"errors": 1},
             outputs=["errors_table.json"]))
+
+    # the sensitivity of the result to the KD weights: decoupled students with other weights, reported apart
+    for entry in sensitivity_settings(preset):
+        for seed in entry.get("seeds") or seeds_of(preset, "decoupled")[:1]:
+            add_model(run_name(f"sens_{entry['name']}", seed), "student", int(seed), STUDENT_MODES["decoupled"],
+                      extra={"distill": dict(entry.get("distill") or {})})
 
     keys: dict[str, str] = {}
     for stage in stages:

@@ -29,8 +29,14 @@ STUDENT_MODES: dict[str, tuple[str, str] | None] = {
 }
 
 RUN_KEYS = {"preset", "description", "indicative", "budget_minutes", "benchmark", "common", "teacher", "student",
-            "distill", "students", "seeds", "analysis", "estimate", "keep_checkpoints"}
+            "distill", "students", "seeds", "analysis", "estimate", "keep_checkpoints", "claims", "regime",
+            "sensitivity"}
 COCO_KEYS = {"preset", "description", "configs_only", "data", "common", "pairs", "distill", "gpus"}
+CLAIMS_KEYS = ("margin_ap", "alpha", "gap_closed_min")
+REGIME_KEYS = ("curve_students", "eval_points", "plateau_gain_max")
+#: the defaults of the preset's ``claims`` and ``regime`` sections
+CLAIMS_DEFAULTS = {"margin_ap": 1.0, "alpha": 0.05, "gap_closed_min": 0.5}
+REGIME_DEFAULTS = {"curve_students": ["baseline", "decoupled"], "eval_points": 4, "plateau_gain_max": 0.10}
 ESTIMATE_KEYS = ("synth_image", "teacher_step", "student_step", "distill_step", "defeat_step", "teacher_image",
                  "student_image", "errors", "stage_overhead", "report")
 
@@ -91,10 +97,46 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
     probe = Path("<run>")  # derive one config per role now, so that a bad model/config key fails before any work
     derive_config(tree, "teacher", probe, probe / "teacher", 0)
     derive_config(tree, "student", probe, probe / "student", 0, ("decoupled", "decoupled"))
+    for section, keys in (("claims", CLAIMS_KEYS), ("regime", REGIME_KEYS)):
+        unknown_keys = sorted(set(tree.get(section) or {}) - set(keys))
+        if unknown_keys:
+            raise ValueError(f"{path}: unknown key '{section}.{unknown_keys[0]}' (known: {', '.join(keys)})")
+    settings = claims_settings(tree)
+    if not settings["margin_ap"] > 0 or not 0 < settings["alpha"] < 0.5:
+        raise ValueError(f"{path}: claims.margin_ap must be > 0 and claims.alpha in (0, 0.5), got {settings}")
+    points = int(regime_settings(tree)["eval_points"])
+    if points < 1 or int(tree["student"]["steps"]) % points:
+        raise ValueError(f"{path}: regime.eval_points ({points}) must be >= 1 and divide student.steps "
+                         f"({tree['student']['steps']}), so that the evaluations fall on 50/75/100 % of the schedule")
+    bad_curve = [s for s in regime_settings(tree)["curve_students"] if s not in tree["students"]]
+    if bad_curve:
+        raise ValueError(f"{path}: regime.curve_students: {bad_curve[0]!r} is not one of the students")
+    for entry in sensitivity_settings(tree):
+        unknown_keys = sorted(set(entry) - {"name", "distill", "seeds"})
+        if "name" not in entry or unknown_keys:
+            raise ValueError(f"{path}: sensitivity: each entry needs 'name' and may have 'distill', 'seeds' "
+                             f"(got {sorted(entry)})")
     unknown_est = sorted(set(tree.get("estimate", {})) - set(ESTIMATE_KEYS))
     if unknown_est:
         raise ValueError(f"{path}: unknown key 'estimate.{unknown_est[0]}' (known: {', '.join(ESTIMATE_KEYS)})")
     return tree
+
+
+def claims_settings(preset: dict) -> dict:
+    """The preset's ``claims`` section (equivalence margin in AP points, test level, gap-closed threshold)."""
+    return {**CLAIMS_DEFAULTS, **(preset.get("claims") or {})}
+
+
+def regime_settings(preset: dict) -> dict:
+    """The preset's ``regime`` section: the students evaluated during training (AP against steps) at
+    ``eval_points`` evenly spaced points of the schedule, and the plateau threshold (last-quarter gain / final AP)."""
+    return {**REGIME_DEFAULTS, **(preset.get("regime") or {})}
+
+
+def sensitivity_settings(preset: dict) -> list[dict]:
+    """The preset's ``sensitivity`` entries: extra decoupled students with other distill weights (``name``,
+    ``distill`` overrides, ``seeds``), reported apart from the reproduction (which keeps the authors' weights)."""
+    return list(preset.get("sensitivity") or [])
 
 
 def seeds_of(preset: dict, student: str) -> list[int]:
@@ -122,9 +164,10 @@ def data_paths(run_dir: Path) -> dict:
 
 
 def derive_config(preset: dict, role: str, run_dir: Path, out_dir: Path, seed: int,
-                  modes: tuple[str, str] | None = None) -> Config:
+                  modes: tuple[str, str] | None = None, extra: dict | None = None) -> Config:
     """The full config of one model: ``common`` + the role's ``model``/``config`` sections + data paths, steps,
-    output folder, seed (+ the ``distill`` section and teacher checkpoint for a distilled student)."""
+    output folder, seed (+ the ``distill`` section and teacher checkpoint for a distilled student) + ``extra``
+    (config sections merged last, e.g. ``{"eval": {"every_steps": 100}}``)."""
     section = preset[role]
     tree = _merge(preset["common"], {"model": section["model"]})
     tree = _merge(tree, section.get("config"))
@@ -138,4 +181,5 @@ def derive_config(preset: dict, role: str, run_dir: Path, out_dir: Path, seed: i
         tree["distill"] = _merge(preset.get("distill", {}), {
             "teacher_checkpoint": str(run_dir / "models" / "teacher" / "model_final.pt"), "teacher_config": "",
             "feature_mode": modes[0], "proposal_mode": modes[1]})
+    tree = _merge(tree, extra)
     return config_from_dict(tree, source=f"preset {preset['preset']} ({role}, {out_dir.name})")

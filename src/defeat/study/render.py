@@ -34,7 +34,7 @@ def render_results_table(rows: Sequence[Mapping]) -> str:
 
 
 #: keys of claim values that are AP differences (fractions; shown as AP points × 100) or fractions (shown in %)
-_AP_KEYS = ("dAP", "dAP_vs_baseline", "dAP_vs_object", "tolerance")
+_AP_KEYS = ("dAP", "dAP_vs_baseline", "dAP_vs_object", "margin")
 
 
 def _format_value(value: Any, key: str = "") -> str:
@@ -52,15 +52,53 @@ def _format_value(value: Any, key: str = "") -> str:
     return str(value)
 
 
+def _num(value: float | None, unit: str, sign: bool = False) -> str:
+    """An AP (fraction, shown × 100) or a plain number (distances)."""
+    if value is None:
+        return "–"
+    if unit == "AP":
+        return f"{100 * value:+.2f}" if sign else f"{100 * value:.2f}"
+    return f"{value:+.4g}" if sign else f"{value:.4g}"
+
+
+def format_test(t: Mapping) -> str:
+    """One statistical test of a claim: means (n), difference, its CI, p-value and verdict, on one line."""
+    unit = t.get("unit", "AP")
+    scale = " AP" if unit == "AP" else ""
+    text = (f"{t.get('label', '')}: {_num(t.get('mean_a'), unit)} (n={t.get('n_a')}) vs {_num(t.get('mean_b'), unit)} "
+            f"(n={t.get('n_b')}), Δ {_num(t.get('diff'), unit, sign=True)}{scale}")
+    if t.get("ci"):
+        lo, hi = t["ci"]
+        text += f", {100 * t['ci_level']:.0f} % CI [{_num(lo, unit, True)}, {_num(hi, unit, True)}]"
+    if t.get("margin") is not None:
+        text += f", margin ±{_num(t['margin'], unit)}{scale}"
+    if t.get("p_value") is not None:
+        text += f", p = {t['p_value']:.3g}"
+    verdict = "pass" if t.get("pass") else "fail" if t.get("decided") else "not decided"
+    return f"{text} → {verdict}"
+
+
 def render_claims_table(claims: Sequence[Mapping]) -> str:
-    lines = ["| claim | check | value | seed noise (AP × 100) | pass |", "|---|---|---|---:|:---:|"]
+    """Markdown table of the claims: the claim and its check, the test, the numbers (every test: means, Δ, CI,
+    p-value), the claim's p-value (largest of its tests) and the verdict."""
+    lines = ["| claim | check | test | numbers | p | pass |", "|---|---|---|---|---:|:---:|"]
     for c in claims:
-        verdict = {True: "**pass**", False: "**fail**", None: "n/a"}[c["pass"]]
+        if c["pass"] is None:
+            verdict = "n/a"
+        elif c["pass"]:
+            verdict = "**pass**"
+        else:
+            verdict = "**fail**" if c.get("decided", True) else "**not decided**"
         if c.get("indicative") and c["pass"] is not None:
             verdict += " (indicative)"
-        noise = "–" if c.get("noise") is None else f"{100 * c['noise']:.2f}"
-        value = _format_value(c["value"]) + (f" — {c['note']}" if c.get("note") else "")
-        lines.append(f"| {c['claim']} | {c['check']} | {value} | {noise} | {verdict} |")
+        tests = c.get("tests") or []
+        numbers = "<br>".join(format_test(t) for t in tests) if tests else _format_value(c["value"])
+        if tests and c.get("value") and "gap_closed" in c["value"]:
+            numbers += f"<br>gap closed {_format_value(c['value']['gap_closed'], 'gap_closed')}"
+        if c.get("note"):
+            numbers += f" — {c['note']}"
+        p = "–" if c.get("p_value") is None else f"{c['p_value']:.3g}"
+        lines.append(f"| {c['claim']} | {c['check']} | {c.get('test', '')} | {numbers} | {p} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -80,7 +118,7 @@ def markdown_to_html(markdown: str, title: str) -> str:
     import re
 
     def inline(text: str) -> str:
-        text = html.escape(text)
+        text = html.escape(text).replace("&lt;br&gt;", "<br>")
         text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2" style="max-width:100%">', text)
         text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
         text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
@@ -132,6 +170,54 @@ def markdown_to_html(markdown: str, title: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the report
+def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
+    """The ``## Regime`` section: teacher vs student (size, schedule), AP at 50/75/100 % of the student schedule,
+    the last-quarter gain and the plateau verdict, in numbers."""
+    if not reg:
+        return []
+    lines = ["## Regime", "",
+             "Is the teacher ahead because it is the bigger network, and are the students near their plateau? "
+             "(`regime` in results.json)", ""]
+    size = "–" if reg.get("teacher_params_m") is None else f"{reg['teacher_params_m']:.1f} M"
+    small = "–" if reg.get("student_params_m") is None else f"{reg['student_params_m']:.1f} M"
+    lines += [f"- teacher: {reg['teacher_steps']} steps, {size} parameters; students: {reg['student_steps']} steps, "
+              f"{small} parameters ({'equal schedule' if reg.get('equal_schedule') else 'unequal schedules'}"
+              + ("" if reg.get("teacher_bigger") is None else
+                 f"; the teacher is {'the bigger' if reg['teacher_bigger'] else 'not the bigger'} network") + ")"]
+    if reg.get("teacher_lead_ap") is not None:
+        lead = reg["teacher_lead_ap"]
+        lines += [f"- teacher AP {_pct(reg.get('teacher_ap'), 2)}, {_pct(abs(lead), 2)} AP "
+                  f"{'above' if lead > 0 else 'below'} the baseline's final AP"
+                  + ("" if lead > 0 else ": the teacher is NOT ahead, there is no gap to close")]
+    rows = []
+    for name, st in (reg.get("students") or {}).items():
+        at = st.get("ap_at", {})
+        row = {"student": name, "seeds": st.get("seeds")}
+        for key in ("50%", "75%", "100%"):
+            point = at.get(key, {})
+            steps = sorted(set(point.get("steps") or []))
+            row[f"AP at {key}"] = (f"{_pct(point.get('AP'), 2)} (step {','.join(map(str, steps))})"
+                                   if point.get("AP") is not None else "–")
+        gain = st.get("last_quarter_gain")
+        row["last-quarter gain / final AP"] = "–" if gain is None else f"{100 * gain:.1f} %"
+        row["near plateau"] = {True: "yes", False: "no", None: "–"}[st.get("near_plateau")]
+        rows.append(row)
+    if rows:
+        lines += ["", render_table(rows)]
+    plateau = reg.get("plateau") or {}
+    gain = plateau.get("gain")
+    if gain is None:
+        lines += ["", "Plateau check: not computed (the baseline's AP at 75 % or 100 % of its schedule is missing, or "
+                      "its final AP is 0)."]
+    else:
+        verdict = ("holds: more steps alone would add little" if plateau.get("near") else
+                   f"does NOT hold: the baseline is {100 * (gain - plateau['gain_max']):.1f} points of its final AP "
+                   "above the threshold, still improving; more steps would raise it")
+        lines += ["", f"Plateau check (baseline): last-quarter gain {100 * gain:.1f} % of the final AP vs the "
+                      f"threshold {100 * plateau['gain_max']:.0f} % — {verdict}."]
+    return lines + [""]
+
+
 def render_report(results: Mapping[str, Any]) -> str:
     """``report.md`` of ``defeat reproduce`` from its ``results.json`` content (see :func:`compute_claims`).
 
@@ -149,8 +235,8 @@ def render_report(results: Mapping[str, Any]) -> str:
     if results.get("indicative"):
         out += ["> **Indicative only.** This preset is small (few images, few steps, few seeds): its "
                 "differences are within run-to-run noise and its pass/fail verdicts are not evidence either way. "
-                "The `full` preset is the reproduction (≥ 3 seeds for baseline and decoupled, claims beyond seed "
-                "noise).", ""]
+                "The statistics are the same code as the `full` preset's (3 seeds for every student); with one "
+                "seed a claim cannot be decided.", ""]
     if results.get("failed"):
         out += ["**Stages that did not finish** (their numbers are n/a below):", ""]
         out += [f"- `{k}`: {v}" for k, v in results["failed"].items()] + [""]
@@ -160,11 +246,19 @@ def render_report(results: Mapping[str, Any]) -> str:
             "several. Δ AP = student − baseline (means); gap closed = (AP_student − AP_baseline) / "
             "(AP_teacher − AP_baseline).", "", render_results_table(results.get("table", [])), ""]
 
+    stat = results.get("statistics") or {}
+    margin = stat.get("margin_ap")
     out += ["## Claims", "",
-            "Computed from the numbers above by `defeat.study.claims.compute_claims`. *Seed noise* = the larger "
-            "seed std of the two models compared (a single-seed model borrows the largest seed std measured in this "
-            "run); a difference counts only when it is larger than that noise.", "",
+            "Computed from the numbers above by `defeat.study.claims.compute_claims` with the tests of "
+            "`defeat.study.stats` (scipy.stats), over the seeds of each student: *A beats B* = Welch's t-test, "
+            f"one-sided, p < {stat.get('alpha', 0.05)} (95 % Welch CI of the difference shown); *A is comparable to "
+            "B* = TOST equivalence, two one-sided Welch tests, both p < "
+            f"{stat.get('alpha', 0.05)} (90 % CI inside the margin" + (f" ±{margin:g} AP" if margin else "") + "). "
+            "A test with fewer than 2 seeds in an arm is not decided and its claim does not pass. A claim made of "
+            "several tests passes when all pass; its p is the largest. Figure claims say their test.", "",
             render_claims_table(results.get("claims", [])), ""]
+
+    out += render_regime(results.get("regime"))
 
     figures = results.get("figures", {})
     if figures:
@@ -172,21 +266,29 @@ def render_report(results: Mapping[str, Any]) -> str:
         for caption, path in figures.items():
             out += [f"**{caption}**", "", f"![{caption}]({path})", ""]
 
-    cd = results.get("channel_distance") or []
+    cd = results.get("channel_distance_seeds") or []
     if cd:
         out += ["## Channel distance (Fig. 1)", "",
                 "Mean over channels of the per-channel mean |teacher − student| on one FPN level, object vs "
-                "background pixels (distilled students: their adapter output, as the distiller compares it).", "",
-                render_table(cd, ["student", "mode", "feature", "region", "mean_distance", "ratio_to_baseline"]), ""]
-    cd_raw = results.get("channel_distance_raw") or []
+                "background pixels (distilled students: their adapter output, as the distiller compares it); mean and "
+                "sample std over the seeds of each student.", "",
+                render_table(cd, ["student", "region", "mean_distance", "std_over_seeds", "seeds"]), ""]
+    cd_raw = results.get("channel_distance_raw_seeds") or []
     if cd_raw:
         out += ["The same on the raw FPN output of every student (no adapter): what the student's own neck carries.",
-                "", render_table(cd_raw, ["student", "mode", "feature", "region", "mean_distance",
-                                          "ratio_to_baseline"]), ""]
+                "", render_table(cd_raw, ["student", "region", "mean_distance", "std_over_seeds", "seeds"]), ""]
     gn = results.get("grad_norm") or {}
     if gn.get("rows"):
+        losses = list(dict.fromkeys(r.get("loss", "sum") for r in gn["rows"]))
+        levels = list(dict.fromkeys(r["level"] for r in gn["rows"]))
+        ratio = {(r.get("loss", "sum"), r["level"]): r.get("ratio") for r in gn["rows"]}
+        rows = [{"level": level, **{f"ratio ({loss} loss)": ratio.get((loss, level)) for loss in losses}}
+                for level in levels]
         out += ["## Gradient norm, object vs background (Fig. 2–3)", "",
-                render_table(gn["rows"], ["level", "object_mean", "background_mean", "ratio"]), ""]
+                "Mean gradient norm on object pixels / on background pixels at each FPN level (level `all`: every "
+                "level pooled), back-propagating the detection loss alone (the control), the distillation loss alone "
+                f"and their sum. The claim tests the **{gn.get('tested', 'distillation')}** loss.", "",
+                render_table(rows), ""]
     errors = results.get("errors") or {}
     if errors.get("band_BG"):
         out += ["## Error analysis (Fig. 4–9)", "",
@@ -202,6 +304,20 @@ def render_report(results: Mapping[str, Any]) -> str:
             out += ["`band_BG` per category:", ""]
             rows = [{"category": c, **{m: errors["band_BG"][m]["per_category"].get(c) for m in models}} for c in cats]
             out += [render_table(rows), ""]
+
+    sens = results.get("sensitivity") or []
+    if sens:
+        base = next((r for r in results.get("table", []) if r["model"] == "decoupled"), None)
+        rows = ([{"student": "decoupled (the authors' weights: the reproduction)", "distill": "–",
+                  "seeds": base.get("seeds"), "AP": _pm(base.get("AP"), base.get("AP_std"))}] if base else [])
+        rows += [{"student": f"sens_{r['name']}", "distill": ", ".join(f"{k}={v}" for k, v in r["distill"].items()),
+                  "seeds": r["seeds"], "AP": _pm(r.get("AP"), r.get("AP_std"))} for r in sens]
+        out += ["## Sensitivity to the KD weights (not part of the reproduction)", "",
+                "The reproduction above keeps the authors' weights (alpha_obj 4, alpha_bg 16, beta 2). Here the "
+                "decoupled student is trained with other weights (and `weights: auto`, which scales every KD term "
+                "to a fraction of the detection loss at the start; `defeat.distill.calibrate`), to show how much "
+                "the result depends on them. COCO AP × 100, mean ± std over seeds.", "",
+                render_table(rows), ""]
 
     out += ["## Run", ""]
     if results.get("seeds"):

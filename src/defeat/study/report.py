@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import yaml
 
 from defeat.config import config_to_dict
-from defeat.study import claims, render
-from defeat.study.plan import Stage
-from defeat.study.presets import run_name, run_order, seeds_of
+from defeat.study import claims, regime, render
+from defeat.study.plan import GRAD_LOSSES, Stage
+from defeat.study.presets import (claims_settings, regime_settings, run_name, run_order, seeds_of,
+                                  sensitivity_settings)
 from defeat.utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -84,6 +86,108 @@ def _copy(src: Path, dst: Path, max_bytes: int = FIGURE_MAX_BYTES) -> bool:
     return True
 
 
+def eval_curve(metrics_path: Path) -> list[tuple[int, float]]:
+    """``(step, AP)`` of every evaluation logged in a training log (``event: eval``; the last one of a step wins,
+    as a resumed run may repeat a step)."""
+    by_step: dict[int, float] = {}
+    if not metrics_path.is_file():
+        return []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "eval" and record.get("AP") is not None:
+            by_step[int(record["step"])] = float(record["AP"])
+    return sorted(by_step.items())
+
+
+def _parameters(checkpoint: Path) -> int | None:
+    """Parameter count of the detector of a checkpoint (None if it cannot be read)."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        from defeat import api
+        from defeat.models import count_parameters
+
+        return count_parameters(api.load_detector(checkpoint).model)
+    except Exception:  # noqa: BLE001  (a broken checkpoint: the report says n/a, its own stage reports the error)
+        return None
+
+
+def _plot_curves(curves: dict, teacher_ap: float | None, student_steps: int, path: Path) -> None:
+    """AP against training steps (mean over seeds, ± sample std) of the curve students, the teacher dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(curves.values()):
+        return
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    for name, points in curves.items():
+        if not points:
+            continue
+        x = [p["step"] for p in points]
+        y = [100 * p["AP"] for p in points]
+        err = [100 * (p["std"] or 0.0) for p in points]
+        ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=3, lw=1, label=f"{name} ({points[-1]['n']} seeds)")
+    if teacher_ap is not None:
+        ax.axhline(100 * teacher_ap, color="tab:red", ls="--", lw=1, label=f"teacher {100 * teacher_ap:.1f}")
+    for f in (0.5, 0.75):
+        ax.axvline(f * student_steps, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("training step of the student")
+    ax.set_ylabel("COCO AP × 100")
+    ax.set_title("AP against steps (mean ± seed std); grey: 50 % and 75 % of the schedule", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _channel_seed_table(rows: list[dict] | None) -> list[dict]:
+    """Fig. 1 over seeds: per student and region, the mean over seeds of the mean channel distance, its sample
+    std over seeds and the number of seeds."""
+    if not rows:
+        return []
+    out = []
+    for name, regions in claims.channel_distance_groups(rows).items():
+        for region in ("object", "background"):
+            mean, std = claims.mean_std(regions[region]) if regions[region] else (None, None)
+            out.append({"student": name, "region": region, "mean_distance": mean, "std_over_seeds": std,
+                        "seeds": len(regions[region])})
+    return out
+
+
+def _plot_channel_seeds(folder: Path, path: Path, title: str) -> bool:
+    """Fig. 1 over seeds from a channel-distance stage's ``channel_distance_per_channel.json``."""
+    import numpy as np
+
+    from defeat.analysis.feature_plots import plot_channel_distance_seeds
+
+    data = _read(folder / "channel_distance_per_channel.json")
+    summary = _read(folder / "channel_distance_summary.json")
+    if not data or not data.get("rows"):
+        return False
+    per_run: dict[str, dict[str, dict[int, float]]] = {}
+    for r in data["rows"]:
+        entry = per_run.setdefault(r["student"], {"object": {}, "background": {}})
+        for region in ("object", "background"):
+            entry[region][int(r["channel"])] = float("nan") if r[region] is None else float(r[region])
+    groups: dict[str, dict[str, list]] = {}
+    for run, regions in per_run.items():
+        g = groups.setdefault(claims.student_of(run), {"object": [], "background": []})
+        for region in ("object", "background"):
+            g[region].append([regions[region][c] for c in sorted(regions[region])])
+    arrays = {n: {k: np.asarray(v) for k, v in g.items()} for n, g in groups.items()}
+    level = ((summary or {}).get("meta") or {}).get("level", "P2")
+    plot_channel_distance_seeds(arrays, level, path, title=title)
+    return True
+
+
 def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: dict[str, dict],
                     failed: dict[str, str]) -> dict:
     """Every number of the run from the stage folders: metrics, analysis tables, stage times, configs."""
@@ -100,16 +204,46 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
     cd_raw = _read(run_dir / "analysis" / "channel_distance_raw" / "channel_distance_summary.json")
     planned_raw = any(s.name == "channel_distance_raw" for s in stages)  # planned but failed: claim is n/a
     cd_raw_rows = cd_raw["rows"] if cd_raw else ([] if planned_raw else None)
-    gn = _read(run_dir / "analysis" / "grad_norm" / "grad_norm_ratio.json")
-    gn_rows = [r for r in (gn or {}).get("rows", []) if r.get("image_id") == "all"]
-    gn_ratio = next((r["ratio"] for r in gn_rows if r.get("level") == "all"), None)
+    gn_rows, gn_ratio = [], {}
+    for loss in GRAD_LOSSES:  # Fig. 2-3: detection alone, distillation alone, their sum
+        gn = _read(run_dir / "analysis" / f"grad_norm_{loss}" / "grad_norm_ratio.json")
+        rows = [dict(r, loss=loss) for r in (gn or {}).get("rows", []) if r.get("image_id") == "all"]
+        gn_rows += rows
+        ratio = next((r["ratio"] for r in rows if r.get("level") == "all"), None)
+        if ratio is not None:
+            gn_ratio[loss] = ratio
     er = _read(run_dir / "analysis" / "errors" / "errors_table.json")
     er_rows = er["rows"] if er else None
     bands = {b: claims.error_bands(er_rows, b) for b in ("band_Loc", "band_Sim", "band_Oth", "band_BG")} \
         if er_rows else {}
 
     table = claims.results_table(teacher, students)
-    claim_list = claims.compute_claims(teacher, students, cd_rows, gn_ratio, er_rows, channel_distance_raw=cd_raw_rows)
+    settings = claims_settings(preset)
+    claim_list = claims.compute_claims(teacher, students, cd_rows, gn_ratio or None, er_rows,
+                                       channel_distance_raw=cd_raw_rows, margin_ap=float(settings["margin_ap"]),
+                                       alpha=float(settings["alpha"]),
+                                       gap_closed_min=float(settings["gap_closed_min"]))
+
+    # the regime: teacher vs student size and schedule, AP against steps, the plateau check
+    reg = regime_settings(preset)
+    curves = {s: [c for c in (eval_curve(run_dir / "models" / run_name(s, seed) / "metrics.jsonl")
+                              for seed in seeds_of(preset, s)) if c]
+              for s in reg["curve_students"]}
+    first_baseline = run_name("baseline", seeds_of(preset, "baseline")[0])
+    regime_obj = regime.regime(curves, int(preset["teacher"]["steps"]), int(preset["student"]["steps"]),
+                               _parameters(run_dir / "models" / "teacher" / "model_final.pt"),
+                               _parameters(run_dir / "models" / first_baseline / "model_final.pt"),
+                               float(reg["plateau_gain_max"]), (teacher or {}).get("AP"))
+
+    # the KD-weight sensitivity (apart from the reproduction, which keeps the authors' weights)
+    sensitivity = []
+    for entry in sensitivity_settings(preset):
+        runs = [_read(run_dir / "eval" / run_name(f"sens_{entry['name']}", seed) / "metrics.json")
+                for seed in entry.get("seeds") or seeds_of(preset, "decoupled")[:1]]
+        runs = [r for r in runs if r is not None]
+        group = claims.summarize_group(runs) if runs else {"n": 0}
+        sensitivity.append({"name": entry["name"], "distill": dict(entry.get("distill") or {}), "seeds": group["n"],
+                            "AP": group.get("AP", {}).get("mean"), "AP_std": group.get("AP", {}).get("std")})
     stage_info = {}
     for s in stages:
         rec = records.get(s.name) or _read(s.folder / "done.json") or {}
@@ -124,7 +258,14 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
             "indicative": bool(preset.get("indicative", False)), "teacher": teacher, "students": students,
             "table": table, "claims": claim_list, "channel_distance": cd_rows,
             "channel_distance_raw": cd_raw_rows,
-            "grad_norm": {"ratio": gn_ratio, "rows": gn_rows} if gn_rows else None,
+            "channel_distance_seeds": _channel_seed_table(cd_rows),
+            "channel_distance_raw_seeds": _channel_seed_table(cd_raw_rows),
+            "grad_norm": {"ratio": gn_ratio, "rows": gn_rows, "tested": claims.GRAD_CLAIM_LOSS} if gn_rows else None,
+            "regime": regime_obj, "sensitivity": sensitivity or None,
+            "statistics": {**settings, "beats": "Welch t-test, one-sided, scipy.stats.ttest_ind(equal_var=False, "
+                                                 "alternative='greater')",
+                           "comparable": "TOST: two one-sided Welch tests with the margin margin_ap (AP points)",
+                           "min_seeds": 2},
             "errors": bands or None, "stages": stage_info,
             "seeds": {s: seeds_of(preset, s) for s in preset["students"]} | {
                 "teacher": [int(preset["teacher"].get("seed", 0))], "benchmark": [preset["benchmark"].get("seed", 0)]},
@@ -145,18 +286,30 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
         _plot_ap(results["table"], fig_dir / "ap.png")
         if (fig_dir / "ap.png").is_file():
             figures["COCO AP of every student (± seed std), the teacher dashed"] = "figures/ap.png"
-    if _copy(run_dir / "analysis" / "channel_distance" / "channel_distance.png", fig_dir / "channel_distance.png"):
-        figures["Fig. 1: per-channel teacher–student distance, object (red) vs background"] = \
-            "figures/channel_distance.png"
-    if _copy(run_dir / "analysis" / "channel_distance_raw" / "channel_distance.png",
-             fig_dir / "channel_distance_raw.png"):
-        figures["Fig. 1 on the raw FPN output (no adapter): per-channel teacher–student distance"] = \
-            "figures/channel_distance_raw.png"
-    grad_maps = sorted((run_dir / "analysis" / "grad_norm").glob("grad_norm_*.png"))
-    for src in grad_maps[: int(preset.get("analysis", {}).get("grad_norm", {}).get("figures", 2))]:
-        if _copy(src, fig_dir / src.name):
-            figures[f"Fig. 2–3: gradient-norm map of the FPN, {src.stem.replace('grad_norm_', 'image ')}"] = \
-                f"figures/{src.name}"
+    reg = results["regime"]
+    if reg and any(reg["curves"].values()):
+        _plot_curves(reg["curves"], (results["teacher"] or {}).get("AP"), reg["student_steps"],
+                     fig_dir / "ap_vs_steps.png")
+        if (fig_dir / "ap_vs_steps.png").is_file():
+            figures["AP against training steps: baseline and decoupled students (mean ± seed std), the teacher "
+                    "dashed"] = "figures/ap_vs_steps.png"
+    for stage, name, caption in (
+            ("channel_distance", "channel_distance.png",
+             "Fig. 1: per-channel teacher–student distance (adapter output of distilled students), object (red) vs "
+             "background (blue); line = mean over seeds, band = min–max over seeds"),
+            ("channel_distance_raw", "channel_distance_raw.png",
+             "Fig. 1 on the raw FPN output (no adapter): per-channel teacher–student distance, mean and spread over "
+             "seeds")):
+        if _plot_channel_seeds(run_dir / "analysis" / stage, fig_dir / name, caption.split(":")[0]):
+            figures[caption] = f"figures/{name}"
+    shown_maps = int(preset.get("analysis", {}).get("grad_norm", {}).get("figures", 2))
+    for loss in GRAD_LOSSES:
+        grad_maps = sorted((run_dir / "analysis" / f"grad_norm_{loss}").glob("grad_norm_*.png"))
+        for src in grad_maps[:shown_maps]:
+            dst = f"grad_norm_{loss}_{src.stem.replace('grad_norm_', '')}.png"
+            if _copy(src, fig_dir / dst):
+                figures[f"Fig. 2–3: gradient-norm map of the FPN, {loss} loss, "
+                        f"{src.stem.replace('grad_norm_', 'image ')}"] = f"figures/{dst}"
     shown = preset.get("analysis", {}).get("errors", {}).get("figures", ["overall"])
     for category in shown:
         src = run_dir / "analysis" / "errors" / "comparison" / f"{category}.png"
