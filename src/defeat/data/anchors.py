@@ -22,6 +22,11 @@ aspect ratios' quantiles ``r_j = exp(Q_{(j+½)/R}(log(h/w)))``, j = 0..R−1. A 
 first stride to 32 strides), g ∈ {1.5, 1.75, 2, 2.25, 2.5, 3} and both ratio sets is searched; the winner has
 the highest coverage, ties broken by the mean best IoU. The given (default) anchors are a candidate too, so the
 fit never reports a lower coverage than them.
+
+**Limit.** Centring ignores the anchors' spacing: on a level of stride t an anchor of size s can be t/2 off a box's
+centre in x and y, and a box of its own size then gets IoU = (s − t/2)² / (2s² − (s − t/2)²) ≥ 0.5 only for
+s ≳ 2.7 t. The fit's bound s_k ≥ t lets small anchors count coverage the grid cannot reach (see README, "Your own
+data"); a bound of ~2.7 strides is the measured-but-not-yet-applied fix.
 """
 
 from __future__ import annotations
