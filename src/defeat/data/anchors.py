@@ -43,9 +43,14 @@ POSITIVE_IOU = 0.5
 
 
 def family_of_name(model_name: str) -> str:
-    """``'retinanet_r18_fpn'`` -> ``'retinanet'`` (the zoo's naming)."""
+    """``'retinanet_r18_fpn'`` -> ``'retinanet'`` (the zoo's naming); torchvision's ResNet-FPN names too
+    (``'fasterrcnn_resnet50_fpn_v2'`` -> ``'faster_rcnn'``: same levels and one anchor size per level)."""
+    if "mobilenet" in model_name:
+        raise ValueError(f"model.name: {model_name} has several anchor sizes on each of its 3 levels; anchors are "
+                         "fitted for ResNet-FPN models (one size per level). Use e.g. --model fasterrcnn_resnet18_fpn, "
+                         "or set model.name afterwards and drop anchor_sizes (its own anchors are kept)")
     for family in STRIDES:
-        if model_name.startswith(family + "_"):
+        if model_name.startswith((family + "_", family.replace("_", "") + "_")):
             return family
     raise ValueError(f"model.name: unknown detector family in {model_name!r} (faster_rcnn, retinanet or fcos)")
 
