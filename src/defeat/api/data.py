@@ -93,7 +93,7 @@ def dataset_stats(annotations: str | Path, images: str | Path, *, val_annotation
     report = DatasetReport(dataset_statistics(train_index), dataset_statistics(val_index) if val_index else None,
                            model, min_size, max_size, reason, fit, train_index.categories, scaled, labels)
     if figure is not None:
-        from defeat.api.dataset_figure import draw_dataset_figure
+        from defeat.analysis.dataset_figure import draw_dataset_figure
 
         report.figure = draw_dataset_figure(report, figure)
     return report

@@ -98,7 +98,7 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
     for kind, text in texts.items():  # what `defeat train/distill` will load: refuse here, before writing
         config_from_dict(yaml.safe_load(text), source=str(paths[kind]))
     if figure is not None:  # only once everything is known to be valid
-        from defeat.api.dataset_figure import draw_dataset_figure
+        from defeat.analysis.dataset_figure import draw_dataset_figure
 
         report.figure = draw_dataset_figure(report, figure)
     if not dry_run:
