@@ -15,7 +15,7 @@ ALLOWED = {
     "data": set(),
     "models": set(),
     "distill": {"models"},
-    "analysis": {"distill", "models"},
+    "analysis": {"data", "distill", "models"},
     "engine": {"data", "models", "distill", "analysis"},
     "api": {"data", "models", "distill", "analysis", "engine"},
     "study": {"api", "data", "models", "distill", "analysis", "engine"},
