@@ -3,6 +3,7 @@ names): whole detectors, ImageNet backbones, DEFAULT offline, class mapping by n
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torchvision.models import detection, mobilenet_v3_large, resnet18
 
 from defeat.config import ModelConfig
+from defeat.engine.checkpoint import load_model
 from defeat.engine.weights import build_pretrained, load_pretrained
 from defeat.models import num_classes_of
 
@@ -106,3 +108,16 @@ def test_default_offline_names_the_file_and_the_folder(monkeypatch, tmp_path):
         build_pretrained(ModelConfig(name="fasterrcnn_resnet18_fpn", backbone_weights="DEFAULT"), OTHER)
     with pytest.raises(ValueError, match="COCO weights only for"):
         build_pretrained(ModelConfig(name="fasterrcnn_resnet18_fpn", weights="DEFAULT"), OTHER)
+
+
+def test_a_checkpoint_of_this_project_says_its_classes(tiny_teacher):
+    loaded = load_model(tiny_teacher)
+    model_cfg = dataclasses.replace(loaded.config.model, weights=str(tiny_teacher))
+    model, notes = build_pretrained(model_cfg, loaded.categories, role="eval")
+    assert notes == []  # the same classes: nothing to map
+    for key, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    names = [c["name"] for c in loaded.categories]
+    shuffled = [{"id": c["id"], "name": n} for c, n in zip(loaded.categories, names[1:] + names[:1])]
+    model, notes = build_pretrained(model_cfg, shuffled, role="eval")  # mapped by name, from the checkpoint's list
+    assert model.roi_heads.box_predictor.keep.tolist() == [2, 3, 1] and "the checkpoint's 3 classes" in notes[0]

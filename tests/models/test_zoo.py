@@ -64,5 +64,5 @@ def test_pretrained_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="could not get torchvision's ImageNet weights for resnet18.*offline"):
         build_detector(ModelConfig(pretrained_backbone=True, norm="frozen_bn", trainable_layers=3), 3)
-    with pytest.raises(ValueError, match="model.norm=gn: pretrained .torchvision.s. weights are BatchNorm weights"):
+    with pytest.raises(ValueError, match="model.norm=gn: ImageNet backbone weights are BatchNorm weights"):
         build_detector(ModelConfig(pretrained_backbone=True, norm="gn"), 3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,10 +49,25 @@ def coco_categories() -> list[dict]:
     return [{"id": k, "name": name} for k, name in enumerate(names) if k > 0]
 
 
+@dataclass
+class WeightFile:
+    """A detector's weights and where they came from."""
+
+    state: dict[str, Tensor]
+    source: str  # how messages name it
+    path: str | None = None  # the file (None: torchvision's DEFAULT, from its hub folder)
+    categories: list[dict] | None = None  # the class list a checkpoint of this project carries
+
+
 def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
-    """A state dict from a file, loaded with ``weights_only=True``: a plain one (torchvision's files, ``defeat export``),
-    a ``{"model": ...}`` training checkpoint (torchvision's references) or a checkpoint of this project (its
-    detector or student). One-line errors naming ``key`` and the file."""
+    """A state dict from a file, loaded once with ``weights_only=True``: a plain one (torchvision's files, ``defeat
+    export``), a ``{"model": ...}`` training checkpoint (torchvision's references) or a checkpoint of this project
+    (its detector or student). One-line errors naming ``key`` and the file."""
+    return read_weight_file(path, key).state
+
+
+def read_weight_file(path: str | Path, key: str) -> WeightFile:
+    """:func:`read_state_dict`, keeping a checkpoint's class list."""
     from defeat.engine.checkpoint import detector_state
 
     path = Path(path)
@@ -66,11 +82,14 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{key}: {path}: not a readable torch file (truncated or corrupt: {first})") from None
+    categories = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        if "kind" in obj:
+            categories = obj.get("categories")
         obj = detector_state(obj) if "kind" in obj else obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{key}: {path}: not a state dict (expected a mapping of parameter names to tensors)")
-    return dict(obj)
+    return WeightFile(dict(obj), str(path), str(path), list(categories) if categories else None)
 
 
 def official_state_dict(name: str, key: str, backbone: bool = False) -> tuple[dict[str, Tensor], str]:
@@ -92,12 +111,14 @@ def official_state_dict(name: str, key: str, backbone: bool = False) -> tuple[di
                            f"put {file} in {folder} or set {key} to the file's path") from None
 
 
-def known_classes(path: str | Path | None, state: dict[str, Tensor], outputs: int) -> tuple[list[dict] | None, str]:
+def known_classes(weights: WeightFile, outputs: int) -> tuple[list[dict] | None, str]:
     """The classes of a weight file in label order (output k is ``classes[k-1]``), or None when nothing says:
-    torchvision's COCO classes for 91 outputs, an exported student's ``FILE.json`` sidecar, a checkpoint of this
-    project. Returns them and a description for messages."""
-    if path is not None:
-        sidecar = Path(f"{path}.json")
+    a checkpoint of this project, an exported student's ``FILE.json`` sidecar, torchvision's COCO classes for 91
+    outputs. Returns them and a description for messages."""
+    if weights.categories is not None and len(weights.categories) == outputs - 1:
+        return weights.categories, f"the checkpoint's {len(weights.categories)} classes"
+    if weights.path is not None:
+        sidecar = Path(f"{weights.path}.json")
         if sidecar.is_file():
             try:
                 categories = json.loads(sidecar.read_text()).get("categories")
@@ -105,12 +126,6 @@ def known_classes(path: str | Path | None, state: dict[str, Tensor], outputs: in
                 categories = None
             if isinstance(categories, list) and len(categories) == outputs - 1:
                 return categories, f"{len(categories)} classes from {sidecar}"
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # already read once by read_state_dict; nothing more to learn
-            obj = None
-        if isinstance(obj, dict) and "kind" in obj and len(obj.get("categories", [])) == outputs - 1:
-            return list(obj["categories"]), f"the checkpoint's {len(obj['categories'])} classes"
     if outputs == COCO_OUTPUTS:
         return coco_categories(), "torchvision's 91 COCO outputs"
     return None, f"{outputs - 1} classes of unknown names"
@@ -138,15 +153,15 @@ def _family(model_cfg: ModelConfig) -> str:
         parse_name(model_cfg.name).family
 
 
-def detector_weights(model_cfg: ModelConfig) -> tuple[dict[str, Tensor], str, str | None]:
-    """The state dict of ``model.weights`` (a path or DEFAULT), a description of its source, and its path."""
+def detector_weights(model_cfg: ModelConfig) -> WeightFile:
+    """The weights ``model.weights`` names (a path or DEFAULT)."""
     if model_cfg.weights.strip().upper() == "DEFAULT":
         if model_cfg.name not in OFFICIAL:
             raise ValueError(f"model.weights=DEFAULT: torchvision publishes COCO weights only for {', '.join(OFFICIAL)}"
                              f", not {model_cfg.name}; use a file path or model.backbone_weights")
         state, file = official_state_dict(model_cfg.name, "model.weights")
-        return state, f"torchvision's {file}", None
-    return read_state_dict(model_cfg.weights, "model.weights"), model_cfg.weights, model_cfg.weights
+        return WeightFile(state, f"torchvision's {file}")
+    return read_weight_file(model_cfg.weights, "model.weights")
 
 
 def build_pretrained(model_cfg: ModelConfig, categories: list[dict], *, role: Role = "train",
@@ -185,7 +200,8 @@ def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
             notes.append(load_backbone_weights(model, model_cfg))
         return model, notes, categories
     family = _family(model_cfg)
-    state, source, path = detector_weights(model_cfg)
+    weights = detector_weights(model_cfg)
+    state, source = weights.state, weights.source
     outputs = outputs_in_state(state, family)
     if outputs is None:
         raise ValueError(f"model.weights: {source}: no {family} classifier in it (is it a {model_cfg.name}?)")
@@ -194,7 +210,7 @@ def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
     model.load_state_dict(state, strict=False)
     if is_set(model_cfg.backbone_weights):
         notes.append(f"model.backbone_weights ignored: the whole detector comes from {source}")
-    names, described = known_classes(path, state, outputs)
+    names, described = known_classes(weights, outputs)
     if categories is None:  # the weights' own classes
         return model, notes, names or [{"id": k, "name": f"class {k}"} for k in range(1, outputs)]
     wanted = [c["name"] for c in categories]

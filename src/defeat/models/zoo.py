@@ -85,9 +85,9 @@ def _load_resnet(depth: int, norm: str, pretrained: bool) -> resnet.ResNet:
 
 def build_backbone(spec: DetectorSpec, cfg: ModelConfig) -> BackboneWithFPN:
     """ResNet + FPN with 256 output channels: P2-P6 for Faster R-CNN, P3-P7 (from P5) for one-stage."""
-    if uses_pretrained_weights(cfg) and cfg.norm == "gn":
-        raise ValueError("model.norm=gn: pretrained (torchvision's) weights are BatchNorm weights; use "
-                         "model.norm=frozen_bn or bn with them")
+    if (cfg.pretrained_backbone or cfg.backbone_weights.lower() != "none") and cfg.norm == "gn":
+        raise ValueError("model.norm=gn: ImageNet backbone weights are BatchNorm weights; use model.norm=frozen_bn "
+                         "or bn with them")
     trainable = 5 if cfg.trainable_layers is None else cfg.trainable_layers
     if trainable > 5:
         raise ValueError(f"model.trainable_layers: a ResNet has 5 stages, got {trainable}")
