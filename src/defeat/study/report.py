@@ -35,10 +35,7 @@ def _read(path: Path) -> Any:
 
 def _plot_ap(table: list[dict], path: Path) -> None:
     """Bar chart of AP (± seed std) per model, the teacher as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from defeat.analysis.plotting import plt, save_figure
 
     rows = [r for r in table if r["model"] != "teacher" and r.get("AP") is not None]
     teacher = next((r["AP"] for r in table if r["model"] == "teacher" and r.get("AP") is not None), None)
@@ -56,11 +53,7 @@ def _plot_ap(table: list[dict], path: Path) -> None:
     ax.set_ylabel("COCO AP × 100")
     ax.set_title("students on the embedded benchmark (± seed std)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 #: report figures above this size are stored as 256-colour palette PNGs (small enough to commit)
@@ -117,10 +110,7 @@ def _parameters(checkpoint: Path) -> int | None:
 
 def _plot_curves(curves: dict, teacher_ap: float | None, student_steps: int, path: Path) -> None:
     """AP against training steps (mean over seeds, ± sample std) of the curve students, the teacher dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from defeat.analysis.plotting import plt, save_figure
 
     if not any(curves.values()):
         return
@@ -141,11 +131,7 @@ def _plot_curves(curves: dict, teacher_ap: float | None, student_steps: int, pat
     ax.set_title("AP against steps (mean ± seed std); grey: 50 % and 75 % of the schedule", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def _channel_seed_table(rows: list[dict] | None) -> list[dict]:
