@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pydoc
+import shutil
 
 import pytest
 import torch
@@ -36,7 +37,8 @@ def round_trip(tiny_coco, tmp_path_factory):
         f"distill.teacher_checkpoint={teacher.final_checkpoint}", "distill.teacher_check_images=2",
         "distill.teacher_min_ap=0", "distill.proposal_mode=none"])
     student = api.distill(student_cfg)
-    return out, teacher_cfg, teacher, student_cfg, student
+    yield out, teacher_cfg, teacher, student_cfg, student
+    shutil.rmtree(out, ignore_errors=True)  # ~2 GB of checkpoints; pytest keeps module dirs to the end
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """DeFeatDistiller / build_distiller on tiny RetinaNets and FCOSes (P3-P7 like the zoo's), mixed pairs, end to end."""
 
 import copy
+import shutil
 import warnings
 from collections import OrderedDict
 
@@ -342,7 +343,9 @@ def one_stage_teachers(tiny_coco, tmp_path_factory):
         overrides = tiny_overrides(tiny_coco, out, name=name, steps=1) + ["output.checkpoint_every=0", "seed=5"]
         assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
         paths[name] = out / "model_final.pt"
-    return paths
+    yield paths
+    for path in paths.values():  # pytest keeps module dirs to the end of the session
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 @pytest.mark.slow

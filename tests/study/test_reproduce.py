@@ -124,7 +124,8 @@ def test_coco_preset_writes_configs_and_commands_only(tmp_path):
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 0
-    return out
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)  # pytest keeps module dirs to the end of the session
 
 
 @pytest.mark.slow
