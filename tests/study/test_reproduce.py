@@ -60,7 +60,8 @@ def test_builtin_presets_plan(name, tmp_path):
     if name == "full":
         assert all(len(seeds_of(preset, s)) >= 3 for s in STUDENT_MODES)  # 3 seeds for every student
         assert len([s for s in trainings if not s.name.startswith(("teacher", "sens_"))]) == 21
-        assert teacher.steps == decoupled.steps  # the teacher is ahead by capacity, not by schedule
+        # never a shorter teacher; equal schedules left the from-scratch R50 behind the R18 (the preset's header)
+        assert teacher.steps >= decoupled.steps and preset["regime"]["plateau_gain_max"] <= 0.1
         assert preset["claims"]["margin_ap"] > 0
         sens = {s.name: s.config.distill for s in trainings if s.name.startswith("sens_")}
         assert sens["sens_alpha_bg_4_s0"].alpha_bg == 4.0 and sens["sens_weights_auto_s0"].weights == "auto"
