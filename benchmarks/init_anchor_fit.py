@@ -2,8 +2,9 @@
 
 On the embedded benchmark (``defeat data synth``) and on ``../shared/data/coco128`` (imported with
 ``defeat data import-yolo``; it has no separate val split, so it is evaluated on its 128 training images), this
-measures the anchor coverage (fraction of training boxes whose best shape IoU is >= 0.5 at the training size,
-:mod:`defeat.data.anchors`) of the default anchors (sizes [32, 64, 128, 256, 512], ratios [0.5, 1, 2]) and of the
+measures the anchor coverage (fraction of training boxes whose best grid IoU is >= 0.5 at the training size,
+:mod:`defeat.data.anchors`; entries recorded before 2026-12-02 without the ``_grid_iou`` suffix used the centred
+shape IoU, which ignores the anchors' spacing) of the default anchors (sizes [32, 64, 128, 256, 512], ratios [0.5, 1, 2]) and of the
 fitted ones, then trains Faster R-CNN R18-FPN from scratch with each (same schedule, seed, data order and
 precision) and evaluates it. Results are written after every run.
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defeat.data.anchors import (anchor_shapes, aspect_ratio_quantiles, coverage, fit_anchors, shape_iou,
-                                 training_scale)
+from defeat.data.anchors import (anchor_coverage, anchor_offsets, anchor_shapes, aspect_ratio_quantiles, coverage,
+                                 fit_anchors, shape_iou, training_scale)
 from defeat.data.coco import CocoIndex
 from defeat.data.stats import choose_image_size, dataset_statistics, format_statistics
 
@@ -21,6 +21,32 @@ def test_coverage_equals_a_hand_computation():
     # a second anchor (20 x 20) lifts box 3 to IoU 1; box 5 (10 x 30) gets 200/(300+400-200) = 0.4 from it
     assert coverage(boxes, np.array([[10.0, 10.0], [20.0, 20.0]])) == pytest.approx(4 / 5)
     assert np.isnan(coverage(np.zeros((0, 2)), anchors))
+
+
+def test_grid_iou_equals_a_hand_computation():
+    # box 10 x 10, anchor 10 x 10 whose centre is d = 2 off in x and y: ix = iy = clip(10 - 2, 0, 10) = 8
+    assert shape_iou(np.array([[10.0, 10.0]]), np.array([[10.0, 10.0]]), [2.0])[0, 0] == pytest.approx(64 / 136)
+    # box 20 x 10, anchor 10 x 10, d = 3: ix = min(15 - 3, 10) = 10, iy = 10 - 3 = 7 -> 70 / (200 + 100 - 70)
+    assert shape_iou(np.array([[20.0, 10.0]]), np.array([[10.0, 10.0]]), [3.0])[0, 0] == pytest.approx(70 / 230)
+    # far apart: no overlap
+    assert shape_iou(np.array([[4.0, 4.0]]), np.array([[4.0, 4.0]]), [5.0])[0, 0] == 0.0
+    # stride / 4 per anchor, in anchor_shapes' order (sizes x ratios; RetinaNet x 3 octave scales)
+    assert anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2]) == pytest.approx(np.repeat([1, 2, 4, 8, 16], 3))
+    assert len(anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], "retinanet")) == 45
+    with pytest.raises(ValueError, match="5 levels"):
+        anchor_offsets([8, 16], [1.0])
+
+
+def test_small_anchors_on_a_coarse_grid_do_not_count():
+    # an anchor of a box's own size reaches grid IoU 0.5 from ~1.36 strides on: (s - t/4)^2 / (2 s^2 - (s - t/4)^2)
+    boxes = np.array([[20.0, 20.0]])
+    assert coverage(boxes, np.array([[20.0, 20.0]])) == 1.0  # centred: a perfect match
+    assert coverage(boxes, np.array([[20.0, 20.0]]), [16 / 4]) == 0.0  # on a stride-16 grid: (16^2)/(800-256) < 0.5
+    assert coverage(boxes, np.array([[20.0, 20.0]]), [8 / 4]) == 1.0  # stride 8: 18^2 / (800 - 324) = 0.68
+    # Faster R-CNN sizes [16, 32, ...] put the 16 on P2 (stride 4): 16 x 16 boxes are covered
+    assert anchor_coverage(np.array([[16.0, 16.0]]), [16, 32, 64, 128, 256], [1.0]) == 1.0
+    # RetinaNet's levels start at stride 8: sizes [4, 8, 16, ...] put the 16 on P5 (stride 32), too coarse for it
+    assert anchor_coverage(np.array([[16.0, 16.0]]), [4, 8, 16, 32, 64], [1.0], "retinanet") < 1.0
 
 
 def test_anchor_shapes_follow_torchvision():
@@ -41,10 +67,12 @@ def test_fit_covers_the_boxes_and_never_loses_to_the_given_anchors():
     side = rng.uniform(6, 14, 300)
     boxes = np.stack([side, 3 * side], 1)  # tall thin objects, 6-14 px wide: the defaults miss them all
     fit = fit_anchors(boxes, given_sizes=[32, 64, 128, 256, 512])
-    assert fit.given_coverage == pytest.approx(coverage(boxes, anchor_shapes([32, 64, 128, 256, 512], [0.5, 1, 2])))
+    assert fit.given_coverage == pytest.approx(anchor_coverage(boxes, [32, 64, 128, 256, 512], [0.5, 1, 2]))
     assert fit.given_coverage < 0.2 and fit.coverage == 1.0
     assert fit.sizes == sorted(fit.sizes) and fit.sizes[0] >= 4  # one size per level, >= the P2 stride
-    assert fit.coverage == pytest.approx(coverage(boxes, anchor_shapes(fit.sizes, fit.ratios)))
+    assert fit.coverage == pytest.approx(anchor_coverage(boxes, fit.sizes, fit.ratios))
+    # each fitted size reaches IoU 0.5 on its own level's grid for a box of its own shape: >= ~1.36 strides
+    assert all(size >= 1.3 * stride for size, stride in zip(fit.sizes, (4, 8, 16, 32, 64)))
     assert aspect_ratio_quantiles(boxes) == (3.0, 3.0, 3.0)
     same = fit_anchors(np.array([[32.0, 32.0]]), given_sizes=[32, 64, 128, 256, 512])
     assert same.coverage == same.given_coverage == 1.0

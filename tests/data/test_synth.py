@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -179,10 +178,9 @@ def test_render_examples(small_set, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_size_is_fast_and_covers_all_size_buckets(tmp_path):
-    start = time.perf_counter()
+def test_default_size_covers_all_size_buckets(tmp_path):
+    # no wall-clock bound here: timings on shared machines are noise (README "Measured results" records the speed)
     summary = generate_synthetic_dataset(tmp_path, seed=0, progress=False)
-    assert time.perf_counter() - start < 120.0  # ~14 s on 2 idle cores; loose for shared CI machines
     train = summary["splits"]["train"]
     assert train["num_images"] == 600 and summary["splits"]["val"]["num_images"] == 150
     assert min(train["per_size"].values()) >= 0.08 * train["num_boxes"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from defeat.analysis.plotting import plt, save_figure
-from defeat.data.anchors import POSITIVE_IOU, anchor_shapes, best_iou, family_of_name
+from defeat.data.anchors import POSITIVE_IOU, anchor_offsets, anchor_shapes, best_iou, family_of_name
 
 MAX_CLASSES = 8  # classes drawn one by one; the rest are pooled as "other"
 
@@ -51,8 +51,10 @@ def draw_dataset_figure(report, path: str | Path) -> Path:
     centres = np.sqrt(bins[:-1] * bins[1:])
     which = np.clip(np.digitize(sides, bins) - 1, 0, len(centres) - 1)
     filled = np.bincount(which, minlength=len(centres)) > 0
-    for name, anchors, colour in (("given", given, "tab:red"), ("fitted", fitted, "tab:blue")):
-        covered = best_iou(report.boxes_wh, anchors) >= POSITIVE_IOU
+    for name, sizes, ratios, colour in (("given", fit.given_sizes, fit.given_ratios, "tab:red"),
+                                        ("fitted", fit.sizes, fit.ratios, "tab:blue")):
+        anchors, offsets = anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family)
+        covered = best_iou(report.boxes_wh, anchors, offsets) >= POSITIVE_IOU
         share = np.bincount(which, weights=covered, minlength=len(centres)) / np.maximum(1, np.bincount(
             which, minlength=len(centres)))
         total = 100 * covered.mean()
@@ -61,7 +63,7 @@ def draw_dataset_figure(report, path: str | Path) -> Path:
     axes[2].set_ylim(-2, 102)
     axes[2].set_xlabel("box size √(w·h), px at the training size")
     axes[2].set_ylabel(f"% boxes with best anchor IoU ≥ {POSITIVE_IOU}")
-    axes[2].set_title("anchor coverage (shape IoU, anchor centred on the box)")
+    axes[2].set_title("anchor coverage (grid IoU, centres stride/4 apart)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=90)

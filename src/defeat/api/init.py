@@ -50,7 +50,7 @@ def _render(header: list[str], sections: list[tuple[str | None, list[tuple[str, 
 
 def _model_fields(name: str, report: DatasetReport) -> list[tuple[str, object, str]]:
     fit = report.anchors
-    anchor_note = (f"fitted: {100 * fit.coverage:.1f} % of train boxes have a best anchor IoU >= 0.5 "
+    anchor_note = (f"fitted: {100 * fit.coverage:.1f} % of train boxes have a best anchor (grid) IoU >= 0.5 "
                    f"(the default {fit.given_sizes}: {100 * fit.given_coverage:.1f} %)")
     return [("name", name, "<family>_r<depth>_fpn: faster_rcnn | retinanet | fcos, depth 18..152"),
             ("norm", "gn", "GroupNorm for from-scratch training; with pretrained_backbone use frozen_bn"),

@@ -1,10 +1,15 @@
 """Anchor coverage and anchors fitted to a dataset's boxes. Pure numpy, no I/O.
 
-**Shape IoU.** An anchor of shape (a_w, a_h) centred on a box of shape (w, h) overlaps it by
-``I = min(w, a_w) · min(h, a_h)``; ``IoU = I / (w·h + a_w·a_h − I)``. Location is ignored: this is the best IoU an
-anchor of that shape can reach (YOLO's autoanchor "best possible recall" uses the same idea).
+**Grid IoU.** Anchors sit on a grid: on a level of stride t a box's centre is up to t/2 (in x and in y) from the
+nearest anchor centre, t/4 on average (the mean of |u| for u uniform in [−t/2, t/2]). An anchor of shape
+(a_w, a_h) whose centre is d off the box's centre in both axes overlaps a box of shape (w, h) by
+``I = ix · iy`` with ``ix = clip((w + a_w)/2 − d, 0, min(w, a_w))`` (iy likewise);
+``IoU = I / (w·h + a_w·a_h − I)``. With d = t/4 (:func:`anchor_offsets`) this is the IoU a box gets from an anchor of
+that shape at a typical position; an anchor of a box's own size then reaches IoU ≥ 0.5 from s ≳ 1.36 t on (≳ 2.7 t
+at the worst position), so small anchors on coarse levels no longer count coverage the grid cannot deliver. With
+d = 0 it is the centred "shape IoU" of YOLO's autoanchor ("best possible recall").
 
-**Coverage** of a set of anchors = the fraction of boxes whose best shape IoU over all anchors of all levels is
+**Coverage** of a set of anchors = the fraction of boxes whose best grid IoU over all anchors of all levels is
 ≥ 0.5 (torchvision's RPN and RetinaNet take an anchor as positive from IoU 0.5 on, 0.7 for the RPN's
 foreground, but every box also gets its best anchor).
 
@@ -20,13 +25,8 @@ max_size / max(w, h))``; box sizes are scaled by the same factor before coverage
 levels' strides), with ``s_k`` ≥ the level's stride; ratios are either the default (0.5, 1, 2) or the box
 aspect ratios' quantiles ``r_j = exp(Q_{(j+½)/R}(log(h/w)))``, j = 0..R−1. A grid over s_0 (log-spaced from the
 first stride to 32 strides), g ∈ {1.5, 1.75, 2, 2.25, 2.5, 3} and both ratio sets is searched; the winner has
-the highest coverage, ties broken by the mean best IoU. The given (default) anchors are a candidate too, so the
-fit never reports a lower coverage than them.
-
-**Limit.** Centring ignores the anchors' spacing: on a level of stride t an anchor of size s can be t/2 off a box's
-centre in x and y, and a box of its own size then gets IoU = (s − t/2)² / (2s² − (s − t/2)²) ≥ 0.5 only for
-s ≳ 2.7 t. The fit's bound s_k ≥ t lets small anchors count coverage the grid cannot reach (see README, "Your own
-data"); a bound of ~2.7 strides is the measured-but-not-yet-applied fix.
+the highest coverage (grid IoU), ties broken by the mean best grid IoU. The given (default) anchors are a candidate
+too, so the fit never reports a lower coverage than them.
 """
 
 from __future__ import annotations
@@ -67,25 +67,43 @@ def anchor_shapes(sizes, ratios, family: str = "faster_rcnn") -> np.ndarray:
     return np.stack([(scales[:, None] / root[None, :]).ravel(), (scales[:, None] * root[None, :]).ravel()], 1)
 
 
-def shape_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray) -> np.ndarray:
-    """``(N, A)`` IoU of every box with every anchor, both centred at the same point (see the module docstring)."""
+def anchor_offsets(sizes, ratios, family: str = "faster_rcnn") -> np.ndarray:
+    """``(A,)`` the typical centre offset per axis, stride / 4, of every anchor of :func:`anchor_shapes` (same order)."""
+    strides = STRIDES[family]
+    if len(sizes) != len(strides):
+        raise ValueError(f"anchor_sizes: {family} has {len(strides)} levels (strides {list(strides)}), "
+                         f"got {len(sizes)} sizes {list(sizes)}")
+    per_level = (3 if family == "retinanet" else 1) * (1 if family == "fcos" else len(ratios))
+    return np.repeat(np.asarray(strides, float) / 4, per_level)
+
+
+def shape_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.ndarray:
+    """``(N, A)`` grid IoU of every box with every anchor whose centre is ``offsets`` (A,) off the box's in x and y
+    (see the module docstring); without ``offsets`` both are centred at the same point (shape IoU)."""
     b = np.asarray(boxes_wh, float).reshape(-1, 1, 2)
     a = np.asarray(anchors_wh, float).reshape(1, -1, 2)
-    inter = np.minimum(b[..., 0], a[..., 0]) * np.minimum(b[..., 1], a[..., 1])
+    d = np.zeros((1, a.shape[1], 1)) if offsets is None else np.asarray(offsets, float).reshape(1, -1, 1)
+    overlap = np.clip((b + a) / 2 - d, 0, np.minimum(b, a))  # (N, A, 2): ix, iy
+    inter = overlap[..., 0] * overlap[..., 1]
     return inter / (b[..., 0] * b[..., 1] + a[..., 0] * a[..., 1] - inter)
 
 
-def best_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray) -> np.ndarray:
-    """``(N,)`` the best shape IoU of each box over the anchors."""
+def best_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.ndarray:
+    """``(N,)`` the best grid IoU of each box over the anchors (shape IoU without ``offsets``)."""
     if len(boxes_wh) == 0:
         return np.zeros(0)
-    return shape_iou(boxes_wh, anchors_wh).max(1)
+    return shape_iou(boxes_wh, anchors_wh, offsets).max(1)
 
 
-def coverage(boxes_wh: np.ndarray, anchors_wh: np.ndarray, threshold: float = POSITIVE_IOU) -> float:
-    """Fraction of boxes whose best shape IoU is ≥ ``threshold`` (NaN without boxes)."""
-    best = best_iou(boxes_wh, anchors_wh)
+def coverage(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None, threshold: float = POSITIVE_IOU) -> float:
+    """Fraction of boxes whose best grid IoU is ≥ ``threshold`` (NaN without boxes)."""
+    best = best_iou(boxes_wh, anchors_wh, offsets)
     return float((best >= threshold).mean()) if len(best) else float("nan")
+
+
+def anchor_coverage(boxes_wh: np.ndarray, sizes, ratios, family: str = "faster_rcnn") -> float:
+    """Coverage of the anchors a ``family`` detector builds from ``sizes`` and ``ratios``, on their grid."""
+    return coverage(boxes_wh, anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family))
 
 
 def training_scale(image_wh: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
@@ -119,14 +137,14 @@ class AnchorFit:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def summary(self) -> str:
-        return (f"anchor coverage (best shape IoU >= {POSITIVE_IOU} at the training size, {self.boxes} boxes): "
+        return (f"anchor coverage (best grid IoU >= {POSITIVE_IOU} at the training size, {self.boxes} boxes): "
                 f"given sizes {self.given_sizes} ratios {self.given_ratios}: {100 * self.given_coverage:.1f} % "
                 f"(mean best IoU {self.given_mean_best_iou:.3f}) -> fitted sizes {self.sizes} ratios {self.ratios}: "
                 f"{100 * self.coverage:.1f} % (mean best IoU {self.mean_best_iou:.3f})")
 
 
-def _score(boxes_wh: np.ndarray, anchors_wh: np.ndarray) -> tuple[float, float]:
-    best = best_iou(boxes_wh, anchors_wh)
+def _score(boxes_wh: np.ndarray, sizes, ratios, family: str) -> tuple[float, float]:
+    best = best_iou(boxes_wh, anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family))
     return float((best >= POSITIVE_IOU).mean()), float(best.mean())
 
 
@@ -142,7 +160,7 @@ def fit_anchors(boxes_wh: np.ndarray, family: str = "faster_rcnn", given_sizes=(
     if len(boxes_wh) > max_boxes:
         boxes_wh = boxes_wh[np.random.default_rng(seed).choice(len(boxes_wh), max_boxes, replace=False)]
     given_sizes, given_ratios = [int(s) for s in given_sizes], [float(r) for r in given_ratios]
-    given = _score(boxes_wh, anchor_shapes(given_sizes, given_ratios, family))
+    given = _score(boxes_wh, given_sizes, given_ratios, family)
     best = (given, given_sizes, given_ratios)
     notes = []
     if family == "fcos":
@@ -158,7 +176,7 @@ def fit_anchors(boxes_wh: np.ndarray, family: str = "faster_rcnn", given_sizes=(
                 if np.any(np.diff(sizes) <= 0):
                     continue
                 for ratios in ratio_sets:
-                    score = _score(boxes_wh, anchor_shapes(sizes, ratios, family))
+                    score = _score(boxes_wh, sizes, ratios, family)
                     if score > best[0]:
                         best = (score, [int(s) for s in sizes], list(ratios))
     (cov, mean), sizes, ratios = best
