@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from defeat.data.anchors import (anchor_coverage, anchor_offsets, anchor_shapes, aspect_ratio_quantiles, coverage,
-                                 fit_anchors, shape_iou, training_scale)
+                                 fit_anchors, grid_iou, training_scale)
 from defeat.data.coco import CocoIndex
 from defeat.data.stats import choose_image_size, dataset_statistics, format_statistics
 
@@ -16,7 +16,7 @@ def test_coverage_equals_a_hand_computation():
     boxes = np.array([[10, 10], [20, 10], [20, 20], [5, 10], [10, 30]], float)
     # IoU = min(w,aw)·min(h,ah) / (w·h + aw·ah − I): 100/100, 100/200, 100/400, 50/100, 100/300
     expected = np.array([1.0, 0.5, 0.25, 0.5, 1 / 3])
-    assert shape_iou(boxes, anchors)[:, 0] == pytest.approx(expected)
+    assert grid_iou(boxes, anchors)[:, 0] == pytest.approx(expected)
     assert coverage(boxes, anchors) == pytest.approx(3 / 5)  # IoU >= 0.5: boxes 1, 2 and 4
     # a second anchor (20 x 20) lifts box 3 to IoU 1; box 5 (10 x 30) gets 200/(300+400-200) = 0.4 from it
     assert coverage(boxes, np.array([[10.0, 10.0], [20.0, 20.0]])) == pytest.approx(4 / 5)
@@ -25,11 +25,11 @@ def test_coverage_equals_a_hand_computation():
 
 def test_grid_iou_equals_a_hand_computation():
     # box 10 x 10, anchor 10 x 10 whose centre is d = 2 off in x and y: ix = iy = clip(10 - 2, 0, 10) = 8
-    assert shape_iou(np.array([[10.0, 10.0]]), np.array([[10.0, 10.0]]), [2.0])[0, 0] == pytest.approx(64 / 136)
+    assert grid_iou(np.array([[10.0, 10.0]]), np.array([[10.0, 10.0]]), [2.0])[0, 0] == pytest.approx(64 / 136)
     # box 20 x 10, anchor 10 x 10, d = 3: ix = min(15 - 3, 10) = 10, iy = 10 - 3 = 7 -> 70 / (200 + 100 - 70)
-    assert shape_iou(np.array([[20.0, 10.0]]), np.array([[10.0, 10.0]]), [3.0])[0, 0] == pytest.approx(70 / 230)
+    assert grid_iou(np.array([[20.0, 10.0]]), np.array([[10.0, 10.0]]), [3.0])[0, 0] == pytest.approx(70 / 230)
     # far apart: no overlap
-    assert shape_iou(np.array([[4.0, 4.0]]), np.array([[4.0, 4.0]]), [5.0])[0, 0] == 0.0
+    assert grid_iou(np.array([[4.0, 4.0]]), np.array([[4.0, 4.0]]), [5.0])[0, 0] == 0.0
     # stride / 4 per anchor, in anchor_shapes' order (sizes x ratios; RetinaNet x 3 octave scales)
     assert anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2]) == pytest.approx(np.repeat([1, 2, 4, 8, 16], 3))
     assert len(anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], "retinanet")) == 45

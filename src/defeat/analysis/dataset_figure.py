@@ -14,7 +14,7 @@ MAX_CLASSES = 8  # classes drawn one by one; the rest are pooled as "other"
 
 def draw_dataset_figure(report, path: str | Path) -> Path:
     """Three panels: the histogram of box size √(w·h) at the training scale per class (log bins), the box shapes
-    (w, h) with the given and fitted anchors, and the coverage (best shape IoU ≥ 0.5) per box-size bin for the
+    (w, h) with the given and fitted anchors, and the coverage (best grid IoU ≥ 0.5) per box-size bin for the
     given and the fitted anchors. Written atomically as PNG."""
     sides = np.sqrt(report.boxes_wh[:, 0] * report.boxes_wh[:, 1])
     bins = np.geomspace(max(1.0, sides.min() * 0.9), sides.max() * 1.1, 25)

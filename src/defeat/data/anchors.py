@@ -77,7 +77,7 @@ def anchor_offsets(sizes, ratios, family: str = "faster_rcnn") -> np.ndarray:
     return np.repeat(np.asarray(strides, float) / 4, per_level)
 
 
-def shape_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.ndarray:
+def grid_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.ndarray:
     """``(N, A)`` grid IoU of every box with every anchor whose centre is ``offsets`` (A,) off the box's in x and y
     (see the module docstring); without ``offsets`` both are centred at the same point (shape IoU)."""
     b = np.asarray(boxes_wh, float).reshape(-1, 1, 2)
@@ -92,7 +92,7 @@ def best_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.n
     """``(N,)`` the best grid IoU of each box over the anchors (shape IoU without ``offsets``)."""
     if len(boxes_wh) == 0:
         return np.zeros(0)
-    return shape_iou(boxes_wh, anchors_wh, offsets).max(1)
+    return grid_iou(boxes_wh, anchors_wh, offsets).max(1)
 
 
 def coverage(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None, threshold: float = POSITIVE_IOU) -> float:
