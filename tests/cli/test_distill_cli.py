@@ -119,7 +119,7 @@ def test_torchrun_two_process_distill(tiny_coco, tiny_teacher, tmp_path):
     out = tmp_path / "ddp"
     args = distill_overrides(tiny_coco, tiny_teacher, out, steps=2, feature_mode="decoupled",
                              proposal_mode="decoupled") + ["data.batch_size=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "defeat.cli.main", "distill", *_sets(args)]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=300)

@@ -109,7 +109,7 @@ def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path):
                                                                                             "precision=fp32"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run_cli(["train", *_sets(common + [f"output.dir={one}", "data.batch_size=2"])]).wait() == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "defeat.cli.main", "train", *_sets(common + [f"output.dir={two}", "data.batch_size=1"])]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
