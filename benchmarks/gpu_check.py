@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median step time")
     parser.add_argument("--gpus", type=int, default=0, help="0 = every visible GPU")
-    parser.add_argument("--data", default="runs/full_data")
+    parser.add_argument("--data", default="runs/train_speed_full_data")
     parser.add_argument("--set", action="append", default=[], help="config override for every stage")
     parser.add_argument("--out", default="")
     parser.add_argument("--json", default=str(HERE / "results" / "gpu_check.json"))

@@ -1,6 +1,6 @@
 """Where the time of one training step goes: torch.profiler over a few steps of the full preset's models.
 
-    python benchmarks/profile_step.py --data runs/full_data --role student --mode fp32 --mode autocast --mode fast
+    python benchmarks/profile_step.py --data runs/train_speed_full_data --role student --mode fp32 --mode autocast --mode fast
 
 Modes: ``fp32`` (plain float32 step), ``autocast`` (the whole forward under bf16 autocast, nothing else),
 ``fast`` (the engine's fast path: ``defeat.engine.precision``). Prints the top ops by self CPU time and
@@ -53,7 +53,7 @@ def make_step(mode: str, cfg, categories, images, targets):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="runs/full_data")
+    parser.add_argument("--data", default="runs/train_speed_full_data")
     parser.add_argument("--role", default="student", choices=["student", "teacher"])
     parser.add_argument("--mode", action="append", choices=["fp32", "autocast", "fast"])
     parser.add_argument("--steps", type=int, default=3)

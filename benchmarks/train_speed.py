@@ -1,11 +1,14 @@
 """Training speed of the engine's fast path vs a plain float32 torchvision loop, and the AP it reaches.
 
-    python benchmarks/train_speed.py                       # everything (about 45 min on 1 free core)
-    python benchmarks/train_speed.py --skip-ap             # the step speed only
+    python benchmarks/train_speed.py                            # everything, the full preset (about 1 h on 2 cores)
+    python benchmarks/train_speed.py --skip-ap                  # the step speed only
+    python benchmarks/train_speed.py --preset full_192px        # the full preset as it was before issue 16 (192 px)
 
-Models, batch and data are the full preset's as recorded (``benchmarks/presets/reproduce_full_192px.yaml``): Faster R-CNN R18-FPN
-student and R50-FPN teacher, GroupNorm, 192 px, batch 2, on the embedded benchmark made by ``defeat data
-synth`` with the preset's benchmark settings (generated into ``--data`` if missing).
+Models, batch and data are the chosen preset's: ``full`` is the package's ``reproduce_full.yaml`` (Faster R-CNN
+R18-FPN student, R34-FPN teacher, GroupNorm, 128 px, batch 2); ``full_192px``
+(``benchmarks/presets/reproduce_full_192px.yaml``) the earlier full preset (R50-FPN teacher, 192 px). Data: the
+preset's embedded benchmark made by ``defeat data synth`` with the preset's settings (generated into ``--data``
+if missing).
 
 1. Step speed, for the student, the teacher and one DeFeat distillation step (student + frozen teacher,
    decoupled features and proposals): in one process per role, the variants take turns step by step on the
@@ -17,9 +20,12 @@ synth`` with the preset's benchmark settings (generated into ``--data`` if missi
    setting; the loss check). ``engine_fp32`` (student only) is the engine with ``precision: fp32``. Data
    loading is not timed (the same pre-loaded batches for all).
 2. Where the time goes: torch.profiler over 3 steps of the student, plain float32 and fast, ops grouped.
-3. AP after the same schedule (the preset's baseline student: 450 steps, cosine, warmup 50): the engine with
-   ``precision: fp32`` and with ``precision: auto``, each evaluated on the 100 validation images in its own
-   precision (the trainer's final evaluation).
+3. AP after the same schedule (the preset's baseline student), the engine with ``precision: fp32`` and with
+   ``precision: auto``, each evaluated on the validation images in its own precision (the trainer's final
+   evaluation), for every seed of ``--ap-seeds``. A seed fixes the initial weights and the data order, so the two
+   runs of a seed are a pair. Decided by a paired TOST equivalence test (``defeat.study.stats.equivalent_paired``)
+   with the margin and alpha fixed here before the run (:data:`AP_MARGIN`, :data:`AP_ALPHA`). The runs go two at
+   a time (1 thread each), longest first.
 """
 
 from __future__ import annotations
@@ -55,21 +61,36 @@ def _merge(base: dict, extra: dict | None) -> dict:
     return out
 
 
-#: the preset the recorded speed results were measured with (the full preset before issue 16 moved it to 128 px)
-RECORDED_FULL_PRESET = Path(__file__).parent / "presets" / "reproduce_full_192px.yaml"
+#: the full preset before issue 16 moved it to 128 px (the first speed results were measured with it)
+FULL_192PX_PRESET = Path(__file__).parent / "presets" / "reproduce_full_192px.yaml"
+
+#: the preset every helper below uses unless told; ``main`` sets it from ``--preset`` (also in the workers)
+PRESET = "full"
+
+#: the AP check's decision, fixed before the run: fast path and float32 are equivalent when the 90 % CI of the
+#: mean paired difference (fast - fp32, AP x 100) lies inside +/- AP_MARGIN (paired TOST at AP_ALPHA). 1.0 AP is
+#: the issue's "seed noise of the full preset" and the reproduction's own margin (``claims.margin_ap``).
+AP_MARGIN = 1.0
+AP_ALPHA = 0.05
 
 
-def load_preset(name: str = "full") -> dict:
-    """``full``: the recorded 192-px setting (:data:`RECORDED_FULL_PRESET`); other names: the package's presets."""
-    path = RECORDED_FULL_PRESET if name == "full" else Path(str(resources.files("defeat") / "configs" /
-                                                                 f"reproduce_{name}.yaml"))
+def load_preset(name: str | None = None) -> dict:
+    """``full_192px``: :data:`FULL_192PX_PRESET`; other names: the package's ``reproduce_<name>.yaml``."""
+    name = name or PRESET
+    path = FULL_192PX_PRESET if name == "full_192px" else Path(str(resources.files("defeat") / "configs" /
+                                                                    f"reproduce_{name}.yaml"))
     return yaml.safe_load(path.read_text())
 
 
-def preset_config(role: str, preset: str = "full", data: str = "runs/full_data", overrides: list[str] | None = None,
-                  defeat: bool = False) -> Config:
+def default_data(preset: str | None = None) -> str:
+    return f"runs/train_speed_{preset or PRESET}_data"
+
+
+def preset_config(role: str, preset: str | None = None, data: str | None = None,
+                  overrides: list[str] | None = None, defeat: bool = False) -> Config:
     """The preset's config of ``role`` (teacher | student) as ``reproduce`` derives it (common + the role's
     model + its schedule); ``defeat=True`` adds the distill section with decoupled features and proposals."""
+    data = data or default_data(preset)
     tree = load_preset(preset)
     section = tree[role]
     cfg = _merge(tree["common"], {"model": section["model"]})
@@ -90,7 +111,7 @@ def build_batch(dataset, batch_size: int, start: int = 0) -> tuple[list, list]:
     return [im for im, _ in items], [t for _, t in items]
 
 
-def ensure_data(data: str, preset: str = "full") -> None:
+def ensure_data(data: str, preset: str | None = None) -> None:
     if (Path(data) / "train.json").is_file() and (Path(data) / "val.json").is_file():
         return
     b = load_preset(preset)["benchmark"]
@@ -298,11 +319,12 @@ def eval_speed(data: str, images: int = 48, batch_size: int = 4) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ AP
-def ap_run(data: str, precision: str, out: str, seed: int) -> dict:
+def ap_run(data: str, precision: str, out: str, seed: int, steps: int = 0) -> dict:
     from defeat.data import CocoDetection
     from defeat.engine import DistInfo, train
 
     overrides = [f"precision={precision}", f"output.dir={out}", f"seed={seed}", "output.checkpoint_every=0"]
+    overrides += [f"schedule.max_steps={steps}"] if steps else []
     cfg, model, detector, dataset, _ = build_models("student", data, overrides)
     val_set = CocoDetection(cfg.data.val_images, cfg.data.val_annotations)
     start = time.perf_counter()
@@ -313,6 +335,8 @@ def ap_run(data: str, precision: str, out: str, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ driver
 def _worker(args) -> None:
+    global PRESET
+    PRESET = args.preset
     torch.set_num_threads(args.threads)
     if args.worker == "speed":
         variants = ["plain", "fast"] + (["engine_fp32"] if args.role == "student" else [])
@@ -322,14 +346,16 @@ def _worker(args) -> None:
     elif args.worker.startswith("profile_"):
         result = profile_student(args.data, args.worker.split("_", 1)[1])
     else:
-        result = ap_run(args.data, args.worker.split("_", 1)[1], args.ap_out, args.seed)
+        result = ap_run(args.data, args.worker.split("_", 1)[1], args.ap_out, args.seed, args.ap_steps)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _spawn(args, worker: str, role: str = "student", **extra) -> object:
-    cmd = [sys.executable, __file__, "--worker", worker, "--role", role, "--data", args.data, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+def _spawn(args, worker: str, role: str = "student", threads: int | None = None, **extra) -> object:
+    threads = threads or args.threads
+    cmd = [sys.executable, __file__, "--worker", worker, "--role", role, "--preset", args.preset, "--data", args.data,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads),
+           *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -339,7 +365,10 @@ def _spawn(args, worker: str, role: str = "student", **extra) -> object:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="runs/full_data", help="the preset's benchmark (made if missing)")
+    parser.add_argument("--preset", default="full", choices=["full", "full_192px", "quick"],
+                        help="models, batch and data of this preset (full: the package's reproduce_full.yaml)")
+    parser.add_argument("--data", default="", help="the preset's benchmark (made if missing; default "
+                                                     "runs/train_speed_<preset>_data)")
     parser.add_argument("--steps", type=int, default=24, help="interleaved steps per variant and role")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
@@ -348,7 +377,10 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--skip-speed", action="store_true", help="skip the training step speed")
     parser.add_argument("--skip-eval-speed", action="store_true")
-    parser.add_argument("--ap-seeds", default="0")
+    parser.add_argument("--ap-seeds", default="0,1,2,3,4,5,6,7",
+                        help="seeds of the AP check (the 8 seeds were fixed with the margin, before the run)")
+    parser.add_argument("--ap-jobs", type=int, default=2, help="AP runs at a time (1 thread each)")
+    parser.add_argument("--ap-steps", type=int, default=0, help="0: the preset's schedule (other: a smoke test)")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     # internal: one variant in a fresh process
     parser.add_argument("--worker", default="")
@@ -356,17 +388,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ap-out", default="")
     args = parser.parse_args()
+    global PRESET
+    PRESET = args.preset
+    args.data = args.data or default_data()
     if args.worker:
         return _worker(args)
 
     ensure_data(args.data)
     out_path = Path(args.out)
     result: dict = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    if result.get("preset", "full_192px") != args.preset:  # another preset's record: start afresh
+        result = {}
     result.update({"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
                    "machine": _machine(), "date": datetime.date.today().isoformat(),
                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                   "setup": "full preset (reproduce_full.yaml): Faster R-CNN R18-FPN student / R50-FPN teacher, "
-                            "GroupNorm, 192 px, batch 2, embedded benchmark (defeat data synth, preset settings)"})
+                   "preset": args.preset, "setup": describe_setup()})
 
     def save():
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,23 +448,66 @@ def main() -> None:
         save()
 
     if not args.skip_ap:
-        aps = {"fp32": [], "auto": []}
-        with tempfile.TemporaryDirectory() as tmp:
-            for seed in [int(s) for s in args.ap_seeds.split(",")]:
-                for precision in ("fp32", "auto"):
-                    run = _spawn(args, f"ap_{precision}", seed=seed, ap_out=f"{tmp}/{precision}_{seed}")
-                    aps[precision].append(run)
-                    print(f"AP {precision} seed {seed}: {100 * run['AP']:.1f} ({run['seconds']:.0f} s)", flush=True)
-        result["ap_fp32"] = round(100 * statistics.mean(r["AP"] for r in aps["fp32"]), 2)
-        result["ap_fast"] = round(100 * statistics.mean(r["AP"] for r in aps["auto"]), 2)
-        result["ap_runs"] = {"fp32": aps["fp32"], "fast": aps["auto"],
-                             "schedule": "the full preset's baseline student: 450 steps, batch 2, cosine, warmup 50, "
-                                         "evaluated on the 100 validation images"}
+        result.update(ap_check(args, save_partial=lambda runs: (result.update(ap_runs=runs), save())))
         save()
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     save()
     print(json.dumps({k: result.get(k) for k in ("speedup_vs_fp32_plain", "ap_fp32", "ap_fast")}))
     print(f"wrote {out_path}")
+
+
+def describe_setup() -> str:
+    tree = load_preset()
+    model, batch = tree["common"]["model"], tree["common"].get("data", {}).get("batch_size", 2)
+    return (f"preset {PRESET}: {tree['student']['model']['name']} student / {tree['teacher']['model']['name']} "
+            f"teacher, norm {model.get('norm', 'bn')}, {model.get('min_size')} px, batch {batch}, embedded benchmark "
+            f"(defeat data synth, the preset's settings)")
+
+
+def ap_check(args, save_partial) -> dict:
+    """The AP after the preset's baseline schedule, float32 vs the fast path, one pair of runs per seed; the
+    paired TOST decides (margin and alpha fixed above). Runs go ``--ap-jobs`` at a time, 1 thread each, float32
+    (the slower) first; ``save_partial`` gets the runs so far after each one."""
+    import concurrent.futures
+
+    from defeat.study import stats
+
+    seeds = [int(s) for s in args.ap_seeds.split(",")]
+    jobs = [(precision, seed) for precision in ("fp32", "auto") for seed in seeds]
+    runs: dict[str, dict[int, dict]] = {"fp32": {}, "auto": {}}
+    section = load_preset()["student"]
+    schedule = (f"the preset's baseline student ({PRESET}): {section['steps']} steps, batch 2, cosine, warmup "
+                f"{section.get('warmup_steps', 0)}, evaluated on the validation images; 1 thread per run, "
+                f"{args.ap_jobs} runs at a time")
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(args.ap_jobs) as pool:
+        futures = {pool.submit(_spawn, args, f"ap_{precision}", threads=1, seed=seed, ap_steps=args.ap_steps,
+                               ap_out=f"{tmp}/{precision}_{seed}"): (precision, seed) for precision, seed in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            precision, seed = futures[future]
+            run = future.result()
+            runs[precision][seed] = run
+            print(f"AP {precision} seed {seed}: {100 * run['AP']:.2f} ({run['seconds']:.0f} s)", flush=True)
+            save_partial({"fp32": [runs["fp32"][s] for s in sorted(runs["fp32"])],
+                          "fast": [runs["auto"][s] for s in sorted(runs["auto"])], "schedule": schedule})
+    fp32 = [100 * runs["fp32"][s]["AP"] for s in seeds]
+    fast = [100 * runs["auto"][s]["AP"] for s in seeds]
+    decision = stats.equivalent_paired(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
+    unpaired = stats.equivalent(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
+    seconds = {p: sum(r["seconds"] for r in runs[p].values()) for p in runs}
+    print(f"AP fast - fp32 = {decision['diff']:+.2f} (90 % CI [{decision['ci'][0]:+.2f}, {decision['ci'][1]:+.2f}], "
+          f"margin +/-{AP_MARGIN}): {'equivalent' if decision['pass'] else 'not shown equivalent'} "
+          f"(paired TOST p = {decision['p_value']:.3g})", flush=True)
+    return {
+        "ap_fp32": round(statistics.mean(fp32), 2), "ap_fast": round(statistics.mean(fast), 2),
+        "ap_fp32_sd": round(statistics.stdev(fp32), 2) if len(fp32) > 1 else None,
+        "ap_fast_sd": round(statistics.stdev(fast), 2) if len(fast) > 1 else None,
+        "ap_equivalence": {**decision, "preregistered": f"margin +/-{AP_MARGIN} AP, alpha {AP_ALPHA}, seeds {seeds}, "
+                                                        "paired TOST, fixed in benchmarks/train_speed.py before the run"},
+        "ap_equivalence_unpaired": unpaired,
+        "ap_runs": {"fp32": [runs["fp32"][s] for s in seeds], "fast": [runs["auto"][s] for s in seeds],
+                    "schedule": schedule},
+        "whole_run_speedup_ap_schedule": round(seconds["fp32"] / seconds["auto"], 2),
+    }
 
 
 def _machine() -> str:

@@ -81,3 +81,40 @@ def test_zero_variance_is_an_exact_difference():
     assert r["pass"] is True and r["p_value"] == 0.0 and r["ci"] == pytest.approx([0.1, 0.1]) and "exact" in r["note"]
     assert stats.equivalent([0.2, 0.2], [0.2, 0.2], 0.01)["pass"] is True
     assert stats.equivalent([0.3, 0.3], [0.2, 0.2], 0.01)["pass"] is False
+
+
+def test_paired_tost_matches_the_hand_computation():
+    # differences 0.5, -0.3, 0.2, 0.0: mean 0.1, sd 0.3367, se 0.1683, df 3
+    a, b = [5.5, 7.7, 6.2, 8.0], [5.0, 8.0, 6.0, 8.0]
+    out = stats.equivalent_paired(a, b, margin=1.0)
+    diffs = [0.5, -0.3, 0.2, 0.0]
+    mean, sd = sum(diffs) / 4, math.sqrt(sum((d - 0.1) ** 2 for d in diffs) / 3)
+    se = sd / 2
+    assert out["diff"] == pytest.approx(mean) and out["sd_diff"] == pytest.approx(sd)
+    half = sps.t.ppf(0.95, 3) * se
+    assert out["ci"] == pytest.approx([mean - half, mean + half])
+    assert out["p_lower"] == pytest.approx(sps.t.sf((mean + 1.0) / se, 3))
+    assert out["p_upper"] == pytest.approx(sps.t.cdf((mean - 1.0) / se, 3))
+    assert out["pass"] and out["decided"] and out["n_pairs"] == 4
+
+
+def test_pairing_removes_the_shared_seed_variance():
+    # seeds move both arms alike (spread 6 AP); the paired differences are all 0.2: equivalent when paired,
+    # undecidable within 1 AP when the pairs are ignored (Welch)
+    b = [2.0, 8.0, 5.0, 3.0, 7.0]
+    a = [x + 0.2 + 0.05 * (-1) ** i for i, x in enumerate(b)]
+    assert stats.equivalent_paired(a, b, margin=1.0)["pass"]
+    assert not stats.equivalent(a, b, margin=1.0)["pass"]
+
+
+def test_paired_tost_fails_when_the_differences_scatter_or_shift():
+    assert not stats.equivalent_paired([3.0, 9.0, 4.0], [5.0, 5.0, 6.0], margin=1.0)["pass"]  # diffs -2, 4, -2
+    assert not stats.equivalent_paired([6.5, 7.6, 8.4], [5.0, 6.0, 7.0], margin=1.0)["pass"]  # shifted by ~1.5
+
+
+def test_paired_tost_refuses_unpaired_input():
+    with pytest.raises(ValueError, match="different length"):
+        stats.equivalent_paired([1.0, 2.0], [1.0], margin=1.0)
+    with pytest.raises(ValueError, match="breaks its pair"):
+        stats.equivalent_paired([1.0, float("nan")], [1.0, 2.0], margin=1.0)
+    assert not stats.equivalent_paired([1.0], [1.0], margin=1.0)["decided"]

@@ -19,6 +19,12 @@ Welch (unequal variances)::
   H0_low: d <= -delta (``p_low = P(T_df >= (d + delta)/se)``) and H0_high: d >= +delta
   (``p_high = P(T_df <= (d - delta)/se)``); ``p = max(p_low, p_high)``; pass when ``p < alpha``, which is the same
   as the ``1 - 2 alpha`` (90 %) CI of d lying inside ``(-delta, +delta)``.
+* **A is comparable to B, paired** (:func:`equivalent_paired`): when the i-th values of A and B share everything
+  but the treatment (the same seed: initial weights and data order), TOST on the differences
+  ``d_i = a_i - b_i`` (n pairs, mean ``m_d``, sd ``s_d``): ``se = s_d / sqrt(n)``, ``df = n - 1``,
+  ``p_low = P(T_df >= (m_d + delta)/se)``, ``p_high = P(T_df <= (m_d - delta)/se)``
+  (``scipy.stats.ttest_1samp(d, -delta, alternative="greater")`` and ``(d, +delta, alternative="less")``); pass
+  when ``max(p_low, p_high) < alpha``, i.e. the 90 % CI ``m_d -/+ t_{0.95, n-1} se`` inside ``(-delta, +delta)``.
 * Fewer than two values in either arm: no variance, no test; the claim cannot pass (``"needs >= 2 seeds"``).
 * Zero variance in both arms (``se = 0``): the difference is exact; the test degenerates to comparing ``d``
   with 0 (beats) or with ``+/-delta`` (equivalence): p = 0 when it holds, 1 otherwise (noted).
@@ -35,6 +41,7 @@ NEEDS_SEEDS = f"needs >= {MIN_SEEDS} seeds in each arm"
 
 BEATS_TEST = "Welch t-test, one-sided (A > B)"
 TOST_TEST = "TOST equivalence (two one-sided Welch tests)"
+PAIRED_TOST_TEST = "paired TOST equivalence (two one-sided t-tests on the paired differences)"
 
 
 def _values(values: Sequence[float]) -> list[float]:
@@ -122,6 +129,48 @@ def equivalent(a: Sequence[float], b: Sequence[float], margin: float, alpha: flo
     else:
         p_low = float(stats.ttest_ind([x + margin for x in a], b, equal_var=False, alternative="greater").pvalue)
         p_high = float(stats.ttest_ind([x - margin for x in a], b, equal_var=False, alternative="less").pvalue)
+    out.update(p_lower=p_low, p_upper=p_high, p_value=max(p_low, p_high))
+    out["pass"] = out["p_value"] < alpha
+    return out
+
+
+def equivalent_paired(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = ALPHA) -> dict:
+    """"A is comparable to B" within ``margin`` for paired values (``a[i]`` and ``b[i]`` from the same seed):
+    TOST on the differences ``a[i] - b[i]``, pass when both one-sided ``p < alpha`` (the ``1 - 2 alpha`` CI of
+    the mean difference inside ``(-margin, +margin)``).
+
+    Same keys as :func:`equivalent` plus ``n_pairs`` and ``sd_diff``; ``ValueError`` when the arms differ in
+    length or a pair has a missing value (pairs cannot be re-formed)."""
+    from scipy import stats
+
+    if not margin > 0:
+        raise ValueError(f"equivalence margin must be > 0, got {margin!r}")
+    if len(a) != len(b):
+        raise ValueError(f"equivalent_paired: arms of different length ({len(a)} and {len(b)}): values must pair")
+    if len(_values(a)) != len(a) or len(_values(b)) != len(b):
+        raise ValueError("equivalent_paired: a missing (None/NaN) value breaks its pair; drop the pair first")
+    a, b = _values(a), _values(b)
+    diffs = [x - y for x, y in zip(a, b)]
+    out = _base(PAIRED_TOST_TEST, a, b, alpha, float(margin))
+    out.update(p_lower=None, p_upper=None, n_pairs=len(diffs), sd_diff=None)
+    if len(diffs) < MIN_SEEDS:
+        out["note"] = f"needs >= {MIN_SEEDS} pairs"
+        return out
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    out.update(sd_diff=sd, df=n - 1, decided=True, ci_level=1 - 2 * alpha)
+    if se == 0:
+        out["ci"] = [mean, mean]
+        p_low = 0.0 if mean > -margin else 1.0
+        p_high = 0.0 if mean < margin else 1.0
+        out["note"] = "identical differences in every pair: the difference is exact"
+    else:
+        half = float(stats.t.ppf(1 - alpha, n - 1)) * se
+        out["ci"] = [mean - half, mean + half]
+        p_low = float(stats.ttest_1samp(diffs, -margin, alternative="greater").pvalue)
+        p_high = float(stats.ttest_1samp(diffs, margin, alternative="less").pvalue)
     out.update(p_lower=p_low, p_upper=p_high, p_value=max(p_low, p_high))
     out["pass"] = out["p_value"] < alpha
     return out
