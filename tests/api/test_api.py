@@ -126,3 +126,20 @@ def test_distill_weights_auto_writes_the_chosen_weights_into_the_run_config(roun
     # resuming reuses the recorded choice instead of measuring again
     again = api.distill(cfg, resume=True)
     assert any("reusing" in n for n in again.notes)
+
+
+def test_the_error_analysis_does_not_import_torch():
+    """``defeat analyze errors`` goes through ``defeat.api``; its submodules load on first use, so the command
+    (and each of its drawing workers) does not pay torch's import for a training API it never calls."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from defeat import api; api.analyze_errors; from defeat.api import dataset_stats; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", "import sys; from defeat import api; api.analyze_errors; "
+                          "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"  # a training-side name still imports what it needs
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        api.nonexistent  # noqa: B018

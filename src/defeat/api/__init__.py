@@ -25,17 +25,53 @@ Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func
 The method itself (masks, losses, the distiller) is in :mod:`defeat.distill`, usable in a plain PyTorch loop.
 """
 
-from defeat.api.data import DatasetReport, dataset_stats, import_voc, import_yolo, synth
-from defeat.api.errors import analyze_errors
-from defeat.api.features import channel_distance, grad_norm
-from defeat.api.init import InitResult, init_config
-from defeat.api.models import export, load_detector
-from defeat.api.predict import predict
-from defeat.api.runs import RunResult, StepTiming, check_teacher, distill, estimate, evaluate, load_teacher, train
-from defeat.config import Config, DistillSettings, config_from_dict, load_config
-from defeat.engine import LoadedModel
+from __future__ import annotations
 
-__all__ = ["Config", "DatasetReport", "DistillSettings", "InitResult", "LoadedModel", "RunResult", "StepTiming",
-           "analyze_errors", "channel_distance", "check_teacher", "config_from_dict", "dataset_stats", "distill",
-           "estimate", "evaluate", "export", "grad_norm", "import_voc", "import_yolo", "init_config", "load_config",
-           "load_detector", "load_teacher", "predict", "synth", "train"]
+import importlib
+from typing import TYPE_CHECKING
+
+#: each public name -> the module that defines it. The submodules are imported on first use (PEP 562), so that
+#: ``defeat analyze errors`` (numpy, pycocotools, matplotlib) does not pay torch's import (~6 s, ~300 MB per
+#: drawing worker) for the training API it never calls.
+_EXPORTS = {
+    "DatasetReport": "defeat.api.data", "dataset_stats": "defeat.api.data", "import_voc": "defeat.api.data",
+    "import_yolo": "defeat.api.data", "synth": "defeat.api.data",
+    "analyze_errors": "defeat.api.errors",
+    "channel_distance": "defeat.api.features", "grad_norm": "defeat.api.features",
+    "InitResult": "defeat.api.init", "init_config": "defeat.api.init",
+    "export": "defeat.api.models", "load_detector": "defeat.api.models",
+    "predict": "defeat.api.predict",
+    "RunResult": "defeat.api.runs", "StepTiming": "defeat.api.runs", "check_teacher": "defeat.api.runs",
+    "distill": "defeat.api.runs", "estimate": "defeat.api.runs", "evaluate": "defeat.api.runs",
+    "load_teacher": "defeat.api.runs", "train": "defeat.api.runs",
+    "Config": "defeat.config", "DistillSettings": "defeat.config", "config_from_dict": "defeat.config",
+    "load_config": "defeat.config",
+    "LoadedModel": "defeat.engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'defeat.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from defeat.api.data import DatasetReport, dataset_stats, import_voc, import_yolo, synth
+    from defeat.api.errors import analyze_errors
+    from defeat.api.features import channel_distance, grad_norm
+    from defeat.api.init import InitResult, init_config
+    from defeat.api.models import export, load_detector
+    from defeat.api.predict import predict
+    from defeat.api.runs import (RunResult, StepTiming, check_teacher, distill, estimate, evaluate, load_teacher,
+                                 train)
+    from defeat.config import Config, DistillSettings, config_from_dict, load_config
+    from defeat.engine import LoadedModel
