@@ -26,7 +26,7 @@ elementwise on both sets. Peak memory = the largest sum over the process tree of
 page shared by forked processes counts once, split between them) polled every 0.2 s from ``/proc``; the largest
 single-process RSS is reported too. Linux only.
 
-    python benchmarks/error_analysis_speed.py     # ~1 h on 2 cores; writes benchmarks/results/error_analysis_speed.json
+    python benchmarks/error_analysis_speed.py     # ~37 min on 2 free cores; writes benchmarks/results/error_analysis_speed.json
 """
 
 from __future__ import annotations
