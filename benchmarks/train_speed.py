@@ -335,8 +335,6 @@ def ap_run(data: str, precision: str, out: str, seed: int, steps: int = 0) -> di
 
 # ------------------------------------------------------------------------------------------ driver
 def _worker(args) -> None:
-    global PRESET
-    PRESET = args.preset
     torch.set_num_threads(args.threads)
     if args.worker == "speed":
         variants = ["plain", "fast"] + (["engine_fp32"] if args.role == "student" else [])
@@ -448,7 +446,11 @@ def main() -> None:
         save()
 
     if not args.skip_ap:
-        result.update(ap_check(args, save_partial=lambda runs: (result.update(ap_runs=runs), save())))
+        def save_runs_so_far(runs: dict) -> None:
+            result["ap_runs"] = runs
+            save()
+
+        result.update(ap_check(args, save_partial=save_runs_so_far))
         save()
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     save()
