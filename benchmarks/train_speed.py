@@ -468,14 +468,15 @@ def describe_setup() -> str:
 
 def ap_check(args, save_partial) -> dict:
     """The AP after the preset's baseline schedule, float32 vs the fast path, one pair of runs per seed; the
-    paired TOST decides (margin and alpha fixed above). Runs go ``--ap-jobs`` at a time, 1 thread each, float32
-    (the slower) first; ``save_partial`` gets the runs so far after each one."""
+    paired TOST decides (margin and alpha fixed above). Runs go ``--ap-jobs`` at a time, 1 thread each, seed by
+    seed; ``save_partial`` gets the runs so far after each one."""
     import concurrent.futures
 
     from defeat.study import stats
 
     seeds = [int(s) for s in args.ap_seeds.split(",")]
-    jobs = [(precision, seed) for precision in ("fp32", "auto") for seed in seeds]
+    # seed by seed, so that the runs finished at any moment form pairs
+    jobs = [(precision, seed) for seed in seeds for precision in ("fp32", "auto")]
     runs: dict[str, dict[int, dict]] = {"fp32": {}, "auto": {}}
     section = load_preset()["student"]
     schedule = (f"the preset's baseline student ({PRESET}): {section['steps']} steps, batch 2, cosine, warmup "
