@@ -25,7 +25,7 @@ if missing).
    evaluation), for every seed of ``--ap-seeds``. A seed fixes the initial weights and the data order, so the two
    runs of a seed are a pair. Decided by a paired TOST equivalence test (``defeat.study.stats.equivalent_paired``)
    with the margin and alpha fixed here before the run (:data:`AP_MARGIN`, :data:`AP_ALPHA`). The runs go two at
-   a time (1 thread each), longest first.
+   a time (1 thread each), seed by seed.
 """
 
 from __future__ import annotations
@@ -169,15 +169,19 @@ def make_step(variant: str, role: str, data: str):
     fast: the engine's fast path (the trainer's building blocks: ``resolve_precision('auto')``, ``prepare``,
     autocast, the fused optimizer with the clip folded in, the allocator setting) plus the trainer's per-step
     loss check. engine_fp32: the engine with ``precision: fp32`` (stock modules, SGD for-loop, clipping).
+    fast_compiled: fast with the backbone + FPN under ``torch.compile`` (benchmarks/compile_speed.py).
     """
     from defeat.engine.precision import clipped_step, resolve_precision
     from defeat.engine.trainer import build_optimizer
 
-    precision_name = "auto" if variant == "fast" else "fp32"
+    precision_name = "auto" if variant.startswith("fast") else "fp32"
     cfg, model, _, dataset, before_step = build_models(role, data, [f"precision={precision_name}"])
     model.train()
     precision = resolve_precision(precision_name, "cpu")
     precision.prepare(model)
+    if variant == "fast_compiled":
+        # the backbone + FPN: where the convolutions are, and static shapes (the heads' proposal counts vary)
+        model.backbone = torch.compile(model.backbone, dynamic=False)
     lr = cfg.optim.lr * 0.01  # no warmup here: a small lr keeps every variant finite
     if variant == "plain":
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
@@ -185,7 +189,7 @@ def make_step(variant: str, role: str, data: str):
     else:
         cfg.optim.lr = lr
         optimizer = build_optimizer(cfg, model, precision)
-    allocator = _glibc_fast if variant == "fast" else _glibc_defaults
+    allocator = _glibc_fast if variant.startswith("fast") else _glibc_defaults
 
     def step(index: int, images, targets) -> float:
         allocator()
