@@ -8,8 +8,9 @@ step times, images/s and peak memory.
 Without CUDA it prints one line and exits 0. Writes ``benchmarks/results/gpu_check.json``: per stage the median
 seconds per step after ``--warmup`` steps, images/s over all GPUs (batch per GPU x GPUs / s per step), the
 peak GPU memory of rank 0, the precision the trainer chose and the final AP on the validation split (few
-steps: a smoke number, not a result). Models, batch and image size are the full preset's
-(as recorded: ``benchmarks/presets/reproduce_full_192px.yaml``) unless overridden with ``--set`` (e.g. ``--set data.batch_size=8``).
+steps: a smoke number, not a result). Models, batch and image size are the package's current full preset's
+(``reproduce_full.yaml``: R18-FPN student, R34-FPN teacher, 128 px, batch 2, as ``benchmarks/train_speed.py``
+builds them) unless overridden with ``--set`` (e.g. ``--set data.batch_size=8``).
 """
 
 from __future__ import annotations
