@@ -3,6 +3,8 @@
     python benchmarks/train_speed.py                            # everything, the full preset (about 1 h on 2 cores)
     python benchmarks/train_speed.py --skip-ap                  # the step speed only
     python benchmarks/train_speed.py --preset full_192px        # the full preset as it was before issue 16 (192 px)
+    python benchmarks/train_speed.py --skip-speed --skip-eval-speed --skip-profile \
+        --ap-seeds 44,45,46 --ap-resume --out check.json        # an AP check only; rerun to finish one interrupted
 
 Models, batch and data are the chosen preset's: ``full`` is the package's ``reproduce_full.yaml`` (Faster R-CNN
 R18-FPN student, R34-FPN teacher, GroupNorm, 128 px, batch 2); ``full_192px``
@@ -383,6 +385,9 @@ def main() -> None:
                         help="seeds of the AP check (the 8 seeds were fixed with the margin, before the run)")
     parser.add_argument("--ap-jobs", type=int, default=2, help="AP runs at a time (1 thread each)")
     parser.add_argument("--ap-steps", type=int, default=0, help="0: the preset's schedule (other: a smoke test)")
+    parser.add_argument("--ap-resume", action="store_true",
+                        help="keep the AP runs already in --out (same preset, schedule, seeds of --ap-seeds) and run "
+                             "only the missing ones: a check interrupted, or collected over several sittings")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     # internal: one variant in a fresh process
     parser.add_argument("--worker", default="")
@@ -408,7 +413,9 @@ def main() -> None:
 
     def save():
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2) + "\n")
+        tmp = out_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out_path)
 
     speed = result.setdefault("sec_per_step", {})
     ratios = result.setdefault("pair_ratios", {})
@@ -454,7 +461,8 @@ def main() -> None:
             result["ap_runs"] = runs
             save()
 
-        result.update(ap_check(args, save_partial=save_runs_so_far))
+        recorded = result.get("ap_runs") if args.ap_resume else None
+        result.update(ap_check(args, save_partial=save_runs_so_far, recorded=recorded))
         save()
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     save()
@@ -470,7 +478,18 @@ def describe_setup() -> str:
             f"(defeat data synth, the preset's settings)")
 
 
-def ap_check(args, save_partial) -> dict:
+def recorded_runs(ap_runs: dict | None, seeds: list[int], steps: int) -> dict[str, dict[int, dict]]:
+    """The runs of an earlier invocation's ``ap_runs`` (``{"fp32": [run, ...], "fast": [...]}``) that belong to
+    this check: a seed of ``seeds``, trained ``steps`` steps. Keyed like :func:`ap_check`'s runs (fast = ``auto``)."""
+    kept: dict[str, dict[int, dict]] = {"fp32": {}, "auto": {}}
+    for name, precision in (("fp32", "fp32"), ("fast", "auto")):
+        for run in (ap_runs or {}).get(name, []):
+            if run.get("seed") in seeds and run.get("steps") == steps:
+                kept[precision][run["seed"]] = run
+    return kept
+
+
+def ap_check(args, save_partial, recorded: dict | None = None) -> dict:
     """The AP after the preset's baseline schedule, float32 vs the fast path, one pair of runs per seed; the
     paired TOST decides (margin and alpha fixed above). Runs go ``--ap-jobs`` at a time, 1 thread each, seed by
     seed; ``save_partial`` gets the runs so far after each one."""
@@ -479,10 +498,12 @@ def ap_check(args, save_partial) -> dict:
     from defeat.study import stats
 
     seeds = [int(s) for s in args.ap_seeds.split(",")]
-    # seed by seed, so that the runs finished at any moment form pairs
-    jobs = [(precision, seed) for seed in seeds for precision in ("fp32", "auto")]
-    runs: dict[str, dict[int, dict]] = {"fp32": {}, "auto": {}}
     section = load_preset()["student"]
+    runs = recorded_runs(recorded, seeds, args.ap_steps or section["steps"])
+    if recorded:
+        print(f"AP check resumed: {sum(map(len, runs.values()))} runs kept from {args.out}", flush=True)
+    # seed by seed, so that the runs finished at any moment form pairs
+    jobs = [(precision, seed) for seed in seeds for precision in ("fp32", "auto") if seed not in runs[precision]]
     schedule = (f"the preset's baseline student ({PRESET}): {section['steps']} steps, batch 2, cosine, warmup "
                 f"{section.get('warmup_steps', 0)}, evaluated on the validation images; 1 thread per run, "
                 f"{args.ap_jobs} runs at a time")
@@ -501,9 +522,13 @@ def ap_check(args, save_partial) -> dict:
     decision = stats.equivalent_paired(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
     unpaired = stats.equivalent(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
     seconds = {p: sum(r["seconds"] for r in runs[p].values()) for p in runs}
-    print(f"AP fast - fp32 = {decision['diff']:+.2f} (90 % CI [{decision['ci'][0]:+.2f}, {decision['ci'][1]:+.2f}], "
-          f"margin +/-{AP_MARGIN}): {'equivalent' if decision['pass'] else 'not shown equivalent'} "
-          f"(paired TOST p = {decision['p_value']:.3g})", flush=True)
+    if decision["decided"]:
+        print(f"AP fast - fp32 = {decision['diff']:+.2f} (90 % CI [{decision['ci'][0]:+.2f}, "
+              f"{decision['ci'][1]:+.2f}], margin +/-{AP_MARGIN}): "
+              f"{'equivalent' if decision['pass'] else 'not shown equivalent'} "
+              f"(paired TOST p = {decision['p_value']:.3g})", flush=True)
+    else:
+        print(f"AP fast - fp32: undecided ({decision['note']})", flush=True)
     return {
         "ap_fp32": round(statistics.mean(fp32), 2), "ap_fast": round(statistics.mean(fast), 2),
         "ap_fp32_sd": round(statistics.stdev(fp32), 2) if len(fp32) > 1 else None,
