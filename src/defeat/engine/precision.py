@@ -36,7 +36,9 @@ bfloat16 weight gradient leaves those taps uninitialised; see :func:`has_dead_ta
 Measured and left off: channels-last memory format (on this CPU bfloat16 convolutions were no faster and
 GroupNorm's backward 10x slower in channels-last). The optimizer step uses the fused kernel (SGD/AdamW
 ``fused=True``) where torch has one for the device. On CUDA the trainer also sets ``cudnn.benchmark`` (unless
-``deterministic``) and pins the loader's memory; ``torch.compile`` is not used (not measured to help).
+``deterministic``) and pins the loader's memory. ``torch.compile`` is not used: on this CPU the student's compiled
+backbone + FPN made a fast-path step slower (0.92x, after a 55-s cold compile; ``benchmarks/compile_speed.py``);
+not measured on a GPU.
 """
 
 from __future__ import annotations
