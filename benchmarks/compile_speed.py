@@ -51,6 +51,7 @@ def main() -> None:
     data = args.data or train_speed.default_data()
     train_speed.ensure_data(data)
 
+    # train_speed.interleaved's loop, keeping the warmup steps: the first compiled step is the compile cost
     variants = ("fast", "fast_compiled")
     built = {v: train_speed.make_step(v, args.role, data) for v in variants}
     _, dataset, cfg = built["fast"]
