@@ -64,8 +64,9 @@ def tiny_coco(tmp_path_factory) -> dict:
     }
 
 
-def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_r18_fpn", steps: int = 3) -> list[str]:
-    """Config overrides for a few-step run of a tiny model on the tiny set."""
+def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_tiny_fpn", steps: int = 3) -> list[str]:
+    """Config overrides for a few-step run of a tiny model (the toy backbone unless ``name`` says otherwise) on the
+    tiny set."""
     return tiny["overrides"] + [
         f"model.name={name}", "model.min_size=64", "model.max_size=64", "model.anchor_sizes=[8,16,32,64,128]",
         "model.rpn_pre_nms_top_n_train=100", "model.rpn_post_nms_top_n_train=50", "model.rpn_pre_nms_top_n_test=50",
@@ -77,7 +78,7 @@ def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_r18_fpn",
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_coco, tmp_path_factory):
-    """A zoo Faster R-CNN R18 'teacher' trained for one step on the tiny set (weights, not quality, matter)."""
+    """A tiny Faster R-CNN 'teacher' trained for one step on the tiny set (weights, not quality, matter)."""
     from defeat.cli.main import main
     out = tmp_path_factory.mktemp("teacher")
     overrides = tiny_overrides(tiny_coco, out, steps=1) + ["output.checkpoint_every=0", "seed=5"]

@@ -24,10 +24,13 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Which detector to build (see ``defeat.models.build_detector``)."""
 
-    # the zoo's ``<family>_r<depth>_fpn`` (from scratch, ``norm``) or a torchvision name such as
-    # ``fasterrcnn_resnet50_fpn_v2`` / ``fasterrcnn_mobilenet_v3_large_fpn`` (torchvision's own builders)
+    # ``<family>_r<depth>_fpn`` (alias: torchvision's spelling ``fasterrcnn_resnet18_fpn``), ``<family>_tiny_fpn``
+    # (a toy for tests) or one of torchvision's official builders such as ``fasterrcnn_resnet50_fpn_v2`` /
+    # ``fasterrcnn_mobilenet_v3_large_fpn``; see defeat.models.spec
     name: str = "faster_rcnn_r18_fpn"
-    norm: Literal["gn", "bn", "syncbn", "frozen_bn"] = "gn"  # zoo names: trainable normalisation from scratch
+    # backbone normalisation of the ResNet-FPN names: auto = frozen_bn when weights are loaded, else gn (trainable
+    # from scratch at small batches); torchvision's official builders use their own (syncbn converts them too)
+    norm: Literal["auto", "gn", "bn", "syncbn", "frozen_bn"] = "auto"
     # whole-detector weights: a file as torchvision writes it (e.g. fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth),
     # DEFAULT (torchvision's COCO weights of this name, downloaded once) or none
     weights: str = "none"

@@ -9,6 +9,9 @@ from defeat.data.anchors import (anchor_coverage, anchor_offsets, anchor_shapes,
                                  fit_anchors, grid_iou, training_scale)
 from defeat.data.coco import CocoIndex
 from defeat.data.stats import choose_image_size, dataset_statistics, format_statistics
+from defeat.models.spec import model_spec
+
+FASTER, RETINA, FCOS = (model_spec(f"{f}_r18_fpn") for f in ("faster_rcnn", "retinanet", "fcos"))
 
 
 def test_coverage_equals_a_hand_computation():
@@ -31,10 +34,10 @@ def test_grid_iou_equals_a_hand_computation():
     # far apart: no overlap
     assert grid_iou(np.array([[4.0, 4.0]]), np.array([[4.0, 4.0]]), [5.0])[0, 0] == 0.0
     # stride / 4 per anchor, in anchor_shapes' order (sizes x ratios; RetinaNet x 3 octave scales)
-    assert anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2]) == pytest.approx(np.repeat([1, 2, 4, 8, 16], 3))
-    assert len(anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], "retinanet")) == 45
-    with pytest.raises(ValueError, match="5 levels"):
-        anchor_offsets([8, 16], [1.0])
+    assert anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], FASTER) == pytest.approx(np.repeat([1, 2, 4, 8, 16], 3))
+    assert len(anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], RETINA)) == 45
+    with pytest.raises(ValueError, match="needs 5 sizes"):
+        anchor_offsets([8, 16], [1.0], FASTER)
 
 
 def test_small_anchors_on_a_coarse_grid_do_not_count():
@@ -44,17 +47,17 @@ def test_small_anchors_on_a_coarse_grid_do_not_count():
     assert coverage(boxes, np.array([[20.0, 20.0]]), [16 / 4]) == 0.0  # on a stride-16 grid: (16^2)/(800-256) < 0.5
     assert coverage(boxes, np.array([[20.0, 20.0]]), [8 / 4]) == 1.0  # stride 8: 18^2 / (800 - 324) = 0.68
     # Faster R-CNN sizes [16, 32, ...] put the 16 on P2 (stride 4): 16 x 16 boxes are covered
-    assert anchor_coverage(np.array([[16.0, 16.0]]), [16, 32, 64, 128, 256], [1.0]) == 1.0
+    assert anchor_coverage(np.array([[16.0, 16.0]]), [16, 32, 64, 128, 256], [1.0], FASTER) == 1.0
     # RetinaNet's levels start at stride 8: sizes [4, 8, 16, ...] put the 16 on P5 (stride 32), too coarse for it
-    assert anchor_coverage(np.array([[16.0, 16.0]]), [4, 8, 16, 32, 64], [1.0], "retinanet") < 1.0
+    assert anchor_coverage(np.array([[16.0, 16.0]]), [4, 8, 16, 32, 64], [1.0], RETINA) < 1.0
 
 
 def test_anchor_shapes_follow_torchvision():
     # size s, ratio r = h/w: w = s/√r, h = s·√r (torchvision's AnchorGenerator)
-    shapes = anchor_shapes([16], [0.25, 1.0, 4.0])
+    shapes = anchor_shapes([16] * 5, [0.25, 1.0, 4.0], FASTER)[:3]
     assert shapes == pytest.approx(np.array([[32, 8], [16, 16], [8, 32]]))
-    assert len(anchor_shapes([8, 16, 32, 64, 128], [0.5, 1, 2], "retinanet")) == 45  # 3 octave scales
-    assert len(anchor_shapes([8, 16, 32, 64, 128], [0.5, 1, 2], "fcos")) == 5  # anchor-free: one square
+    assert len(anchor_shapes([8, 16, 32, 64, 128], [0.5, 1, 2], RETINA)) == 45  # 3 octave scales
+    assert len(anchor_shapes([8, 16, 32, 64, 128], [0.5, 1, 2], FCOS)) == 5  # anchor-free: one square
 
 
 def test_training_scale_is_torchvisions_resize():
@@ -66,18 +69,18 @@ def test_fit_covers_the_boxes_and_never_loses_to_the_given_anchors():
     rng = np.random.default_rng(0)
     side = rng.uniform(6, 14, 300)
     boxes = np.stack([side, 3 * side], 1)  # tall thin objects, 6-14 px wide: the defaults miss them all
-    fit = fit_anchors(boxes, given_sizes=[32, 64, 128, 256, 512])
-    assert fit.given_coverage == pytest.approx(anchor_coverage(boxes, [32, 64, 128, 256, 512], [0.5, 1, 2]))
+    fit = fit_anchors(boxes, FASTER, given_sizes=[32, 64, 128, 256, 512])
+    assert fit.given_coverage == pytest.approx(anchor_coverage(boxes, [32, 64, 128, 256, 512], [0.5, 1, 2], FASTER))
     assert fit.given_coverage < 0.2 and fit.coverage == 1.0
     assert fit.sizes == sorted(fit.sizes) and fit.sizes[0] >= 4  # one size per level, >= the P2 stride
-    assert fit.coverage == pytest.approx(anchor_coverage(boxes, fit.sizes, fit.ratios))
+    assert fit.coverage == pytest.approx(anchor_coverage(boxes, fit.sizes, fit.ratios, FASTER))
     # each fitted size reaches IoU 0.5 on its own level's grid for a box of its own shape: >= ~1.36 strides
     assert all(size >= 1.3 * stride for size, stride in zip(fit.sizes, (4, 8, 16, 32, 64)))
     assert aspect_ratio_quantiles(boxes) == (3.0, 3.0, 3.0)
-    same = fit_anchors(np.array([[32.0, 32.0]]), given_sizes=[32, 64, 128, 256, 512])
+    same = fit_anchors(np.array([[32.0, 32.0]]), FASTER, given_sizes=[32, 64, 128, 256, 512])
     assert same.coverage == same.given_coverage == 1.0
     with pytest.raises(ValueError, match="no boxes"):
-        fit_anchors(np.zeros((0, 2)))
+        fit_anchors(np.zeros((0, 2)), FASTER)
 
 
 def test_statistics_of_a_hand_made_index():

@@ -11,7 +11,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from defeat.config import ModelConfig
 from defeat.models import build_detector, level_pairs, num_classes_of, strides_of
 from defeat.models.classes import MergedBackgroundPredictor, keep_classes, outputs_in_state
-from defeat.models.torchvision_zoo import OFFICIAL, torchvision_names
+from defeat.models.spec import OFFICIAL, model_spec
 
 
 @pytest.mark.parametrize("name", OFFICIAL)
@@ -56,7 +56,7 @@ def test_pretrained_conventions_follow_torchvision():
 def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match="fasterrcnn_mobilenet_v3_large_fpn"):
         build_detector(ModelConfig(name="fasterrcnn_resnet51_fpn"), 3)
-    assert "fcos_resnet101_fpn" in torchvision_names()
+    assert model_spec("fcos_resnet101_fpn").canonical == "fcos_r101_fpn"  # torchvision's spelling: an alias
 
 
 def test_keep_classes_is_exact_for_faster_rcnn():

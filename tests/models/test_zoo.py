@@ -6,13 +6,15 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from defeat.config import ModelConfig
-from defeat.models import LEVELS, build_detector, fpn_features, levels_of, parse_name
+from defeat.models import build_detector, fpn_features, levels_of, model_spec
+from defeat.models.spec import RESNET_LEVELS as LEVELS
 
 
 @pytest.mark.parametrize("family", ["faster_rcnn", "retinanet", "fcos"])
-def test_every_family_trains_and_predicts(family):
+@pytest.mark.parametrize("backbone", ["tiny", "r18"])
+def test_every_family_trains_and_predicts(family, backbone):
     torch.manual_seed(0)
-    cfg = ModelConfig(name=f"{family}_r18_fpn", min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128])
+    cfg = ModelConfig(name=f"{family}_{backbone}_fpn", min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128])
     model = build_detector(cfg, num_classes=5)
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([5])},
@@ -31,7 +33,7 @@ def test_every_family_trains_and_predicts(family):
     x, _ = model.transform(images)
     feats = fpn_features(model, x.tensors)
     assert list(feats) == levels_of(model) == list(LEVELS[family])
-    assert all(f.shape[1] == 256 for f in feats.values())
+    assert all(f.shape[1] == model_spec(cfg.name).fpn_channels for f in feats.values())
     widths = [f.shape[-1] for f in feats.values()]
     assert widths == sorted(widths, reverse=True) and widths[0] == 64 // list(LEVELS[family].values())[0]
 
@@ -43,7 +45,7 @@ def test_depths_and_sampling_sizes():
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     assert model.rpn._post_nms_top_n["training"] == 123
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.body.modules())
-    assert parse_name("fcos_r152_fpn").depth == 152
+    assert model_spec("fcos_r152_fpn").depth == 152 and model_spec("fcos_resnet152_fpn").canonical == "fcos_r152_fpn"
 
 
 @pytest.mark.parametrize("name", ["faster_rcnn_r51_fpn", "yolo_r50_fpn", "retinanet_r50"])
@@ -53,7 +55,7 @@ def test_unknown_names_are_refused(name):
 
 
 def test_anchor_sizes_must_match_levels():
-    with pytest.raises(ValueError, match="model.anchor_sizes: need 5 sizes"):
+    with pytest.raises(ValueError, match="model.anchor_sizes: faster_rcnn_r18_fpn needs 5 sizes"):
         build_detector(ModelConfig(anchor_sizes=[16, 32]), 3)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from defeat.analysis.plotting import plt, save_figure
-from defeat.data.anchors import POSITIVE_IOU, anchor_offsets, anchor_shapes, best_iou, family_of_name
+from defeat.data.anchors import POSITIVE_IOU, anchor_offsets, anchor_shapes, best_iou
+from defeat.models.spec import model_spec
 
 MAX_CLASSES = 8  # classes drawn one by one; the rest are pooled as "other"
 
@@ -35,9 +36,9 @@ def draw_dataset_figure(report, path: str | Path) -> Path:
     axes[0].legend(fontsize=7)
 
     fit = report.anchors
-    family = family_of_name(report.model)
-    given = anchor_shapes(fit.given_sizes, fit.given_ratios, family)
-    fitted = anchor_shapes(fit.sizes, fit.ratios, family)
+    spec = model_spec(report.model)
+    given = anchor_shapes(fit.given_sizes, fit.given_ratios, spec)
+    fitted = anchor_shapes(fit.sizes, fit.ratios, spec)
     axes[1].scatter(report.boxes_wh[:, 0], report.boxes_wh[:, 1], s=4, alpha=0.3, color="grey", label="boxes")
     axes[1].scatter(given[:, 0], given[:, 1], marker="x", color="tab:red", label="given anchors")
     axes[1].scatter(fitted[:, 0], fitted[:, 1], marker="+", s=80, color="tab:blue", label="fitted anchors")
@@ -53,7 +54,7 @@ def draw_dataset_figure(report, path: str | Path) -> Path:
     filled = np.bincount(which, minlength=len(centres)) > 0
     for name, sizes, ratios, colour in (("given", fit.given_sizes, fit.given_ratios, "tab:red"),
                                         ("fitted", fit.sizes, fit.ratios, "tab:blue")):
-        anchors, offsets = anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family)
+        anchors, offsets = anchor_shapes(sizes, ratios, spec), anchor_offsets(sizes, ratios, spec)
         covered = best_iou(report.boxes_wh, anchors, offsets) >= POSITIVE_IOU
         share = np.bincount(which, weights=covered, minlength=len(centres)) / np.maximum(1, np.bincount(
             which, minlength=len(centres)))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from defeat.data.anchors import AnchorFit, family_of_name, fit_anchors, training_scale
+from defeat.data.anchors import AnchorFit, fit_anchors, training_scale
+from defeat.models.spec import model_spec
 from defeat.data.coco import CocoIndex, load_coco_index
 from defeat.data.importers import import_voc, import_yolo
 from defeat.data.stats import DatasetStats, box_arrays, choose_image_size, dataset_statistics
@@ -89,7 +90,7 @@ def dataset_stats(annotations: str | Path, images: str | Path, *, val_annotation
         aspect = max_size / min_size
         min_size, max_size, reason = image_size, int(32 * np.ceil(image_size * aspect / 32)), "from --image-size"
     scaled = wh * training_scale(image_wh, min_size, max_size)[:, None]
-    fit = fit_anchors(scaled, family_of_name(model), given_sizes, given_ratios)
+    fit = fit_anchors(scaled, model_spec(model), given_sizes, given_ratios)
     report = DatasetReport(dataset_statistics(train_index), dataset_statistics(val_index) if val_index else None,
                            model, min_size, max_size, reason, fit, train_index.categories, scaled, labels)
     if figure is not None:

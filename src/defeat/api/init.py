@@ -19,7 +19,7 @@ import yaml
 
 from defeat.api.data import DatasetReport, dataset_stats
 from defeat.config import Config, config_from_dict
-from defeat.data.anchors import STRIDES, family_of_name
+from defeat.models.spec import FAMILIES, family_of_name
 from defeat.utils import atomic_write_text
 
 TEACHER_STEPS_FACTOR = 3
@@ -73,8 +73,8 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
     out = Path(out)
     if model is not None and family is not None and family_of_name(model) != family:
         raise ValueError(f"--model {model} is not of --family {family}")
-    if family is not None and family not in STRIDES:
-        raise ValueError(f"--family: unknown family {family!r} (choose from {', '.join(STRIDES)})")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"--family: unknown family {family!r} (choose from {', '.join(FAMILIES)})")
     companions = family is not None or model is not None or teacher is not None
     family = family or (family_of_name(model) if model else "faster_rcnn")
     student = model or f"{family}_r18_fpn"

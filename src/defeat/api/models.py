@@ -8,7 +8,8 @@ from pathlib import Path
 from defeat.config import ModelConfig
 from defeat.engine import LoadedModel, load_model
 from defeat.engine.weights import load_pretrained
-from defeat.models.torchvision_zoo import is_torchvision_name, torchvision_defaults, torchvision_names
+from defeat.models.spec import is_torchvision_name
+from defeat.models.torchvision_zoo import torchvision_defaults, torchvision_names
 from defeat.engine.export import export_onnx, export_student
 
 

@@ -41,7 +41,8 @@ def load_model(args):
     FILE]`` (a torchvision detector; without ``--weights`` torchvision's DEFAULT COCO weights)."""
     from defeat import api
     from defeat.config import ModelConfig
-    from defeat.models.torchvision_zoo import is_torchvision_name, torchvision_defaults, torchvision_names
+    from defeat.models.spec import is_torchvision_name
+    from defeat.models.torchvision_zoo import torchvision_defaults, torchvision_names
 
     if args.model is None and args.weights is None:
         if args.checkpoint is None:

@@ -13,10 +13,12 @@ d = 0 it is the centred "shape IoU" of YOLO's autoanchor ("best possible recall"
 ≥ 0.5 (torchvision's RPN and RetinaNet take an anchor as positive from IoU 0.5 on, 0.7 for the RPN's
 foreground, but every box also gets its best anchor).
 
-**Anchor shapes** follow torchvision's ``AnchorGenerator`` as the zoo builds it: for size s and ratio r = h/w,
-``w = s / √r``, ``h = s · √r``; Faster R-CNN has one size per level, RetinaNet three octave scales
-``s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋`` per level; FCOS is anchor-free (its "anchor" is a square of the level's size
-that only sets the level's scale range), so it is not fitted.
+**Anchor shapes** follow torchvision's ``AnchorGenerator`` as the model builds it: for size s and ratio r = h/w,
+``w = s / √r``, ``h = s · √r``; the sizes of each level come from the model's spec
+(:meth:`defeat.models.spec.ModelSpec.anchor_sizes`: one size per level, RetinaNet three octave scales); FCOS is
+anchor-free (its "anchor" is a square of the level's size that only sets the level's scale range), so it is not
+fitted. Every function takes that spec (any object with ``family``, ``strides``, ``anchor_sizes(base)`` and
+``anchor_ratios(ratios)``), so what a model is stays in one place.
 
 **Boxes at the training scale.** torchvision resizes an image of w×h by ``min(min_size / min(w, h),
 max_size / max(w, h))``; box sizes are scaled by the same factor before coverage is measured.
@@ -35,46 +37,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from typing import Protocol
+
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
 GROWTHS = (1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
-#: level strides of the zoo's families (P2..P6 for Faster R-CNN, P3..P7 one-stage)
-STRIDES = {"faster_rcnn": (4, 8, 16, 32, 64), "retinanet": (8, 16, 32, 64, 128), "fcos": (8, 16, 32, 64, 128)}
 POSITIVE_IOU = 0.5
 
 
-def family_of_name(model_name: str) -> str:
-    """``'retinanet_r18_fpn'`` -> ``'retinanet'`` (the zoo's naming); torchvision's ResNet-FPN names too
-    (``'fasterrcnn_resnet50_fpn_v2'`` -> ``'faster_rcnn'``: same levels and one anchor size per level)."""
-    if "mobilenet" in model_name:
-        raise ValueError(f"model.name: {model_name} has several anchor sizes on each of its 3 levels; anchors are "
-                         "fitted for ResNet-FPN models (one size per level). Use e.g. --model fasterrcnn_resnet18_fpn, "
-                         "or set model.name afterwards and drop anchor_sizes (its own anchors are kept)")
-    for family in STRIDES:
-        if model_name.startswith((family + "_", family.replace("_", "") + "_")):
-            return family
-    raise ValueError(f"model.name: unknown detector family in {model_name!r} (faster_rcnn, retinanet or fcos)")
+class AnchorLayout(Protocol):
+    """What anchor fitting needs of a model (:class:`defeat.models.spec.ModelSpec` is one)."""
+
+    family: str
+
+    @property
+    def strides(self) -> tuple[int, ...]: ...
+
+    def anchor_sizes(self, base_sizes) -> tuple[tuple[int, ...], ...]: ...
+
+    def anchor_ratios(self, ratios) -> tuple[float, ...]: ...
 
 
-def anchor_shapes(sizes, ratios, family: str = "faster_rcnn") -> np.ndarray:
-    """``(A, 2)`` anchor (w, h) of every level, as the zoo's AnchorGenerator makes them (before rounding)."""
-    if family == "retinanet":
-        scales = [v for s in sizes for v in (s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3)))]
-    else:
-        scales = list(sizes)
-    ratios = (1.0,) if family == "fcos" else tuple(ratios)
-    root = np.sqrt(np.asarray(ratios, float))
-    scales = np.asarray(scales, float)
+def anchor_shapes(sizes, ratios, spec: AnchorLayout) -> np.ndarray:
+    """``(A, 2)`` anchor (w, h) of every level, as the model's AnchorGenerator makes them (before rounding)."""
+    scales = np.asarray([s for level in spec.anchor_sizes(sizes) for s in level], float)
+    root = np.sqrt(np.asarray(spec.anchor_ratios(ratios), float))
     return np.stack([(scales[:, None] / root[None, :]).ravel(), (scales[:, None] * root[None, :]).ravel()], 1)
 
 
-def anchor_offsets(sizes, ratios, family: str = "faster_rcnn") -> np.ndarray:
+def anchor_offsets(sizes, ratios, spec: AnchorLayout) -> np.ndarray:
     """``(A,)`` the typical centre offset per axis, stride / 4, of every anchor of :func:`anchor_shapes` (same order)."""
-    strides = STRIDES[family]
-    if len(sizes) != len(strides):
-        raise ValueError(f"anchor_sizes: {family} has {len(strides)} levels (strides {list(strides)}), "
-                         f"got {len(sizes)} sizes {list(sizes)}")
-    per_level = (3 if family == "retinanet" else 1) * (1 if family == "fcos" else len(ratios))
-    return np.repeat(np.asarray(strides, float) / 4, per_level)
+    per_level = [len(level) * len(spec.anchor_ratios(ratios)) for level in spec.anchor_sizes(sizes)]
+    return np.repeat(np.asarray(spec.strides, float) / 4, per_level)
 
 
 def grid_iou(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None) -> np.ndarray:
@@ -101,9 +94,9 @@ def coverage(boxes_wh: np.ndarray, anchors_wh: np.ndarray, offsets=None, thresho
     return float((best >= threshold).mean()) if len(best) else float("nan")
 
 
-def anchor_coverage(boxes_wh: np.ndarray, sizes, ratios, family: str = "faster_rcnn") -> float:
-    """Coverage of the anchors a ``family`` detector builds from ``sizes`` and ``ratios``, on their grid."""
-    return coverage(boxes_wh, anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family))
+def anchor_coverage(boxes_wh: np.ndarray, sizes, ratios, spec: AnchorLayout) -> float:
+    """Coverage of the anchors the model of ``spec`` builds from ``sizes`` and ``ratios``, on their grid."""
+    return coverage(boxes_wh, anchor_shapes(sizes, ratios, spec), anchor_offsets(sizes, ratios, spec))
 
 
 def training_scale(image_wh: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
@@ -143,12 +136,12 @@ class AnchorFit:
                 f"{100 * self.coverage:.1f} % (mean best IoU {self.mean_best_iou:.3f})")
 
 
-def _score(boxes_wh: np.ndarray, sizes, ratios, family: str) -> tuple[float, float]:
-    best = best_iou(boxes_wh, anchor_shapes(sizes, ratios, family), anchor_offsets(sizes, ratios, family))
+def _score(boxes_wh: np.ndarray, sizes, ratios, spec: AnchorLayout) -> tuple[float, float]:
+    best = best_iou(boxes_wh, anchor_shapes(sizes, ratios, spec), anchor_offsets(sizes, ratios, spec))
     return float((best >= POSITIVE_IOU).mean()), float(best.mean())
 
 
-def fit_anchors(boxes_wh: np.ndarray, family: str = "faster_rcnn", given_sizes=(32, 64, 128, 256, 512),
+def fit_anchors(boxes_wh: np.ndarray, spec: AnchorLayout, given_sizes=(32, 64, 128, 256, 512),
                 given_ratios=DEFAULT_RATIOS, max_boxes: int = 20000, seed: int = 0) -> AnchorFit:
     """Anchor sizes (one per level) and ratios for boxes of shape ``boxes_wh`` (N, 2) at the training scale.
 
@@ -160,13 +153,13 @@ def fit_anchors(boxes_wh: np.ndarray, family: str = "faster_rcnn", given_sizes=(
     if len(boxes_wh) > max_boxes:
         boxes_wh = boxes_wh[np.random.default_rng(seed).choice(len(boxes_wh), max_boxes, replace=False)]
     given_sizes, given_ratios = [int(s) for s in given_sizes], [float(r) for r in given_ratios]
-    given = _score(boxes_wh, given_sizes, given_ratios, family)
+    given = _score(boxes_wh, given_sizes, given_ratios, spec)
     best = (given, given_sizes, given_ratios)
     notes = []
-    if family == "fcos":
+    if spec.family == "fcos":
         notes.append("FCOS is anchor-free: its sizes only set each level's scale range, so they are not fitted")
     else:
-        strides = np.asarray(STRIDES[family], float)
+        strides = np.asarray(spec.strides, float)
         levels = np.arange(len(strides))
         fitted_ratios = list(aspect_ratio_quantiles(boxes_wh, len(given_ratios)))
         ratio_sets = [given_ratios] + ([fitted_ratios] if len(set(fitted_ratios)) == len(fitted_ratios) else [])
@@ -176,7 +169,7 @@ def fit_anchors(boxes_wh: np.ndarray, family: str = "faster_rcnn", given_sizes=(
                 if np.any(np.diff(sizes) <= 0):
                     continue
                 for ratios in ratio_sets:
-                    score = _score(boxes_wh, sizes, ratios, family)
+                    score = _score(boxes_wh, sizes, ratios, spec)
                     if score > best[0]:
                         best = (score, [int(s) for s in sizes], list(ratios))
     (cov, mean), sizes, ratios = best

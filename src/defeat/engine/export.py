@@ -21,7 +21,7 @@ from torch import nn
 
 from defeat.config import config_to_dict
 from defeat.engine.checkpoint import load_model
-from defeat.models.torchvision_zoo import is_torchvision_name
+from defeat.models.spec import model_spec
 from defeat.utils import atomic_torch_save, atomic_write_json
 
 
@@ -34,7 +34,7 @@ def student_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict, di
     meta = {"source": str(checkpoint), "kind": loaded.kind, "step": loaded.step,
             "model": config_to_dict(loaded.config)["model"], "num_classes": len(loaded.categories),
             "categories": loaded.categories}
-    if is_torchvision_name(loaded.name):  # the stock builder loads the exported state dict with strict=True
+    if model_spec(loaded.name).official:  # the stock builder loads the exported state dict with strict=True
         meta["torchvision_builder"] = (f"torchvision.models.detection.{loaded.name}(weights=None, "
                                        f"weights_backbone=None, num_classes={len(loaded.categories) + 1})")
     return loaded.model, loaded.model.state_dict(), meta

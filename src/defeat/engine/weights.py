@@ -29,7 +29,7 @@ from defeat.data.category_map import normalize_name
 from defeat.engine.checkpoint import LoadedModel
 from defeat.models import build_detector
 from defeat.models.classes import class_dependent, keep_classes, outputs_in_state
-from defeat.models.torchvision_zoo import OFFICIAL, backbone_arch, is_torchvision_name
+from defeat.models.spec import OFFICIAL, model_spec
 
 Role = Literal["train", "eval", "teacher"]
 #: the ImageNet weights torchvision's detection builders put under their backbones
@@ -145,14 +145,6 @@ def check_fit(model: nn.Module, state: dict[str, Tensor], what: str) -> None:
                          f"mismatches; e.g. {'; '.join(examples)})")
 
 
-def _family(model_cfg: ModelConfig) -> str:
-    from defeat.models import parse_name
-    from defeat.models.torchvision_zoo import torchvision_family
-
-    return torchvision_family(model_cfg.name) if is_torchvision_name(model_cfg.name) else \
-        parse_name(model_cfg.name).family
-
-
 def detector_weights(model_cfg: ModelConfig) -> WeightFile:
     """The weights ``model.weights`` names (a path or DEFAULT)."""
     if model_cfg.weights.strip().upper() == "DEFAULT":
@@ -199,7 +191,7 @@ def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
         if is_set(model_cfg.backbone_weights):
             notes.append(load_backbone_weights(model, model_cfg))
         return model, notes, categories
-    family = _family(model_cfg)
+    family = model_spec(model_cfg.name).family
     weights = detector_weights(model_cfg)
     state, source = weights.state, weights.source
     outputs = outputs_in_state(state, family)
@@ -250,8 +242,7 @@ def load_backbone_weights(model: nn.Module, model_cfg: ModelConfig) -> str:
 
     ResNet: the classifier's keys are the body's (``fc`` is dropped); MobileNetV3: ``features.N...`` is body ``N...``.
     """
-    arch = backbone_arch(model_cfg.name) if is_torchvision_name(model_cfg.name) else \
-        f"resnet{int(model_cfg.name.split('_r')[-1].split('_')[0])}"
+    arch = model_spec(model_cfg.name).backbone
     if model_cfg.backbone_weights.strip().upper() == "DEFAULT":
         state, file = official_state_dict(arch, "model.backbone_weights", backbone=True)
         source = f"torchvision's {file}"

@@ -1,9 +1,9 @@
-"""What differs between detector families, in one place: the family of a model, its FPN levels and strides,
-its FPN features, its anchor generator and the width of its classifier.
+"""What differs between detector families, asked of a *built* model: its family, FPN levels and strides (measured),
+FPN features, anchor generator and classifier width. (What a model *name* means lives in :mod:`defeat.models.spec`.)
 
 Every other module asks these functions instead of testing model classes itself. A model of no known family
-is an error that names it, never a silent default. Adding a family means adding it to :data:`LEVELS` and to
-the ``isinstance`` table of :func:`family_of` (and, for distillation, one head class in ``defeat.distill``).
+is an error that names it, never a silent default. Adding a family means adding it to :mod:`defeat.models.spec`
+and to the ``isinstance`` table of :func:`family_of` (and, for distillation, one head class in ``defeat.distill``).
 """
 
 from __future__ import annotations
@@ -17,15 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
-FAMILIES = ("faster_rcnn", "retinanet", "fcos")
-
-#: FPN levels of the zoo's ResNet-FPN models per family, in torchvision's feature-dict order, with their strides
-#: (level Pk: stride 2**k); a model's own levels are measured by :func:`strides_of`
-LEVELS = {
-    "faster_rcnn": {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64},
-    "retinanet": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
-    "fcos": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
-}
+from defeat.models.spec import FAMILIES, RESNET_LEVELS as LEVELS  # noqa: F401  (re-exported)
 
 _CLASSES = ((FasterRCNN, "faster_rcnn"), (RetinaNet, "retinanet"), (FCOS, "fcos"))
 

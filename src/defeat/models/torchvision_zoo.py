@@ -1,12 +1,10 @@
-"""torchvision's detection models by torchvision's own names, built by torchvision's own builders.
+"""torchvision's official detection builders (the ones with COCO weights), built by torchvision itself.
 
-* The seven official builders: ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v2``,
-  ``fasterrcnn_mobilenet_v3_large_fpn``, ``fasterrcnn_mobilenet_v3_large_320_fpn``, ``retinanet_resnet50_fpn``,
-  ``retinanet_resnet50_fpn_v2``, ``fcos_resnet50_fpn``: their state dicts are torchvision's, so the official COCO
-  files load into them and an exported student loads into the stock builder.
-* Other ResNet depths in the same families (``fasterrcnn_resnet18_fpn``, ``retinanet_resnet101_fpn``,
-  ``fcos_resnet34_fpn``, ...), assembled as the v1 ResNet-50 builders assemble theirs (ImageNet backbone files
-  load into them; torchvision publishes no COCO weights for them).
+``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v2``, ``fasterrcnn_mobilenet_v3_large_fpn``,
+``fasterrcnn_mobilenet_v3_large_320_fpn``, ``retinanet_resnet50_fpn``, ``retinanet_resnet50_fpn_v2``,
+``fcos_resnet50_fpn``: their state dicts are torchvision's, so the official COCO files load into them and an exported
+student loads into the stock builder. (torchvision's spelling of other ResNet depths, e.g. ``fasterrcnn_resnet18_fpn``,
+is an alias of this project's ``faster_rcnn_r18_fpn``: see :mod:`defeat.models.spec`.)
 
 Built from scratch a model follows torchvision's untrained convention (BatchNorm, every stage trainable); built
 ``pretrained`` (weights will be loaded: the caller does the I/O) it follows the pretrained one: FrozenBatchNorm in
@@ -16,64 +14,29 @@ stages trainable (default 3).
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
-from torchvision.models import detection, resnet
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from defeat.config import ModelConfig
+from defeat.models.spec import OFFICIAL, ModelSpec, model_spec
 
-OFFICIAL = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
-            "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
-            "fcos_resnet50_fpn")
-VARIANT_DEPTHS = (18, 34, 101, 152)
-_VARIANT = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
-_FAMILY = {"fasterrcnn": "faster_rcnn", "retinanet": "retinanet", "fcos": "fcos"}
 #: torchvision's default for ``trainable_backbone_layers`` with pretrained weights, and the stage counts
 DEFAULT_TRAINABLE = 3
 MAX_TRAINABLE = {"resnet": 5, "mobilenet": 6}
 
 
 def torchvision_names() -> list[str]:
-    """Every torchvision name :func:`build_torchvision_detector` accepts."""
-    variants = [f"{prefix}_resnet{d}_fpn" for prefix in _FAMILY for d in VARIANT_DEPTHS]
-    return list(OFFICIAL) + variants
-
-
-def is_torchvision_name(name: str) -> bool:
-    return name in OFFICIAL or _variant(name) is not None
-
-
-def _variant(name: str) -> tuple[str, int] | None:
-    match = _VARIANT.match(name)
-    if match and int(match.group(2)) in VARIANT_DEPTHS:
-        return match.group(1), int(match.group(2))
-    return None
-
-
-def torchvision_family(name: str) -> str:
-    """``'faster_rcnn' | 'retinanet' | 'fcos'`` of a torchvision name."""
-    return _FAMILY[name.split("_", 1)[0]]
-
-
-def backbone_arch(name: str) -> str:
-    """The ImageNet classifier the backbone comes from: ``resnet50``, ``resnet18``, ``mobilenet_v3_large``."""
-    if "mobilenet_v3_large" in name:
-        return "mobilenet_v3_large"
-    variant = _variant(name)
-    return f"resnet{variant[1]}" if variant else "resnet50"
+    """torchvision's official names (:func:`build_torchvision_detector` builds them)."""
+    return list(OFFICIAL)
 
 
 def torchvision_defaults(name: str) -> dict:
     """The model-section values that give the builder's own behaviour (torchvision's defaults differ from this
     project's small-image ones): transform sizes, RPN numbers, score threshold. E.g. for ``defeat predict``."""
     values = dict(min_size=800, max_size=1333, box_score_thresh=0.05, box_detections_per_img=100)
-    if torchvision_family(name) == "faster_rcnn":
+    if model_spec(name).family == "faster_rcnn":
         values.update(rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
                       rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256, box_batch_size_per_image=512)
     if name == "fasterrcnn_mobilenet_v3_large_320_fpn":
@@ -81,8 +44,8 @@ def torchvision_defaults(name: str) -> dict:
     return values
 
 
-def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: bool) -> nn.Module:
-    """The torchvision detector ``cfg.name`` with ``num_outputs`` class outputs (background included).
+def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: int, pretrained: bool) -> nn.Module:
+    """torchvision's official detector ``spec`` with ``num_outputs`` class outputs (background included).
 
     ``pretrained``: build it as torchvision does when weights are loaded (FrozenBatchNorm body, frozen early
     stages); the weights themselves are loaded by the caller. The model section's sizes (``min_size``, the RPN and
@@ -90,9 +53,8 @@ def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: b
     replace the builder's anchors only when changed from the defaults (same number of anchors per location, so
     weights still fit).
     """
-    family = torchvision_family(cfg.name)
     kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size)
-    if family == "faster_rcnn":
+    if spec.family == "faster_rcnn":
         kwargs.update(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
                       rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
                       rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
@@ -102,62 +64,33 @@ def build_torchvision_detector(cfg: ModelConfig, num_outputs: int, pretrained: b
                       box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh)
     else:
         kwargs.update(score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img)
-    variant = _variant(cfg.name)
-    if cfg.name in OFFICIAL:
-        builder = getattr(detection, cfg.name)
-        model = builder(weights=None, weights_backbone=None, num_classes=num_outputs, **kwargs)
-    elif variant is not None:
-        model = _resnet_variant(*variant, num_outputs, **kwargs)
-    else:
-        raise ValueError(f"model.name: {cfg.name!r} is not a torchvision detector name "
-                         f"(choose from {', '.join(torchvision_names())})")
-    _replace_anchors(model, cfg, family)
+    if spec.builder != "torchvision":
+        raise ValueError(f"model.name: {cfg.name!r} is not one of torchvision's builders ({', '.join(OFFICIAL)})")
+    builder = getattr(detection, spec.canonical)
+    model = builder(weights=None, weights_backbone=None, num_classes=num_outputs, **kwargs)
+    _replace_anchors(model, cfg, spec)
     if pretrained or cfg.trainable_layers is not None:
         trainable = DEFAULT_TRAINABLE if cfg.trainable_layers is None else cfg.trainable_layers
         freeze_stages(model, trainable)
-    if pretrained and not cfg.name.endswith("_v2"):
+    if pretrained and not spec.canonical.endswith("_v2"):
         frozen_batchnorm(model.backbone.body)
     return model
 
 
-def _resnet_variant(prefix: str, depth: int, num_outputs: int, **kwargs) -> nn.Module:
-    """A ResNet-``depth`` detector assembled as torchvision's v1 ResNet-50 builder of that family does."""
-    body = getattr(resnet, f"resnet{depth}")(weights=None, norm_layer=nn.BatchNorm2d)
-    if prefix == "fasterrcnn":
-        return FasterRCNN(_resnet_fpn_extractor(body, 5), num_outputs, **kwargs)
-    backbone = _resnet_fpn_extractor(body, 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
-    if prefix == "retinanet":
-        from torchvision.models.detection.retinanet import _default_anchorgen
-        return RetinaNet(backbone, num_outputs, anchor_generator=_default_anchorgen(), **kwargs)
-    return FCOS(backbone, num_outputs, **kwargs)
-
-
-def _replace_anchors(model: nn.Module, cfg: ModelConfig, family: str) -> None:
+def _replace_anchors(model: nn.Module, cfg: ModelConfig, spec: ModelSpec) -> None:
+    """The config's anchors where they differ from the defaults (sizes per level by the spec's octave rule)."""
     defaults = ModelConfig()
     if cfg.anchor_sizes == defaults.anchor_sizes and cfg.anchor_ratios == defaults.anchor_ratios:
         return  # the builder's own anchors
-    generator = model.rpn.anchor_generator if family == "faster_rcnn" else model.anchor_generator
+    generator = model.rpn.anchor_generator if spec.family == "faster_rcnn" else model.anchor_generator
     ratios = generator.aspect_ratios
-    if cfg.anchor_ratios != defaults.anchor_ratios and family != "fcos":
+    if cfg.anchor_ratios != defaults.anchor_ratios and spec.family != "fcos":
         if len(cfg.anchor_ratios) != len(ratios[0]):
             raise ValueError(f"model.anchor_ratios: {cfg.name}'s heads are built for {len(ratios[0])} ratios per "
                              f"location; give {len(ratios[0])} (got {cfg.anchor_ratios})")
-        ratios = (tuple(float(r) for r in cfg.anchor_ratios),) * len(ratios)
-    if cfg.anchor_sizes == defaults.anchor_sizes:
-        _set_generator(model, family, AnchorGenerator(generator.sizes, ratios))
-        return
-    if len(cfg.anchor_sizes) != len(generator.sizes):
-        raise ValueError(f"model.anchor_sizes: {cfg.name} has {len(generator.sizes)} anchor levels "
-                         f"({[list(s) for s in generator.sizes]}); give {len(generator.sizes)} sizes, one per level")
-    per_level = len(generator.sizes[0])
-    if family == "retinanet" and per_level == 3:  # three octave scales per level
-        sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in cfg.anchor_sizes)
-    elif per_level == 1:
-        sizes = tuple((s,) for s in cfg.anchor_sizes)
-    else:
-        raise ValueError(f"model.anchor_sizes: {cfg.name}'s anchors ({[list(s) for s in generator.sizes]}) have "
-                         "several sizes per level; keep its own anchors (leave model.anchor_sizes at the default)")
-    _set_generator(model, family, AnchorGenerator(sizes, ratios))
+        ratios = (spec.anchor_ratios(cfg.anchor_ratios),) * len(ratios)
+    sizes = generator.sizes if cfg.anchor_sizes == defaults.anchor_sizes else spec.anchor_sizes(cfg.anchor_sizes)
+    _set_generator(model, spec.family, AnchorGenerator(sizes, ratios))
 
 
 def _set_generator(model: nn.Module, family: str, generator: AnchorGenerator) -> None:

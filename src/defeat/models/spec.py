@@ -1,0 +1,168 @@
+"""What a model name means, in one place: family, backbone, FPN levels and strides, anchor layout, widths, norm.
+
+Every module that needs to know something about a detector *by its name* asks :func:`model_spec` (the zoo's
+builder, torchvision's builders, weight files, anchor fitting, ``defeat init``); questions about a *built* model
+go to :mod:`defeat.models.families`. This module imports no torch, so the pure-numpy layers can use its answers.
+
+Names (one scheme per architecture; the other spelling is an alias of it):
+
+* ``<family>_r<depth>_fpn`` (family ``faster_rcnn | retinanet | fcos``, depth 18/34/50/101/152): a ResNet-FPN
+  detector built by this project (:mod:`defeat.models.zoo`). torchvision's spelling of the same architecture,
+  ``fasterrcnn_resnet18_fpn``, ``retinanet_resnet101_fpn``, ... (any depth torchvision publishes no COCO file
+  for) is an alias: the same spec, the same model.
+* ``<family>_tiny_fpn``: the same detector on a 4-stage toy backbone with a 32-channel FPN and a narrow box head
+  (~0.1 M parameters): for tests and smoke runs of a config, not for accuracy.
+* torchvision's seven builders with COCO weights (:data:`OFFICIAL`), built by torchvision itself so that the
+  official files load: ``fasterrcnn_resnet50_fpn[_v2]``, ``fasterrcnn_mobilenet_v3_large[_320]_fpn``,
+  ``retinanet_resnet50_fpn[_v2]``, ``fcos_resnet50_fpn``.
+
+Anchor layout (torchvision's ``AnchorGenerator``): a level's sizes come from one base size ``s`` per level,
+``(s,)`` for Faster R-CNN and FCOS, and RetinaNet's three octave scales ``(s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋)``; every
+size is combined with every ratio ``r = h/w`` (FCOS: only ``r = 1``, one point per location). MobileNetV3-FPN
+keeps torchvision's layout: the five sizes 32..512 on each of its three levels.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+FAMILIES = ("faster_rcnn", "retinanet", "fcos")
+DEPTHS = (18, 34, 50, 101, 152)
+#: torchvision's spelling of each family (``fasterrcnn_resnet50_fpn``)
+TORCHVISION_PREFIX = {"faster_rcnn": "fasterrcnn", "retinanet": "retinanet", "fcos": "fcos"}
+#: the builders torchvision publishes COCO weights for
+OFFICIAL = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+            "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+            "fcos_resnet50_fpn")
+
+#: FPN levels of the ResNet-FPN detectors, in torchvision's feature-dict order (level Pk: stride 2**k)
+RESNET_LEVELS = {
+    "faster_rcnn": {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64},
+    "retinanet": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
+    "fcos": {"P3": 8, "P4": 16, "P5": 32, "P6": 64, "P7": 128},
+}
+#: torchvision's MobileNetV3-FPN: two maps at stride 32 (the last two stages) and a max-pooled one
+MOBILENET_LEVELS = {"P5": 32, "P5b": 32, "P6": 64}
+MOBILENET_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # on every level
+#: the base anchor size per level torchvision's builders use (FCOS: its "anchors" set the scale ranges)
+TORCHVISION_ANCHOR_BASE = {"faster_rcnn": (32, 64, 128, 256, 512), "retinanet": (32, 64, 128, 256, 512),
+                           "fcos": (8, 16, 32, 64, 128)}
+
+_ZOO = re.compile(r"^(faster_rcnn|retinanet|fcos)_(r\d+|tiny)_fpn$")
+_TORCHVISION = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a detector's name determines before it is built."""
+
+    name: str  # as the user wrote it
+    canonical: str  # the one name of this architecture (an alias resolves to it)
+    family: str  # faster_rcnn | retinanet | fcos
+    backbone: str  # resnet18 .. resnet152 | mobilenet_v3_large | tiny
+    builder: str  # "zoo" (this project's builder) | "torchvision" (torchvision's own, official weights fit)
+    levels: dict[str, int] = field(hash=False)  # FPN output level -> stride, in the backbone's output order
+    fpn_channels: int = 256
+    box_head_size: int = 1024  # Faster R-CNN's TwoMLPHead width
+    octaves: int = 1  # anchor sizes per base size (RetinaNet on ResNet: 3)
+    norm_default: str = "gn"  # the backbone's normalisation from scratch (zoo builder; see resolved_norm)
+
+    @property
+    def depth(self) -> int | None:
+        """ResNet depth (``None`` for MobileNet and the tiny backbone)."""
+        return int(self.backbone[len("resnet"):]) if self.backbone.startswith("resnet") else None
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(self.levels.values())
+
+    @property
+    def official(self) -> bool:
+        """Whether torchvision publishes COCO weights for this name."""
+        return self.canonical in OFFICIAL
+
+    @property
+    def fixed_anchor_sizes(self) -> tuple[tuple[int, ...], ...] | None:
+        """Anchor sizes per level that a config cannot replace (several base sizes per level), else None."""
+        if self.backbone == "mobilenet_v3_large":
+            return (MOBILENET_ANCHOR_SIZES,) * len(self.levels)
+        return None
+
+    def anchor_sizes(self, base_sizes) -> tuple[tuple[int, ...], ...]:
+        """The generator's sizes per level from one base size per level (the octave rule in the module docstring).
+
+        A ValueError naming ``model.anchor_sizes`` when the count does not match the levels or the model's
+        anchors cannot be set by one size per level.
+        """
+        if self.fixed_anchor_sizes is not None:
+            raise ValueError(f"model.anchor_sizes: {self.name} has {len(MOBILENET_ANCHOR_SIZES)} anchor sizes on each "
+                             f"of its {len(self.levels)} levels, not one base size per level; keep its own anchors")
+        base_sizes = [int(s) for s in base_sizes]
+        if len(base_sizes) != len(self.levels):
+            raise ValueError(f"model.anchor_sizes: {self.name} needs {len(self.levels)} sizes (one per level "
+                             f"{'/'.join(self.levels)}), got {base_sizes}")
+        if self.octaves == 3:
+            return tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in base_sizes)
+        return tuple((s,) for s in base_sizes)
+
+    def anchor_ratios(self, ratios) -> tuple[float, ...]:
+        """The aspect ratios (h/w) every level uses: the given ones, FCOS only ``1.0``."""
+        return (1.0,) if self.family == "fcos" else tuple(float(r) for r in ratios)
+
+    def resolved_norm(self, norm: str, pretrained: bool) -> str:
+        """``model.norm`` with ``auto`` resolved: FrozenBatchNorm when weights are loaded (ImageNet statistics,
+        torchvision's convention), else the spec's default (GroupNorm: trainable from scratch at small batches)."""
+        if norm != "auto":
+            return norm
+        return "frozen_bn" if pretrained else self.norm_default
+
+
+def _resnet_fpn(name: str, family: str, backbone: str) -> ModelSpec:
+    depth = backbone[len("resnet"):]
+    return ModelSpec(name, f"{family}_r{depth}_fpn", family, backbone, "zoo", RESNET_LEVELS[family],
+                     octaves=3 if family == "retinanet" else 1)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a model name (see the module docstring); a ValueError naming ``model.name`` and the choices."""
+    if name in OFFICIAL:
+        family = {v: k for k, v in TORCHVISION_PREFIX.items()}[name.split("_", 1)[0]]
+        if "mobilenet" in name:
+            return ModelSpec(name, name, family, "mobilenet_v3_large", "torchvision", MOBILENET_LEVELS,
+                             norm_default="bn")
+        base = _resnet_fpn(name, family, "resnet50")
+        return ModelSpec(name, name, family, "resnet50", "torchvision", base.levels, octaves=base.octaves,
+                         norm_default="bn")
+    match = _ZOO.match(name)
+    if match:
+        family, body = match.groups()
+        if body == "tiny":
+            return ModelSpec(name, name, family, "tiny", "zoo", RESNET_LEVELS[family], fpn_channels=32,
+                             box_head_size=64, octaves=3 if family == "retinanet" else 1)
+        if int(body[1:]) in DEPTHS:
+            return _resnet_fpn(name, family, f"resnet{body[1:]}")
+    match = _TORCHVISION.match(name)
+    if match and int(match.group(2)) in DEPTHS:
+        family = {v: k for k, v in TORCHVISION_PREFIX.items()}[match.group(1)]
+        return _resnet_fpn(name, family, f"resnet{match.group(2)}")
+    raise ValueError(f"model.name: unknown detector {name!r} (choose from {', '.join(model_names())}; "
+                     f"torchvision's spelling {{fasterrcnn,retinanet,fcos}}_resnet{{{','.join(map(str, DEPTHS))}}}"
+                     "_fpn is accepted too)")
+
+
+def model_names() -> list[str]:
+    """The canonical names: the ResNet-FPN and tiny detectors of every family, then torchvision's official ones."""
+    ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [f"{f}_tiny_fpn" for f in FAMILIES]
+    return ours + [n for n in OFFICIAL if n not in ours]
+
+
+def family_of_name(name: str) -> str:
+    """``'retinanet_r18_fpn'`` -> ``'retinanet'`` (any accepted spelling)."""
+    return model_spec(name).family
+
+
+def is_torchvision_name(name: str) -> bool:
+    """Whether ``name`` is spelled as torchvision spells detectors (an official builder or an alias of ours):
+    such names run with torchvision's own transform sizes and thresholds where a command offers that."""
+    return name in OFFICIAL or bool(_TORCHVISION.match(name))

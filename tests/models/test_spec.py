@@ -1,0 +1,78 @@
+"""The model spec says what the builders build: levels and strides, anchors, widths, for every family and builder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from defeat.config import ModelConfig
+from defeat.models import anchor_generator_of, build_detector, family_of, model_spec, strides_of
+from defeat.models.spec import OFFICIAL, TORCHVISION_ANCHOR_BASE, model_names
+
+#: one architecture per backbone kind and builder, every family (R152 and R101 build like R50: same code path)
+NAMES = [f"{f}_{b}_fpn" for f in ("faster_rcnn", "retinanet", "fcos") for b in ("tiny", "r18", "r50")] + list(OFFICIAL)
+
+
+def expected_generator(spec, cfg: ModelConfig) -> AnchorGenerator:
+    """The anchors the spec promises for ``cfg`` (torchvision's builders keep their own at the config's defaults)."""
+    if spec.fixed_anchor_sizes is not None:
+        sizes = spec.fixed_anchor_sizes
+    elif spec.builder == "torchvision" and cfg.anchor_sizes == ModelConfig().anchor_sizes:
+        sizes = spec.anchor_sizes(TORCHVISION_ANCHOR_BASE[spec.family])
+    else:
+        sizes = spec.anchor_sizes(cfg.anchor_sizes)
+    return AnchorGenerator(sizes, (spec.anchor_ratios(cfg.anchor_ratios),) * len(sizes))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_matches_the_built_detector(name):
+    spec = model_spec(name)
+    configs = [ModelConfig(name=name, min_size=64, max_size=64)]
+    if spec.fixed_anchor_sizes is None:
+        configs.append(ModelConfig(name=name, min_size=64, max_size=64, anchor_sizes=[12, 24, 48, 96, 192]))
+    for cfg in configs:
+        model = build_detector(cfg, num_classes=3)
+        assert family_of(model) == spec.family
+        assert strides_of(model) == spec.levels  # measured on the built backbone
+        assert model.backbone.out_channels == spec.fpn_channels
+        built, promised = anchor_generator_of(model), expected_generator(spec, cfg)
+        assert built.sizes == promised.sizes and built.aspect_ratios == promised.aspect_ratios
+        assert len(built.cell_anchors) == len(promised.cell_anchors)
+        for ours, theirs in zip(built.cell_anchors, promised.cell_anchors):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_torchvision_spelling_is_an_alias():
+    """``fasterrcnn_resnet18_fpn`` is ``faster_rcnn_r18_fpn``: the same spec and the same modules and weights."""
+    for family, prefix in (("faster_rcnn", "fasterrcnn"), ("retinanet", "retinanet"), ("fcos", "fcos")):
+        alias, canonical = model_spec(f"{prefix}_resnet34_fpn"), model_spec(f"{family}_r34_fpn")
+        assert (alias.canonical, alias.family, alias.levels, alias.backbone) == \
+            (canonical.name, canonical.family, canonical.levels, canonical.backbone)
+    torch.manual_seed(0)
+    a = build_detector(ModelConfig(name="retinanet_resnet18_fpn"), 3).state_dict()
+    torch.manual_seed(0)
+    b = build_detector(ModelConfig(name="retinanet_r18_fpn"), 3).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_norm_auto_follows_the_weights():
+    spec = model_spec("faster_rcnn_r18_fpn")
+    assert spec.resolved_norm("auto", pretrained=False) == "gn"
+    assert spec.resolved_norm("auto", pretrained=True) == "frozen_bn"
+    assert spec.resolved_norm("bn", pretrained=True) == "bn"
+
+
+def test_tiny_detectors_are_tiny():
+    for family in ("faster_rcnn", "retinanet", "fcos"):
+        model = build_detector(ModelConfig(name=f"{family}_tiny_fpn"), 3)
+        assert sum(p.numel() for p in model.parameters()) < 500_000, family
+
+
+def test_every_listed_name_resolves_and_unknown_ones_name_the_choices():
+    for name in model_names():
+        assert model_spec(name).canonical == name
+    with pytest.raises(ValueError, match=r"unknown detector 'faster_rcnn_r51_fpn'.*faster_rcnn_tiny_fpn"):
+        model_spec("faster_rcnn_r51_fpn")
+    with pytest.raises(ValueError, match="5 anchor sizes on each of its 3 levels"):
+        model_spec("fasterrcnn_mobilenet_v3_large_fpn").anchor_sizes([32, 64, 128])
