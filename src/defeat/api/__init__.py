@@ -13,7 +13,7 @@ Runs (``defeat train / distill / eval``)::
     cfg = load_config("configs/demo.yaml", ["output.dir=runs/r18"])
     result = api.train(cfg)                        # -> RunResult(final_checkpoint, step, metrics)
     stats = api.evaluate(cfg, result.final_checkpoint)
-    student = api.distill(load_config("configs/distill.yaml"))
+    student = api.distill(load_config("configs/distill_embedded_defeat.yaml"))
 
 Models: :func:`load_detector` (any checkpoint, or a torchvision detector by name with its weight file -> model,
 config, classes, adapters), :func:`export`, :func:`predict` (a detector on an image, a folder or a COCO JSON's
