@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from defeat.config import Config, config_to_dict, save_config
 from defeat.data import CocoDetection, TrainSampler, collate
+from defeat.distill import is_kd_loss
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
 from defeat.engine.distributed import DistInfo, barrier, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
@@ -181,8 +182,6 @@ def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: i
                       persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
 
 
-#: loss-key prefixes of the distillation (KD) terms; every other loss is the detector's own
-KD_PREFIXES = ("loss_feat", "loss_kd", "loss_bb")
 #: a KD term whose share of the first step's total loss exceeds this gets the pointer to ``distill.weights: auto``
 KD_DOMINANT_SHARE = 0.5
 
@@ -207,7 +206,7 @@ def format_first_step(record: dict) -> str:
     shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in record["share"].items())
     line = (f"step {record['step']}: {record['seconds']:.2f} s (the first step is the slowest); ETA at this pace "
             f"{eta / 60:.1f} min | initial loss {record['total_loss']:.3g} = {shares}")
-    dominant = [k for k, v in record["share"].items() if k.startswith(KD_PREFIXES) and v > KD_DOMINANT_SHARE]
+    dominant = [k for k, v in record["share"].items() if is_kd_loss(k) and v > KD_DOMINANT_SHARE]
     if dominant:
         line += (f"\nnote: {', '.join(dominant)} is over {100 * KD_DOMINANT_SHARE:.0f} % of the loss at the start; "
                  "distill.weights: auto scales the KD weights to the detection loss (docs/distill.md)")
