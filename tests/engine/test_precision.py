@@ -340,3 +340,29 @@ def test_fast_path_is_deterministic_and_resumes_exactly(tiny_coco, tmp_path):
     assert load_checkpoint(partial / "checkpoint_last.pt")["step"] == 2
     c = run(partial, resume=True)
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_one_stage_head_outputs_float32_and_copies_compute_with_their_weights():
+    from torchvision.models.detection import RetinaNet
+
+    torch.manual_seed(0)
+    model = RetinaNet(tiny_faster_rcnn().backbone, num_classes=3, min_size=64, max_size=64).eval()
+    layout, keys = _layout(model), list(model.state_dict())
+    plan = P.Precision("bf16", "cpu")
+    images, _ = batch()
+    with plan.applied(model):
+        assert isinstance(model.head, FloatOutputs) and list(model.state_dict()) == keys
+        clone = copy.deepcopy(model)
+        with torch.no_grad(), plan.autocast():
+            features = list(model.backbone(model.transform(images)[0].tensors).values())
+            outputs = model.head(features)
+        assert all(v.dtype == torch.float32 for v in outputs.values())
+    assert _layout(model) == layout
+    stock = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in (clone, stock):
+            m.head.classification_head.cls_logits.bias.add_(3.0)
+        ours, theirs, original = clone(images), stock(images), model(images)
+    assert all(torch.equal(a["scores"], b["scores"]) for a, b in zip(ours, theirs))
+    assert not all(a["scores"].shape == c["scores"].shape and torch.equal(a["scores"], c["scores"])
+                   for a, c in zip(ours, original))
