@@ -33,7 +33,7 @@ def make_step(mode: str, cfg, categories, images, targets):
         from defeat.engine.trainer import build_optimizer
 
         precision = resolve_precision("auto", "cpu")
-        model = precision.prepare(model)
+        precision.prepare(model)  # for the whole profile: never undone
         optimizer = build_optimizer(cfg, model, precision)
         ctx = precision.autocast()
     else:

@@ -18,9 +18,9 @@ if missing).
    shared machine hits them alike; ``speedup_vs_fp32_plain`` = the median over steps of (plain s/step) / (fast
    s/step). ``plain`` is what a user writes: float32, stock torchvision modules, ``torch.optim.SGD``
    (for-loop), no clipping, glibc's allocator defaults. ``fast`` is the engine's fast path as the trainer runs
-   it (``precision: auto``, i.e. bf16 on this CPU; the fused optimizer with gradient clipping; the allocator
-   setting; the loss check). ``engine_fp32`` (student only) is the engine with ``precision: fp32``. Data
-   loading is not timed (the same pre-loaded batches for all).
+   it (``precision: auto``, i.e. bf16 on this CPU; the fused optimizer with gradient clipping; the opt-in
+   allocator setting ``cpu_allocator: heap``; the loss check). ``engine_fp32`` (student only) is the engine
+   with ``precision: fp32``. Data loading is not timed (the same pre-loaded batches for all).
 2. Where the time goes: torch.profiler over 3 steps of the student, plain float32 and fast, ops grouped.
 3. AP after the same schedule (the preset's baseline student), the engine with ``precision: fp32`` and with
    ``precision: auto``, each evaluated on the validation images in its own precision (the trainer's final
@@ -148,7 +148,7 @@ _MMAP_MAX, _TRIM = -4, -1
 
 def _glibc_defaults() -> None:
     """Back to glibc's allocator defaults (what the plain loop runs with); the fast path's setting is the
-    opposite (``defeat.engine.precision.tune_cpu_allocator``)."""
+    opposite (``defeat.engine.allocator.tune_cpu_allocator``, config ``cpu_allocator: heap``)."""
     import ctypes
 
     libc = ctypes.CDLL("libc.so.6")
@@ -252,7 +252,8 @@ def profile_student(data: str, mode: str, steps: int = 3) -> dict:
     """Self CPU time of a student step by op category, ``mode`` plain (float32) or fast (the engine's)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from defeat.engine.precision import clipped_step, resolve_precision, tune_cpu_allocator
+    from defeat.engine.allocator import tune_cpu_allocator
+    from defeat.engine.precision import clipped_step, resolve_precision
     from defeat.engine.trainer import build_optimizer
 
     cfg, model, _, dataset, _ = build_models("student", data, [f"precision={'fp32' if mode == 'plain' else 'auto'}"])

@@ -245,6 +245,11 @@ class Config:
     # bf16/fp16 the hardware lacks is refused in one line.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     bf16: bool = False  # the old switch: true = precision bf16 (kept so that old configs load)
+    # default | heap: glibc's allocator on CPU runs. heap (opt-in, Linux/glibc) keeps freed memory in the heap
+    # instead of returning it to the OS (mallopt), which saves page faults on the big tensors a training step
+    # allocates every step, at the cost of the process keeping its peak heap; process-wide
+    # (defeat.engine.allocator). default leaves the allocator alone, also for the fast path.
+    cpu_allocator: Literal["default", "heap"] = "default"
 
 
 # --------------------------------------------------------------------------------------------------

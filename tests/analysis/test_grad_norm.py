@@ -81,3 +81,17 @@ def test_hook_on_distillation_loss_matches_autograd():
     for name, want in zip(levels, expected):
         assert torch.allclose(hook.grads[name], want, rtol=1e-6, atol=1e-12), name
     assert hook.grads["P3"].abs().sum() > 0
+
+
+def test_backbone_kd_counts_as_distillation():
+    """One KD vocabulary (defeat.distill.is_kd_loss): ``loss_bb_*`` is distillation, as in the trainer's report."""
+    from defeat.distill import KD_LOSS_KEYS, is_kd_loss
+
+    names = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_feat_obj",
+             "loss_feat_bg", "loss_bb_obj", "loss_bb_bg", "loss_kd_pos", "loss_kd_neg"]
+    assert gn.loss_keys(names, "distillation") == names[4:]
+    assert gn.loss_keys(names, "detection") == names[:4]
+    assert gn.loss_keys(names, "sum") == names
+    assert all(is_kd_loss(k) for k in KD_LOSS_KEYS) and {"loss_bb_obj", "loss_feat_all", "loss_kd_all"} <= KD_LOSS_KEYS
+    with pytest.raises(ValueError, match="unknown loss"):
+        gn.loss_keys(names, "total")

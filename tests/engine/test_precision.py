@@ -10,14 +10,17 @@ import copy
 
 import pytest
 import torch
-from torchvision.ops import roi_align
 
 from defeat.config import ConfigError, config_from_dict
 from defeat.data import CocoDetection, collate
 from defeat.engine import DistInfo, load_checkpoint, train
 from defeat.engine import precision as P
+from defeat.engine import trainer as T
+from defeat.engine.evaluator import predict
+from defeat.engine.islands import DeadTapSafeConv, Float32Region, FloatOutputs, Island, MatmulRoIAlign, has_dead_taps
 from defeat.engine.setup import build_for_dataset
 from tests.conftest import tiny_overrides
+from tests.distill.conftest import batch, tiny_faster_rcnn
 
 BF16 = P.cpu_bf16_support()[0]
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no native bfloat16 (AMX-BF16 / AVX-512-BF16)")
@@ -66,21 +69,115 @@ def test_trainer_prints_the_choice_and_runs_fp32_without_support(no_bf16_cpu, ti
     train(cfg, model, model, train_set, None, DistInfo(), progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision:")]
     assert len(lines) == 1 and "fp32 (auto:" in lines[0]
-    assert not any(getattr(m, P._MARK, False) for m in model.modules())  # fp32 = the stock modules
+    assert not any(isinstance(m, Island) for m in model.modules())  # fp32 = the stock modules
 
 
-def test_release_undoes_prepare_on_a_distiller(tiny_coco, tmp_path):
+def _layout(model: torch.nn.Module) -> list:
+    """Each module's name, object and class (what the placement may change only while applied)."""
+    return [(name, id(m), type(m)) for name, m in model.named_modules()]
+
+
+def test_applied_places_islands_and_leaving_restores_a_distiller(tiny_coco, tmp_path):
     from defeat.distill import build_distiller
 
     cfg = config_from_dict({}, tiny_overrides(tiny_coco, tmp_path / "run"))
     student = build_for_dataset(cfg.model, [{"id": 1, "name": "a"}], 0)
     teacher = build_for_dataset(cfg.model, [{"id": 1, "name": "a"}], 1)
     distiller = build_distiller(student, teacher, cfg.distill)
-    P.Precision("bf16", "cpu").prepare(distiller)
-    assert teacher.backbone.body.conv1.weight.dtype == torch.bfloat16 and "forward" in vars(student.rpn.head)
-    P.Precision.release(distiller)
+    layout, teacher_layout = _layout(distiller), _layout(teacher)
+    keys, params = list(distiller.state_dict()), list(distiller.parameters())
+    head = student.rpn.head
+    with P.Precision("bf16", "cpu").applied(distiller):
+        assert teacher.backbone.body.conv1.weight.dtype == torch.bfloat16
+        assert isinstance(student.rpn.head, FloatOutputs) and isinstance(student.rpn.head, type(head))
+        assert isinstance(student.roi_heads.box_roi_pool, MatmulRoIAlign)
+        assert isinstance(student.roi_heads.box_predictor, Float32Region)
+        assert isinstance(teacher.backbone.body.conv1, DeadTapSafeConv)
+        # the state dict, the optimizer's parameters and attribute paths are unchanged while applied
+        assert list(distiller.state_dict()) == keys
+        assert len(list(distiller.parameters())) == len(params)
+        assert all(a is b for a, b in zip(distiller.parameters(), params))
+        assert student.rpn.head.conv is head.conv and student.roi_heads.box_predictor.cls_score.weight is not None
+        assert not any("forward" in vars(m) for m in [*distiller.modules(), *teacher.modules()])
+    assert _layout(distiller) == layout and _layout(teacher) == teacher_layout and student.rpn.head is head
     assert all(p.dtype == torch.float32 for p in teacher.parameters())
-    assert not any("forward" in vars(m) for m in [*distiller.modules(), *teacher.modules()])
+    assert not any(isinstance(m, Island) for m in [*distiller.modules(), *teacher.modules()])
+
+
+def test_applied_nests_and_fp32_places_nothing():
+    model = tiny_faster_rcnn()
+    plan = P.Precision("bf16", "cpu")
+    with plan.applied(model):
+        placed = _layout(model)
+        with plan.applied(model), plan.applied(model.roi_heads):
+            assert _layout(model) == placed
+        assert _layout(model) == placed  # the inner one undid nothing
+    layout = _layout(model)
+    with P.Precision("fp32", "cpu").applied(model):
+        assert _layout(model) == layout
+
+
+def test_deepcopy_of_a_prepared_model_computes_with_the_copys_weights():
+    """Islands are modules: a copy of a prepared model runs its own weights (the closure of the old instance
+    patches ran the original's), and without autocast it computes what the stock modules do."""
+    model = tiny_faster_rcnn(num_classes=3)
+    stock = copy.deepcopy(model)
+    plan = P.Precision("bf16", "cpu")
+    with plan.applied(model):
+        clone = copy.deepcopy(model)
+    assert isinstance(clone.roi_heads.box_predictor, Float32Region)  # the copy keeps its islands
+    with torch.no_grad():
+        for m in (clone, stock):  # the same change on the copy and on a copy of the unprepared model
+            m.roi_heads.box_predictor.cls_score.weight.mul_(-3.0)
+            m.rpn.head.cls_logits.bias.add_(2.0)
+    images, targets = batch(with_empty=False)
+    for m in (model, clone, stock):
+        m.eval()
+    with torch.no_grad():
+        ours, theirs, original = clone(images), stock(images), model(images)
+    for a, b in zip(ours, theirs):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a["scores"].shape != c["scores"].shape or not torch.equal(a["scores"], c["scores"])
+               for a, c in zip(ours, original))
+    # training: the matmul RoIAlign (where gradients flow) gives torchvision's result
+    for m in (model, clone, stock):
+        m.train()
+    losses = {}
+    for name, m in (("clone", clone), ("stock", stock), ("model", model)):
+        torch.manual_seed(0)
+        losses[name] = {k: float(v.detach()) for k, v in m(images, targets).items()}
+    assert losses["clone"] == pytest.approx(losses["stock"], rel=1e-5, abs=1e-6)
+    assert losses["clone"]["loss_objectness"] != pytest.approx(losses["model"]["loss_objectness"], rel=1e-3)
+
+
+def test_evaluator_predict_leaves_no_patch_behind(tiny_coco, tmp_path):
+    cfg = config_from_dict({}, tiny_overrides(tiny_coco, tmp_path / "run"))
+    val = CocoDetection(tiny_coco["root"] / "val" / "images", tiny_coco["val_ann"])
+    model = build_for_dataset(cfg.model, val.categories, 0)
+    layout, keys = _layout(model), list(model.state_dict())
+    seen = []
+    handle = model.roi_heads.register_forward_pre_hook(
+        lambda module, args: seen.append(type(module.box_predictor)))
+    results = predict(model, val, DistInfo(), batch_size=2, max_images=2, progress=False,
+                      precision=P.Precision("bf16", "cpu"))
+    handle.remove()
+    assert results is not None and seen and all(issubclass(t, Float32Region) for t in seen)  # placed while it ran
+    assert _layout(model) == layout and list(model.state_dict()) == keys and model.training
+
+
+def test_allocator_is_left_alone_unless_asked(tiny_coco, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(T, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    for precision in ("fp32", "auto"):
+        cfg = config_from_dict({"precision": precision}, tiny_overrides(tiny_coco, tmp_path / "run"))
+        assert cfg.cpu_allocator == "default"
+        T._Stepper.prepare(cfg, tiny_faster_rcnn(), DistInfo(), verbose=False)
+    assert calls == []
+    cfg = config_from_dict({"cpu_allocator": "heap"}, tiny_overrides(tiny_coco, tmp_path / "run"))
+    T._Stepper.prepare(cfg, tiny_faster_rcnn(), DistInfo(), verbose=False)
+    assert calls == [1]
+    with pytest.raises(ConfigError, match="cpu_allocator"):
+        config_from_dict({"cpu_allocator": "jemalloc"})
 
 
 def test_cuda_choice(monkeypatch):
@@ -94,28 +191,20 @@ def test_cuda_choice(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ building blocks
-@pytest.mark.parametrize("aligned", [False, True])
-def test_matmul_roi_align_matches_torchvision(aligned):
-    torch.manual_seed(0)
-    feat = torch.randn(2, 8, 12, 10, dtype=torch.float64, requires_grad=True)
-    boxes = torch.tensor([[0, 1.0, 2.0, 30.0, 40.0], [1, 0.0, 0.0, 40.0, 48.0], [0, 35.0, 40.0, 39.9, 47.9],
-                          [1, 5.0, 5.0, 5.2, 5.1],  # smaller than a cell (torchvision forces 1x1 when not aligned)
-                          [0, -6.0, -8.0, 12.0, 50.0], [1, 38.0, 44.0, 60.0, 70.0]],  # partly outside the map
-                         dtype=torch.float64)
-    for scale, ratio in ((0.25, 2), (0.25, 1), (0.5, 3)):
-        a = roi_align(feat, boxes, (7, 7), scale, ratio, aligned)
-        b = P.roi_align_matmul(feat, boxes, (7, 7), scale, ratio, aligned)
-        grad = torch.randn_like(a)
-        ga, = torch.autograd.grad(a, feat, grad)
-        gb, = torch.autograd.grad(b, feat, grad)
-        assert torch.allclose(a, b, atol=1e-10) and torch.allclose(ga, gb, atol=1e-10)
-
-
 def test_dead_taps():
     conv = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
-    assert P.has_dead_taps((1, 1), conv) and P.has_dead_taps((2, 2), conv) and not P.has_dead_taps((3, 3), conv)
-    assert not P.has_dead_taps((2, 2), torch.nn.Conv2d(4, 4, 3, padding=1))
-    assert P.has_dead_taps((1, 5), torch.nn.Conv2d(4, 4, 3, padding=1))
+    assert has_dead_taps((1, 1), conv) and has_dead_taps((2, 2), conv) and not has_dead_taps((3, 3), conv)
+    assert not has_dead_taps((2, 2), torch.nn.Conv2d(4, 4, 3, padding=1))
+    assert has_dead_taps((1, 5), torch.nn.Conv2d(4, 4, 3, padding=1))
+
+
+def test_dead_tap_safe_conv_runs_float32_only_where_a_tap_sees_only_padding():
+    conv = DeadTapSafeConv(4, 4, 3, stride=2, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(torch.randn(1, 4, 1, 1)).dtype == torch.float32
+        assert conv(torch.randn(1, 4, 8, 8)).dtype == torch.bfloat16
+    x = torch.randn(1, 4, 2, 2)
+    assert torch.equal(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1))
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -138,17 +227,16 @@ def test_clip_folded_into_the_fused_step_equals_clip_then_step(name):
         assert not hasattr(fused, "grad_scale")
 
 
-def test_prepare_keeps_state_dict_and_is_idempotent(tiny_coco, tmp_path):
+def test_applied_keeps_the_state_dict(tiny_coco, tmp_path):
     cfg = config_from_dict({}, tiny_overrides(tiny_coco, tmp_path / "run"))
     model = build_for_dataset(cfg.model, [{"id": 1, "name": "a"}], 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = P.Precision("bf16", "cpu")
-    plan.prepare(model)
-    forward = model.roi_heads.box_predictor.forward
-    plan.prepare(model)
-    assert model.roi_heads.box_predictor.forward is forward
+    with P.Precision("bf16", "cpu").applied(model):
+        during = model.state_dict()
+        assert list(during) == list(before) and all(torch.equal(before[k], during[k]) for k in before)
+        model.load_state_dict(before)  # a checkpoint loads into the placed model (e.g. on resume)
     after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
 
 
 # ------------------------------------------------------------------------------------------ closeness to fp32
@@ -161,7 +249,7 @@ def test_fast_path_stays_close_to_fp32_on_a_fixed_batch(tiny_coco, tmp_path, nam
     ref = build_for_dataset(cfg.model, dataset.categories, 0).train()
     fast = copy.deepcopy(ref)
     plan = P.resolve_precision("bf16", "cpu")
-    plan.prepare(fast)
+    plan.prepare(fast)  # for the rest of the test
     torch.manual_seed(0)
     ref_losses = ref(images, targets)
     sum(ref_losses.values()).backward()
@@ -252,3 +340,29 @@ def test_fast_path_is_deterministic_and_resumes_exactly(tiny_coco, tmp_path):
     assert load_checkpoint(partial / "checkpoint_last.pt")["step"] == 2
     c = run(partial, resume=True)
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_one_stage_head_outputs_float32_and_copies_compute_with_their_weights():
+    from torchvision.models.detection import RetinaNet
+
+    torch.manual_seed(0)
+    model = RetinaNet(tiny_faster_rcnn().backbone, num_classes=3, min_size=64, max_size=64).eval()
+    layout, keys = _layout(model), list(model.state_dict())
+    plan = P.Precision("bf16", "cpu")
+    images, _ = batch()
+    with plan.applied(model):
+        assert isinstance(model.head, FloatOutputs) and list(model.state_dict()) == keys
+        clone = copy.deepcopy(model)
+        with torch.no_grad(), plan.autocast():
+            features = list(model.backbone(model.transform(images)[0].tensors).values())
+            outputs = model.head(features)
+        assert all(v.dtype == torch.float32 for v in outputs.values())
+    assert _layout(model) == layout
+    stock = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in (clone, stock):
+            m.head.classification_head.cls_logits.bias.add_(3.0)
+        ours, theirs, original = clone(images), stock(images), model(images)
+    assert all(torch.equal(a["scores"], b["scores"]) for a, b in zip(ours, theirs))
+    assert not all(a["scores"].shape == c["scores"].shape and torch.equal(a["scores"], c["scores"])
+                   for a, c in zip(ours, original))

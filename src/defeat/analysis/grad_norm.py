@@ -27,6 +27,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from defeat.distill import is_kd_loss
+
+
+def loss_keys(names, which: str) -> list[str]:
+    """The loss terms (of ``names``) that make up loss ``which``: ``detection`` (the detector's own terms),
+    ``distillation`` (every KD term, :func:`defeat.distill.is_kd_loss`: FPN feature, head and backbone) or
+    ``sum`` (all of them)."""
+    names = list(names)
+    if which == "sum":
+        return names
+    if which == "distillation":
+        return [k for k in names if is_kd_loss(k)]
+    if which == "detection":
+        return [k for k in names if not is_kd_loss(k)]
+    raise ValueError(f"unknown loss {which!r} (detection, distillation or sum)")
+
 
 def pixel_grad_norm(grad: Tensor) -> Tensor:
     """``(N, C, H, W)`` gradient -> ``(N, H, W)`` per-pixel L2 norm over channels (float32)."""

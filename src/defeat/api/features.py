@@ -306,9 +306,7 @@ def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal
         try:
             with gn.FeatureGradHook(model.backbone, all_levels) as hook:
                 losses = module([image.to(dev)], [target])
-                distill_keys = [k for k in losses if k.startswith(("loss_feat", "loss_kd"))]
-                keys = {"sum": list(losses), "distillation": distill_keys,
-                        "detection": [k for k in losses if k not in distill_keys]}[loss_name]
+                keys = gn.loss_keys(losses, loss_name)
                 if not keys:
                     raise ValueError(f"--loss {loss_name}: the model returned no such terms ({', '.join(losses)})")
                 total = sum(losses[k] for k in keys)

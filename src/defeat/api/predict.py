@@ -96,11 +96,10 @@ def predict(model: LoadedModel | str | Path, inputs: str | Path, out: str | Path
     plan = resolve_precision(precision or config_precision(model.config), dev)
     detector = model.model
     try:
-        plan.prepare(detector.to(dev))
-        outputs = run_detector(detector, [images.path(im) for im in images.images], batch_size=batch_size,
+        outputs = run_detector(detector.to(dev), [images.path(im) for im in images.images], batch_size=batch_size,
                                device=dev, precision=plan, workers=workers, progress=progress)
     finally:
-        plan.release(detector).to("cpu")
+        detector.to("cpu")
     results, dropped = to_coco_results(outputs, [im["id"] for im in images.images], cmap.label_to_id, score_thresh)
 
     drawn = 0

@@ -13,16 +13,16 @@ from defeat.distill.calibrate import WeightCalibration, calibrate_weights, choos
 from defeat.distill.distiller import DeFeatDistiller, build_distiller, check_boxes
 from defeat.distill.heads import (AnchorHead, HeadSamples, HeadTerm, ProposalHead, check_anchors_align,
                                   check_roi_heads_align, matched_idxs, rpn_proposals)
-from defeat.distill.losses import (backbone_feature_loss, decoupled_feature_loss, decoupled_proposal_loss,
-                                   feature_loss_keys, imitation_term, masked_squared_error, proposal_loss_keys,
-                                   sigmoid_kl, softmax_kl, squared_distance)
+from defeat.distill.losses import (KD_LOSS_KEYS, backbone_feature_loss, decoupled_feature_loss,
+                                   decoupled_proposal_loss, feature_loss_keys, imitation_term, is_kd_loss,
+                                   masked_squared_error, proposal_loss_keys, sigmoid_kl, softmax_kl, squared_distance)
 from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors, stage_masks
 
-__all__ = ["AnchorHead", "DeFeatDistiller", "DistillSettings", "FeatureAdapters", "HeadSamples", "HeadTerm",
+__all__ = ["KD_LOSS_KEYS", "AnchorHead", "DeFeatDistiller", "DistillSettings", "FeatureAdapters", "HeadSamples", "HeadTerm",
            "ProposalHead", "TeacherStudentModule", "WeightCalibration", "assign_levels", "backbone_feature_loss",
            "box_cells", "build_distiller", "calibrate_weights", "choose_weights", "measure_terms", "rpn_proposals",
            "stage_masks",
            "check_anchors_align", "check_boxes", "check_roi_heads_align", "decoupled_feature_loss",
            "decoupled_proposal_loss", "feature_loss_keys", "fgfi_masks", "imitation_term", "init_adapter_",
-           "kd_scale_at", "masked_squared_error", "matched_idxs", "object_masks", "proposal_loss_keys", "sigmoid_kl",
+           "is_kd_loss", "kd_scale_at", "masked_squared_error", "matched_idxs", "object_masks", "proposal_loss_keys", "sigmoid_kl",
            "softmax_kl", "split_anchors", "squared_distance"]

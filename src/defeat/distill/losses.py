@@ -30,6 +30,17 @@ FEATURE_LOSS_KEYS = {"none": (), "object": ("loss_feat_obj",), "background": ("l
 BACKBONE_LOSS_KEYS = ("loss_bb_obj", "loss_bb_bg")
 PROPOSAL_LOSS_KEYS = {"none": (), "positive": ("loss_kd_pos",), "negative": ("loss_kd_neg",),
                       "all": ("loss_kd_all",), "decoupled": ("loss_kd_pos", "loss_kd_neg")}
+#: the prefixes of every distillation (KD) loss key: the FPN feature, head (proposal) and backbone terms
+KD_LOSS_PREFIXES = ("loss_feat_", "loss_kd_", "loss_bb_")
+#: every distillation loss key this package returns
+KD_LOSS_KEYS = frozenset({*(k for keys in FEATURE_LOSS_KEYS.values() for k in keys), *BACKBONE_LOSS_KEYS,
+                          *(k for keys in PROPOSAL_LOSS_KEYS.values() for k in keys)})
+
+
+def is_kd_loss(name: str) -> bool:
+    """Whether loss ``name`` is a distillation term (``loss_feat_*``, ``loss_kd_*``, ``loss_bb_*``) rather than
+    the detector's own loss: the one vocabulary the trainer's report and the gradient-norm maps share."""
+    return name.startswith(KD_LOSS_PREFIXES)
 
 
 def feature_loss_keys(mode: str) -> tuple[str, ...]:

@@ -78,12 +78,23 @@ def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batc
     """Run ``detector`` over this rank's shard; return every rank's COCO results on rank 0, else None.
 
     ``precision`` (see :func:`defeat.engine.precision.resolve_precision`): the inference fast path, e.g. the
-    training run's; None runs in float32. Detections come back in float32 either way.
+    training run's; None runs in float32. Detections come back in float32 either way. The detector comes back
+    as it was given (the fast path's float32 islands are in place only during the pass).
     """
     was_training = detector.training
     detector.eval()
-    if precision is not None:
-        precision.prepare(detector)
+    try:
+        with precision.applied(detector) if precision is not None else contextlib.nullcontext():
+            results = _predict_shard(detector, dataset, info, batch_size, max_images, workers, score_thresh, progress,
+                                     precision)
+    finally:
+        detector.train(was_training)
+    gathered = gather_to_main(results, info)
+    return None if gathered is None else [r for part in gathered for r in part]
+
+
+def _predict_shard(detector, dataset, info, batch_size, max_images, workers, score_thresh, progress,
+                   precision) -> list[dict]:
     indices = shard_indices(len(dataset), info.world_size, info.rank, max_images)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         pin_memory=info.device.type == "cuda")
@@ -93,9 +104,7 @@ def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batc
             outputs = detector([im.to(info.device, non_blocking=True) for im in images])
         outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
         results += detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.categories, score_thresh)
-    detector.train(was_training)
-    gathered = gather_to_main(results, info)
-    return None if gathered is None else [r for part in gathered for r in part]
+    return results
 
 
 def evaluate(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batch_size: int = 4,

@@ -51,8 +51,8 @@ def run_detector(detector: nn.Module, paths: list[Path], *, batch_size: int = 2,
                  precision: Precision | None = None, workers: int = 0, progress: bool = True) -> list[dict]:
     """Detections (``boxes`` xyxy in image pixels, ``labels`` 1..K, ``scores``; float32 on the CPU) per path.
 
-    ``detector`` must already be on ``device`` (and prepared for ``precision``, see
-    :meth:`defeat.engine.precision.Precision.prepare`). A missing or corrupt image raises a one-line
+    ``detector`` must already be on ``device``; ``precision``'s float32 islands are in place during the pass
+    (:meth:`defeat.engine.precision.Precision.applied`). A missing or corrupt image raises a one-line
     ``ValueError`` / ``FileNotFoundError`` naming it.
     """
     device = torch.device(device)
@@ -61,8 +61,9 @@ def run_detector(detector: nn.Module, paths: list[Path], *, batch_size: int = 2,
     loader = DataLoader(_Images(paths), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     outputs: list[dict] = [{}] * len(paths)
+    placed = precision.applied(detector) if precision is not None else contextlib.nullcontext()
     try:
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
+        with placed, tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
             for batch in loader:
                 for _, image, error in batch:
                     if error is not None:

@@ -24,10 +24,12 @@ from tqdm import tqdm
 
 from defeat.config import Config, config_to_dict, save_config
 from defeat.data import CocoDetection, TrainSampler, collate
+from defeat.distill import is_kd_loss
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
 from defeat.engine.distributed import DistInfo, barrier, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
-from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision, tune_cpu_allocator
+from defeat.engine.allocator import tune_cpu_allocator
+from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision
 from defeat.engine.schedule import lr_factor
 from defeat.utils import atomic_write_json
 
@@ -111,7 +113,8 @@ def _set_rng_state(state: dict) -> None:
 
 class _Stepper:
     """One optimisation step as ``train`` and :func:`estimate_steps` both run it (precision, optimizer, LR
-    scheduler and grad scaler set up once by :meth:`prepare`)."""
+    scheduler and grad scaler set up once by :meth:`prepare`); the steps run inside
+    ``stepper.precision.applied(model)``."""
 
     def __init__(self, cfg: Config, model: nn.Module, info: DistInfo, precision: Precision, optimizer, scaler,
                  scheduler):
@@ -125,9 +128,8 @@ class _Stepper:
         precision = resolve_precision(config_precision(cfg), info.device)
         if info.is_main and verbose:
             print(precision.notice)
-        precision.prepare(model)
-        if info.device.type == "cpu":
-            tune_cpu_allocator()  # bit-identical results; see its docstring
+        if info.device.type == "cpu" and cfg.cpu_allocator == "heap":
+            tune_cpu_allocator()  # opt-in, process-wide; bit-identical results (see its docstring)
         if info.device.type == "cuda" and not cfg.deterministic:
             torch.backends.cudnn.benchmark = True  # fixed input sizes (min_size = max_size in the presets)
         optimizer = build_optimizer(cfg, model, precision)
@@ -181,8 +183,6 @@ def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: i
                       persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
 
 
-#: loss-key prefixes of the distillation (KD) terms; every other loss is the detector's own
-KD_PREFIXES = ("loss_feat", "loss_kd", "loss_bb")
 #: a KD term whose share of the first step's total loss exceeds this gets the pointer to ``distill.weights: auto``
 KD_DOMINANT_SHARE = 0.5
 
@@ -207,7 +207,7 @@ def format_first_step(record: dict) -> str:
     shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in record["share"].items())
     line = (f"step {record['step']}: {record['seconds']:.2f} s (the first step is the slowest); ETA at this pace "
             f"{eta / 60:.1f} min | initial loss {record['total_loss']:.3g} = {shares}")
-    dominant = [k for k, v in record["share"].items() if k.startswith(KD_PREFIXES) and v > KD_DOMINANT_SHARE]
+    dominant = [k for k, v in record["share"].items() if is_kd_loss(k) and v > KD_DOMINANT_SHARE]
     if dominant:
         line += (f"\nnote: {', '.join(dominant)} is over {100 * KD_DOMINANT_SHARE:.0f} % of the loss at the start; "
                  "distill.weights: auto scales the KD weights to the detection loss (docs/distill.md)")
@@ -271,8 +271,8 @@ def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info
     torch.manual_seed(cfg.seed * 1000 + info.rank)
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
-    try:
-        step_fn = _Stepper.prepare(cfg, model, info)
+    step_fn = _Stepper.prepare(cfg, model, info)
+    with step_fn.precision.applied(model):
         step_fn.wrap().train()
         batches = iter(_loader(cfg, train_set, info, 0))
         seconds = []
@@ -286,10 +286,8 @@ def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info
                 torch.cuda.synchronize(info.device)
             if step >= warmup:
                 seconds.append(time.perf_counter() - start)
-        peak, kind = _peak_memory(info)
-        return StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
-    finally:
-        Precision.release(model)
+    peak, kind = _peak_memory(info)
+    return StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
 
 
 def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
@@ -300,24 +298,21 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
 
     ``before_step(step)`` runs before every step (e.g. a KD-weight schedule); ``reference_metrics``
     (e.g. the teacher's AP) is logged beside every evaluation. ``cfg.precision`` picks the fast path
-    (:mod:`defeat.engine.precision`); its changes to ``model`` are undone when training ends.
+    (:mod:`defeat.engine.precision`); its float32 islands are in ``model`` only while it trains.
     """
-    try:
-        return _train(cfg, model, detector, train_set, val_set, info, kind=kind, resume=resume,
+    step_fn = _Stepper.prepare(cfg, model, info)
+    with step_fn.precision.applied(model):
+        return _train(cfg, model, detector, train_set, val_set, info, step_fn, kind=kind, resume=resume,
                       before_step=before_step, reference_metrics=reference_metrics, progress=progress)
-    finally:
-        Precision.release(model)
-        Precision.release(detector)
 
 
 def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
-           info: DistInfo, *, kind: str, resume: bool, before_step: Callable[[int], None] | None,
+           info: DistInfo, step_fn: _Stepper, *, kind: str, resume: bool, before_step: Callable[[int], None] | None,
            reference_metrics: dict | None, progress: bool) -> TrainResult:
     out_dir = Path(cfg.output.dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    step_fn = _Stepper.prepare(cfg, model, info)
     precision, optimizer, scaler, scheduler = step_fn.precision, step_fn.optimizer, step_fn.scaler, step_fn.scheduler
     categories = train_set.categories
     log = MetricsLog(out_dir, info.is_main, cfg.output.tensorboard)
