@@ -89,7 +89,11 @@ def test_folder_gets_sorted_ids_a_coco_sidecar_and_pictures(loaded, val, tmp_pat
     # a single image: id 1, same detections as in the folder run
     one = run(loaded, folder / "b.png", tmp_path / "one.json")
     folder_dets = [d for d in json.loads((tmp_path / "out" / "dets.json").read_text()) if d["image_id"] == 2]
-    assert json.loads((tmp_path / "one.json").read_text()) == [dict(d, image_id=1) for d in folder_dets]
+    single = json.loads((tmp_path / "one.json").read_text())
+    assert [(d["image_id"], d["category_id"]) for d in single] == [(1, d["category_id"]) for d in folder_dets]
+    # batched and single-image convolutions may differ in the last float bits: rounded outputs agree to that
+    assert [v for d in single for v in d["bbox"]] == pytest.approx([v for d in folder_dets for v in d["bbox"]], abs=0.02)
+    assert [d["score"] for d in single] == pytest.approx([d["score"] for d in folder_dets], abs=1e-4)
     assert one["images"] == 1 and json.loads((tmp_path / "one.images.json").read_text())["images"][0]["id"] == 1
 
 

@@ -88,11 +88,11 @@ def test_applied_places_islands_and_leaving_restores_a_distiller(tiny_coco, tmp_
     keys, params = list(distiller.state_dict()), list(distiller.parameters())
     head = student.rpn.head
     with P.Precision("bf16", "cpu").applied(distiller):
-        assert teacher.backbone.body.conv1.weight.dtype == torch.bfloat16
+        assert teacher.backbone.body.layer1[0].weight.dtype == torch.bfloat16
         assert isinstance(student.rpn.head, FloatOutputs) and isinstance(student.rpn.head, type(head))
         assert isinstance(student.roi_heads.box_roi_pool, MatmulRoIAlign)
         assert isinstance(student.roi_heads.box_predictor, Float32Region)
-        assert isinstance(teacher.backbone.body.conv1, DeadTapSafeConv)
+        assert isinstance(teacher.backbone.body.layer1[0], DeadTapSafeConv)
         # the state dict, the optimizer's parameters and attribute paths are unchanged while applied
         assert list(distiller.state_dict()) == keys
         assert len(list(distiller.parameters())) == len(params)
@@ -291,7 +291,7 @@ def test_distillation_step_under_the_fast_path(tiny_coco, tmp_path):
     fast = build_distiller(student, teacher, cfg.distill).train()
     plan = P.resolve_precision("bf16", "cpu")
     plan.prepare(fast)
-    assert fast.teacher.backbone.body.conv1.weight.dtype == torch.bfloat16
+    assert fast.teacher.backbone.body.layer1[0].weight.dtype == torch.bfloat16
     assert all(v.dtype == torch.float32 for v in fast.state_dict().values() if v.is_floating_point())
     torch.manual_seed(0)
     ref_losses = ref(images, targets)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import zipfile
@@ -191,9 +192,13 @@ def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
         if is_set(model_cfg.backbone_weights):
             notes.append(load_backbone_weights(model, model_cfg))
         return model, notes, categories
-    family = model_spec(model_cfg.name).family
+    spec = model_spec(model_cfg.name)
+    family = spec.family
     weights = detector_weights(model_cfg)
     state, source = weights.state, weights.source
+    if model_cfg.norm == "auto" and spec.builder == "zoo":  # the file says: BatchNorm statistics or GroupNorm
+        batchnorm = any(k.startswith("backbone.body.") and k.endswith("running_mean") for k in state)
+        model_cfg = dataclasses.replace(model_cfg, norm="frozen_bn" if batchnorm else "gn")
     outputs = outputs_in_state(state, family)
     if outputs is None:
         raise ValueError(f"model.weights: {source}: no {family} classifier in it (is it a {model_cfg.name}?)")

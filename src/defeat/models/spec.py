@@ -111,8 +111,9 @@ class ModelSpec:
         return (1.0,) if self.family == "fcos" else tuple(float(r) for r in ratios)
 
     def resolved_norm(self, norm: str, pretrained: bool) -> str:
-        """``model.norm`` with ``auto`` resolved: FrozenBatchNorm when weights are loaded (ImageNet statistics,
-        torchvision's convention), else the spec's default (GroupNorm: trainable from scratch at small batches)."""
+        """``model.norm`` with ``auto`` resolved: FrozenBatchNorm when ImageNet weights are loaded (their statistics,
+        torchvision's convention), else the spec's default (GroupNorm: trainable from scratch at small batches).
+        (Whole-detector weight files resolve ``auto`` by what they hold: :mod:`defeat.engine.weights`.)"""
         if norm != "auto":
             return norm
         return "frozen_bn" if pretrained else self.norm_default

@@ -78,15 +78,15 @@ def _tiny_body(norm: str) -> nn.Module:
 def build_backbone(spec: ModelSpec, cfg: ModelConfig) -> BackboneWithFPN:
     """ResNet (or tiny) + FPN: P2-P6 for Faster R-CNN, P3-P7 (from P5) for one-stage."""
     pretrained = uses_pretrained_weights(cfg)
-    norm = spec.resolved_norm(cfg.norm, pretrained)
-    if (cfg.pretrained_backbone or cfg.backbone_weights.lower() != "none") and norm == "gn":
+    norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
+    if _imagenet_backbone(cfg) and norm == "gn":
         raise ValueError("model.norm=gn: ImageNet backbone weights are BatchNorm weights; use model.norm=frozen_bn, "
                          "bn or auto with them")
     returned = [1, 2, 3, 4] if spec.family == "faster_rcnn" else [2, 3, 4]
     extra = LastLevelMaxPool() if spec.family == "faster_rcnn" else LastLevelP6P7(spec.fpn_channels,
                                                                                   spec.fpn_channels)
     if spec.backbone == "tiny":
-        if cfg.pretrained_backbone or cfg.backbone_weights.lower() != "none":
+        if _imagenet_backbone(cfg):
             raise ValueError(f"model.backbone_weights: {spec.name} has a toy backbone; no ImageNet weights fit it")
         layers = {f"layer{k}": str(i) for i, k in enumerate(returned)}
         return BackboneWithFPN(_tiny_body(norm), layers, [TINY_WIDTHS[k - 1] for k in returned], spec.fpn_channels,
@@ -133,7 +133,7 @@ def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
             box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh,
             **{**common, **narrow})
     if spec.family == "retinanet":
-        norm = spec.resolved_norm(cfg.norm, uses_pretrained_weights(cfg))
+        norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
         head_norm = norm_layer_for("gn") if norm == "gn" else None
         head = RetinaNetHead(spec.fpn_channels, anchors.num_anchors_per_location()[0], outputs, norm_layer=head_norm)
         return RetinaNet(backbone, anchor_generator=anchors, head=head, score_thresh=cfg.box_score_thresh,
@@ -146,6 +146,10 @@ def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
 def uses_pretrained_weights(cfg: ModelConfig) -> bool:
     """Whether weights will be loaded into the model built from ``cfg`` (torchvision's pretrained conventions)."""
     return cfg.weights.lower() != "none" or cfg.backbone_weights.lower() != "none" or cfg.pretrained_backbone
+
+
+def _imagenet_backbone(cfg: ModelConfig) -> bool:
+    return cfg.backbone_weights.lower() != "none" or cfg.pretrained_backbone
 
 
 def count_parameters(model: nn.Module) -> int:
