@@ -3,14 +3,22 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 DEMO_DIR ?= runs/demo
 DEFEAT ?= $(PYTHON) -m defeat
+# reinstall only when the package's metadata changes (an editable install sees source edits by itself)
+INSTALLED := build/.installed
+INSTALLED_DEV := build/.installed-dev
 
-.PHONY: install install-dev demo demo-train test clean
+.PHONY: install install-dev demo demo-train test test-all lint format clean
 
-install:
+install: $(INSTALLED)
+install-dev: $(INSTALLED_DEV)
+
+$(INSTALLED): pyproject.toml
 	$(PIP) install -q -e .
+	@mkdir -p build && touch $@
 
-install-dev:
+$(INSTALLED_DEV): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
+	@mkdir -p build && touch $@ $(INSTALLED)
 
 # The main job on the embedded default: the DeFeat study in small (`defeat reproduce --preset quick`): generates
 # the embedded benchmark, trains the teacher and the students, runs the analyses, writes report.md (<= 15 min).
@@ -24,8 +32,21 @@ demo-train: install
 		--set data.train_images=$(DEMO_DIR)/synth/train --set data.train_annotations=$(DEMO_DIR)/synth/train.json \
 		--set data.val_images=$(DEMO_DIR)/synth/val --set data.val_annotations=$(DEMO_DIR)/synth/val.json
 
+# The fast tier: tiny detectors, <= 3 min on 2 cores.
 test: install-dev
+	$(PYTHON) -m pytest -q -m "not slow"
+
+# Everything CI runs: the linter, the formatter's check, then both tiers (full-size training included).
+test-all: install-dev lint
 	$(PYTHON) -m pytest -q
+
+lint: install-dev
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: install-dev
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

@@ -15,6 +15,21 @@ FIXTURES = REPO / "tests" / "fixtures"
 #: real COCO val2014 ground truth for 100 images and perturbed-GT results (committed copy; see its README)
 VAL100 = FIXTURES / "coco-val2014-100"
 
+#: what one fast-tier test may leave in its tmp_path (the slow tier's real R18 checkpoints are ~115-230 MB each)
+MAX_WRITTEN_BYTES = 100 * 2**20
+
+
+@pytest.fixture(autouse=True)
+def _written_bytes_stay_small(request):
+    """A fast-tier test that leaves more than 100 MB in its tmp_path fails: tests train tiny models."""
+    yield
+    if "tmp_path" not in request.fixturenames or request.node.get_closest_marker("slow"):
+        return
+    root = request.getfixturevalue("tmp_path")
+    written = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert written <= MAX_WRITTEN_BYTES, f"{request.node.nodeid} wrote {written / 2**20:.0f} MB to {root}"
+
+
 TINY_CATEGORIES = [
     {"id": 3, "name": "square", "supercategory": "box"},
     {"id": 7, "name": "bar", "supercategory": "box"},

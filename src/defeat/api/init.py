@@ -19,7 +19,7 @@ import yaml
 
 from defeat.api.data import DatasetReport, dataset_stats
 from defeat.config import Config, config_from_dict
-from defeat.models.spec import FAMILIES, family_of_name
+from defeat.models.spec import FAMILIES, family_of_name, resnet_fpn_name
 from defeat.utils import atomic_write_text
 
 TEACHER_STEPS_FACTOR = 3
@@ -77,8 +77,8 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
         raise ValueError(f"--family: unknown family {family!r} (choose from {', '.join(FAMILIES)})")
     companions = family is not None or model is not None or teacher is not None
     family = family or (family_of_name(model) if model else "faster_rcnn")
-    student = model or f"{family}_r18_fpn"
-    teacher = teacher or f"{family}_r50_fpn"
+    student = model or resnet_fpn_name(family, 18)
+    teacher = teacher or resnet_fpn_name(family, 50)
     if family_of_name(teacher) != family:
         raise ValueError(f"--teacher {teacher}: must be a {family} like the student (the head term needs it)")
     if batch_size < 1 or epochs <= 0:

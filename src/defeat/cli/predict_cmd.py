@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_predict)
 
 
-def load_model(args):
+def detector_from_args(args):
     """The one place the model options become a LoadedModel: ``--checkpoint FILE``, or ``--model NAME [--weights
     FILE]`` (a torchvision detector; without ``--weights`` torchvision's DEFAULT COCO weights)."""
     from defeat import api
@@ -65,7 +65,7 @@ def load_model(args):
 def run_predict(args) -> int:
     from defeat import api
 
-    summary = api.predict(load_model(args), args.input, args.out, images_dir=args.images,
+    summary = api.predict(detector_from_args(args), args.input, args.out, images_dir=args.images,
                           score_thresh=args.score_thresh, draw_dir=args.draw, batch_size=args.batch_size,
                           device=args.device, precision=args.precision, workers=args.workers,
                           progress=not args.quiet)

@@ -247,14 +247,15 @@ def load_backbone_weights(model: nn.Module, model_cfg: ModelConfig) -> str:
 
     ResNet: the classifier's keys are the body's (``fc`` is dropped); MobileNetV3: ``features.N...`` is body ``N...``.
     """
-    arch = model_spec(model_cfg.name).backbone
+    spec = model_spec(model_cfg.name)
+    arch = spec.backbone
     if model_cfg.backbone_weights.strip().upper() == "DEFAULT":
         state, file = official_state_dict(arch, "model.backbone_weights", backbone=True)
         source = f"torchvision's {file}"
     else:
         state, source = read_state_dict(model_cfg.backbone_weights, "model.backbone_weights"), model_cfg.backbone_weights
     body = model.backbone.body
-    if arch.startswith("resnet"):
+    if spec.depth is not None:  # a ResNet
         mapped = {k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
         mapped = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}

@@ -152,6 +152,11 @@ def model_spec(name: str) -> ModelSpec:
                      "_fpn is accepted too)")
 
 
+def resnet_fpn_name(family: str, depth: int) -> str:
+    """The canonical name of a ResNet-FPN detector: ``('retinanet', 50)`` -> ``'retinanet_r50_fpn'``."""
+    return model_spec(f"{family}_r{depth}_fpn").canonical
+
+
 def model_names() -> list[str]:
     """The canonical names: the ResNet-FPN and tiny detectors of every family, then torchvision's official ones."""
     ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [f"{f}_tiny_fpn" for f in FAMILIES]
