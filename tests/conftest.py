@@ -22,10 +22,11 @@ MAX_WRITTEN_BYTES = 100 * 2**20
 @pytest.fixture(autouse=True)
 def _written_bytes_stay_small(request):
     """A fast-tier test that leaves more than 100 MB in its tmp_path fails: tests train tiny models."""
+    watched = "tmp_path" in request.fixturenames and not request.node.get_closest_marker("slow")
+    root = request.getfixturevalue("tmp_path") if watched else None  # set up before the test, torn down after us
     yield
-    if "tmp_path" not in request.fixturenames or request.node.get_closest_marker("slow"):
+    if root is None:
         return
-    root = request.getfixturevalue("tmp_path")
     written = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert written <= MAX_WRITTEN_BYTES, f"{request.node.nodeid} wrote {written / 2**20:.0f} MB to {root}"
 

@@ -1,4 +1,4 @@
-"""``defeat analyze channel-distance`` / ``grad-norm`` end to end on the tiny set with tiny (64 px) zoo models.
+"""``defeat analyze channel-distance`` / ``grad-norm`` end to end on the tiny set with tiny (64 px) toy-backbone models.
 
 The checkpoints are written directly (untrained weights): the commands' files and checks are under test here,
 not the models' quality.
@@ -28,7 +28,7 @@ def ckpts(tiny_coco, tmp_path_factory):
                          "config": config_to_dict(cfg), "step": 0}, path)
         return path
 
-    def cfg_for(model_name="faster_rcnn_r18_fpn", extra=()):
+    def cfg_for(model_name="faster_rcnn_tiny_fpn", extra=()):
         return load_config(None, tiny_overrides(tiny_coco, root / "run", name=model_name) + list(extra))
 
     cfg = cfg_for()
@@ -41,7 +41,7 @@ def ckpts(tiny_coco, tmp_path_factory):
         for conv in distiller.adapters.convs.values():
             conv.weight.normal_(std=0.02)
     out["decoupled"] = save("decoupled", "distill", distiller, dcfg)
-    rcfg = cfg_for("retinanet_r18_fpn")
+    rcfg = cfg_for("retinanet_tiny_fpn")
     out["retina"] = save("retina", "detector", build_for_dataset(rcfg.model, categories, seed=4), rcfg)
     return out
 
@@ -71,7 +71,7 @@ def test_channel_distance_writes_figure_and_tables(ckpts, tiny_coco, tmp_path):
     assert "adapter output" in summary["meta"]["student_feature"]["dec"]
     assert len(summary["meta"]["image_ids"]) == 3
     per_channel = (out / "channel_distance_per_channel.csv").read_text().splitlines()
-    assert per_channel[0] == "student,channel,object,background" and len(per_channel) == 1 + 2 * 256
+    assert per_channel[0] == "student,channel,object,background" and len(per_channel) == 1 + 2 * 64  # two students x the tiny FPN's 64 channels
     assert "| student |" in (out / "channel_distance_summary.md").read_text()
 
     # same seed -> same images and numbers; raw features and the assigned-boxes mask are supported

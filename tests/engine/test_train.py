@@ -17,6 +17,11 @@ from defeat.engine.setup import build_for_dataset
 from tests.conftest import tiny_overrides
 
 
+#: the fast tier runs the engine on the toy backbone; the slow tier once more on the real R18 (same code path,
+#: real sizes: checkpoints of ~230 MB, BatchNorm-free GroupNorm ResNet)
+BACKBONES = ["tiny", pytest.param("r18", marks=pytest.mark.slow)]
+
+
 def _sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
@@ -84,8 +89,9 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_coc
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path):
-    common = tiny_overrides(tiny_coco, tmp_path / "x", steps=8) + ["output.checkpoint_every=2", "data.workers=1"]
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path, backbone):
+    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"faster_rcnn_{backbone}_fpn", steps=8) + ["output.checkpoint_every=2", "data.workers=1"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _run_cli(["train", *_sets(common + [f"output.dir={full}"])]).wait() == 0
     proc = _run_cli(["train", *_sets(common + [f"output.dir={killed}"])])
@@ -101,11 +107,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path):
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path, backbone):
     """RetinaNet + GroupNorm: no random sampling in the loss and no batch statistics, so 2 x batch 1
     under DDP equals 1 x batch 2 up to float summation order (tolerance 1e-4 relative). In float32: in bfloat16
     oneDNN picks other kernels for batch 1 and 2, and one bf16 rounding step (2^-8) is far above the tolerance."""
-    common = tiny_overrides(tiny_coco, tmp_path / "x", name="retinanet_r18_fpn", steps=3) + ["data.hflip_prob=0.5",
+    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"retinanet_{backbone}_fpn", steps=3) + ["data.hflip_prob=0.5",
                                                                                             "precision=fp32"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run_cli(["train", *_sets(common + [f"output.dir={one}", "data.batch_size=2"])]).wait() == 0

@@ -10,8 +10,8 @@ Names (one scheme per architecture; the other spelling is an alias of it):
   detector built by this project (:mod:`defeat.models.zoo`). torchvision's spelling of the same architecture,
   ``fasterrcnn_resnet18_fpn``, ``retinanet_resnet101_fpn``, ... (any depth torchvision publishes no COCO file
   for) is an alias: the same spec, the same model.
-* ``<family>_tiny_fpn``: the same detector on a 4-stage toy backbone with a 32-channel FPN and a narrow box head
-  (~0.1 M parameters): for tests and smoke runs of a config, not for accuracy.
+* ``<family>_tiny_fpn``: the same detector on a 4-stage toy backbone with a 64-channel FPN and a narrow box head
+  (~0.5 M parameters): for tests and smoke runs of a config, not for accuracy.
 * torchvision's seven builders with COCO weights (:data:`OFFICIAL`), built by torchvision itself so that the
   official files load: ``fasterrcnn_resnet50_fpn[_v2]``, ``fasterrcnn_mobilenet_v3_large[_320]_fpn``,
   ``retinanet_resnet50_fpn[_v2]``, ``fcos_resnet50_fpn``.
@@ -139,7 +139,8 @@ def model_spec(name: str) -> ModelSpec:
     if match:
         family, body = match.groups()
         if body == "tiny":
-            return ModelSpec(name, name, family, "tiny", "zoo", RESNET_LEVELS[family], fpn_channels=32,
+            # 64 FPN channels: GroupNorm(32) in the heads keeps 2 channels a group (a 1x1 P7 map trains at batch 1)
+            return ModelSpec(name, name, family, "tiny", "zoo", RESNET_LEVELS[family], fpn_channels=64,
                              box_head_size=64, octaves=3 if family == "retinanet" else 1)
         if int(body[1:]) in DEPTHS:
             return _resnet_fpn(name, family, f"resnet{body[1:]}")

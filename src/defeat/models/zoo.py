@@ -38,9 +38,10 @@ TINY_WIDTHS = (16, 32, 32, 64)
 def norm_layer_for(norm: str) -> Callable[[int], nn.Module]:
     """The per-channel normalisation used inside the backbone (and the RetinaNet head for ``gn``).
 
-    GroupNorm uses 32 groups (fewer where a layer has fewer channels, as in the tiny backbone)."""
+    GroupNorm uses 32 groups, fewer where a layer has under 64 channels (the tiny backbone), so that a group always
+    holds at least 2 channels: a 1x1 map at batch 1 then still has a spread to normalise."""
     if norm == "gn":
-        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
+        return lambda channels: nn.GroupNorm(math.gcd(32, max(1, channels // 2)), channels)
     if norm in ("bn", "syncbn"):  # syncbn: converted after building, see engine.distributed
         return nn.BatchNorm2d
     if norm == "frozen_bn":
