@@ -41,7 +41,6 @@ def round_trip(tiny_coco, tmp_path_factory):
     shutil.rmtree(out, ignore_errors=True)  # ~2 GB of checkpoints; pytest keeps module dirs to the end
 
 
-@pytest.mark.slow
 def test_train_evaluate_and_distill_from_config_objects(round_trip):
     out, teacher_cfg, teacher, student_cfg, student = round_trip
     assert isinstance(teacher, api.RunResult) and teacher.step == 2 and teacher.final_checkpoint.is_file()
@@ -53,7 +52,6 @@ def test_train_evaluate_and_distill_from_config_objects(round_trip):
     assert student.notes[0].startswith(f"teacher {teacher_cfg.model.name} from ") and "0 missing" in student.notes[0]
 
 
-@pytest.mark.slow
 def test_load_detector_and_export(round_trip, tiny_coco):
     out, _, teacher, student_cfg, student = round_trip
     loaded = api.load_detector(student.final_checkpoint)
@@ -69,7 +67,6 @@ def test_load_detector_and_export(round_trip, tiny_coco):
     model.load_state_dict(torch.load(out / "student.pt", weights_only=True), strict=True)
 
 
-@pytest.mark.slow
 def test_analyses_take_plain_arguments(round_trip, tiny_coco):
     out, _, teacher, _, student = round_trip
     summary = api.channel_distance(teacher.final_checkpoint, {"decoupled": student.final_checkpoint},
@@ -99,7 +96,6 @@ def test_settings_are_validated_once_when_made():
         api.DistillSettings(proposal_mode="both")
 
 
-@pytest.mark.slow
 def test_distill_weights_auto_writes_the_chosen_weights_into_the_run_config(round_trip, tiny_coco):
     """weights=auto measures the terms on the run's first batches, trains with the chosen weights and writes them
     into config.yaml (weights: fixed), so that config reproduces the run; auto_weights.json has the measurement."""

@@ -25,7 +25,6 @@ def distill_overrides(tiny_coco, teacher, out, steps=1, **distill):
         [f"distill.{k}={v}" for k, v in settings.items()]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("feature_mode,proposal_mode", [
     ("none", "none"), ("object", "positive"), ("background", "negative"), ("all", "all"), ("fgfi", "none"),
 ])
@@ -45,7 +44,6 @@ def test_distill_runs_every_mode(tiny_coco, tiny_teacher, tmp_path, feature_mode
     assert expected <= keys and not ({k for k in keys if k.startswith(("loss_feat", "loss_kd"))} - expected)
 
 
-@pytest.mark.slow
 def test_decoupled_distill_with_teacher_check_side_by_side_eval_and_export(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
     args = distill_overrides(tiny_coco, tiny_teacher, out, steps=2, teacher_check_images=2, teacher_min_ap=0.0,
@@ -67,7 +65,6 @@ def test_decoupled_distill_with_teacher_check_side_by_side_eval_and_export(tiny_
     assert all(torch.equal(weights[k], distilled["student." + k]) for k in weights)
 
 
-@pytest.mark.slow
 def test_onnx_export_matches_pytorch(tiny_coco, tiny_teacher, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -87,7 +84,6 @@ def test_onnx_export_matches_pytorch(tiny_coco, tiny_teacher, tmp_path):
     assert torch.equal(torch.from_numpy(labels), ref["labels"])
 
 
-@pytest.mark.slow
 def test_bad_input_is_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
     base = distill_overrides(tiny_coco, tiny_teacher, out)

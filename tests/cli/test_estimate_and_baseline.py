@@ -19,7 +19,6 @@ def _files(*roots):
     return {p for root in roots for p in root.rglob("*")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_estimate_runs_a_few_steps_and_writes_nothing(command, tiny_coco, tiny_teacher, tmp_path, monkeypatch,
                                                       capsys):
@@ -48,7 +47,6 @@ def test_first_step_prints_the_eta_and_the_loss_shares(tiny_coco, tmp_path, caps
     assert all("eta_s" in r for r in records if "sec_per_step" in r)
 
 
-@pytest.mark.slow
 def test_baseline_comparison_warns_on_a_teacher_equal_to_the_student(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_coco, out, steps=1) + [
