@@ -29,18 +29,31 @@ import torch
 
 
 def command(args, mode: str, seed: int, out: Path) -> list[str]:
-    sets = [f"distill.teacher_checkpoint={args.teacher}", "distill.teacher_check_images=0",
-            "distill.feature_mode=decoupled", "distill.proposal_mode=none", "distill.alpha_obj=4.0",
-            "distill.alpha_bg=16.0", f"distill.weights={mode}", f"distill.auto_target={args.target}",
-            f"distill.auto_batches={args.auto_batches}", f"seed={seed}", f"schedule.max_steps={args.steps}",
-            f"schedule.warmup_steps={args.warmup}", f"output.dir={out}", "output.checkpoint_every=0",
-            "device=cpu"]
+    sets = [
+        f"distill.teacher_checkpoint={args.teacher}",
+        "distill.teacher_check_images=0",
+        "distill.feature_mode=decoupled",
+        "distill.proposal_mode=none",
+        "distill.alpha_obj=4.0",
+        "distill.alpha_bg=16.0",
+        f"distill.weights={mode}",
+        f"distill.auto_target={args.target}",
+        f"distill.auto_batches={args.auto_batches}",
+        f"seed={seed}",
+        f"schedule.max_steps={args.steps}",
+        f"schedule.warmup_steps={args.warmup}",
+        f"output.dir={out}",
+        "output.checkpoint_every=0",
+        "device=cpu",
+    ]
     return [sys.executable, "-m", "defeat", "distill", args.base, *[a for s in sets for a in ("--set", s)]]
 
 
 def summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 2),
-            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+    return {
+        "mean": round(statistics.mean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+    }
 
 
 def main() -> None:
@@ -74,10 +87,13 @@ def main() -> None:
                 print(f"{mode} seed {seed}: done before, skipped", flush=True)
                 continue
             out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "run.log", "w")
+            log = open(out / "run.log", "w")  # noqa: SIM115  (the child writes to it; closed when it ends)
             print(f"{mode} seed {seed}: started", flush=True)
-            running[(mode, seed)] = (subprocess.Popen(command(args, mode, seed, out), stdout=log, stderr=log, env=env),
-                                     time.perf_counter(), log)
+            running[(mode, seed)] = (
+                subprocess.Popen(command(args, mode, seed, out), stdout=log, stderr=log, env=env),
+                time.perf_counter(),
+                log,
+            )
         time.sleep(5)
         for key, (proc, t0, log) in list(running.items()):
             if proc.poll() is not None:
@@ -95,23 +111,41 @@ def main() -> None:
         if (mode, seed) not in walls and recorded is not None:
             walls[(mode, seed)] = recorded
     result: dict = {
-        "what": ("decoupled feature distillation (DeFeat features, proposal_mode=none) with the authors' fixed weights "
-                 "(alpha_obj 4, alpha_bg 16) vs distill.weights=auto (alpha_bg/alpha_obj = 4 kept, scaled so the "
-                 f"feature term starts at auto_target = {args.target} x the detection loss, measured on the first "
-                 f"{args.auto_batches} training batches); same teacher, data, schedule and seeds"),
+        "what": (
+            "decoupled feature distillation (DeFeat features, proposal_mode=none) with the authors' fixed weights "
+            "(alpha_obj 4, alpha_bg 16) vs distill.weights=auto (alpha_bg/alpha_obj = 4 kept, scaled so the "
+            f"feature term starts at auto_target = {args.target} x the detection loss, measured on the first "
+            f"{args.auto_batches} training batches); same teacher, data, schedule and seeds"
+        ),
         "command": " ".join(["python benchmarks/alpha_auto.py", *sys.argv[1:]]),
         "run_command": " ".join(command(args, "<fixed|auto>", 0, runs / "<mode>_s<seed>")[1:]).replace(
-            "seed=0", "seed=<seed>"),
-        "teacher": {"checkpoint": args.teacher, "note": args.teacher_note,
-                    **({"AP": round(100 * json.loads(Path(args.teacher_metrics).read_text())["AP"], 2)}
-                       if args.teacher_metrics else {})},
+            "seed=0", "seed=<seed>"
+        ),
+        "teacher": {
+            "checkpoint": args.teacher,
+            "note": args.teacher_note,
+            **(
+                {"AP": round(100 * json.loads(Path(args.teacher_metrics).read_text())["AP"], 2)}
+                if args.teacher_metrics
+                else {}
+            ),
+        },
         "schedule": {"steps": args.steps, "warmup_steps": args.warmup, "seeds": args.seeds},
-        "machine": {"cpu_threads": os.cpu_count(), "torch_threads_per_run": args.threads,
-                    "parallel_runs": args.parallel,
-                    "platform": platform.platform(), "torch": torch.__version__, "gpu": torch.cuda.is_available()},
+        "machine": {
+            "cpu_threads": os.cpu_count(),
+            "torch_threads_per_run": args.threads,
+            "parallel_runs": args.parallel,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.is_available(),
+        },
         "metric": "COCO box AP x 100 on the validation split of --base",
-        "wall_seconds_total": round(time.perf_counter() - started + prior.get(
-            "wall_seconds_total", prior.get("wall_seconds_total_this_invocation", 0.0)), 1),
+        "wall_seconds_total": round(
+            time.perf_counter()
+            - started
+            + prior.get("wall_seconds_total", prior.get("wall_seconds_total_this_invocation", 0.0)),
+            1,
+        ),
     }
     for mode in ("fixed", "auto"):
         per_seed, chosen, wall, final_losses = {}, {}, {}, {}
@@ -129,10 +163,17 @@ def main() -> None:
             weights_file = out / "auto_weights.json"
             if weights_file.is_file():
                 record = json.loads(weights_file.read_text())
-                chosen[str(seed)] = {"weights": record["weights"], "detection_loss": round(record["detection_loss"], 4),
-                                     "unweighted": {k: round(v, 5) for k, v in record["magnitudes"].items()}}
-        entry = {"per_seed": per_seed, **summary(list(per_seed.values())), "last_logged_losses": final_losses,
-                 "wall_seconds": wall}
+                chosen[str(seed)] = {
+                    "weights": record["weights"],
+                    "detection_loss": round(record["detection_loss"], 4),
+                    "unweighted": {k: round(v, 5) for k, v in record["magnitudes"].items()},
+                }
+        entry = {
+            "per_seed": per_seed,
+            **summary(list(per_seed.values())),
+            "last_logged_losses": final_losses,
+            "wall_seconds": wall,
+        }
         if chosen:
             entry["chosen_weights"] = chosen
         result[f"decoupled_{mode}_AP"] = entry
@@ -141,8 +182,10 @@ def main() -> None:
     fractions = {}
     for seed, record in result["decoupled_auto_AP"].get("chosen_weights", {}).items():
         m, d, w = record["unweighted"], record["detection_loss"], record["weights"]
-        start = {"fixed_4_16": 4.0 * m["loss_feat_obj"] + 16.0 * m["loss_feat_bg"],
-                 "auto": w["alpha_obj"] * m["loss_feat_obj"] + w["alpha_bg"] * m["loss_feat_bg"]}
+        start = {
+            "fixed_4_16": 4.0 * m["loss_feat_obj"] + 16.0 * m["loss_feat_bg"],
+            "auto": w["alpha_obj"] * m["loss_feat_obj"] + w["alpha_bg"] * m["loss_feat_bg"],
+        }
         fractions[seed] = {k: round(v / d, 3) for k, v in start.items()}
     result["feature_term_start_fraction_of_detection_loss"] = fractions
     if args.note:

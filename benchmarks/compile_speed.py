@@ -61,28 +61,33 @@ def main() -> None:
     load_start = [round(x, 2) for x in os.getloadavg()]
     for index in range(args.steps + args.warmup):
         images, targets = train_speed.build_batch(subset, bs, (index * bs) % (len(order) - bs))
-        for variant in (variants if index % 2 == 0 else variants[::-1]):
+        for variant in variants if index % 2 == 0 else variants[::-1]:
             times[variant].append(built[variant][0](index, images, targets))
         print(f"step {index}: " + ", ".join(f"{v} {times[v][-1]:.3f} s" for v in variants), flush=True)
 
-    timed = {v: times[v][args.warmup:] for v in variants}
+    timed = {v: times[v][args.warmup :] for v in variants}
     ratios = [e / c for e, c in zip(timed["fast"], timed["fast_compiled"])]
     compiled_median = statistics.median(timed["fast_compiled"])
     result = {
         "command": "python " + " ".join(sys.argv),
-        "torch": torch.__version__, "threads": args.threads, "machine": train_speed._machine(),
-        "date": datetime.date.today().isoformat(), "load_average_at_start": load_start,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": train_speed._machine(),
+        "date": datetime.date.today().isoformat(),
+        "load_average_at_start": load_start,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "setup": train_speed.describe_setup() + f"; role {args.role}",
         "compiled": "model.backbone (ResNet body + FPN) under torch.compile(dynamic=False), default inductor, "
-                    + ("a fresh cache dir (cold compile)" if COLD
-                       else f"cache dir {os.environ['TORCHINDUCTOR_CACHE_DIR']} (given)"),
+        + (
+            "a fresh cache dir (cold compile)" if COLD else f"cache dir {os.environ['TORCHINDUCTOR_CACHE_DIR']} (given)"
+        ),
         "sec_per_step_median": {v: round(statistics.median(timed[v]), 4) for v in variants},
         "first_step_seconds": {v: round(times[v][0], 2) for v in variants},
         "compile_seconds": round(times["fast_compiled"][0] - compiled_median, 1),
         "speedup_compiled_vs_eager": round(statistics.median(ratios), 3),
-        "speedup_quartiles": ([round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]]
-                              if len(ratios) > 1 else None),
+        "speedup_quartiles": (
+            [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]] if len(ratios) > 1 else None
+        ),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -182,8 +182,12 @@ def repeat_ratios(t: dict[str, float]) -> dict[str, float]:
 
 def summary(values: list[float]) -> dict:
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": round(median, 4), "q25": round(q1, 4), "q75": round(q3, 4),
-            "per_repeat": [round(v, 4) for v in values]}
+    return {
+        "median": round(median, 4),
+        "q25": round(q1, 4),
+        "q75": round(q3, 4),
+        "per_repeat": [round(v, 4) for v in values],
+    }
 
 
 def run_timing(args, device) -> dict:
@@ -198,9 +202,12 @@ def run_timing(args, device) -> dict:
         if rep >= args.warmup:
             recorded["wall"].append(wall)
             recorded["cpu"].append(cpu)
-            print(f"repeat {rep - args.warmup + 1}/{args.repeats}: step_ratio "
-                  f"{repeat_ratios(wall)['step_ratio']:.3f} (wall) {repeat_ratios(cpu)['step_ratio']:.3f} (cpu)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"repeat {rep - args.warmup + 1}/{args.repeats}: step_ratio "
+                f"{repeat_ratios(wall)['step_ratio']:.3f} (wall) {repeat_ratios(cpu)['step_ratio']:.3f} (cpu)",
+                file=sys.stderr,
+                flush=True,
+            )
     out = {"families": families}
     for clock, repeats in recorded.items():
         per_repeat = [repeat_ratios(t) for t in repeats]
@@ -213,10 +220,14 @@ def run_timing(args, device) -> dict:
 
 def goal_check(ratio: dict, goal: float) -> str:
     """A description of where the median and the upper quartile of the per-repeat ratios lie against the goal."""
+
     def side(v):
         return "meets" if v <= goal else "misses"
-    return (f"median {ratio['median']:.3f} {side(ratio['median'])} <= {goal}; upper quartile {ratio['q75']:.3f} "
-            f"{side(ratio['q75'])} it")
+
+    return (
+        f"median {ratio['median']:.3f} {side(ratio['median'])} <= {goal}; upper quartile {ratio['q75']:.3f} "
+        f"{side(ratio['q75'])} it"
+    )
 
 
 # ------------------------------------------------------------------------------------------- memory probes
@@ -266,9 +277,24 @@ def memory_probe(args) -> dict:
 def run_memory(args) -> dict:
     results = {}
     for probe in PROBES:
-        cmd = [sys.executable, __file__, "--memory-probe", probe, "--device", args.device, "--batch", str(args.batch),
-               "--size", str(args.size), "--teacher", args.teacher, "--student", args.student,
-               "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-probe",
+            probe,
+            "--device",
+            args.device,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--teacher",
+            args.teacher,
+            "--student",
+            args.student,
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[probe] = json.loads(done.stdout.strip().splitlines()[-1])
     footprint = {name: r["footprint_bytes"] for name, r in results.items()}
@@ -287,18 +313,25 @@ def machine() -> dict:
     cpu_model = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                             cpu_model)
+            cpu_model = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu_model
+            )
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--teacher", default="faster_rcnn_r50_fpn")
     parser.add_argument("--student", default="faster_rcnn_r18_fpn")
     parser.add_argument("--device", default="cpu")
@@ -306,9 +339,13 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=320, help="image side (the embedded benchmark's: 320)")
     parser.add_argument("--repeats", type=int, default=20, help="recorded repeats (>= 2 for quartiles)")
     parser.add_argument("--warmup", type=int, default=2, help="repeats run first and not recorded")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0 = torch's default); 1 by default: on a shared CPU, multi-threaded "
-                             "timings mostly measure the neighbours' load")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0 = torch's default); 1 by default: on a shared CPU, multi-threaded "
+        "timings mostly measure the neighbours' load",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "distill_overhead.json"))
     parser.add_argument("--memory-probe", choices=PROBES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -334,37 +371,53 @@ def main() -> int:
             "step_ratio_wall": goal_check(wall["step_ratio"], GOALS["step_ratio"]),
             "step_ratio_cpu_time": goal_check(timing["cpu"]["ratios"]["step_ratio"], GOALS["step_ratio"]),
             "memory_ratio": f"{memory['memory_ratio']:.3f} "
-                            f"{'meets' if memory['memory_ratio'] <= GOALS['memory_ratio'] else 'misses'} "
-                            f"<= {GOALS['memory_ratio']} (one fresh-process peak per workload)",
+            f"{'meets' if memory['memory_ratio'] <= GOALS['memory_ratio'] else 'misses'} "
+            f"<= {GOALS['memory_ratio']} (one fresh-process peak per workload)",
             "note": "a description of the per-repeat distribution on this machine, not a statistical test",
         },
         "timing_wall": timing["wall"],
         "timing_cpu_time": timing["cpu"],
         "memory": memory,
-        "settings": {"teacher": args.teacher, "student": args.student, **timing["families"],
-                     "image_size": args.size, "batch": args.batch,
-                     "num_classes": NUM_CLASSES,
-                     "anchor_sizes": None if is_torchvision_name(args.student) else ANCHOR_SIZES,
-                     "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
-                     "threads": torch.get_num_threads(),
-                     "ratios": "per repeat, from that repeat's own timings; median and quartiles over repeats"},
-        "machine": {**machine(), "load_average_start": [round(x, 2) for x in load_start],
-                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "settings": {
+            "teacher": args.teacher,
+            "student": args.student,
+            **timing["families"],
+            "image_size": args.size,
+            "batch": args.batch,
+            "num_classes": NUM_CLASSES,
+            "anchor_sizes": None if is_torchvision_name(args.student) else ANCHOR_SIZES,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "device": args.device,
+            "threads": torch.get_num_threads(),
+            "ratios": "per repeat, from that repeat's own timings; median and quartiles over repeats",
+        },
+        "machine": {
+            **machine(),
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "wall_seconds": round(time.perf_counter() - start, 1),
         "command": command,
     }
     atomic_write_json(Path(args.out), report)
     for clock in ("wall", "cpu"):
         r = timing[clock]["ratios"]
-        line = f"{clock:4s} step_ratio {r['step_ratio']['median']:.3f} [{r['step_ratio']['q25']:.3f}, " \
-               f"{r['step_ratio']['q75']:.3f}]"
+        line = (
+            f"{clock:4s} step_ratio {r['step_ratio']['median']:.3f} [{r['step_ratio']['q25']:.3f}, "
+            f"{r['step_ratio']['q75']:.3f}]"
+        )
         if "head_step_ratio" in r:
-            line += f"   head_step_ratio {r['head_step_ratio']['median']:.3f} [{r['head_step_ratio']['q25']:.3f}, " \
-                    f"{r['head_step_ratio']['q75']:.3f}]"
+            line += (
+                f"   head_step_ratio {r['head_step_ratio']['median']:.3f} [{r['head_step_ratio']['q25']:.3f}, "
+                f"{r['head_step_ratio']['q75']:.3f}]"
+            )
         print(line)
     print(f"step_ratio (wall): {report['goal_check']['step_ratio_wall']}")
-    print(f"memory_ratio {memory['memory_ratio']:.3f} (goal <= 1.1), vs teacher FPN "
-          f"{memory['memory_ratio_vs_teacher_fpn']:.3f}, with head {memory['memory_ratio_with_head']:.3f}")
+    print(
+        f"memory_ratio {memory['memory_ratio']:.3f} (goal <= 1.1), vs teacher FPN "
+        f"{memory['memory_ratio_vs_teacher_fpn']:.3f}, with head {memory['memory_ratio_with_head']:.3f}"
+    )
     print(f"wrote {args.out}")
     return 0
 

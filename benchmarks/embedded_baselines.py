@@ -41,13 +41,24 @@ def main() -> None:
 
     values = yaml.safe_load(Path(args.config).read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config_from_dict(values, [
-            f"data.train_images={args.data}/train", f"data.train_annotations={args.data}/train.json",
-            f"data.val_images={args.data}/val", f"data.val_annotations={args.data}/val.json",
-            f"model.name={args.model}", f"schedule.max_steps={args.steps}", "schedule.warmup_steps=50",
-            f"model.min_size={args.image_size}", f"model.max_size={args.image_size}",
-            f"eval.every_steps={args.eval_every}", "output.checkpoint_every=0", f"output.dir={tmp}/run",
-            "output.log_every=10"])
+        cfg = config_from_dict(
+            values,
+            [
+                f"data.train_images={args.data}/train",
+                f"data.train_annotations={args.data}/train.json",
+                f"data.val_images={args.data}/val",
+                f"data.val_annotations={args.data}/val.json",
+                f"model.name={args.model}",
+                f"schedule.max_steps={args.steps}",
+                "schedule.warmup_steps=50",
+                f"model.min_size={args.image_size}",
+                f"model.max_size={args.image_size}",
+                f"eval.every_steps={args.eval_every}",
+                "output.checkpoint_every=0",
+                f"output.dir={tmp}/run",
+                "output.log_every=10",
+            ],
+        )
         train_set = CocoDetection(cfg.data.train_images, cfg.data.train_annotations)
         val_set = CocoDetection(cfg.data.val_images, cfg.data.val_annotations)
         model = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
@@ -63,17 +74,34 @@ def main() -> None:
             elapsed += record["sec_per_step"] * (record["step"] - last_step)
             last_step = record["step"]
         if record.get("event") == "eval":
-            curve.append({"step": record["step"], "train_minutes": round(elapsed / 60, 1),
-                          "AP": round(record["AP"], 4), "AP50": round(record["AP50"], 4)})
-    entry = {"AP": result.metrics["AP"], "AP50": result.metrics["AP50"], "AP75": result.metrics["AP75"],
-             "APs": result.metrics["APs"], "APm": result.metrics["APm"], "APl": result.metrics["APl"],
-             "curve": curve, "steps": args.steps, "images_seen": args.steps * cfg.data.batch_size,
-             "epochs": round(args.steps * cfg.data.batch_size / len(train_set), 2),
-             "wall_minutes_total": round(seconds / 60, 1), "sec_per_step": round(elapsed / max(last_step, 1), 3),
-             "params_millions": round(count_parameters(model) / 1e6, 1), "image_size": args.image_size,
-             "batch_size": cfg.data.batch_size, "torch_threads": torch.get_num_threads(),
-             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
-             "command": "python " + " ".join(sys.argv)}
+            curve.append(
+                {
+                    "step": record["step"],
+                    "train_minutes": round(elapsed / 60, 1),
+                    "AP": round(record["AP"], 4),
+                    "AP50": round(record["AP50"], 4),
+                }
+            )
+    entry = {
+        "AP": result.metrics["AP"],
+        "AP50": result.metrics["AP50"],
+        "AP75": result.metrics["AP75"],
+        "APs": result.metrics["APs"],
+        "APm": result.metrics["APm"],
+        "APl": result.metrics["APl"],
+        "curve": curve,
+        "steps": args.steps,
+        "images_seen": args.steps * cfg.data.batch_size,
+        "epochs": round(args.steps * cfg.data.batch_size / len(train_set), 2),
+        "wall_minutes_total": round(seconds / 60, 1),
+        "sec_per_step": round(elapsed / max(last_step, 1), 3),
+        "params_millions": round(count_parameters(model) / 1e6, 1),
+        "image_size": args.image_size,
+        "batch_size": cfg.data.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "command": "python " + " ".join(sys.argv),
+    }
     out = Path(args.out)
     merged = json.loads(out.read_text()) if out.is_file() else {}
     merged[args.model] = entry

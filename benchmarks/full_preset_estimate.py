@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import build_batch, build_models, ensure_data, make_step  # noqa: E402
+from train_speed import build_batch, build_models, ensure_data, make_step
 
 TWO_CORES = 1.4  # two free cores vs one thread (README: how the built-in presets were sized)
 
@@ -77,8 +77,10 @@ def main() -> None:
         measured[key] = {"cpu_s_1_thread": [round(v, 3) for v in values], "median": round(statistics.median(values), 3)}
         print(f"{key}: CPU s/step (1 thread) {measured[key]['cpu_s_1_thread']}", flush=True)
     per_image = cpu_seconds_per_image(args.data)
-    measured["student_image"] = {"cpu_s_1_thread": [round(v, 4) for v in per_image],
-                                 "median": round(statistics.median(per_image), 4)}
+    measured["student_image"] = {
+        "cpu_s_1_thread": [round(v, 4) for v in per_image],
+        "median": round(statistics.median(per_image), 4),
+    }
     rates = {k: round(v["median"] / TWO_CORES, 3) for k, v in measured.items()}
     rates["distill_step"] = rates["defeat_step"]  # features only: at most the cost of features + proposals
     rates["teacher_image"] = round(rates["student_image"] * 1.3, 3)  # R50 vs R18 forward (earlier presets' ratio)
@@ -91,13 +93,25 @@ def main() -> None:
     estimator = Estimator(estimate)
     stages = build_plan(preset, Path("/tmp/full_estimate_plan"))
     total = sum(estimator.seconds(s) for s in stages) + estimate.get("report", 5)
-    result = {"command": "python benchmarks/full_preset_estimate.py", "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "threads": 1, "steps": args.steps, "warmup": args.warmup,
-              "measured": measured, "two_cores_factor": TWO_CORES, "estimate_rates": rates,
-              "plan": {"stages": len(stages), "training_steps": sum(s.steps for s in stages),
-                       "estimated_minutes": round(total / 60, 1), "budget_minutes": preset.get("budget_minutes")},
-              "note": "CPU time of one thread on the shared machine (wall time there is meaningless); a few steps "
-                      "per role of untrained models, not a run of the preset"}
+    result = {
+        "command": "python benchmarks/full_preset_estimate.py",
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "measured": measured,
+        "two_cores_factor": TWO_CORES,
+        "estimate_rates": rates,
+        "plan": {
+            "stages": len(stages),
+            "training_steps": sum(s.steps for s in stages),
+            "estimated_minutes": round(total / 60, 1),
+            "budget_minutes": preset.get("budget_minutes"),
+        },
+        "note": "CPU time of one thread on the shared machine (wall time there is meaningless); a few steps "
+        "per role of untrained models, not a run of the preset",
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"estimate_rates": rates, "plan": result["plan"]}, indent=2))
 

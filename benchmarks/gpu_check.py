@@ -40,9 +40,16 @@ def _stage_worker(args) -> None:
     from defeat.engine.setup import build_for_dataset, load_detector
 
     role = "teacher" if args.worker == "teacher" else "student"
-    overrides = [f"schedule.max_steps={args.steps}", f"schedule.warmup_steps={min(50, args.steps // 5)}",
-                 "output.checkpoint_every=0", "output.log_every=10", f"output.dir={args.out}/{args.worker}",
-                 f"device={args.device}", "precision=auto", *args.set]
+    overrides = [
+        f"schedule.max_steps={args.steps}",
+        f"schedule.warmup_steps={min(50, args.steps // 5)}",
+        "output.checkpoint_every=0",
+        "output.log_every=10",
+        f"output.dir={args.out}/{args.worker}",
+        f"device={args.device}",
+        "precision=auto",
+        *args.set,
+    ]
     cfg = preset_config(role, data=args.data, overrides=overrides, defeat=args.worker == "defeat")
     info = init_distributed(cfg.device)
     try:
@@ -56,8 +63,17 @@ def _stage_worker(args) -> None:
 
         teacher, _ = load_detector(Path(args.out) / "teacher" / "model_final.pt", train_set.categories)
         distiller = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
-        train(cfg, distiller, student, train_set, val_set, info, kind="distill", before_step=distiller.before_step,
-              progress=False)
+        train(
+            cfg,
+            distiller,
+            student,
+            train_set,
+            val_set,
+            info,
+            kind="distill",
+            before_step=distiller.before_step,
+            progress=False,
+        )
     finally:
         cleanup(info)
 
@@ -67,9 +83,13 @@ def _summary(out: Path, batch: int, gpus: int, warmup_steps: int) -> dict:
     steps = [r for r in log if "sec_per_step" in r and r["step"] > warmup_steps]
     sec = statistics.median(r["sec_per_step"] for r in steps) if steps else float("nan")
     final = json.loads((out / "metrics_final.json").read_text()) if (out / "metrics_final.json").is_file() else {}
-    return {"sec_per_step": round(sec, 4), "images_per_s": round(batch * gpus / sec, 1),
-            "peak_mem_gib_rank0": max((r["max_mem_gib"] for r in log if "max_mem_gib" in r), default=None),
-            "steps": log[-1]["step"] if log else 0, "AP": round(100 * final.get("AP", float("nan")), 2)}
+    return {
+        "sec_per_step": round(sec, 4),
+        "images_per_s": round(batch * gpus / sec, 1),
+        "peak_mem_gib_rank0": max((r["max_mem_gib"] for r in log if "max_mem_gib" in r), default=None),
+        "steps": log[-1]["step"] if log else 0,
+        "AP": round(100 * final.get("AP", float("nan")), 2),
+    }
 
 
 def main() -> None:
@@ -97,14 +117,36 @@ def main() -> None:
     ensure_data(args.data)
     out = Path(args.out or tempfile.mkdtemp(prefix="gpu_check_"))
     precision = resolve_precision("auto", "cuda:0")
-    result = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
-              "gpus": gpus, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-              "cuda": torch.version.cuda, "precision": precision.notice, "steps": args.steps,
-              "overrides": args.set, "stages": {}}
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "gpus": gpus,
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "precision": precision.notice,
+        "steps": args.steps,
+        "overrides": args.set,
+        "stages": {},
+    }
     for stage in ("teacher", "student", "defeat"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", __file__,
-               "--worker", stage, "--steps", str(args.steps), "--data", args.data, "--out", str(out),
-               *[a for o in args.set for a in ("--set", o)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            __file__,
+            "--worker",
+            stage,
+            "--steps",
+            str(args.steps),
+            "--data",
+            args.data,
+            "--out",
+            str(out),
+            *[a for o in args.set for a in ("--set", o)],
+        ]
         print(f"gpu_check: {stage} ({gpus} GPU{'s' if gpus > 1 else ''}, {args.steps} steps)", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
         cfg = preset_config("teacher" if stage == "teacher" else "student", data=args.data, overrides=args.set)

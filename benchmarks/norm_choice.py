@@ -38,9 +38,13 @@ def run(values: dict, overrides: list[str]) -> dict:
     log = [json.loads(line) for line in (Path(cfg.output.dir) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     steps = [r for r in log if "sec_per_step" in r]
-    return {"AP": result.metrics["AP"], "AP50": result.metrics["AP50"], "seconds_total": round(seconds, 1),
-            "sec_per_step": round(sum(r["sec_per_step"] for r in steps) / len(steps), 3),
-            "final_loss": losses[-1] if losses else None}
+    return {
+        "AP": result.metrics["AP"],
+        "AP50": result.metrics["AP50"],
+        "seconds_total": round(seconds, 1),
+        "sec_per_step": round(sum(r["sec_per_step"] for r in steps) / len(steps), 3),
+        "final_loss": losses[-1] if losses else None,
+    }
 
 
 def main() -> None:
@@ -55,19 +59,33 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for norm in ("gn", "bn"):
-            overrides = [f"data.train_images={args.data}/train", f"data.train_annotations={args.data}/train.json",
-                         f"data.val_images={args.data}/val", f"data.val_annotations={args.data}/val.json",
-                         f"model.norm={norm}", f"schedule.max_steps={args.steps}", "schedule.warmup_steps=50",
-                         f"model.min_size={args.image_size}", f"model.max_size={args.image_size}",
-                         "eval.every_steps=0", "output.checkpoint_every=0", f"output.dir={tmp}/{norm}",
-                         "output.log_every=10"]
+            overrides = [
+                f"data.train_images={args.data}/train",
+                f"data.train_annotations={args.data}/train.json",
+                f"data.val_images={args.data}/val",
+                f"data.val_annotations={args.data}/val.json",
+                f"model.norm={norm}",
+                f"schedule.max_steps={args.steps}",
+                "schedule.warmup_steps=50",
+                f"model.min_size={args.image_size}",
+                f"model.max_size={args.image_size}",
+                "eval.every_steps=0",
+                "output.checkpoint_every=0",
+                f"output.dir={tmp}/{norm}",
+                "output.log_every=10",
+            ]
             results[norm] = run(values, overrides)
             print(norm, results[norm], flush=True)
-    out = {"gn": results["gn"], "bn": results["bn"],
-           "step_time_ratio_gn_over_bn": round(results["gn"]["sec_per_step"] / results["bn"]["sec_per_step"], 3),
-           "steps": args.steps, "image_size": args.image_size, "config": args.config,
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-           "command": "python " + " ".join(sys.argv)}
+    out = {
+        "gn": results["gn"],
+        "bn": results["bn"],
+        "step_time_ratio_gn_over_bn": round(results["gn"]["sec_per_step"] / results["bn"]["sec_per_step"], 3),
+        "steps": args.steps,
+        "image_size": args.image_size,
+        "config": args.config,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "command": "python " + " ".join(sys.argv),
+    }
     atomic_write_json(Path(args.out), out)
     print(json.dumps(out, indent=2))
 

@@ -1,6 +1,7 @@
 """Where the time of one training step goes: torch.profiler over a few steps of the full preset's models.
 
-    python benchmarks/profile_step.py --data runs/train_speed_full_data --role student --mode fp32 --mode autocast --mode fast
+    python benchmarks/profile_step.py --data runs/train_speed_full_data --role student \
+        --mode fp32 --mode autocast --mode fast
 
 Modes: ``fp32`` (plain float32 step), ``autocast`` (the whole forward under bf16 autocast, nothing else),
 ``fast`` (the engine's fast path: ``defeat.engine.precision``). Prints the top ops by self CPU time and
@@ -20,10 +21,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import build_batch, preset_config  # noqa: E402
+from train_speed import build_batch, preset_config
 
-from defeat.engine.setup import build_for_dataset  # noqa: E402
-from defeat.data import CocoDetection  # noqa: E402
+from defeat.data import CocoDetection
+from defeat.engine.setup import build_for_dataset
 
 
 def make_step(mode: str, cfg, categories, images, targets):
@@ -48,6 +49,7 @@ def make_step(mode: str, cfg, categories, images, targets):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -80,10 +82,18 @@ def main() -> None:
         table = []
         for e in rows:
             share = e.self_cpu_time_total / total
-            table.append({"op": e.key, "share": round(share, 4), "calls_per_step": e.count // args.steps,
-                          "ms_per_step": round(e.self_cpu_time_total / 1000 / args.steps, 2)})
-            print(f"{100 * share:5.1f}%  {e.self_cpu_time_total / 1000 / args.steps:8.1f} ms  "
-                  f"{e.count // args.steps:5d}x  {e.key}")
+            table.append(
+                {
+                    "op": e.key,
+                    "share": round(share, 4),
+                    "calls_per_step": e.count // args.steps,
+                    "ms_per_step": round(e.self_cpu_time_total / 1000 / args.steps, 2),
+                }
+            )
+            print(
+                f"{100 * share:5.1f}%  {e.self_cpu_time_total / 1000 / args.steps:8.1f} ms  "
+                f"{e.count // args.steps:5d}x  {e.key}"
+            )
         tables[mode] = {"sec_per_step_profiled": round(seconds, 4), "top_ops": table}
     if args.json:
         Path(args.json).write_text(json.dumps(tables, indent=2))

@@ -79,8 +79,11 @@ AP_ALPHA = 0.05
 def load_preset(name: str | None = None) -> dict:
     """``full_192px``: :data:`FULL_192PX_PRESET`; other names: the package's ``reproduce_<name>.yaml``."""
     name = name or PRESET
-    path = FULL_192PX_PRESET if name == "full_192px" else Path(str(resources.files("defeat") / "configs" /
-                                                                    f"reproduce_{name}.yaml"))
+    path = (
+        FULL_192PX_PRESET
+        if name == "full_192px"
+        else Path(str(resources.files("defeat") / "configs" / f"reproduce_{name}.yaml"))
+    )
     return yaml.safe_load(path.read_text())
 
 
@@ -88,8 +91,13 @@ def default_data(preset: str | None = None) -> str:
     return f"runs/train_speed_{preset or PRESET}_data"
 
 
-def preset_config(role: str, preset: str | None = None, data: str | None = None,
-                  overrides: list[str] | None = None, defeat: bool = False) -> Config:
+def preset_config(
+    role: str,
+    preset: str | None = None,
+    data: str | None = None,
+    overrides: list[str] | None = None,
+    defeat: bool = False,
+) -> Config:
     """The preset's config of ``role`` (teacher | student) as ``reproduce`` derives it (common + the role's
     model + its schedule); ``defeat=True`` adds the distill section with decoupled features and proposals."""
     data = data or default_data(preset)
@@ -97,11 +105,19 @@ def preset_config(role: str, preset: str | None = None, data: str | None = None,
     section = tree[role]
     cfg = _merge(tree["common"], {"model": section["model"]})
     cfg = _merge(cfg, section.get("config"))
-    cfg["data"] = _merge(cfg.get("data", {}), {
-        "train_images": f"{data}/train", "train_annotations": f"{data}/train.json",
-        "val_images": f"{data}/val", "val_annotations": f"{data}/val.json"})
-    cfg["schedule"] = _merge(cfg.get("schedule", {}), {"max_steps": int(section["steps"]),
-                                                       "warmup_steps": int(section.get("warmup_steps", 0))})
+    cfg["data"] = _merge(
+        cfg.get("data", {}),
+        {
+            "train_images": f"{data}/train",
+            "train_annotations": f"{data}/train.json",
+            "val_images": f"{data}/val",
+            "val_annotations": f"{data}/val.json",
+        },
+    )
+    cfg["schedule"] = _merge(
+        cfg.get("schedule", {}),
+        {"max_steps": int(section["steps"]), "warmup_steps": int(section.get("warmup_steps", 0))},
+    )
     if defeat:
         cfg["distill"] = _merge(tree.get("distill", {}), {"feature_mode": "decoupled", "proposal_mode": "decoupled"})
     return config_from_dict(cfg, overrides, source=f"preset {preset} ({role})")
@@ -117,10 +133,32 @@ def ensure_data(data: str, preset: str | None = None) -> None:
     if (Path(data) / "train.json").is_file() and (Path(data) / "val.json").is_file():
         return
     b = load_preset(preset)["benchmark"]
-    subprocess.run([sys.executable, "-m", "defeat", "data", "synth", "--out", data, "--seed", str(b.get("seed", 0)),
-                    "--num-train", str(b["num_train"]), "--num-val", str(b["num_val"]), "--image-size",
-                    str(b["image_size"]), "--min-objects", str(b.get("min_objects", 2)), "--max-objects",
-                    str(b.get("max_objects", 8)), "--workers", str(b.get("workers", 2))], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defeat",
+            "data",
+            "synth",
+            "--out",
+            data,
+            "--seed",
+            str(b.get("seed", 0)),
+            "--num-train",
+            str(b["num_train"]),
+            "--num-val",
+            str(b["num_val"]),
+            "--image-size",
+            str(b["image_size"]),
+            "--min-objects",
+            str(b.get("min_objects", 2)),
+            "--max-objects",
+            str(b.get("max_objects", 8)),
+            "--workers",
+            str(b.get("workers", 2)),
+        ],
+        check=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------ one variant
@@ -129,8 +167,9 @@ def build_models(role: str, data: str, overrides: list[str]):
     from defeat.data import CocoDetection
     from defeat.engine.setup import build_for_dataset
 
-    cfg = preset_config("student" if role == "distill" else role, data=data, overrides=overrides,
-                        defeat=role == "distill")
+    cfg = preset_config(
+        "student" if role == "distill" else role, data=data, overrides=overrides, defeat=role == "distill"
+    )
     dataset = CocoDetection(cfg.data.train_images, cfg.data.train_annotations)
     detector = build_for_dataset(cfg.model, dataset.categories, cfg.seed)
     if role != "distill":
@@ -186,8 +225,12 @@ def make_step(variant: str, role: str, data: str):
         model.backbone = torch.compile(model.backbone, dynamic=False)
     lr = cfg.optim.lr * 0.01  # no warmup here: a small lr keeps every variant finite
     if variant == "plain":
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                    momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
     else:
         cfg.optim.lr = lr
         optimizer = build_optimizer(cfg, model, precision)
@@ -213,6 +256,7 @@ def make_step(variant: str, role: str, data: str):
             total.backward()
             clipped_step(optimizer, model.parameters(), cfg.optim.clip_grad_norm)
         return time.perf_counter() - start
+
     return step, dataset, cfg
 
 
@@ -225,7 +269,7 @@ def interleaved(role: str, data: str, steps: int, warmup: int, variants: list[st
     times: dict[str, list[float]] = {v: [] for v in variants}
     for index in range(steps):
         images, targets = build_batch(torch.utils.data.Subset(dataset, order), bs, (index * bs) % (len(order) - bs))
-        for variant in (variants if index % 2 == 0 else variants[::-1]):
+        for variant in variants if index % 2 == 0 else variants[::-1]:
             seconds = built[variant][0](index, images, targets)
             if index >= warmup:
                 times[variant].append(seconds)
@@ -239,10 +283,16 @@ CATEGORIES = [  # (name, predicate on the op name), first match wins
     ("matmul (box head fc6/fc7, matmul RoIAlign)", lambda k: k in ("aten::mm", "aten::addmm", "aten::bmm")),
     ("RoIAlign (torchvision kernel)", lambda k: "roi_align" in k),
     ("dtype casts and copies", lambda k: k in ("aten::copy_", "aten::_to_copy", "aten::clone")),
-    ("optimizer step (+ clipping)", lambda k: "sgd" in k.lower() or k.startswith("Optimizer") or "_foreach" in k
-     or k in ("aten::linalg_vector_norm",)),
-    ("element-wise add/mul (grad accumulation, optimizer for-loop, residuals)",
-     lambda k: k in ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div")),
+    (
+        "optimizer step (+ clipping)",
+        lambda k: (
+            "sgd" in k.lower() or k.startswith("Optimizer") or "_foreach" in k or k in ("aten::linalg_vector_norm",)
+        ),
+    ),
+    (
+        "element-wise add/mul (grad accumulation, optimizer for-loop, residuals)",
+        lambda k: k in ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::sub", "aten::div"),
+    ),
     ("GroupNorm", lambda k: "group_norm" in k),
     ("pooling / NMS", lambda k: "pool" in k or "nms" in k),
 ]
@@ -260,8 +310,9 @@ def profile_student(data: str, mode: str, steps: int = 3) -> dict:
     model.train()
     images, targets = build_batch(dataset, cfg.data.batch_size)
     if mode == "plain":
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                                    weight_decay=1e-4)
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=1e-4
+        )
         precision = resolve_precision("fp32")
     else:
         tune_cpu_allocator()
@@ -292,10 +343,14 @@ def profile_student(data: str, mode: str, steps: int = 3) -> dict:
         name = next((n for n, test in CATEGORIES if test(e.key)), "other")
         groups[name] = groups.get(name, 0.0) + e.self_cpu_time_total
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
-    return {"ms_per_step_profiled": round(total / 1000 / steps, 1),
-            "share_by_category": {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
-            "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3),
-                         "calls_per_step": e.count // steps} for e in top]}
+    return {
+        "ms_per_step_profiled": round(total / 1000 / steps, 1),
+        "share_by_category": {k: round(v / total, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top_ops": [
+            {"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls_per_step": e.count // steps}
+            for e in top
+        ],
+    }
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -316,7 +371,7 @@ def eval_speed(data: str, images: int = 48, batch_size: int = 4) -> dict:
         for index, start in enumerate(range(0, images, batch_size)):
             batch, _ = build_batch(val, batch_size, start)
             runs = [("fp32", model, contextlib.nullcontext), ("fast", fast_model, precision.autocast)]
-            for name, net, ctx in (runs if index % 2 == 0 else runs[::-1]):
+            for name, net, ctx in runs if index % 2 == 0 else runs[::-1]:
                 begin = time.perf_counter()
                 with ctx():
                     net(batch)
@@ -336,8 +391,13 @@ def ap_run(data: str, precision: str, out: str, seed: int, steps: int = 0) -> di
     val_set = CocoDetection(cfg.data.val_images, cfg.data.val_annotations)
     start = time.perf_counter()
     result = train(cfg, model, detector, dataset, val_set, DistInfo(), kind="detector", progress=False)
-    return {"AP": result.metrics["AP"], "AP50": result.metrics["AP50"], "seconds": round(time.perf_counter() - start, 1),
-            "steps": cfg.schedule.max_steps, "seed": seed}
+    return {
+        "AP": result.metrics["AP"],
+        "AP50": result.metrics["AP50"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "steps": cfg.schedule.max_steps,
+        "seed": seed,
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -357,23 +417,44 @@ def _worker(args) -> None:
 
 def _spawn(args, worker: str, role: str = "student", threads: int | None = None, **extra) -> object:
     threads = threads or args.threads
-    cmd = [sys.executable, __file__, "--worker", worker, "--role", role, "--preset", args.preset, "--data", args.data,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(threads),
-           *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        worker,
+        "--role",
+        role,
+        "--preset",
+        args.preset,
+        "--data",
+        args.data,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(threads),
+        *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{worker} {role} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="full", choices=["full", "full_192px", "quick"],
-                        help="models, batch and data of this preset (full: the package's reproduce_full.yaml)")
-    parser.add_argument("--data", default="", help="the preset's benchmark (made if missing; default "
-                                                     "runs/train_speed_<preset>_data)")
+    parser.add_argument(
+        "--preset",
+        default="full",
+        choices=["full", "full_192px", "quick"],
+        help="models, batch and data of this preset (full: the package's reproduce_full.yaml)",
+    )
+    parser.add_argument(
+        "--data", default="", help="the preset's benchmark (made if missing; default runs/train_speed_<preset>_data)"
+    )
     parser.add_argument("--steps", type=int, default=24, help="interleaved steps per variant and role")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
@@ -382,13 +463,19 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--skip-speed", action="store_true", help="skip the training step speed")
     parser.add_argument("--skip-eval-speed", action="store_true")
-    parser.add_argument("--ap-seeds", default="0,1,2,3,4,5,6,7",
-                        help="seeds of the AP check (the 8 seeds were fixed with the margin, before the run)")
+    parser.add_argument(
+        "--ap-seeds",
+        default="0,1,2,3,4,5,6,7",
+        help="seeds of the AP check (the 8 seeds were fixed with the margin, before the run)",
+    )
     parser.add_argument("--ap-jobs", type=int, default=2, help="AP runs at a time (1 thread each)")
     parser.add_argument("--ap-steps", type=int, default=0, help="0: the preset's schedule (other: a smoke test)")
-    parser.add_argument("--ap-resume", action="store_true",
-                        help="keep the AP runs already in --out (same preset, schedule, seeds of --ap-seeds) and run "
-                             "only the missing ones: a check interrupted, or collected over several sittings")
+    parser.add_argument(
+        "--ap-resume",
+        action="store_true",
+        help="keep the AP runs already in --out (same preset, schedule, seeds of --ap-seeds) and run "
+        "only the missing ones: a check interrupted, or collected over several sittings",
+    )
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     # internal: one variant in a fresh process
     parser.add_argument("--worker", default="")
@@ -407,10 +494,18 @@ def main() -> None:
     result: dict = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if result.get("preset", "full_192px") != args.preset:  # another preset's record: start afresh
         result = {}
-    result.update({"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
-                   "machine": _machine(), "date": datetime.date.today().isoformat(),
-                   "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                   "preset": args.preset, "setup": describe_setup()})
+    result.update(
+        {
+            "command": "python " + " ".join(sys.argv),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "machine": _machine(),
+            "date": datetime.date.today().isoformat(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "preset": args.preset,
+            "setup": describe_setup(),
+        }
+    )
 
     def save():
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,19 +516,26 @@ def main() -> None:
     speed = result.setdefault("sec_per_step", {})
     ratios = result.setdefault("pair_ratios", {})
     speedups = result.setdefault("speedup_vs_fp32_plain", {})
-    for role in ([] if args.skip_speed else args.roles.split(",")):
+    for role in [] if args.skip_speed else args.roles.split(","):
         times = _spawn(args, "speed", role)
         pairs = [p / f for p, f in zip(times["plain"], times["fast"])]
         key = "distill_step" if role == "distill" else role
         speedups[key] = round(statistics.median(pairs), 3)
-        ratios[key] = {"median": speedups[key], "quartiles": [round(q, 3) for q in statistics.quantiles(pairs, n=4)],
-                       "pairs": len(pairs)}
+        ratios[key] = {
+            "median": speedups[key],
+            "quartiles": [round(q, 3) for q in statistics.quantiles(pairs, n=4)],
+            "pairs": len(pairs),
+        }
         speed[key] = {v: {"median": round(statistics.median(t), 3), "min": round(min(t), 3)} for v, t in times.items()}
         if "engine_fp32" in times:
-            result["student_engine_fp32_vs_plain"] = round(statistics.median(
-                p / e for p, e in zip(times["plain"], times["engine_fp32"])), 3)
-        print(f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (quartiles {ratios[key]['quartiles']}); "
-              f"s/step {speed[key]}", flush=True)
+            result["student_engine_fp32_vs_plain"] = round(
+                statistics.median(p / e for p, e in zip(times["plain"], times["engine_fp32"])), 3
+            )
+        print(
+            f"{key}: speedup vs plain fp32 {speedups[key]:.2f}x (quartiles {ratios[key]['quartiles']}); "
+            f"s/step {speed[key]}",
+            flush=True,
+        )
         save()
 
     if not args.skip_eval_speed:
@@ -453,11 +555,13 @@ def main() -> None:
         profiles["limit_implied"] = {
             "conv_matmul_share_fp32": round(p, 3),
             "speedup_if_only_conv_matmul_4_5x": round(1 / ((1 - p) + p / 4.5), 2),
-            "speedup_if_conv_matmul_free": round(1 / (1 - p), 2)}
+            "speedup_if_conv_matmul_free": round(1 / (1 - p), 2),
+        }
         result["profile_student"] = profiles
         save()
 
     if not args.skip_ap:
+
         def save_runs_so_far(runs: dict) -> None:
             result["ap_runs"] = runs
             save()
@@ -474,9 +578,11 @@ def main() -> None:
 def describe_setup() -> str:
     tree = load_preset()
     model, batch = tree["common"]["model"], tree["common"].get("data", {}).get("batch_size", 2)
-    return (f"preset {PRESET}: {tree['student']['model']['name']} student / {tree['teacher']['model']['name']} "
-            f"teacher, norm {model.get('norm', 'bn')}, {model.get('min_size')} px, batch {batch}, embedded benchmark "
-            f"(defeat data synth, the preset's settings)")
+    return (
+        f"preset {PRESET}: {tree['student']['model']['name']} student / {tree['teacher']['model']['name']} "
+        f"teacher, norm {model.get('norm', 'bn')}, {model.get('min_size')} px, batch {batch}, embedded benchmark "
+        f"(defeat data synth, the preset's settings)"
+    )
 
 
 def recorded_runs(ap_runs: dict | None, seeds: list[int], steps: int) -> dict[str, dict[int, dict]]:
@@ -505,40 +611,67 @@ def ap_check(args, save_partial, recorded: dict | None = None) -> dict:
         print(f"AP check resumed: {sum(map(len, runs.values()))} runs kept from {args.out}", flush=True)
     # seed by seed, so that the runs finished at any moment form pairs
     jobs = [(precision, seed) for seed in seeds for precision in ("fp32", "auto") if seed not in runs[precision]]
-    schedule = (f"the preset's baseline student ({PRESET}): {section['steps']} steps, batch 2, cosine, warmup "
-                f"{section.get('warmup_steps', 0)}, evaluated on the validation images; 1 thread per run, "
-                f"{args.ap_jobs} runs at a time")
+    schedule = (
+        f"the preset's baseline student ({PRESET}): {section['steps']} steps, batch 2, cosine, warmup "
+        f"{section.get('warmup_steps', 0)}, evaluated on the validation images; 1 thread per run, "
+        f"{args.ap_jobs} runs at a time"
+    )
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(args.ap_jobs) as pool:
-        futures = {pool.submit(_spawn, args, f"ap_{precision}", threads=1, seed=seed, ap_steps=args.ap_steps,
-                               ap_out=f"{tmp}/{precision}_{seed}"): (precision, seed) for precision, seed in jobs}
+        futures = {
+            pool.submit(
+                _spawn,
+                args,
+                f"ap_{precision}",
+                threads=1,
+                seed=seed,
+                ap_steps=args.ap_steps,
+                ap_out=f"{tmp}/{precision}_{seed}",
+            ): (precision, seed)
+            for precision, seed in jobs
+        }
         for future in concurrent.futures.as_completed(futures):
             precision, seed = futures[future]
             run = future.result()
             runs[precision][seed] = run
             print(f"AP {precision} seed {seed}: {100 * run['AP']:.2f} ({run['seconds']:.0f} s)", flush=True)
-            save_partial({"fp32": [runs["fp32"][s] for s in sorted(runs["fp32"])],
-                          "fast": [runs["auto"][s] for s in sorted(runs["auto"])], "schedule": schedule})
+            save_partial(
+                {
+                    "fp32": [runs["fp32"][s] for s in sorted(runs["fp32"])],
+                    "fast": [runs["auto"][s] for s in sorted(runs["auto"])],
+                    "schedule": schedule,
+                }
+            )
     fp32 = [100 * runs["fp32"][s]["AP"] for s in seeds]
     fast = [100 * runs["auto"][s]["AP"] for s in seeds]
     decision = stats.equivalent_paired(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
     unpaired = stats.equivalent(fast, fp32, margin=AP_MARGIN, alpha=AP_ALPHA)
     seconds = {p: sum(r["seconds"] for r in runs[p].values()) for p in runs}
     if decision["decided"]:
-        print(f"AP fast - fp32 = {decision['diff']:+.2f} (90 % CI [{decision['ci'][0]:+.2f}, "
-              f"{decision['ci'][1]:+.2f}], margin +/-{AP_MARGIN}): "
-              f"{'equivalent' if decision['pass'] else 'not shown equivalent'} "
-              f"(paired TOST p = {decision['p_value']:.3g})", flush=True)
+        print(
+            f"AP fast - fp32 = {decision['diff']:+.2f} (90 % CI [{decision['ci'][0]:+.2f}, "
+            f"{decision['ci'][1]:+.2f}], margin +/-{AP_MARGIN}): "
+            f"{'equivalent' if decision['pass'] else 'not shown equivalent'} "
+            f"(paired TOST p = {decision['p_value']:.3g})",
+            flush=True,
+        )
     else:
         print(f"AP fast - fp32: undecided ({decision['note']})", flush=True)
     return {
-        "ap_fp32": round(statistics.mean(fp32), 2), "ap_fast": round(statistics.mean(fast), 2),
+        "ap_fp32": round(statistics.mean(fp32), 2),
+        "ap_fast": round(statistics.mean(fast), 2),
         "ap_fp32_sd": round(statistics.stdev(fp32), 2) if len(fp32) > 1 else None,
         "ap_fast_sd": round(statistics.stdev(fast), 2) if len(fast) > 1 else None,
-        "ap_equivalence": {**decision, "preregistered": f"margin +/-{AP_MARGIN} AP, alpha {AP_ALPHA}, seeds {seeds}, "
-                                                        "paired TOST, fixed in benchmarks/train_speed.py before the run"},
+        "ap_equivalence": {
+            **decision,
+            "preregistered": f"margin +/-{AP_MARGIN} AP, alpha {AP_ALPHA}, seeds {seeds}, "
+            "paired TOST, fixed in benchmarks/train_speed.py before the run",
+        },
         "ap_equivalence_unpaired": unpaired,
-        "ap_runs": {"fp32": [runs["fp32"][s] for s in seeds], "fast": [runs["auto"][s] for s in seeds],
-                    "schedule": schedule},
+        "ap_runs": {
+            "fp32": [runs["fp32"][s] for s in seeds],
+            "fast": [runs["auto"][s] for s in seeds],
+            "schedule": schedule,
+        },
         "whole_run_speedup_ap_schedule": round(seconds["fp32"] / seconds["auto"], 2),
     }
 

@@ -1,11 +1,11 @@
 """Training throughput of the defeat engine vs a minimal plain torchvision training loop.
 
-Same model (seeded identically), same data, same batch, same optimiser; the plain loop is what a user
-would write in 15 lines (DataLoader + SGD). Runs are interleaved (plain, engine, plain, engine, ...) so
-that machine noise hits both alike. ``ratio_vs_plain_torchvision`` = the median over the
-interleaved pairs of plain seconds per step ÷ engine seconds per step in the steady state (the first ``--warmup`` steps of each run excluded; the engine's
-per-step work — sampler, loss check, clipping, logging, progress bar — included). The whole-run ratio,
-which also counts the engine's setup and its two final checkpoint writes, is reported beside it.
+Same model (seeded identically), same data, same batch, same optimiser; the plain loop is what a user would write in
+15 lines (DataLoader + SGD). Runs are interleaved (plain, engine, plain, engine, ...) so that machine noise hits
+both alike. ``ratio_vs_plain_torchvision`` = the median over the interleaved pairs of plain seconds per step ÷
+engine seconds per step in the steady state (the first ``--warmup`` steps of each run excluded; the engine's
+per-step work — sampler, loss check, clipping, logging, progress bar — included). The whole-run ratio, which also
+counts the engine's setup and its two final checkpoint writes, is reported beside it.
 
     python benchmarks/train_throughput.py --data runs/synth --steps 30 --repeats 2
 """
@@ -36,8 +36,14 @@ def plain_loop(cfg, dataset, steps: int, warmup: int) -> tuple[float, float]:
     model = build_for_dataset(cfg.model, dataset.categories, cfg.seed).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.optim.lr * 0.1, momentum=0.9, weight_decay=cfg.optim.weight_decay)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.workers,
-                        collate_fn=collate, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        drop_last=True,
+    )
     start = time.perf_counter()
     steady_start = start
     done = 0
@@ -80,31 +86,54 @@ def main() -> None:
     args = parser.parse_args()
 
     import yaml
+
     with tempfile.TemporaryDirectory() as tmp:
         values = yaml.safe_load(Path(args.config).read_text())
-        cfg = config_from_dict(values, [
-            f"data.train_images={args.data}/train", f"data.train_annotations={args.data}/train.json",
-            f"schedule.max_steps={args.steps}", "schedule.warmup_steps=0", "eval.every_steps=0",
-            "output.checkpoint_every=0", f"output.dir={tmp}/engine", "data.workers=1", "output.log_every=1"])
+        cfg = config_from_dict(
+            values,
+            [
+                f"data.train_images={args.data}/train",
+                f"data.train_annotations={args.data}/train.json",
+                f"schedule.max_steps={args.steps}",
+                "schedule.warmup_steps=0",
+                "eval.every_steps=0",
+                "output.checkpoint_every=0",
+                f"output.dir={tmp}/engine",
+                "data.workers=1",
+                "output.log_every=1",
+            ],
+        )
         dataset = CocoDetection(cfg.data.train_images, cfg.data.train_annotations)
         plain, engine = [], []
         for _ in range(args.repeats):
             plain.append(plain_loop(cfg, dataset, args.steps, args.warmup))
             engine.append(engine_loop(cfg, dataset, args.steps, args.warmup))
-            print(f"plain {plain[-1][0]:.2f} s/step ({plain[-1][1]:.1f} s run)  "
-                  f"engine {engine[-1][0]:.2f} s/step ({engine[-1][1]:.1f} s run)", flush=True)
+            print(
+                f"plain {plain[-1][0]:.2f} s/step ({plain[-1][1]:.1f} s run)  "
+                f"engine {engine[-1][0]:.2f} s/step ({engine[-1][1]:.1f} s run)",
+                flush=True,
+            )
     # Each (plain, engine) pair ran back to back under the same machine load: compare within pairs.
     ratio = statistics.median(p[0] / e[0] for p, e in zip(plain, engine))
     whole = statistics.median(p[1] / e[1] for p, e in zip(plain, engine))
     print(f"ratio_vs_plain_torchvision = {ratio:.3f} (>= 1.0 means the engine is no slower); whole run {whole:.3f}")
-    result = {"ratio_vs_plain_torchvision": round(ratio, 4), "ratio_whole_run": round(whole, 4),
-              "plain_sec_per_step": [round(p[0], 3) for p in plain], "engine_sec_per_step": [round(e[0], 3) for e in engine],
-              "plain_run_seconds": [round(p[1], 1) for p in plain], "engine_run_seconds": [round(e[1], 1) for e in engine],
-              "warmup_steps_excluded": args.warmup,
-              "steps": args.steps, "model": cfg.model.name, "batch_size": cfg.data.batch_size,
-              "image_size": cfg.model.min_size, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
-              "command": "python " + " ".join(sys.argv)}
+    result = {
+        "ratio_vs_plain_torchvision": round(ratio, 4),
+        "ratio_whole_run": round(whole, 4),
+        "plain_sec_per_step": [round(p[0], 3) for p in plain],
+        "engine_sec_per_step": [round(e[0], 3) for e in engine],
+        "plain_run_seconds": [round(p[1], 1) for p in plain],
+        "engine_run_seconds": [round(e[1], 1) for e in engine],
+        "warmup_steps_excluded": args.warmup,
+        "steps": args.steps,
+        "model": cfg.model.name,
+        "batch_size": cfg.data.batch_size,
+        "image_size": cfg.model.min_size,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+        "command": "python " + " ".join(sys.argv),
+    }
     atomic_write_json(Path(args.out), result)
     print(f"wrote {args.out}")
 

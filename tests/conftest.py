@@ -57,8 +57,16 @@ def write_tiny_coco(root: Path, num_images: int, seed: int, size: int = 64, empt
                 x, y = rng.randint(0, size - w - 1), rng.randint(0, size - h - 1)
                 colour = tuple(rng.randrange(150, 255) for _ in range(3))
                 (draw.ellipse if cat["name"] == "disc" else draw.rectangle)([x, y, x + w, y + h], fill=colour)
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat["id"],
-                                    "bbox": [x, y, w + 1, h + 1], "area": (w + 1) * (h + 1), "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": cat["id"],
+                        "bbox": [x, y, w + 1, h + 1],
+                        "area": (w + 1) * (h + 1),
+                        "iscrowd": 0,
+                    }
+                )
         name = f"{i:04d}.png"
         img.save(root / "images" / name)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -74,9 +82,15 @@ def tiny_coco(tmp_path_factory) -> dict:
     train = write_tiny_coco(root / "train", 8, seed=1, empty_every=5)
     val = write_tiny_coco(root / "val", 4, seed=2)
     return {
-        "root": root, "train_ann": train, "val_ann": val,
-        "overrides": [f"data.train_images={root / 'train' / 'images'}", f"data.train_annotations={train}",
-                      f"data.val_images={root / 'val' / 'images'}", f"data.val_annotations={val}"],
+        "root": root,
+        "train_ann": train,
+        "val_ann": val,
+        "overrides": [
+            f"data.train_images={root / 'train' / 'images'}",
+            f"data.train_annotations={train}",
+            f"data.val_images={root / 'val' / 'images'}",
+            f"data.val_annotations={val}",
+        ],
     }
 
 
@@ -84,11 +98,23 @@ def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_tiny_fpn"
     """Config overrides for a few-step run of a tiny model (the toy backbone unless ``name`` says otherwise) on the
     tiny set."""
     return tiny["overrides"] + [
-        f"model.name={name}", "model.min_size=64", "model.max_size=64", "model.anchor_sizes=[8,16,32,64,128]",
-        "model.rpn_pre_nms_top_n_train=100", "model.rpn_post_nms_top_n_train=50", "model.rpn_pre_nms_top_n_test=50",
-        "model.rpn_post_nms_top_n_test=50", "model.box_batch_size_per_image=32", "data.batch_size=2",
-        "data.workers=0", f"schedule.max_steps={steps}", "schedule.warmup_steps=1", "optim.lr=0.01",
-        "output.log_every=1", f"output.dir={out_dir}", "eval.batch_size=2",
+        f"model.name={name}",
+        "model.min_size=64",
+        "model.max_size=64",
+        "model.anchor_sizes=[8,16,32,64,128]",
+        "model.rpn_pre_nms_top_n_train=100",
+        "model.rpn_post_nms_top_n_train=50",
+        "model.rpn_pre_nms_top_n_test=50",
+        "model.rpn_post_nms_top_n_test=50",
+        "model.box_batch_size_per_image=32",
+        "data.batch_size=2",
+        "data.workers=0",
+        f"schedule.max_steps={steps}",
+        "schedule.warmup_steps=1",
+        "optim.lr=0.01",
+        "output.log_every=1",
+        f"output.dir={out_dir}",
+        "eval.batch_size=2",
     ]
 
 
@@ -96,6 +122,7 @@ def tiny_overrides(tiny: dict, out_dir: Path, name: str = "faster_rcnn_tiny_fpn"
 def tiny_teacher(tiny_coco, tmp_path_factory):
     """A tiny Faster R-CNN 'teacher' trained for one step on the tiny set (weights, not quality, matter)."""
     from defeat.cli.main import main
+
     out = tmp_path_factory.mktemp("teacher")
     overrides = tiny_overrides(tiny_coco, out, steps=1) + ["output.checkpoint_every=0", "seed=5"]
     assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0

@@ -76,8 +76,10 @@ def test_layers_import_only_downwards():
 def test_no_import_circle_between_modules():
     edges = graph()
     # package __init__ files re-export their own submodules: those edges are not circles between layers
-    edges = {m: {d for d in deps if not (MODULES[m].name == "__init__.py" and d.startswith(m + "."))}
-             for m, deps in edges.items()}
+    edges = {
+        m: {d for d in deps if not (MODULES[m].name == "__init__.py" and d.startswith(m + "."))}
+        for m, deps in edges.items()
+    }
     state: dict[str, int] = {}
     cycle: list[str] = []
 
@@ -85,7 +87,7 @@ def test_no_import_circle_between_modules():
         state[node] = 1
         for dep in sorted(edges.get(node, ())):
             if state.get(dep) == 1:
-                cycle.extend(path[path.index(dep):] + [node, dep] if dep in path else [node, dep])
+                cycle.extend(path[path.index(dep) :] + [node, dep] if dep in path else [node, dep])
                 return True
             if dep not in state and visit(dep, path + [node]):
                 return True
@@ -142,8 +144,9 @@ NAME_WORDS = ("fpn", "resnet", "mobilenet", "fasterrcnn", "faster_rcnn", "retina
 
 def _names_in(node: ast.AST) -> set[str]:
     """Identifiers and attribute names under ``node`` (``detection.FCOS`` -> {'detection', 'FCOS'})."""
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
-        {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
 
 
 def class_questions(path: Path) -> list[str]:
@@ -158,8 +161,9 @@ def class_questions(path: Path) -> list[str]:
         elif isinstance(node, ast.Compare):
             parts = [node.left, *node.comparators]
             found += [f"compare {n}" for n in set().union(*map(_names_in, parts)) & DETECTOR_CLASSES]
-            found += [f"compare '{c.value}'" for c in parts
-                      if isinstance(c, ast.Constant) and c.value in DETECTOR_CLASSES]
+            found += [
+                f"compare '{c.value}'" for c in parts if isinstance(c, ast.Constant) and c.value in DETECTOR_CLASSES
+            ]
     return found
 
 
@@ -171,22 +175,34 @@ def name_parsing(path: Path, module: str | None = None) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             pieces = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-            pieces += [e.value for a in node.args if isinstance(a, ast.Tuple) for e in a.elts
-                       if isinstance(e, ast.Constant) and isinstance(e.value, str)]
-            if node.func.attr in ("compile", "match", "fullmatch", "search") and \
-                    any(w in p for p in pieces for w in ("fpn", "resnet", "_r")):
+            pieces += [
+                e.value
+                for a in node.args
+                if isinstance(a, ast.Tuple)
+                for e in a.elts
+                if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            ]
+            if node.func.attr in ("compile", "match", "fullmatch", "search") and any(
+                w in p for p in pieces for w in ("fpn", "resnet", "_r")
+            ):
                 found.append(f"re.{node.func.attr}({pieces[0]!r})")
-            if node.func.attr in ("split", "rsplit", "startswith", "endswith", "partition") and \
-                    any(p.strip("_") and w in p for p in pieces for w in NAME_WORDS):
+            if node.func.attr in ("split", "rsplit", "startswith", "endswith", "partition") and any(
+                p.strip("_") and w in p for p in pieces for w in NAME_WORDS
+            ):
                 found.append(f".{node.func.attr}({pieces!r})")
-        elif isinstance(node, ast.Compare) and any(isinstance(op, ast.In) for op in node.ops) and \
-                isinstance(node.left, ast.Constant) and isinstance(node.left.value, str) and \
-                any(w in node.left.value for w in ("resnet", "mobilenet", "_fpn")):
+        elif (
+            isinstance(node, ast.Compare)
+            and any(isinstance(op, ast.In) for op in node.ops)
+            and isinstance(node.left, ast.Constant)
+            and isinstance(node.left.value, str)
+            and any(w in node.left.value for w in ("resnet", "mobilenet", "_fpn"))
+        ):
             found.append(f"{node.left.value!r} in ...")
         elif isinstance(node, ast.Dict):
             keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
-            if len(keys & {"faster_rcnn", "retinanet", "fcos"}) >= 2 and \
-                    not (module or module_name(path)).startswith("defeat.models"):
+            if len(keys & {"faster_rcnn", "retinanet", "fcos"}) >= 2 and not (module or module_name(path)).startswith(
+                "defeat.models"
+            ):
                 found.append("a table keyed by family")
     return found
 
@@ -203,10 +219,18 @@ def test_family_knowledge_lives_in_models():
 def test_the_family_checks_can_fail(tmp_path):
     """The two checks above see what they are meant to see (so an empty result means something)."""
     sample = tmp_path / "sample.py"
-    sample.write_text("from torchvision.models.detection import FCOS, FasterRCNN\nimport re\n"
-                      "a = isinstance(m, (FasterRCNN, detection.RetinaNet))\nb = type(m) is FCOS\n"
-                      "c = type(m).__name__ == 'RetinaNet'\nd = re.compile(r'^(fcos)_r(\\d+)_fpn$')\n"
-                      "e = name.split('_r')\nf = 'mobilenet' in name\ng = {'faster_rcnn': 4, 'fcos': 8}\n")
-    assert sorted(class_questions(sample)) == ["compare 'RetinaNet'", "compare FCOS", "import FCOS",
-                                               "import FasterRCNN", "isinstance FasterRCNN", "isinstance RetinaNet"]
+    sample.write_text(
+        "from torchvision.models.detection import FCOS, FasterRCNN\nimport re\n"
+        "a = isinstance(m, (FasterRCNN, detection.RetinaNet))\nb = type(m) is FCOS\n"
+        "c = type(m).__name__ == 'RetinaNet'\nd = re.compile(r'^(fcos)_r(\\d+)_fpn$')\n"
+        "e = name.split('_r')\nf = 'mobilenet' in name\ng = {'faster_rcnn': 4, 'fcos': 8}\n"
+    )
+    assert sorted(class_questions(sample)) == [
+        "compare 'RetinaNet'",
+        "compare FCOS",
+        "import FCOS",
+        "import FasterRCNN",
+        "isinstance FasterRCNN",
+        "isinstance RetinaNet",
+    ]
     assert len(name_parsing(sample, module="defeat.api.sample")) == 4

@@ -14,20 +14,23 @@ def test_defaults_and_overrides(tmp_path):
     assert load_config(None).model.name == Config().model.name
 
 
-@pytest.mark.parametrize("values, overrides, message", [
-    ({"optim": {"lrr": 1}}, [], "unknown key 'optim.lrr'"),
-    ({}, ["model.nmae=x"], "unknown key 'model.nmae'"),
-    ({"data": {"batch_size": "four"}}, [], "data.batch_size: expected an integer"),
-    ({"data": {"batch_size": 2.5}}, [], "data.batch_size: expected an integer"),
-    ({"bf16": "yes"}, [], "bf16: expected true/false"),
-    ({}, ["schedule.milestones=5"], "schedule.milestones: expected a list"),
-    ({}, ["model.norm=layer"], "model.norm: unknown value 'layer'"),
-    ({}, ["distill.feature_mode=objects"], "distill.feature_mode: unknown value"),
-    ({}, ["distill.alpha_bg=-1"], "distill.alpha_bg: must be >= 0"),
-    ({}, ["distill.temperature_obj=0"], "distill.temperature_obj: must be > 0"),
-    ({"model": 3}, [], "model: expected a mapping"),
-    ({}, ["optim.lr"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "values, overrides, message",
+    [
+        ({"optim": {"lrr": 1}}, [], "unknown key 'optim.lrr'"),
+        ({}, ["model.nmae=x"], "unknown key 'model.nmae'"),
+        ({"data": {"batch_size": "four"}}, [], "data.batch_size: expected an integer"),
+        ({"data": {"batch_size": 2.5}}, [], "data.batch_size: expected an integer"),
+        ({"bf16": "yes"}, [], "bf16: expected true/false"),
+        ({}, ["schedule.milestones=5"], "schedule.milestones: expected a list"),
+        ({}, ["model.norm=layer"], "model.norm: unknown value 'layer'"),
+        ({}, ["distill.feature_mode=objects"], "distill.feature_mode: unknown value"),
+        ({}, ["distill.alpha_bg=-1"], "distill.alpha_bg: must be >= 0"),
+        ({}, ["distill.temperature_obj=0"], "distill.temperature_obj: must be > 0"),
+        ({"model": 3}, [], "model: expected a mapping"),
+        ({}, ["optim.lr"], "expected key=value"),
+    ],
+)
 def test_invalid_configs_name_the_key(values, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         config_from_dict(values, overrides, source="cfg.yaml")

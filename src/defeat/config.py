@@ -133,8 +133,10 @@ def backbone_stage_names(stages: list) -> list[str]:
         elif isinstance(stage, str) and stage in BACKBONE_STAGES:
             name = stage
         else:
-            raise ConfigError(f"backbone_stages: unknown stage {stage!r} (use 1..4 or layer1..layer4: the ResNet "
-                              "stages of strides 4, 8, 16, 32)")
+            raise ConfigError(
+                f"backbone_stages: unknown stage {stage!r} (use 1..4 or layer1..layer4: the ResNet "
+                "stages of strides 4, 8, 16, 32)"
+            )
         if name in names:
             raise ConfigError(f"backbone_stages: stage {name} listed twice")
         names.append(name)
@@ -177,13 +179,27 @@ class DistillSettings:
     stop_step: int = 0  # 0 = distil for the whole schedule
 
     def __post_init__(self) -> None:
-        for key, allowed in (("feature_mode", FEATURE_MODES), ("proposal_mode", PROPOSAL_MODES),
-                             ("feature_norm", FEATURE_NORMS), ("weight_decay_policy", KD_SCHEDULES),
-                             ("fgfi_assign", FGFI_ASSIGNS), ("proposal_sampling", PROPOSAL_SAMPLINGS),
-                             ("weights", WEIGHTS_MODES)):
+        for key, allowed in (
+            ("feature_mode", FEATURE_MODES),
+            ("proposal_mode", PROPOSAL_MODES),
+            ("feature_norm", FEATURE_NORMS),
+            ("weight_decay_policy", KD_SCHEDULES),
+            ("fgfi_assign", FGFI_ASSIGNS),
+            ("proposal_sampling", PROPOSAL_SAMPLINGS),
+            ("weights", WEIGHTS_MODES),
+        ):
             _choice(getattr(self, key), allowed, key)
-        for key in ("alpha_obj", "alpha_bg", "alpha_all", "beta_obj", "beta_bg", "beta_all", "stop_step",
-                    "alpha_bb_obj", "alpha_bb_bg"):
+        for key in (
+            "alpha_obj",
+            "alpha_bg",
+            "alpha_all",
+            "beta_obj",
+            "beta_bg",
+            "beta_all",
+            "stop_step",
+            "alpha_bb_obj",
+            "alpha_bb_bg",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi"):
@@ -380,20 +396,28 @@ def validate(cfg: Config) -> None:
     """Semantic checks beyond types (choices are checked by their ``Literal`` types, the distillation
     settings by :class:`DistillSettings` itself)."""
     if cfg.bf16 and cfg.precision not in ("auto", "bf16"):
-        raise ConfigError(f"bf16: true contradicts precision: {cfg.precision} (bf16: true is the old name of "
-                          "precision: bf16; drop it)")
+        raise ConfigError(
+            f"bf16: true contradicts precision: {cfg.precision} (bf16: true is the old name of "
+            "precision: bf16; drop it)"
+        )
     positive = {
-        "data.batch_size": cfg.data.batch_size, "schedule.max_steps": cfg.schedule.max_steps,
-        "model.min_size": cfg.model.min_size, "model.max_size": cfg.model.max_size,
-        "eval.batch_size": cfg.eval.batch_size, "optim.lr": cfg.optim.lr,
+        "data.batch_size": cfg.data.batch_size,
+        "schedule.max_steps": cfg.schedule.max_steps,
+        "model.min_size": cfg.model.min_size,
+        "model.max_size": cfg.model.max_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "optim.lr": cfg.optim.lr,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     non_negative = {
-        "data.workers": cfg.data.workers, "schedule.warmup_steps": cfg.schedule.warmup_steps,
-        "optim.weight_decay": cfg.optim.weight_decay, "optim.clip_grad_norm": cfg.optim.clip_grad_norm,
-        "output.checkpoint_every": cfg.output.checkpoint_every, "eval.every_steps": cfg.eval.every_steps,
+        "data.workers": cfg.data.workers,
+        "schedule.warmup_steps": cfg.schedule.warmup_steps,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.clip_grad_norm": cfg.optim.clip_grad_norm,
+        "output.checkpoint_every": cfg.output.checkpoint_every,
+        "eval.every_steps": cfg.eval.every_steps,
         "data.val_max_images": cfg.data.val_max_images,
     }
     for key, value in non_negative.items():
@@ -404,8 +428,10 @@ def validate(cfg: Config) -> None:
     if not cfg.model.anchor_ratios or min(cfg.model.anchor_ratios) <= 0:
         raise ConfigError(f"model.anchor_ratios: need at least one ratio, all > 0, got {cfg.model.anchor_ratios}")
     if cfg.model.trainable_layers is not None and cfg.model.trainable_layers not in range(0, 7):
-        raise ConfigError(f"model.trainable_layers: must be 0..5 (ResNet), 0..6 (MobileNetV3) or null, "
-                          f"got {cfg.model.trainable_layers}")
+        raise ConfigError(
+            f"model.trainable_layers: must be 0..5 (ResNet), 0..6 (MobileNetV3) or null, "
+            f"got {cfg.model.trainable_layers}"
+        )
     for key in ("weights", "backbone_weights"):
         if not getattr(cfg.model, key).strip():
             raise ConfigError(f"model.{key}: empty (use a file path, DEFAULT or none)")

@@ -83,13 +83,18 @@ def test_region_masks_all_boxes_vs_assigned_rule():
 
 
 def _student(name, mode, obj, bg):
-    return cd.StudentDistance(name, mode, "raw", torch.tensor(obj, dtype=torch.float64),
-                              torch.tensor(bg, dtype=torch.float64), 10, 20)
+    return cd.StudentDistance(
+        name, mode, "raw", torch.tensor(obj, dtype=torch.float64), torch.tensor(bg, dtype=torch.float64), 10, 20
+    )
 
 
 def test_seed_order_and_summary_ratios():
-    given = [_student("dec", "decoupled", [1.0, 1.0], [2.0, 2.0]), _student("fg", "fgfi", [3.0, 3.0], [3.0, 3.0]),
-             _student("base", "none", [2.0, 6.0], [4.0, 8.0]), _student("obj", "object", [1.0, 3.0], [6.0, 6.0])]
+    given = [
+        _student("dec", "decoupled", [1.0, 1.0], [2.0, 2.0]),
+        _student("fg", "fgfi", [3.0, 3.0], [3.0, 3.0]),
+        _student("base", "none", [2.0, 6.0], [4.0, 8.0]),
+        _student("obj", "object", [1.0, 3.0], [6.0, 6.0]),
+    ]
     ordered = cd.seed_order(given)
     assert [s.name for s in ordered] == ["base", "obj", "dec", "fg"]
     rows = cd.summary_rows(ordered, "base")

@@ -22,8 +22,14 @@ needs_data = pytest.mark.skipif(not GT_FILE.is_file(), reason="tests/fixtures/co
 # ------------------------------------------------------------------ straightforward reference (pycocotools)
 
 
-def reference_curves(gt: dict, results: list[dict], semantics: str = "mmdet", restrict: bool = True,
-                     only: set[int] | None = None, areas=ce.DEFAULT_AREAS) -> np.ndarray:
+def reference_curves(
+    gt: dict,
+    results: list[dict],
+    semantics: str = "mmdet",
+    restrict: bool = True,
+    only: set[int] | None = None,
+    areas=ce.DEFAULT_AREAS,
+) -> np.ndarray:
     """mmdetection's algorithm written out on pycocotools with deep copies (``restrict``: catIds=[k] passes).
 
     Segmentations are dropped first: a bbox evaluation never reads them, and deep-copying them is slow.
@@ -137,15 +143,31 @@ def test_workers_and_areas(real):
 
 # ------------------------------------------------------------------ hand-made cases with known bands
 
-CATS = [{"id": 1, "name": "apple", "supercategory": "fruit"}, {"id": 2, "name": "orange", "supercategory": "fruit"},
-        {"id": 3, "name": "car", "supercategory": "vehicle"}, {"id": 4, "name": "bus", "supercategory": "vehicle"}]
+CATS = [
+    {"id": 1, "name": "apple", "supercategory": "fruit"},
+    {"id": 2, "name": "orange", "supercategory": "fruit"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 4, "name": "bus", "supercategory": "vehicle"},
+]
 
 
 def tiny_gt(anns, cats=CATS):
-    full = [dict(id=i + 1, image_id=a[0], category_id=a[1], bbox=list(a[2]), area=a[2][2] * a[2][3],
-                 iscrowd=a[3] if len(a) > 3 else 0) for i, a in enumerate(anns)]
-    return {"images": [{"id": 1, "width": 640, "height": 480}, {"id": 2, "width": 640, "height": 480}],
-            "categories": copy.deepcopy(cats), "annotations": full}
+    full = [
+        dict(
+            id=i + 1,
+            image_id=a[0],
+            category_id=a[1],
+            bbox=list(a[2]),
+            area=a[2][2] * a[2][3],
+            iscrowd=a[3] if len(a) > 3 else 0,
+        )
+        for i, a in enumerate(anns)
+    ]
+    return {
+        "images": [{"id": 1, "width": 640, "height": 480}, {"id": 2, "width": 640, "height": 480}],
+        "categories": copy.deepcopy(cats),
+        "annotations": full,
+    }
 
 
 def det(cat, box, score, img=1):
@@ -231,20 +253,23 @@ def test_score_threshold_drops_detections():
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("results, message", [
-    ([det(1, APPLE, 0.9, img=99)], "item 0 has image_id 99, which is not in the ground truth"),
-    ([det(1, APPLE, 0.9, img="1")], "item 0 has string image_id '1'"),
-    ([det(1, APPLE, 0.9), det(42, APPLE, 0.9)], "item 1 has category_id 42, which is not in the ground truth"),
-    ([], "contains no detections"),
-    ({"bbox_mAP": 0.39, "bbox_mAP_50": 0.6}, "looks like a metrics/log file"),
-    ([{"mode": "val", "epoch": 12, "bbox_mAP": 0.39}], "looks like a metrics/log file"),
-    ([det(1, [1, 2, float("nan"), 4], 0.9)], "item 0 has bbox"),
-    ([det(1, [1, 2, float("inf"), 4], 0.9)], "need 4 finite numbers"),
-    ([det(1, APPLE, float("nan"))], "item 0 has score nan"),
-    ([det(1, [1, 2, 3], 0.9)], "item 0 has bbox"),
-    ([det(1, [1, 2, -3, 4], 0.9)], "negative width"),
-    ("hello", "expected a list of detections"),
-])
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ([det(1, APPLE, 0.9, img=99)], "item 0 has image_id 99, which is not in the ground truth"),
+        ([det(1, APPLE, 0.9, img="1")], "item 0 has string image_id '1'"),
+        ([det(1, APPLE, 0.9), det(42, APPLE, 0.9)], "item 1 has category_id 42, which is not in the ground truth"),
+        ([], "contains no detections"),
+        ({"bbox_mAP": 0.39, "bbox_mAP_50": 0.6}, "looks like a metrics/log file"),
+        ([{"mode": "val", "epoch": 12, "bbox_mAP": 0.39}], "looks like a metrics/log file"),
+        ([det(1, [1, 2, float("nan"), 4], 0.9)], "item 0 has bbox"),
+        ([det(1, [1, 2, float("inf"), 4], 0.9)], "need 4 finite numbers"),
+        ([det(1, APPLE, float("nan"))], "item 0 has score nan"),
+        ([det(1, [1, 2, 3], 0.9)], "item 0 has bbox"),
+        ([det(1, [1, 2, -3, 4], 0.9)], "negative width"),
+        ("hello", "expected a list of detections"),
+    ],
+)
 def test_bad_results_raise_one_line_errors(results, message):
     with pytest.raises(ValueError) as err:
         ce.validate_detections(results, tiny_gt([(1, 1, APPLE)]), "model.json")

@@ -13,30 +13,57 @@ from defeat.analysis import error_plots as ep
 from defeat.analysis.coco_errors import ErrorCurves
 from defeat.analysis.error_report import check_formats, select_categories, write_error_analysis
 
-CATS = [{"id": 1, "name": "apple", "supercategory": "fruit"}, {"id": 2, "name": "orange", "supercategory": "fruit"},
-        {"id": 3, "name": "car", "supercategory": "vehicle"}, {"id": 4, "name": "bus", "supercategory": "vehicle"},
-        {"id": 5, "name": "teddy bear", "supercategory": "toy"}]
+CATS = [
+    {"id": 1, "name": "apple", "supercategory": "fruit"},
+    {"id": 2, "name": "orange", "supercategory": "fruit"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 4, "name": "bus", "supercategory": "vehicle"},
+    {"id": 5, "name": "teddy bear", "supercategory": "toy"},
+]
 FIGURE_SUFFIXES = {".png", ".pdf", ".svg"}
 
 
 def make_gt() -> dict:
     """4 images; apples, oranges and cars; 'bus' and 'teddy bear' have no ground truth."""
-    boxes = [(1, 1, [10, 10, 100, 100]), (1, 2, [300, 10, 100, 100]), (2, 3, [10, 300, 200, 120]),
-             (3, 1, [50, 50, 20, 20]), (4, 2, [400, 200, 150, 150]), (4, 3, [20, 20, 60, 40])]
-    anns = [{"id": i + 1, "image_id": img, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
-            for i, (img, c, b) in enumerate(boxes)]
-    return {"images": [{"id": i, "width": 640, "height": 480} for i in range(1, 5)], "categories": CATS,
-            "annotations": anns}
+    boxes = [
+        (1, 1, [10, 10, 100, 100]),
+        (1, 2, [300, 10, 100, 100]),
+        (2, 3, [10, 300, 200, 120]),
+        (3, 1, [50, 50, 20, 20]),
+        (4, 2, [400, 200, 150, 150]),
+        (4, 3, [20, 20, 60, 40]),
+    ]
+    anns = [
+        {"id": i + 1, "image_id": img, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+        for i, (img, c, b) in enumerate(boxes)
+    ]
+    return {
+        "images": [{"id": i, "width": 640, "height": 480} for i in range(1, 5)],
+        "categories": CATS,
+        "annotations": anns,
+    }
 
 
 def make_dets(gt: dict, shift: float, teddy: bool = False) -> list[dict]:
     out = []
     for a in gt["annotations"]:
         x, y, w, h = a["bbox"]
-        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [x + shift, y, w, h],
-                    "score": 0.9 - 0.01 * a["id"]})
-        out.append({"image_id": a["image_id"], "category_id": 2 if a["category_id"] == 1 else 1,
-                    "bbox": [x, y + shift, w, h], "score": 0.3})
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [x + shift, y, w, h],
+                "score": 0.9 - 0.01 * a["id"],
+            }
+        )
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": 2 if a["category_id"] == 1 else 1,
+                "bbox": [x, y + shift, w, h],
+                "score": 0.3,
+            }
+        )
     if teddy:  # a false positive of a class without ground truth: not empty
         out.append({"image_id": 1, "category_id": 5, "bbox": [500, 300, 40, 40], "score": 0.5})
     return out
@@ -78,8 +105,15 @@ def test_default_outputs_two_models(inputs, tmp_path):
 
 def test_index_links_every_file_and_only_existing_ones(inputs, tmp_path):
     out = tmp_path / "out"
-    s = write_error_analysis(inputs["gt"], {"a": inputs["a"], "b": inputs["b"]}, out, workers=1, quiet=True,
-                             categories="apple", formats="png,pdf")
+    s = write_error_analysis(
+        inputs["gt"],
+        {"a": inputs["a"], "b": inputs["b"]},
+        out,
+        workers=1,
+        quiet=True,
+        categories="apple",
+        formats="png,pdf",
+    )
     text = (out / "index.md").read_text()
     links = set(re.findall(r"\]\(([^)]+)\)", text))
     assert links and all((out / link).is_file() for link in links)
@@ -92,8 +126,15 @@ def test_formats_none_writes_no_figure(inputs, tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(ep.BandAxes, "update", lambda *a, **k: drawn.append(a))
     out = tmp_path / "out"
-    s = write_error_analysis(inputs["gt"], {"a": inputs["a"], "b": inputs["b"]}, out, formats="none",
-                             per_category=True, workers=1, quiet=True)
+    s = write_error_analysis(
+        inputs["gt"],
+        {"a": inputs["a"], "b": inputs["b"]},
+        out,
+        formats="none",
+        per_category=True,
+        workers=1,
+        quiet=True,
+    )
     assert figures(out) == set() and not (out / "comparison").exists() and drawn == []
     assert (out / "errors_table.csv").is_file() and (out / "errors_deltas.csv").is_file()
     assert "No figures (formats: none)." in (out / "index.md").read_text()
@@ -117,12 +158,14 @@ def test_per_category_flag_and_category_selection(inputs, tmp_path):
             for area in ("all", "small", "medium", "large"):
                 assert f"{m}/{stem}-{area}.png" in got
         assert not any(f.startswith(f"{m}/bus-") for f in got)
-    assert {f"comparison/{s}.png" for s in ("apple", "orange", "car", "teddy_bear", "overall")} == \
-        {f for f in got if f.startswith("comparison/")}
+    assert {f"comparison/{s}.png" for s in ("apple", "orange", "car", "teddy_bear", "overall")} == {
+        f for f in got if f.startswith("comparison/")
+    }
     assert every["per_category"] == ["apple", "orange", "car", "teddy bear"]
     # --categories (names or ids) gives figures of just those; without either flag, none
-    chosen = write_error_analysis(inputs["gt"], models, tmp_path / "chosen", categories=["3", "apple"], workers=1,
-                                  quiet=True)
+    chosen = write_error_analysis(
+        inputs["gt"], models, tmp_path / "chosen", categories=["3", "apple"], workers=1, quiet=True
+    )
     assert chosen["per_category"] == ["car", "apple"]
     got = figures(tmp_path / "chosen")
     assert "a/car-small.png" in got and "comparison/apple.png" in got and "a/orange-all.png" not in got
@@ -170,7 +213,7 @@ def curves(seed: int, k: int = 3) -> ErrorCurves:
 def test_reused_figure_draws_what_a_fresh_one_draws(tmp_path):
     """Category B drawn on the figure that just drew A is byte-identical to B drawn on a new figure."""
     a, b = curves(0), curves(1)
-    args = lambda res, d: ("m", res.rec_thrs, res.area_names, [("c1", "c1", res.precision[:, :, 0])], d, ["png"])  # noqa: E731
+    args = lambda res, d: ("m", res.rec_thrs, res.area_names, [("c1", "c1", res.precision[:, :, 0])], d, ["png"])
     ep.close_pages()
     ep.draw_singles(*args(b, tmp_path / "fresh"))
     ep.close_pages()
@@ -178,8 +221,9 @@ def test_reused_figure_draws_what_a_fresh_one_draws(tmp_path):
     ep.draw_singles(*args(b, tmp_path / "reused"))
     assert len(ep._PAGES) == 1  # one figure for both
     for area in ("all", "small", "medium", "large"):
-        assert (tmp_path / "fresh" / f"c1-{area}.png").read_bytes() == \
-            (tmp_path / "reused" / f"c1-{area}.png").read_bytes()
+        assert (tmp_path / "fresh" / f"c1-{area}.png").read_bytes() == (
+            tmp_path / "reused" / f"c1-{area}.png"
+        ).read_bytes()
     ep.close_pages()
 
 
@@ -187,8 +231,9 @@ def test_comparison_legends_do_not_cover_the_curves(tmp_path):
     res = curves(2)
     stacked = np.stack([res.overall(), res.overall() * 0.5])
     ep.close_pages()
-    ep.draw_comparisons(["m1", "m2"], res.rec_thrs, res.area_names, [("overall", "overall", stacked)], tmp_path,
-                        ["png"])
+    ep.draw_comparisons(
+        ["m1", "m2"], res.rec_thrs, res.area_names, [("overall", "overall", stacked)], tmp_path, ["png"]
+    )
     (page,) = ep._PAGES.values()
     renderer = page.fig.canvas.get_renderer()
     assert len(page.cells) == 8
@@ -196,7 +241,9 @@ def test_comparison_legends_do_not_cover_the_curves(tmp_path):
         box, legend = cell.ax.get_window_extent(renderer), cell.legend.get_window_extent(renderer)
         assert legend.x0 >= box.x1 and not box.overlaps(legend)
         assert page.fig.bbox.contains(legend.x1 - 1, legend.y0 + 1)  # inside the figure
-        assert cell.legend.get_texts()[1].get_text().startswith("[") and cell.legend.get_texts()[1].get_text().endswith("]C50")
+        assert cell.legend.get_texts()[1].get_text().startswith("[") and cell.legend.get_texts()[1].get_text().endswith(
+            "]C50"
+        )
     ep.close_pages()
 
 

@@ -87,8 +87,18 @@ def test_backbone_kd_counts_as_distillation():
     """One KD vocabulary (defeat.distill.is_kd_loss): ``loss_bb_*`` is distillation, as in the trainer's report."""
     from defeat.distill import KD_LOSS_KEYS, is_kd_loss
 
-    names = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_feat_obj",
-             "loss_feat_bg", "loss_bb_obj", "loss_bb_bg", "loss_kd_pos", "loss_kd_neg"]
+    names = [
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_feat_obj",
+        "loss_feat_bg",
+        "loss_bb_obj",
+        "loss_bb_bg",
+        "loss_kd_pos",
+        "loss_kd_neg",
+    ]
     assert gn.loss_keys(names, "distillation") == names[4:]
     assert gn.loss_keys(names, "detection") == names[:4]
     assert gn.loss_keys(names, "sum") == names

@@ -19,8 +19,19 @@ from tests.conftest import tiny_overrides
 
 def test_the_surface_is_documented():
     text = pydoc.render_doc(api, renderer=pydoc.plaintext)
-    for name in ("train", "distill", "evaluate", "load_detector", "export", "channel_distance", "grad_norm",
-                 "analyze_errors", "synth", "import_yolo", "import_voc"):
+    for name in (
+        "train",
+        "distill",
+        "evaluate",
+        "load_detector",
+        "export",
+        "channel_distance",
+        "grad_norm",
+        "analyze_errors",
+        "synth",
+        "import_yolo",
+        "import_voc",
+    ):
         function = getattr(api, name)
         assert name in api.__all__ and f"{name}(" in text, name
         assert inspect.getdoc(function) and len(inspect.getdoc(function)) > 40, name
@@ -33,9 +44,16 @@ def round_trip(tiny_coco, tmp_path_factory):
     out = tmp_path_factory.mktemp("api")
     teacher_cfg = config_from_dict({}, tiny_overrides(tiny_coco, out / "teacher", steps=2) + ["seed=3"])
     teacher = api.train(teacher_cfg)
-    student_cfg = config_from_dict({}, tiny_overrides(tiny_coco, out / "student", steps=2) + [
-        f"distill.teacher_checkpoint={teacher.final_checkpoint}", "distill.teacher_check_images=2",
-        "distill.teacher_min_ap=0", "distill.proposal_mode=none"])
+    student_cfg = config_from_dict(
+        {},
+        tiny_overrides(tiny_coco, out / "student", steps=2)
+        + [
+            f"distill.teacher_checkpoint={teacher.final_checkpoint}",
+            "distill.teacher_check_images=2",
+            "distill.teacher_min_ap=0",
+            "distill.proposal_mode=none",
+        ],
+    )
     student = api.distill(student_cfg)
     yield out, teacher_cfg, teacher, student_cfg, student
     shutil.rmtree(out, ignore_errors=True)  # ~2 GB of checkpoints; pytest keeps module dirs to the end
@@ -69,21 +87,45 @@ def test_load_detector_and_export(round_trip, tiny_coco):
 
 def test_analyses_take_plain_arguments(round_trip, tiny_coco):
     out, _, teacher, _, student = round_trip
-    summary = api.channel_distance(teacher.final_checkpoint, {"decoupled": student.final_checkpoint},
-                                   tiny_coco["root"] / "val" / "images", tiny_coco["val_ann"], out / "cd",
-                                   images=2, quiet=True)
-    assert {(r["student"], r["region"]) for r in summary["rows"]} == {("decoupled", "object"),
-                                                                    ("decoupled", "background")}
+    summary = api.channel_distance(
+        teacher.final_checkpoint,
+        {"decoupled": student.final_checkpoint},
+        tiny_coco["root"] / "val" / "images",
+        tiny_coco["val_ann"],
+        out / "cd",
+        images=2,
+        quiet=True,
+    )
+    assert {(r["student"], r["region"]) for r in summary["rows"]} == {
+        ("decoupled", "object"),
+        ("decoupled", "background"),
+    }
     assert (out / "cd" / "channel_distance.png").is_file()
-    grads = api.grad_norm(student.final_checkpoint, tiny_coco["root"] / "train" / "images", tiny_coco["train_ann"],
-                          out / "gn", teacher=teacher.final_checkpoint, images=1, train_steps=1, quiet=True)
+    grads = api.grad_norm(
+        student.final_checkpoint,
+        tiny_coco["root"] / "train" / "images",
+        tiny_coco["train_ann"],
+        out / "gn",
+        teacher=teacher.final_checkpoint,
+        images=1,
+        train_steps=1,
+        quiet=True,
+    )
     assert grads["rows"][-1]["level"] == "all" and grads["meta"]["loss"] == "sum"
     # the same call after other work on the global generator: the same numbers (the fresh pre-training
     # adapters are drawn from a generator seeded by `seed`, not from whatever state the caller left)
     torch.manual_seed(999)
     torch.rand(100)
-    again = api.grad_norm(student.final_checkpoint, tiny_coco["root"] / "train" / "images", tiny_coco["train_ann"],
-                          out / "gn2", teacher=teacher.final_checkpoint, images=1, train_steps=1, quiet=True)
+    again = api.grad_norm(
+        student.final_checkpoint,
+        tiny_coco["root"] / "train" / "images",
+        tiny_coco["train_ann"],
+        out / "gn2",
+        teacher=teacher.final_checkpoint,
+        images=1,
+        train_steps=1,
+        quiet=True,
+    )
     assert again["rows"] == grads["rows"]
 
 
@@ -104,9 +146,18 @@ def test_distill_weights_auto_writes_the_chosen_weights_into_the_run_config(roun
     from defeat.config import load_config
 
     out, _, teacher, _, _ = round_trip
-    cfg = config_from_dict({}, tiny_overrides(tiny_coco, out / "auto", steps=1) + [
-        f"distill.teacher_checkpoint={teacher.final_checkpoint}", "distill.teacher_check_images=0",
-        "distill.weights=auto", "distill.auto_target=0.5", "distill.auto_batches=2", "distill.backbone_stages=[4]"])
+    cfg = config_from_dict(
+        {},
+        tiny_overrides(tiny_coco, out / "auto", steps=1)
+        + [
+            f"distill.teacher_checkpoint={teacher.final_checkpoint}",
+            "distill.teacher_check_images=0",
+            "distill.weights=auto",
+            "distill.auto_target=0.5",
+            "distill.auto_batches=2",
+            "distill.backbone_stages=[4]",
+        ],
+    )
     result = api.distill(cfg)
     record = json.loads((out / "auto" / "auto_weights.json").read_text())
     saved = load_config(out / "auto" / "config.yaml").distill
@@ -130,10 +181,16 @@ def test_the_error_analysis_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from defeat import api; api.analyze_errors; from defeat.api import dataset_stats; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", "import sys; from defeat import api; api.analyze_errors; "
-                          "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    code = (
+        "import sys; from defeat import api; api.analyze_errors; from defeat.api import dataset_stats; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from defeat import api; api.analyze_errors; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"  # a training-side name still imports what it needs

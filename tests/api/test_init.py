@@ -25,9 +25,28 @@ def _accepts(path, overrides=()):
 def test_init_on_the_tiny_data_writes_configs_that_train_accepts(tiny_coco, tmp_path, capsys):
     root = tiny_coco["root"]
     out = tmp_path / "cfg" / "tiny.yaml"
-    assert main(["init", "--annotations", str(tiny_coco["train_ann"]), "--images", str(root / "train" / "images"),
-                 "--val-annotations", str(tiny_coco["val_ann"]), "--val-images", str(root / "val" / "images"),
-                 "--out", str(out), "--family", "faster_rcnn", "--figure", str(tmp_path / "stats.png")]) == 0
+    assert (
+        main(
+            [
+                "init",
+                "--annotations",
+                str(tiny_coco["train_ann"]),
+                "--images",
+                str(root / "train" / "images"),
+                "--val-annotations",
+                str(tiny_coco["val_ann"]),
+                "--val-images",
+                str(root / "val" / "images"),
+                "--out",
+                str(out),
+                "--family",
+                "faster_rcnn",
+                "--figure",
+                str(tmp_path / "stats.png"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "train: 8 images (2 without boxes)" in printed and "val: 4 images" in printed
     assert "anchor coverage" in printed and "COCO split" in printed
@@ -43,8 +62,23 @@ def test_init_on_the_tiny_data_writes_configs_that_train_accepts(tiny_coco, tmp_
     assert distill.distill.baseline_checkpoint.endswith("tiny/model_final.pt") and distill.distill.weights == "auto"
     # and it trains: two steps of the written config
     run = tmp_path / "run"
-    assert main(["train", str(out), "--set", "schedule.max_steps=2", "--set", f"output.dir={run}", "--set",
-                 "data.workers=0", "--set", "model.rpn_post_nms_top_n_train=50"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(out),
+                "--set",
+                "schedule.max_steps=2",
+                "--set",
+                f"output.dir={run}",
+                "--set",
+                "data.workers=0",
+                "--set",
+                "model.rpn_post_nms_top_n_train=50",
+            ]
+        )
+        == 0
+    )
     assert (run / "model_final.pt").is_file()
 
 
@@ -62,8 +96,10 @@ def test_init_on_one_class_with_empty_images(tmp_path):
     cfg = _accepts(tmp_path / "one.yaml")
     assert cfg.data.val_annotations == cfg.data.train_annotations  # no val split: evaluated on the train images
     assert "evaluates on the TRAIN images" in (tmp_path / "one.yaml").read_text()
-    assert cfg.model.anchor_sizes == result.report.anchors.sizes and result.report.anchors.coverage >= \
-        result.report.anchors.given_coverage
+    assert (
+        cfg.model.anchor_sizes == result.report.anchors.sizes
+        and result.report.anchors.coverage >= result.report.anchors.given_coverage
+    )
 
 
 def test_init_on_real_coco_boxes_dry_run_writes_nothing(tmp_path):
@@ -72,8 +108,9 @@ def test_init_on_real_coco_boxes_dry_run_writes_nothing(tmp_path):
     data = json.loads((VAL100 / "instances_val2014_100.json").read_text())
     for img in data["images"]:  # init reads the sizes from the JSON: the files need only exist
         (images / img["file_name"]).touch()
-    result = api.init_config(VAL100 / "instances_val2014_100.json", images, tmp_path / "x.yaml", family="retinanet",
-                             dry_run=True)
+    result = api.init_config(
+        VAL100 / "instances_val2014_100.json", images, tmp_path / "x.yaml", family="retinanet", dry_run=True
+    )
     assert not result.written and sorted(p.name for p in tmp_path.iterdir()) == ["images"]
     assert result.report.train.boxes == 830 and result.report.train.images == 100  # 839 minus 9 crowd
     assert set(result.texts) == {"train", "teacher", "distill"}
@@ -86,27 +123,79 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_coco, tmp_path, capsys):
     shutil.copytree(tiny_coco["root"] / "train" / "images", images)
     (images / "0003.png").unlink()
     out = tmp_path / "out" / "c.yaml"
-    assert main(["init", "--annotations", str(tiny_coco["train_ann"]), "--images", str(images), "--out", str(out),
-                 "--family", "fcos"]) == 2
+    assert (
+        main(
+            [
+                "init",
+                "--annotations",
+                str(tiny_coco["train_ann"]),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--family",
+                "fcos",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "0003.png not found" in err and "image 4" in err
     assert not (tmp_path / "out").exists()
     no_boxes = tmp_path / "empty.json"
     no_boxes.write_text(json.dumps({**json.loads(tiny_coco["train_ann"].read_text()), "annotations": []}))
-    assert main(["init", "--annotations", str(no_boxes), "--images", str(tiny_coco["root"] / "train" / "images"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "init",
+                "--annotations",
+                str(no_boxes),
+                "--images",
+                str(tiny_coco["root"] / "train" / "images"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "no (non-crowd) boxes" in capsys.readouterr().err and not (tmp_path / "out").exists()
     out.parent.mkdir()
     out.write_text("keep")
-    assert main(["init", "--annotations", str(tiny_coco["train_ann"]), "--images",
-                 str(tiny_coco["root"] / "train" / "images"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "init",
+                "--annotations",
+                str(tiny_coco["train_ann"]),
+                "--images",
+                str(tiny_coco["root"] / "train" / "images"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "exists" in capsys.readouterr().err and out.read_text() == "keep"
 
 
 def test_data_stats_writes_the_figure_and_json(tiny_coco, tmp_path, capsys):
-    assert main(["data", "stats", "--annotations", str(tiny_coco["train_ann"]), "--images",
-                 str(tiny_coco["root"] / "train" / "images"), "--figure", str(tmp_path / "s.png"),
-                 "--json", str(tmp_path / "s.json")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "stats",
+                "--annotations",
+                str(tiny_coco["train_ann"]),
+                "--images",
+                str(tiny_coco["root"] / "train" / "images"),
+                "--figure",
+                str(tmp_path / "s.png"),
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     assert "anchor coverage" in capsys.readouterr().out and (tmp_path / "s.png").is_file()
     record = json.loads((tmp_path / "s.json").read_text())
     assert record["train"]["boxes"] == sum(record["train"]["boxes_per_class"].values())

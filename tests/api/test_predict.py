@@ -52,8 +52,9 @@ def test_coco_json_input_writes_results_that_pycocotools_and_analyze_errors_acce
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = COCO(str(ann)).loadRes(str(tmp_path / "results.json"))
     assert len(coco_dt.getAnnIds()) == len(dets)
-    report = api.analyze_errors(ann, {"teacher": tmp_path / "results.json"}, tmp_path / "errors", formats=(),
-                                workers=1, quiet=True)
+    report = api.analyze_errors(
+        ann, {"teacher": tmp_path / "results.json"}, tmp_path / "errors", formats=(), workers=1, quiet=True
+    )
     assert set(report["overall"]) == {"teacher"}
     # the score threshold drops exactly the low-scoring detections
     high = run(loaded, ann, tmp_path / "high.json", images_dir=images, score_thresh=0.3)
@@ -74,14 +75,20 @@ def test_folder_gets_sorted_ids_a_coco_sidecar_and_pictures(loaded, val, tmp_pat
     sidecar = tmp_path / "out" / "dets.images.json"
     assert summary["images_file"] == str(sidecar) and summary["skipped"] == [str(folder / "notes.txt")]
     meta = json.loads(sidecar.read_text())
-    assert [(im["id"], im["file_name"], im["width"]) for im in meta["images"]] == [(1, "a.png", 64), (2, "b.png", 64),
-                                                                                   (3, "c.png", 64)]
+    assert [(im["id"], im["file_name"], im["width"]) for im in meta["images"]] == [
+        (1, "a.png", 64),
+        (2, "b.png", 64),
+        (3, "c.png", 64),
+    ]
     assert meta["categories"] == loaded.categories and meta["annotations"] == []
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = COCO(str(sidecar)).loadRes(str(tmp_path / "out" / "dets.json"))
     assert len(coco_dt.getAnnIds()) == summary["detections"] > 0
-    assert summary["drawn"] == 3 and sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a.png", "b.png",
-                                                                                                  "c.png"]
+    assert summary["drawn"] == 3 and sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [
+        "a.png",
+        "b.png",
+        "c.png",
+    ]
     with Image.open(tmp_path / "drawn" / "a.png") as img:
         assert img.size == (64, 64)
     with Image.open(folder / "a.png") as a, Image.open(tmp_path / "drawn" / "a.png") as b:
@@ -92,7 +99,9 @@ def test_folder_gets_sorted_ids_a_coco_sidecar_and_pictures(loaded, val, tmp_pat
     single = json.loads((tmp_path / "one.json").read_text())
     assert [(d["image_id"], d["category_id"]) for d in single] == [(1, d["category_id"]) for d in folder_dets]
     # batched and single-image convolutions may differ in the last float bits: rounded outputs agree to that
-    assert [v for d in single for v in d["bbox"]] == pytest.approx([v for d in folder_dets for v in d["bbox"]], abs=0.02)
+    assert [v for d in single for v in d["bbox"]] == pytest.approx(
+        [v for d in folder_dets for v in d["bbox"]], abs=0.02
+    )
     assert [d["score"] for d in single] == pytest.approx([d["score"] for d in folder_dets], abs=1e-4)
     assert one["images"] == 1 and json.loads((tmp_path / "one.images.json").read_text())["images"][0]["id"] == 1
 
@@ -103,8 +112,9 @@ def test_classes_map_by_name_to_a_dataset_with_other_ids(loaded, val, tmp_path):
     # renumbered ids, names in another case, 'bar' absent, an extra category the model does not know
     new_ids = {3: 21, 9: 20}
     data["categories"] = [{"id": 20, "name": "Disc"}, {"id": 21, "name": "square"}, {"id": 22, "name": "triangle"}]
-    data["annotations"] = [dict(a, category_id=new_ids[a["category_id"]]) for a in data["annotations"]
-                           if a["category_id"] in new_ids]
+    data["annotations"] = [
+        dict(a, category_id=new_ids[a["category_id"]]) for a in data["annotations"] if a["category_id"] in new_ids
+    ]
     renumbered = write_coco(tmp_path / "renumbered.json", data)
     plain = run(loaded, ann, tmp_path / "plain.json", images_dir=images)
     mapped = run(loaded, renumbered, tmp_path / "mapped.json", images_dir=images)
@@ -141,9 +151,25 @@ def truncated_png(path):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_folder", "only_text", "corrupt", "truncated", "truncated_workers",
-                                  "json_no_images_dir", "images_missing", "no_common_name", "size_mismatch",
-                                  "out_is_folder", "draw_over_inputs", "out_over_json", "not_an_image_file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "empty_folder",
+        "only_text",
+        "corrupt",
+        "truncated",
+        "truncated_workers",
+        "json_no_images_dir",
+        "images_missing",
+        "no_common_name",
+        "size_mismatch",
+        "out_is_folder",
+        "draw_over_inputs",
+        "out_over_json",
+        "not_an_image_file",
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
     ann, images = val
     folder = tmp_path / "in"
@@ -168,19 +194,28 @@ def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
     elif case == "json_no_images_dir":
         inputs, match = ann, "needs images_dir"
     elif case == "images_missing":
-        inputs, match, kw = VAL100 / "instances_val2014_100.json", "100 of the 100 images of .* are missing", \
-            {"images_dir": folder}
+        inputs, match, kw = (
+            VAL100 / "instances_val2014_100.json",
+            "100 of the 100 images of .* are missing",
+            {"images_dir": folder},
+        )
     elif case == "no_common_name":
         data = json.loads(ann.read_text())
         data["categories"] = [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}]
         data["annotations"] = []
-        inputs, match, kw = write_coco(tmp_path / "coco.json", data), "none of its 2 category names", \
-            {"images_dir": images}
+        inputs, match, kw = (
+            write_coco(tmp_path / "coco.json", data),
+            "none of its 2 category names",
+            {"images_dir": images},
+        )
     elif case == "size_mismatch":
         data = json.loads(ann.read_text())
         data["images"][1]["width"] = 65
-        inputs, match, kw = write_coco(tmp_path / "coco.json", data), "image is 64x64, coco.json says 65x64", \
-            {"images_dir": images}
+        inputs, match, kw = (
+            write_coco(tmp_path / "coco.json", data),
+            "image is 64x64, coco.json says 65x64",
+            {"images_dir": images},
+        )
     elif case == "out_is_folder":
         (tmp_path / "results.json").mkdir()
         inputs, match = images, "is a folder"
@@ -202,8 +237,22 @@ def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
     _, images = val
-    args = ["predict", str(images), "--checkpoint", str(tiny_teacher), "--out", str(tmp_path / "r.json"),
-            "--score-thresh", "0", "--precision", "fp32", "--draw", str(tmp_path / "draw"), "--batch-size", "3"]
+    args = [
+        "predict",
+        str(images),
+        "--checkpoint",
+        str(tiny_teacher),
+        "--out",
+        str(tmp_path / "r.json"),
+        "--score-thresh",
+        "0",
+        "--precision",
+        "fp32",
+        "--draw",
+        str(tmp_path / "draw"),
+        "--batch-size",
+        "3",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'r.json'} and {tmp_path / 'r.images.json'}" in out and "on 4 images" in out
@@ -218,8 +267,16 @@ def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
 def test_cli_model_and_weights_bad_input(tmp_path, val, capsys):
     """--model/--weights go through api.load_detector (end to end in tests/api/test_torchvision.py)."""
     _, images = val
-    args = ["predict", str(images), "--model", "fasterrcnn_resnet50_fpn_v2", "--weights", str(tmp_path / "w.pth"),
-            "--out", str(tmp_path / "r.json")]
+    args = [
+        "predict",
+        str(images),
+        "--model",
+        "fasterrcnn_resnet50_fpn_v2",
+        "--weights",
+        str(tmp_path / "w.pth"),
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "w.pth: file not found" in err
@@ -249,8 +306,9 @@ def test_a_torchvision_coco_model_maps_to_yolo_style_ids(val, tmp_path):
     detector = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
     detector.roi_heads.score_thresh = 0.0  # random weights: every score is about 1/91
     detector.transform.min_size, detector.transform.max_size = (128,), 128  # fast
-    model = api.LoadedModel(detector, Config(), "detector", [{"id": k, "name": names[k]} for k in range(1, 91)],
-                            "torchvision")
+    model = api.LoadedModel(
+        detector, Config(), "detector", [{"id": k, "name": names[k]} for k in range(1, 91)], "torchvision"
+    )
     ann, images = val
     data = json.loads(ann.read_text())
     coco80 = [n for n in names[1:] if n != "N/A"]
@@ -267,6 +325,7 @@ def test_a_torchvision_coco_model_maps_to_yolo_style_ids(val, tmp_path):
     own_dets = json.loads((tmp_path / "own.json").read_text())
     na_ids = {k for k in range(1, 91) if names[k] == "N/A"}
     assert mapped["dropped"] == sum(d["category_id"] in na_ids for d in own_dets)
-    expected = [dict(d, category_id=coco80.index(names[d["category_id"]])) for d in own_dets
-                if d["category_id"] not in na_ids]
+    expected = [
+        dict(d, category_id=coco80.index(names[d["category_id"]])) for d in own_dets if d["category_id"] not in na_ids
+    ]
     assert json.loads((tmp_path / "mapped.json").read_text()) == expected and expected

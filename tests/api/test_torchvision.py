@@ -31,7 +31,9 @@ def coco_named(tiny_coco, tmp_path_factory):
         paths[split] = root / f"{split}.json"
         paths[split].write_text(json.dumps(data))
     overrides = [o for o in tiny_coco["overrides"] if "annotations" not in o] + [
-        f"data.train_annotations={paths['train']}", f"data.val_annotations={paths['val']}"]
+        f"data.train_annotations={paths['train']}",
+        f"data.val_annotations={paths['val']}",
+    ]
     return {**tiny_coco, "overrides": overrides, "root": root}
 
 
@@ -50,17 +52,30 @@ def weight_files(tmp_path_factory):
 
 
 def distill_cfg(data, out, student, teacher, teacher_file, extra=()):
-    return config_from_dict({}, tiny_overrides(data, out, name=student, steps=2) + [
-        "model.anchor_sizes=[32,64,128,256,512]", f"distill.teacher_model={teacher}",
-        f"distill.teacher_weights={teacher_file}", "distill.teacher_check_images=2", "distill.teacher_min_ap=0",
-        *extra])
+    return config_from_dict(
+        {},
+        tiny_overrides(data, out, name=student, steps=2)
+        + [
+            "model.anchor_sizes=[32,64,128,256,512]",
+            f"distill.teacher_model={teacher}",
+            f"distill.teacher_weights={teacher_file}",
+            "distill.teacher_check_images=2",
+            "distill.teacher_min_ap=0",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.slow
 def test_r50_fpn_v2_coco_file_teaches_a_mobilenet_v3_student(coco_named, weight_files, tmp_path):
-    cfg = distill_cfg(coco_named, tmp_path / "mobile", "fasterrcnn_mobilenet_v3_large_fpn",
-                      "fasterrcnn_resnet50_fpn_v2", weight_files["fasterrcnn_resnet50_fpn_v2"],
-                      ["distill.proposal_mode=decoupled"])
+    cfg = distill_cfg(
+        coco_named,
+        tmp_path / "mobile",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_resnet50_fpn_v2",
+        weight_files["fasterrcnn_resnet50_fpn_v2"],
+        ["distill.proposal_mode=decoupled"],
+    )
     result = api.distill(cfg)
     assert result.step == 2 and result.final_checkpoint.is_file()
     assert "mapped by name" in result.notes[0]
@@ -72,24 +87,36 @@ def test_r50_fpn_v2_coco_file_teaches_a_mobilenet_v3_student(coco_named, weight_
     assert {"loss_feat_obj", "loss_feat_bg", "loss_kd_pos", "loss_kd_neg"} <= logged, logged
     # export loads into torchvision's own builder with strict=True
     meta = api.export(result.final_checkpoint, tmp_path / "student.pt")
-    stock = detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
-                                                        num_classes=meta["num_classes"] + 1)
+    stock = detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=meta["num_classes"] + 1
+    )
     stock.load_state_dict(torch.load(tmp_path / "student.pt", weights_only=True), strict=True)
     assert meta["torchvision_builder"].startswith("torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(")
 
 
 @pytest.mark.slow
 def test_a_retinanet_pair_distils_features_and_anchors(coco_named, weight_files, tmp_path):
-    cfg = distill_cfg(coco_named, tmp_path / "retina", "retinanet_resnet18_fpn", "retinanet_resnet50_fpn_v2",
-                      weight_files["retinanet_resnet50_fpn_v2"], ["distill.proposal_mode=decoupled"])
+    cfg = distill_cfg(
+        coco_named,
+        tmp_path / "retina",
+        "retinanet_resnet18_fpn",
+        "retinanet_resnet50_fpn_v2",
+        weight_files["retinanet_resnet50_fpn_v2"],
+        ["distill.proposal_mode=decoupled"],
+    )
     result = api.distill(cfg)
     assert result.step == 2
     assert api.load_detector(result.final_checkpoint).adapters.levels == ["P3", "P4", "P5", "P6", "P7"]
 
 
 def test_a_teacher_whose_classes_do_not_cover_the_data_is_refused(tiny_coco, weight_files, tmp_path):
-    cfg = distill_cfg(tiny_coco, tmp_path / "bad", "fasterrcnn_mobilenet_v3_large_fpn",
-                      "fasterrcnn_mobilenet_v3_large_fpn", weight_files["fasterrcnn_mobilenet_v3_large_fpn"])
+    cfg = distill_cfg(
+        tiny_coco,
+        tmp_path / "bad",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        weight_files["fasterrcnn_mobilenet_v3_large_fpn"],
+    )
     with pytest.raises(ValueError, match="do not cover .*square.*fine-tune it first"):
         api.distill(cfg)
     assert not (tmp_path / "bad" / "model_final.pt").exists()
@@ -100,19 +127,35 @@ def test_fine_tune_evaluate_and_predict_with_torchvision_files(coco_named, tiny_
     mobile = weight_files["fasterrcnn_mobilenet_v3_large_fpn"]
     # fine-tuning a COCO file on other classes: keep/reset printed
     overrides = tiny_overrides(tiny_coco, tmp_path / "ft", name="fasterrcnn_mobilenet_v3_large_fpn", steps=1) + [
-        "model.anchor_sizes=[32,64,128,256,512]", f"model.weights={mobile}"]
+        "model.anchor_sizes=[32,64,128,256,512]",
+        f"model.weights={mobile}",
+    ]
     assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
     printed = capsys.readouterr()
     assert "re-initialised 4 class-dependent" in printed.out + printed.err
     # evaluating the COCO file itself on COCO-named data, no checkpoint
-    cfg = config_from_dict({}, tiny_overrides(coco_named, tmp_path / "eval", name="fasterrcnn_mobilenet_v3_large_fpn")
-                           + ["model.anchor_sizes=[32,64,128,256,512]", f"model.weights={mobile}"])
+    cfg = config_from_dict(
+        {},
+        tiny_overrides(coco_named, tmp_path / "eval", name="fasterrcnn_mobilenet_v3_large_fpn")
+        + ["model.anchor_sizes=[32,64,128,256,512]", f"model.weights={mobile}"],
+    )
     stats = api.evaluate(cfg)
     assert set(stats["per_class_AP"]) == {"person", "car", "dog"} and (tmp_path / "eval" / "metrics.json").is_file()
     # predict with --model/--weights: COCO results with the COCO ids of torchvision's label space
     out = tmp_path / "pred" / "results.json"
-    args = ["predict", str(tiny_coco["root"] / "val" / "images"), "--out", str(out), "--model",
-            "fasterrcnn_mobilenet_v3_large_fpn", "--weights", str(mobile), "--score-thresh", "0", "--quiet"]
+    args = [
+        "predict",
+        str(tiny_coco["root"] / "val" / "images"),
+        "--out",
+        str(out),
+        "--model",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "--weights",
+        str(mobile),
+        "--score-thresh",
+        "0",
+        "--quiet",
+    ]
     assert main(args) == 0
     images = COCO(str(out).replace(".json", ".images.json"))
     results = json.loads(out.read_text())

@@ -31,14 +31,32 @@ def student(tmp_path_factory) -> Path:
 @needs_data
 def test_two_models_write_plots_figures_and_tables(tmp_path, student, capsys):
     out = tmp_path / "errors"
-    rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--dets", f"baseline={RES_FILE}", f"student={student}",
-               "--out", str(out), "--categories", "apple,62", "--formats", "png,pdf", "--workers", "2"])
+    rc = main(
+        [
+            "analyze",
+            "errors",
+            "--gt",
+            str(GT_FILE),
+            "--dets",
+            f"baseline={RES_FILE}",
+            f"student={student}",
+            "--out",
+            str(out),
+            "--categories",
+            "apple,62",
+            "--formats",
+            "png,pdf",
+            "--workers",
+            "2",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "baseline: C75=" in printed
     # the 100-image set has 10 categories without ground truth; 4 of them have no detection either
-    assert "skipped 4 empty categories (no ground truth, no detections): horse, keyboard, scissors, hair drier" \
-        in printed
+    assert (
+        "skipped 4 empty categories (no ground truth, no detections): horse, keyboard, scissors, hair drier" in printed
+    )
     for model in ("baseline", "student"):
         for name in ("apple", "chair", "overall"):
             for area in ("all", "small", "medium", "large"):
@@ -63,7 +81,9 @@ def test_two_models_write_plots_figures_and_tables(tmp_path, student, capsys):
     assert (d["from"], d["to"]) == ("baseline", "student")
     assert d["d_band_BG"] == pytest.approx(
         (float(overall["student"]["BG"]) - float(overall["student"]["Oth"]))
-        - (float(overall["baseline"]["BG"]) - float(overall["baseline"]["Oth"])), abs=1e-5)
+        - (float(overall["baseline"]["BG"]) - float(overall["baseline"]["Oth"])),
+        abs=1e-5,
+    )
     assert (out / "errors_deltas.md").read_text().startswith("# COCO error analysis: deltas")
     index = (out / "index.md").read_text()
     assert "](baseline/grid-all.png)" in index and "](comparison/apple.pdf)" in index
@@ -73,8 +93,22 @@ def test_two_models_write_plots_figures_and_tables(tmp_path, student, capsys):
 @needs_data
 def test_formats_none_and_one_model_write_no_figure(tmp_path, capsys):
     out = tmp_path / "errors"
-    rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--dets", f"baseline={RES_FILE}", "--out", str(out),
-               "--formats", "none", "--per-category", "--quiet"])
+    rc = main(
+        [
+            "analyze",
+            "errors",
+            "--gt",
+            str(GT_FILE),
+            "--dets",
+            f"baseline={RES_FILE}",
+            "--out",
+            str(out),
+            "--formats",
+            "none",
+            "--per-category",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and capsys.readouterr().out == ""
     assert not [p for p in out.rglob("*") if p.suffix in (".png", ".pdf", ".svg")]
     assert not (out / "comparison").exists()
@@ -90,12 +124,15 @@ def write(tmp_path: Path, name: str, obj) -> str:
 
 
 @needs_data
-@pytest.mark.parametrize("dets, message", [
-    ({"bbox_mAP": 0.4}, "looks like a metrics/log file"),
-    ([], "contains no detections"),
-    ([{"image_id": "42", "category_id": 18, "bbox": [1, 2, 3, 4], "score": 0.5}], "string image_id '42'"),
-    ([{"image_id": 7, "category_id": 18, "bbox": [1, 2, 3, 4], "score": 0.5}], "image_id 7, which is not in"),
-])
+@pytest.mark.parametrize(
+    "dets, message",
+    [
+        ({"bbox_mAP": 0.4}, "looks like a metrics/log file"),
+        ([], "contains no detections"),
+        ([{"image_id": "42", "category_id": 18, "bbox": [1, 2, 3, 4], "score": 0.5}], "string image_id '42'"),
+        ([{"image_id": 7, "category_id": 18, "bbox": [1, 2, 3, 4], "score": 0.5}], "image_id 7, which is not in"),
+    ],
+)
 def test_bad_results_exit_2_with_one_line(tmp_path, capsys, dets, message):
     path = write(tmp_path, "bad.json", dets)
     rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--dets", f"m={path}", "--out", str(tmp_path / "o")])
@@ -105,13 +142,16 @@ def test_bad_results_exit_2_with_one_line(tmp_path, capsys, dets, message):
 
 
 @needs_data
-@pytest.mark.parametrize("extra, message", [
-    (["--dets", f"a={RES_FILE}", f"a={RES_FILE}"], "model name 'a' is given twice"),
-    (["--dets", str(RES_FILE)], "expects NAME=RESULTS.json"),
-    (["--dets", f"a={RES_FILE}", "--categories", "unicorn"], "'unicorn' is not a category"),
-    (["--dets", f"a={RES_FILE}", "--areas", "96", "32", "1e10"], "--areas must be"),
-    (["--dets", f"a={RES_FILE}", "--formats", "gif"], "--formats"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dets", f"a={RES_FILE}", f"a={RES_FILE}"], "model name 'a' is given twice"),
+        (["--dets", str(RES_FILE)], "expects NAME=RESULTS.json"),
+        (["--dets", f"a={RES_FILE}", "--categories", "unicorn"], "'unicorn' is not a category"),
+        (["--dets", f"a={RES_FILE}", "--areas", "96", "32", "1e10"], "--areas must be"),
+        (["--dets", f"a={RES_FILE}", "--formats", "gif"], "--formats"),
+    ],
+)
 def test_bad_arguments(tmp_path, capsys, extra, message):
     rc = main(["analyze", "errors", "--gt", str(GT_FILE), "--out", str(tmp_path / "o"), *extra])
     assert rc == 2 and message in capsys.readouterr().err

@@ -24,8 +24,16 @@ def ckpts(tiny_coco, tmp_path_factory):
 
     def save(name, kind, model, cfg):
         path = root / f"{name}.pt"
-        save_checkpoint({"kind": kind, "model": model.state_dict(), "categories": categories,
-                         "config": config_to_dict(cfg), "step": 0}, path)
+        save_checkpoint(
+            {
+                "kind": kind,
+                "model": model.state_dict(),
+                "categories": categories,
+                "config": config_to_dict(cfg),
+                "step": 0,
+            },
+            path,
+        )
         return path
 
     def cfg_for(model_name="faster_rcnn_tiny_fpn", extra=()):
@@ -33,8 +41,10 @@ def ckpts(tiny_coco, tmp_path_factory):
 
     cfg = cfg_for()
     teacher = build_for_dataset(cfg.model, categories, seed=1)
-    out = {"teacher": save("teacher", "detector", teacher, cfg),
-           "none": save("none", "detector", build_for_dataset(cfg.model, categories, seed=2), cfg)}
+    out = {
+        "teacher": save("teacher", "detector", teacher, cfg),
+        "none": save("none", "detector", build_for_dataset(cfg.model, categories, seed=2), cfg),
+    }
     dcfg = cfg_for(extra=["distill.feature_mode=decoupled"])
     distiller = DeFeatDistiller(build_for_dataset(cfg.model, categories, seed=3), teacher, dcfg.distill)
     with torch.no_grad():
@@ -47,31 +57,60 @@ def ckpts(tiny_coco, tmp_path_factory):
 
 
 def data_args(tiny, split="val"):
-    return ["--images-dir", str(tiny["root"] / split / "images"),
-            "--annotations", str(tiny["val_ann"] if split == "val" else tiny["train_ann"])]
+    return [
+        "--images-dir",
+        str(tiny["root"] / split / "images"),
+        "--annotations",
+        str(tiny["val_ann"] if split == "val" else tiny["train_ann"]),
+    ]
 
 
 def test_channel_distance_writes_figure_and_tables(ckpts, tiny_coco, tmp_path):
     out = tmp_path / "cd"
     # given out of order: the panels and rows follow the supplementary's order (no KD first)
-    args = ["analyze", "channel-distance", "--teacher", str(ckpts["teacher"]),
-            "--student", f"dec={ckpts['decoupled']}", f"base={ckpts['none']}",
-            *data_args(tiny_coco), "--images", "3", "--level", "P3", "--out", str(out), "--quiet"]
+    args = [
+        "analyze",
+        "channel-distance",
+        "--teacher",
+        str(ckpts["teacher"]),
+        "--student",
+        f"dec={ckpts['decoupled']}",
+        f"base={ckpts['none']}",
+        *data_args(tiny_coco),
+        "--images",
+        "3",
+        "--level",
+        "P3",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
-    for name in ("channel_distance.png", "channel_distance_summary.csv", "channel_distance_summary.md",
-                 "channel_distance_per_channel.csv", "run.json"):
+    for name in (
+        "channel_distance.png",
+        "channel_distance_summary.csv",
+        "channel_distance_summary.md",
+        "channel_distance_per_channel.csv",
+        "run.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "channel_distance_summary.json").read_text())
     rows = summary["rows"]
     assert [(r["student"], r["region"]) for r in rows] == [
-        ("base", "object"), ("base", "background"), ("dec", "object"), ("dec", "background")]
+        ("base", "object"),
+        ("base", "background"),
+        ("dec", "object"),
+        ("dec", "background"),
+    ]
     assert [r["feature"] for r in rows] == ["raw", "raw", "adapter", "adapter"]
     assert rows[0]["ratio_to_baseline"] == pytest.approx(1.0) and rows[0]["mean_distance"] > 0
     assert summary["meta"]["baseline"] == "base" and summary["meta"]["level"] == "P3"
     assert "adapter output" in summary["meta"]["student_feature"]["dec"]
     assert len(summary["meta"]["image_ids"]) == 3
     per_channel = (out / "channel_distance_per_channel.csv").read_text().splitlines()
-    assert per_channel[0] == "student,channel,object,background" and len(per_channel) == 1 + 2 * 64  # two students x the tiny FPN's 64 channels
+    assert (
+        per_channel[0] == "student,channel,object,background" and len(per_channel) == 1 + 2 * 64
+    )  # two students x the tiny FPN's 64 channels
     assert "| student |" in (out / "channel_distance_summary.md").read_text()
 
     # same seed -> same images and numbers; raw features and the assigned-boxes mask are supported
@@ -85,9 +124,31 @@ def test_channel_distance_writes_figure_and_tables(ckpts, tiny_coco, tmp_path):
 
 def test_grad_norm_with_teacher_and_pretraining(ckpts, tiny_coco, tmp_path):
     out = tmp_path / "gn"
-    assert main(["analyze", "grad-norm", "--student", str(ckpts["none"]), "--teacher", str(ckpts["teacher"]),
-                 "--mode", "decoupled", "--train-steps", "1", *data_args(tiny_coco, "train"),
-                 "--images", "2", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "grad-norm",
+                "--student",
+                str(ckpts["none"]),
+                "--teacher",
+                str(ckpts["teacher"]),
+                "--mode",
+                "decoupled",
+                "--train-steps",
+                "1",
+                *data_args(tiny_coco, "train"),
+                "--images",
+                "2",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = json.loads((out / "grad_norm_ratio.json").read_text())
     meta, rows = table["meta"], table["rows"]
     assert meta["loss"] == "sum" and meta["feature_mode"] == "decoupled"
@@ -107,35 +168,86 @@ def test_grad_norm_with_teacher_and_pretraining(ckpts, tiny_coco, tmp_path):
 
 def test_grad_norm_detection_loss_without_teacher(ckpts, tiny_coco, tmp_path):
     out = tmp_path / "det"
-    assert main(["analyze", "grad-norm", "--student", str(ckpts["decoupled"]), "--levels", "P2,P3",
-                 *data_args(tiny_coco, "train"), "--images", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "grad-norm",
+                "--student",
+                str(ckpts["decoupled"]),
+                "--levels",
+                "P2,P3",
+                *data_args(tiny_coco, "train"),
+                "--images",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = json.loads((out / "grad_norm_ratio.json").read_text())
     assert table["meta"]["loss"] == "detection" and table["meta"]["levels"] == ["P2", "P3"]
     assert not any(k.startswith("loss_feat") for k in table["meta"]["loss_terms"])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("layout", "FPN layout does not match the teacher's: levels P3/P4/P5/P6/P7 vs the teacher's P2/P3/P4/P5/P6"),
-    ("level", "--level 'P9': the teacher's FPN has levels P2, P3, P4, P5, P6"),
-    ("images", "--images 99: .* has only 4 images"),
-    ("kind", "--teacher: .*decoupled.pt: is a 'distill' checkpoint, expected detector"),
-    ("no_adapter", "has no distillation adapters"),
-    ("gn_level", "--levels P7: the student's FPN has levels P2, P3, P4, P5, P6"),
-    ("gn_loss", "--loss distillation needs --teacher"),
-    ("gn_kind", "--teacher: .*decoupled.pt: is a 'distill' checkpoint"),
-    ("gn_mode", "--mode: unknown value 'everything'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("layout", "FPN layout does not match the teacher's: levels P3/P4/P5/P6/P7 vs the teacher's P2/P3/P4/P5/P6"),
+        ("level", "--level 'P9': the teacher's FPN has levels P2, P3, P4, P5, P6"),
+        ("images", "--images 99: .* has only 4 images"),
+        ("kind", "--teacher: .*decoupled.pt: is a 'distill' checkpoint, expected detector"),
+        ("no_adapter", "has no distillation adapters"),
+        ("gn_level", "--levels P7: the student's FPN has levels P2, P3, P4, P5, P6"),
+        ("gn_loss", "--loss distillation needs --teacher"),
+        ("gn_kind", "--teacher: .*decoupled.pt: is a 'distill' checkpoint"),
+        ("gn_mode", "--mode: unknown value 'everything'"),
+    ],
+)
 def test_bad_input_is_one_line(ckpts, tiny_coco, tmp_path, capsys, case, message):
-    cd = ["analyze", "channel-distance", "--teacher", str(ckpts["teacher"]), *data_args(tiny_coco),
-          "--images", "1", "--out", str(tmp_path / "x"), "--quiet"]
-    gn = ["analyze", "grad-norm", "--student", str(ckpts["none"]), *data_args(tiny_coco, "train"),
-          "--images", "1", "--out", str(tmp_path / "y"), "--quiet"]
+    cd = [
+        "analyze",
+        "channel-distance",
+        "--teacher",
+        str(ckpts["teacher"]),
+        *data_args(tiny_coco),
+        "--images",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        "--quiet",
+    ]
+    gn = [
+        "analyze",
+        "grad-norm",
+        "--student",
+        str(ckpts["none"]),
+        *data_args(tiny_coco, "train"),
+        "--images",
+        "1",
+        "--out",
+        str(tmp_path / "y"),
+        "--quiet",
+    ]
     argv = {
         "layout": cd + ["--student", f"r={ckpts['retina']}"],
         "level": cd + ["--student", f"a={ckpts['none']}", "--level", "P9"],
         "images": cd + ["--images", "99", "--student", f"a={ckpts['none']}"],  # the last --images counts
-        "kind": ["analyze", "channel-distance", "--teacher", str(ckpts["decoupled"]), "--student",
-                 f"a={ckpts['none']}", *data_args(tiny_coco), "--images", "1", "--out", str(tmp_path / "x")],
+        "kind": [
+            "analyze",
+            "channel-distance",
+            "--teacher",
+            str(ckpts["decoupled"]),
+            "--student",
+            f"a={ckpts['none']}",
+            *data_args(tiny_coco),
+            "--images",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+        ],
         "no_adapter": cd + ["--student", f"a={ckpts['none']}", "--student-feature", "adapter"],
         "gn_level": gn + ["--levels", "P2,P7"],
         "gn_loss": gn + ["--loss", "distillation"],
@@ -146,5 +258,6 @@ def test_bad_input_is_one_line(ckpts, tiny_coco, tmp_path, capsys, case, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("defeat: error: ")
     import re
+
     assert re.search(message, err), err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

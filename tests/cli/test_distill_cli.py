@@ -21,13 +21,23 @@ def _sets(overrides):
 
 def distill_overrides(tiny_coco, teacher, out, steps=1, **distill):
     settings = {"teacher_checkpoint": teacher, "teacher_check_images": 0, **distill}
-    return tiny_overrides(tiny_coco, out, steps=steps) + ["output.checkpoint_every=0", "data.val_max_images=2"] + \
-        [f"distill.{k}={v}" for k, v in settings.items()]
+    return (
+        tiny_overrides(tiny_coco, out, steps=steps)
+        + ["output.checkpoint_every=0", "data.val_max_images=2"]
+        + [f"distill.{k}={v}" for k, v in settings.items()]
+    )
 
 
-@pytest.mark.parametrize("feature_mode,proposal_mode", [
-    ("none", "none"), ("object", "positive"), ("background", "negative"), ("all", "all"), ("fgfi", "none"),
-])
+@pytest.mark.parametrize(
+    "feature_mode,proposal_mode",
+    [
+        ("none", "none"),
+        ("object", "positive"),
+        ("background", "negative"),
+        ("all", "all"),
+        ("fgfi", "none"),
+    ],
+)
 def test_distill_runs_every_mode(tiny_coco, tiny_teacher, tmp_path, feature_mode, proposal_mode):
     out = tmp_path / "run"
     args = distill_overrides(tiny_coco, tiny_teacher, out, feature_mode=feature_mode, proposal_mode=proposal_mode)
@@ -37,17 +47,32 @@ def test_distill_runs_every_mode(tiny_coco, tiny_teacher, tmp_path, feature_mode
     assert prefixes == ({"student"} if feature_mode == "none" else {"student", "adapters"})
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*(r.keys() for r in logged))
-    expected = {"none": set(), "object": {"loss_feat_obj"}, "background": {"loss_feat_bg"},
-                "all": {"loss_feat_all"}, "fgfi": {"loss_feat_obj"}}[feature_mode]
-    expected |= {"none": set(), "positive": {"loss_kd_pos"}, "negative": {"loss_kd_neg"},
-                 "all": {"loss_kd_all"}}[proposal_mode]
+    expected = {
+        "none": set(),
+        "object": {"loss_feat_obj"},
+        "background": {"loss_feat_bg"},
+        "all": {"loss_feat_all"},
+        "fgfi": {"loss_feat_obj"},
+    }[feature_mode]
+    expected |= {"none": set(), "positive": {"loss_kd_pos"}, "negative": {"loss_kd_neg"}, "all": {"loss_kd_all"}}[
+        proposal_mode
+    ]
     assert expected <= keys and not ({k for k in keys if k.startswith(("loss_feat", "loss_kd"))} - expected)
 
 
 def test_decoupled_distill_with_teacher_check_side_by_side_eval_and_export(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
-    args = distill_overrides(tiny_coco, tiny_teacher, out, steps=2, teacher_check_images=2, teacher_min_ap=0.0,
-                             feature_mode="decoupled", proposal_mode="decoupled", weight_decay_policy="cosine")
+    args = distill_overrides(
+        tiny_coco,
+        tiny_teacher,
+        out,
+        steps=2,
+        teacher_check_images=2,
+        teacher_min_ap=0.0,
+        feature_mode="decoupled",
+        proposal_mode="decoupled",
+        weight_decay_policy="cosine",
+    )
     assert main(["distill", *_sets(args + ["eval.every_steps=1"])]) == 0
     printed = capsys.readouterr().out
     assert "0 missing, 0 unexpected keys" in printed and "teacher check on 2 val images: teacher AP" in printed
@@ -113,12 +138,23 @@ def test_bad_input_is_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, cap
 @pytest.mark.slow
 def test_torchrun_two_process_distill(tiny_coco, tiny_teacher, tmp_path):
     out = tmp_path / "ddp"
-    args = distill_overrides(tiny_coco, tiny_teacher, out, steps=2, feature_mode="decoupled",
-                             proposal_mode="decoupled") + ["data.batch_size=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "defeat.cli.main", "distill", *_sets(args)]
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
+    args = distill_overrides(
+        tiny_coco, tiny_teacher, out, steps=2, feature_mode="decoupled", proposal_mode="decoupled"
+    ) + ["data.batch_size=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "defeat.cli.main",
+        "distill",
+        *_sets(args),
+    ]
+    result = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     state = load_checkpoint(out / "model_final.pt", kind="distill")
     assert state["step"] == 2 and any(k.startswith("adapters.") for k in state["model"])

@@ -20,8 +20,7 @@ def _files(*roots):
 
 
 @pytest.mark.parametrize("command", ["train", "distill"])
-def test_estimate_runs_a_few_steps_and_writes_nothing(command, tiny_coco, tiny_teacher, tmp_path, monkeypatch,
-                                                      capsys):
+def test_estimate_runs_a_few_steps_and_writes_nothing(command, tiny_coco, tiny_teacher, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_coco, out, steps=1000)
@@ -50,9 +49,14 @@ def test_first_step_prints_the_eta_and_the_loss_shares(tiny_coco, tmp_path, caps
 def test_baseline_comparison_warns_on_a_teacher_equal_to_the_student(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_coco, out, steps=1) + [
-        "output.checkpoint_every=0", "data.val_max_images=2", f"distill.teacher_checkpoint={tiny_teacher}",
-        f"distill.baseline_checkpoint={tiny_teacher}", "distill.teacher_check_images=2", "distill.teacher_min_ap=0",
-        "distill.proposal_mode=none"]
+        "output.checkpoint_every=0",
+        "data.val_max_images=2",
+        f"distill.teacher_checkpoint={tiny_teacher}",
+        f"distill.baseline_checkpoint={tiny_teacher}",
+        "distill.teacher_check_images=2",
+        "distill.teacher_min_ap=0",
+        "distill.proposal_mode=none",
+    ]
     assert main(["distill", *_sets(overrides)]) == 0  # a warning, not a refusal
     printed = capsys.readouterr().out
     assert "baseline (student alone) AP" in printed

@@ -28,7 +28,7 @@ def test_categories_map_to_contiguous_labels(tiny_coco):
     for i in range(len(ds)):
         image, target = ds[i]
         anns = [a for a in data["annotations"] if a["image_id"] == target["image_id"]]
-        assert image.shape == (3, 64, 64) and 0 <= image.min() and image.max() <= 1
+        assert image.shape == (3, 64, 64) and image.min() >= 0 and image.max() <= 1
         assert target["labels"].tolist() == [label_of[a["category_id"]] for a in anns]
         assert target["boxes"].shape == (len(anns), 4)
     assert any(len(ds[i][1]["boxes"]) == 0 for i in range(len(ds)))  # images without annotations are fine
@@ -53,15 +53,21 @@ def test_crowd_boxes_are_not_training_targets(small):
     assert total == len(data["annotations"]) - 1
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["annotations"][0].update(image_id=999), "annotation 1 refers to unknown image id 999"),
-    (lambda d: d["annotations"][0].update(category_id=42), "annotation 1 refers to unknown category id 42"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5]), "annotation 1: bbox has non-positive width/height"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 1, float("nan"), 5]), "annotation 1: bbox has non-finite"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 1]), r"annotation 1: bbox must be \[x, y, width, height\]"),
-    (lambda d: d["annotations"][0].update(bbox=[100, 100, 5, 5]), "annotation 1: bbox .* lies outside its 64x64 image"),
-    (lambda d: d.pop("categories"), "not a COCO instances file"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["annotations"][0].update(image_id=999), "annotation 1 refers to unknown image id 999"),
+        (lambda d: d["annotations"][0].update(category_id=42), "annotation 1 refers to unknown category id 42"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5]), "annotation 1: bbox has non-positive width/height"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 1, float("nan"), 5]), "annotation 1: bbox has non-finite"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 1]), r"annotation 1: bbox must be \[x, y, width, height\]"),
+        (
+            lambda d: d["annotations"][0].update(bbox=[100, 100, 5, 5]),
+            "annotation 1: bbox .* lies outside its 64x64 image",
+        ),
+        (lambda d: d.pop("categories"), "not a COCO instances file"),
+    ],
+)
 def test_bad_annotations_get_one_line_errors(small, mutate, message):
     root, data = small
     mutate(data)

@@ -81,7 +81,10 @@ def test_coco128_counts_and_pycocotools(tmp_path):
 
     out = tmp_path / "coco128.json"
     summary = import_yolo(
-        COCO128 / "images" / "train2017", COCO128 / "labels" / "train2017", COCO128 / "classes.txt", out,
+        COCO128 / "images" / "train2017",
+        COCO128 / "labels" / "train2017",
+        COCO128 / "classes.txt",
+        out,
         supercategories={"person": "human"},
     )
     assert summary == {"images": 128, "annotations": 929, "categories": 80, "out": str(out), "clipped": 0}
@@ -100,7 +103,7 @@ def test_coco128_counts_and_pycocotools(tmp_path):
     for ann in data["annotations"]:
         img = coco.imgs[ann["image_id"]]
         x, y, w, h = ann["bbox"]
-        assert 0 <= x and 0 <= y and w > 0 and h > 0
+        assert x >= 0 and y >= 0 and w > 0 and h > 0
         assert x + w <= img["width"] + 1e-9 and y + h <= img["height"] + 1e-9
         assert ann["area"] == pytest.approx(w * h) and ann["iscrowd"] == 0
 
@@ -140,7 +143,9 @@ def test_yolo_small_tree_conversion_and_clipping(tmp_path):
     assert summary == {"images": 3, "annotations": 3, "categories": 3, "out": str(out), "clipped": 1}
     data = json.loads(out.read_text())
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in data["images"]] == [
-        (1, "a.jpg", 64, 48), (2, "b.png", 64, 48), (3, "c.bmp", 64, 48),
+        (1, "a.jpg", 64, 48),
+        (2, "b.png", 64, 48),
+        (3, "c.bmp", 64, 48),
     ]
     anns = data["annotations"]
     assert anns[0]["bbox"] == pytest.approx([16, 12, 32, 24]) and anns[0]["category_id"] == 1
@@ -207,8 +212,17 @@ def test_yolo_bad_classes_and_dirs(tmp_path):
     classes.write_text("cat\ndog\ncat\n")
     _raises(str(classes), "line 3: duplicate class name 'cat'", import_yolo, images, labels, classes, out, out=out)
     classes.write_text("cat\ndog\n")
-    _raises("supercategories", "'cow'", import_yolo, images, labels, classes, out, out=out,
-            supercategories={"cow": "animal"})
+    _raises(
+        "supercategories",
+        "'cow'",
+        import_yolo,
+        images,
+        labels,
+        classes,
+        out,
+        out=out,
+        supercategories={"cow": "animal"},
+    )
     _raises(str(tmp_path / "nope.txt"), "not found", import_yolo, images, labels, tmp_path / "nope.txt", out, out=out)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -235,11 +249,18 @@ def test_voc_round_trip(tmp_path):
     anns, imgs, out = _voc_tree(tmp_path)
     summary = import_voc(anns, imgs, out)
     assert summary == {
-        "images": 3, "annotations": 3, "categories": 3, "out": str(out), "clipped": 1, "skipped_difficult": 1,
+        "images": 3,
+        "annotations": 3,
+        "categories": 3,
+        "out": str(out),
+        "clipped": 1,
+        "skipped_difficult": 1,
     }
     data = json.loads(out.read_text())
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in data["images"]] == [
-        (1, "000001.jpg", 100, 80), (2, "000002.jpg", 50, 40), (3, "000003.JPG", 30, 30),
+        (1, "000001.jpg", 100, 80),
+        (2, "000002.jpg", 50, 40),
+        (3, "000003.JPG", 30, 30),
     ]
     assert [c["name"] for c in data["categories"]] == ["cat", "dog", "person"]  # sorted names (incl. skipped)
     a = data["annotations"]
@@ -273,16 +294,26 @@ def test_voc_keep_difficult_and_given_classes(tmp_path):
     [
         ("<annotation><filename>000002.jpg</filename><size>", "invalid XML"),
         ("<annotation><filename>000002.jpg</filename></annotation>", "missing <size>"),
-        ("<annotation><filename>000002.jpg</filename><size><width>50</width></size></annotation>",
-         "missing <size><height>"),
-        ("<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
-         "<object><name>dog</name></object></annotation>", "object 1 (dog): missing <bndbox>"),
-        ("<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
-         "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax></bndbox></object></annotation>",
-         "object 1 (dog): missing <bndbox><ymax>"),
-        ("<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
-         "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>a</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
-         "</object></annotation>", "<bndbox><ymin> is not a number"),
+        (
+            "<annotation><filename>000002.jpg</filename><size><width>50</width></size></annotation>",
+            "missing <size><height>",
+        ),
+        (
+            "<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
+            "<object><name>dog</name></object></annotation>",
+            "object 1 (dog): missing <bndbox>",
+        ),
+        (
+            "<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
+            "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax></bndbox></object></annotation>",
+            "object 1 (dog): missing <bndbox><ymax>",
+        ),
+        (
+            "<annotation><filename>000002.jpg</filename><size><width>50</width><height>40</height></size>"
+            "<object><name>dog</name><bndbox><xmin>1</xmin><ymin>a</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+            "</object></annotation>",
+            "<bndbox><ymin> is not a number",
+        ),
     ],
     ids=["unparsable", "no-size", "no-height", "no-bndbox", "no-ymax", "non-numeric"],
 )
@@ -297,7 +328,11 @@ def test_voc_bad_xml(tmp_path, xml, fragment):
     [
         ([("dog", (20, 5, 20, 30), 0)], {}, "object 1 (dog): xmax=20 <= xmin=20"),
         ([("dog", (2, 5, 8, 9), 0), ("dog", (5, 30, 20, 10), 0)], {}, "object 2 (dog): ymax=10 <= ymin=30"),
-        ([("cow", (5, 5, 20, 30), 0)], {"classes": ["dog", "person", "cat"]}, "object 1 (cow): unknown class name 'cow'"),
+        (
+            [("cow", (5, 5, 20, 30), 0)],
+            {"classes": ["dog", "person", "cat"]},
+            "object 1 (cow): unknown class name 'cow'",
+        ),
     ],
 )
 def test_voc_bad_objects(tmp_path, objects, kwargs, fragment):

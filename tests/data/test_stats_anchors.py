@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defeat.data.anchors import (anchor_coverage, anchor_offsets, anchor_shapes, aspect_ratio_quantiles, coverage,
-                                 fit_anchors, grid_iou, training_scale)
+from defeat.data.anchors import (
+    anchor_coverage,
+    anchor_offsets,
+    anchor_shapes,
+    aspect_ratio_quantiles,
+    coverage,
+    fit_anchors,
+    grid_iou,
+    training_scale,
+)
 from defeat.data.coco import CocoIndex
 from defeat.data.stats import choose_image_size, dataset_statistics, format_statistics
 from defeat.models.spec import model_spec
@@ -84,8 +92,11 @@ def test_fit_covers_the_boxes_and_never_loses_to_the_given_anchors():
 
 
 def test_statistics_of_a_hand_made_index():
-    images = [{"id": 1, "width": 100, "height": 50}, {"id": 2, "width": 100, "height": 50},
-              {"id": 3, "width": 60, "height": 80}]
+    images = [
+        {"id": 1, "width": 100, "height": 50},
+        {"id": 2, "width": 100, "height": 50},
+        {"id": 3, "width": 60, "height": 80},
+    ]
     boxes = {1: [[0, 0, 10, 10], [0, 0, 40, 40]], 2: [], 3: [[0, 0, 60, 80]]}
     labels = {1: [1, 2], 2: [], 3: [2]}
     index = CocoIndex(images, boxes, labels, [{"id": 1, "name": "a"}, {"id": 5, "name": "b"}], 0)

@@ -85,8 +85,10 @@ def test_ground_truth_scores_perfect_ap(small_set, capsys):
 
     root, _ = small_set
     gt = COCO(str(root / "val.json"))
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in gt.dataset["annotations"]]
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt.dataset["annotations"]
+    ]
     ev = COCOeval(gt, gt.loadRes(dets), "bbox")
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0)
@@ -124,8 +126,9 @@ def test_visible_box_is_tight_and_occlusion_measured():
     square = [("body", synth._rect(-0.5, -0.5, 0.5, 0.5), 0.0)]
     lower = synth.rasterize(square, 20.0, 20.0, 0.0, 50.0, 50.0)  # covers pixels [40, 60)
     ys, xs, py, px = lower.clip(size)
-    obj = synth.PlacedObject(0, lower, lower.body[py, px].copy(), ys.start, xs.start, float(lower.body.sum()),
-                             50.0, 50.0, 10.0)
+    obj = synth.PlacedObject(
+        0, lower, lower.body[py, px].copy(), ys.start, xs.start, float(lower.body.sum()), 50.0, 50.0, 10.0
+    )
     (ann,) = synth.annotate([obj], size)
     # PIL fills polygon edges inclusively: one extra sub-pixel row/column (+1/4 px), hence the tolerance.
     assert ann["bbox"] == [40.0, 40.0, 20.0, 20.0] and ann["area"] == pytest.approx(400.0, rel=0.03)

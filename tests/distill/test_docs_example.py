@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "distill.md"
 
 def test_plain_loop_example_runs_and_trains_the_adapters():
     text = DOC.read_text()
-    section = text[text.index("#### The losses alone, in a plain torchvision loop"):]
+    section = text[text.index("#### The losses alone, in a plain torchvision loop") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     student, teacher = tiny_faster_rcnn(seed=1, channels=16), tiny_faster_rcnn(seed=2, channels=32)
     loader = [batch(with_empty=False)] * 2

@@ -6,7 +6,12 @@ import torch
 from defeat.config import DistillSettings as S
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.losses import (
-    decoupled_feature_loss, decoupled_proposal_loss, imitation_term, sigmoid_kl, softmax_kl)
+    decoupled_feature_loss,
+    decoupled_proposal_loss,
+    imitation_term,
+    sigmoid_kl,
+    softmax_kl,
+)
 
 
 def _levels(seed=0, channels=3):
@@ -33,11 +38,18 @@ def test_imitation_term_matches_formula():
 
 def test_feature_modes_use_exactly_their_terms():
     s, t, m = _levels()
-    keys = {mode: set(decoupled_feature_loss(s, t, m, S(feature_mode=mode))) for mode in
-            ("none", "object", "background", "all", "decoupled", "fgfi")}
-    assert keys == {"none": set(), "object": {"loss_feat_obj"}, "background": {"loss_feat_bg"},
-                    "all": {"loss_feat_all"}, "decoupled": {"loss_feat_obj", "loss_feat_bg"},
-                    "fgfi": {"loss_feat_obj"}}
+    keys = {
+        mode: set(decoupled_feature_loss(s, t, m, S(feature_mode=mode)))
+        for mode in ("none", "object", "background", "all", "decoupled", "fgfi")
+    }
+    assert keys == {
+        "none": set(),
+        "object": {"loss_feat_obj"},
+        "background": {"loss_feat_bg"},
+        "all": {"loss_feat_all"},
+        "decoupled": {"loss_feat_obj", "loss_feat_bg"},
+        "fgfi": {"loss_feat_obj"},
+    }
     dec = decoupled_feature_loss(s, t, m, S(feature_mode="decoupled", alpha_obj=4, alpha_bg=16))
     assert torch.allclose(dec["loss_feat_obj"], 4 * imitation_term(s, t, m))
     assert torch.allclose(dec["loss_feat_bg"], 16 * imitation_term(s, t, [~x for x in m]))
@@ -77,7 +89,7 @@ def test_softmax_kl_formula_and_temperature():
     zs, zt = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     for temp in (1.0, 3.0):
         p, q = torch.softmax(zt / temp, 1), torch.softmax(zs / temp, 1)
-        expected = (p * (p.log() - q.log())).sum(1) * temp ** 2
+        expected = (p * (p.log() - q.log())).sum(1) * temp**2
         assert torch.allclose(softmax_kl(zs, zt, temp), expected, atol=1e-6)
     assert torch.allclose(softmax_kl(zt, zt), torch.zeros(5), atol=1e-7)
     with pytest.raises(ValueError, match="temperature"):
@@ -97,17 +109,26 @@ def test_proposal_split_follows_labels_and_temperatures():
     g = torch.Generator().manual_seed(3)
     zs, zt = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
     labels = torch.tensor([0, 2, 0, 1, 0, 0])
-    out = decoupled_proposal_loss(zs, zt, labels, S(proposal_mode="decoupled", beta_obj=2, beta_bg=3,
-                                                       temperature_obj=2.0, temperature_bg=0.5))
+    out = decoupled_proposal_loss(
+        zs, zt, labels, S(proposal_mode="decoupled", beta_obj=2, beta_bg=3, temperature_obj=2.0, temperature_bg=0.5)
+    )
     pos, neg = labels > 0, labels == 0
     assert torch.allclose(out["loss_kd_pos"], 2 * softmax_kl(zs[pos], zt[pos], 2.0).mean())
     assert torch.allclose(out["loss_kd_neg"], 3 * softmax_kl(zs[neg], zt[neg], 0.5).mean())
-    keys = {m: set(decoupled_proposal_loss(zs, zt, labels, S(proposal_mode=m))) for m in
-            ("none", "positive", "negative", "all", "decoupled")}
-    assert keys == {"none": set(), "positive": {"loss_kd_pos"}, "negative": {"loss_kd_neg"},
-                    "all": {"loss_kd_all"}, "decoupled": {"loss_kd_pos", "loss_kd_neg"}}
-    everything = decoupled_proposal_loss(zs, zt, labels, S(proposal_mode="all", beta_all=1.5,
-                                                              temperature_all=1.0))["loss_kd_all"]
+    keys = {
+        m: set(decoupled_proposal_loss(zs, zt, labels, S(proposal_mode=m)))
+        for m in ("none", "positive", "negative", "all", "decoupled")
+    }
+    assert keys == {
+        "none": set(),
+        "positive": {"loss_kd_pos"},
+        "negative": {"loss_kd_neg"},
+        "all": {"loss_kd_all"},
+        "decoupled": {"loss_kd_pos", "loss_kd_neg"},
+    }
+    everything = decoupled_proposal_loss(zs, zt, labels, S(proposal_mode="all", beta_all=1.5, temperature_all=1.0))[
+        "loss_kd_all"
+    ]
     assert torch.allclose(everything, 1.5 * softmax_kl(zs, zt).mean())
 
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from defeat.distill.masks import (assign_levels, box_cells, fgfi_masks, level_number, object_masks, split_anchors,
-                                  stage_masks)
+from defeat.distill.masks import (
+    assign_levels,
+    box_cells,
+    fgfi_masks,
+    level_number,
+    object_masks,
+    split_anchors,
+    stage_masks,
+)
 
 LEVELS = {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "P6": 64}
 
@@ -47,9 +54,11 @@ def test_degenerate_box_marks_one_cell():
 
 def test_object_masks_levels_padding_and_empty_images():
     # batch of 3 padded to 64x96: image 0 has a small box (P2) and a 128 box (P3); image 1 none; image 2 small
-    boxes = [torch.tensor([[0.0, 0.0, 8.0, 4.0], [0.0, 0.0, 128.0, 128.0]]),
-             torch.zeros(0, 4),
-             torch.tensor([[16.0, 8.0, 24.0, 16.0]])]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 8.0, 4.0], [0.0, 0.0, 128.0, 128.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[16.0, 8.0, 24.0, 16.0]]),
+    ]
     sizes = {name: (-(-64 // s), -(-96 // s)) for name, s in LEVELS.items()}
     masks = object_masks(boxes, sizes, LEVELS)
     assert list(masks) == list(LEVELS)
@@ -81,8 +90,10 @@ def test_split_anchors_and_fgfi_mask():
     assert masks["P4"][0].tolist() == [[False]]
     assert not masks["P3"][1].any() and not masks["P4"][1].any()
     # phi = 0.1 admits the 0.125 anchor too
-    assert fgfi_masks([torch.tensor([[0.0, 0.0, 10.0, 8.0]])], anchors, phi=0.1)["P3"][0].tolist() == \
-        [[True, True], [False, False]]
+    assert fgfi_masks([torch.tensor([[0.0, 0.0, 10.0, 8.0]])], anchors, phi=0.1)["P3"][0].tolist() == [
+        [True, True],
+        [False, False],
+    ]
     # global (the original FGFI): one max over all levels (0.8); the P4 anchor has IoU 80/256 = 0.31 < 0.4
     glob = fgfi_masks([torch.tensor([[0.0, 0.0, 10.0, 8.0]])], anchors, phi=0.5, assign="global")
     assert glob["P3"][0].tolist() == [[True, False], [False, False]] and not glob["P4"].any()
@@ -147,8 +158,17 @@ def test_fgfi_issue_example_40x50_box_marks_79_cells_on_p2_only():
     the overlaps per axis (e.g. a 32x32 anchor at cx = 112 overlaps x 100..140 by 28). Counting cells (x = cx / 4)
     where at least one anchor passes gives, per column x, rows y:
     """
-    by_hand = {26: range(29, 34), 27: range(28, 36), 28: range(27, 37), 29: range(26, 37), 30: range(26, 37),
-               31: range(26, 37), 32: range(27, 37), 33: range(28, 36), 34: range(29, 34)}
+    by_hand = {
+        26: range(29, 34),
+        27: range(28, 36),
+        28: range(27, 37),
+        29: range(26, 37),
+        30: range(26, 37),
+        31: range(26, 37),
+        32: range(27, 37),
+        33: range(28, 36),
+        34: range(29, 34),
+    }
     expected = {(y, x) for x, rows in by_hand.items() for y in rows}
     assert len(expected) == 79  # 5 + 8 + 10 + 11 + 11 + 11 + 10 + 8 + 5
     box = [100.0, 100.0, 140.0, 150.0]

@@ -16,27 +16,45 @@ from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from defeat.config import DistillConfig
-from defeat.distill import AnchorHead, DeFeatDistiller, ProposalHead, build_distiller, sigmoid_kl
-from defeat.distill import matched_idxs
-from defeat.distill import feature_loss_keys, proposal_loss_keys
+from defeat.distill import (
+    AnchorHead,
+    DeFeatDistiller,
+    ProposalHead,
+    build_distiller,
+    feature_loss_keys,
+    matched_idxs,
+    proposal_loss_keys,
+    sigmoid_kl,
+)
 
 from .conftest import batch, tiny_faster_rcnn
 
-DETECTION_KEYS = {"retinanet": {"classification", "bbox_regression"},
-                  "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}
+DETECTION_KEYS = {
+    "retinanet": {"classification", "bbox_regression"},
+    "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+}
 SIZES = (8, 16, 32, 64, 128)
 
 
-def tiny_one_stage(family: str, seed: int = 0, channels: int = 32, num_classes: int = 3, sizes=SIZES,
-                   ratios=(0.5, 1.0, 2.0)) -> nn.Module:
+def tiny_one_stage(
+    family: str, seed: int = 0, channels: int = 32, num_classes: int = 3, sizes=SIZES, ratios=(0.5, 1.0, 2.0)
+) -> nn.Module:
     """A RetinaNet / FCOS with strides 8/16/32 (+ P6, P7 from P5) like the zoo's, but tiny; K + 1 outputs."""
     torch.manual_seed(seed)
-    body = nn.Sequential(OrderedDict(
-        layer1=nn.Sequential(nn.Conv2d(3, 8, 3, stride=8, padding=1), nn.ReLU()),
-        layer2=nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()),
-        layer3=nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())))
-    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 4)}, [8] * 3, channels,
-                               extra_blocks=LastLevelP6P7(channels, channels))
+    body = nn.Sequential(
+        OrderedDict(
+            layer1=nn.Sequential(nn.Conv2d(3, 8, 3, stride=8, padding=1), nn.ReLU()),
+            layer2=nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()),
+            layer3=nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()),
+        )
+    )
+    backbone = BackboneWithFPN(
+        body,
+        {f"layer{i}": str(i - 1) for i in range(1, 4)},
+        [8] * 3,
+        channels,
+        extra_blocks=LastLevelP6P7(channels, channels),
+    )
     if family == "retinanet":
         anchors = AnchorGenerator(tuple((s, int(s * 2 ** (1 / 3))) for s in sizes), (ratios,) * len(sizes))
         head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1)
@@ -58,8 +76,9 @@ def test_teacher_is_outside_the_module_tree():
     d = make()
     assert isinstance(d.head, AnchorHead) and d.levels == ["P3", "P4", "P5", "P6", "P7"]
     assert {k.split(".")[0] for k in d.state_dict()} == {"student", "adapters"}
-    assert sum(p.numel() for p in d.parameters()) == \
-        sum(p.numel() for p in d.student.parameters()) + sum(p.numel() for p in d.adapters.parameters())
+    assert sum(p.numel() for p in d.parameters()) == sum(p.numel() for p in d.student.parameters()) + sum(
+        p.numel() for p in d.adapters.parameters()
+    )
     assert not any(p.requires_grad for p in d.teacher.parameters())
     assert d.student.training and not d.teacher.training
     d.double()
@@ -91,7 +110,8 @@ def test_each_head_mode_returns_exactly_its_terms(family, proposal_mode):
     losses = make(family, "none", proposal_mode)(*batch())
     assert set(losses) == DETECTION_KEYS[family] | set(proposal_loss_keys(proposal_mode))
     assert all(torch.isfinite(v) for v in losses.values()) and all(
-        losses[k].item() > 0 for k in proposal_loss_keys(proposal_mode))
+        losses[k].item() > 0 for k in proposal_loss_keys(proposal_mode)
+    )
 
 
 def _record_torchvision_assignment(model):
@@ -200,15 +220,20 @@ def test_images_without_boxes_and_batches_without_positive_anchors():
 
 def test_anchor_alignment_is_checked():
     student = tiny_one_stage("retinanet", 1)
-    for other, why in ((tiny_one_stage("retinanet", 2, sizes=(16, 32, 64, 128, 256)), "different anchors"),
-                       (tiny_one_stage("retinanet", 2, ratios=(1.0,)), "anchors per location")):
+    for other, why in (
+        (tiny_one_stage("retinanet", 2, sizes=(16, 32, 64, 128, 256)), "different anchors"),
+        (tiny_one_stage("retinanet", 2, ratios=(1.0,)), "anchors per location"),
+    ):
         with pytest.raises(ValueError, match=f"anchors do not align.*{why}"):
             DeFeatDistiller(student, other, DistillConfig(proposal_mode="decoupled"))
         # features only: the anchors do not matter
         assert DeFeatDistiller(student, other, DistillConfig(proposal_mode="none")).head_kd
     with pytest.raises(ValueError, match="anchors do not align"):
-        DeFeatDistiller(tiny_one_stage("fcos", 1), tiny_one_stage("fcos", 2, sizes=(16, 32, 64, 128, 256)),
-                          DistillConfig(proposal_mode="positive"))
+        DeFeatDistiller(
+            tiny_one_stage("fcos", 1),
+            tiny_one_stage("fcos", 2, sizes=(16, 32, 64, 128, 256)),
+            DistillConfig(proposal_mode="positive"),
+        )
     DeFeatDistiller(student, tiny_one_stage("retinanet", 3), DistillConfig(proposal_mode="decoupled"))
 
 
@@ -221,8 +246,9 @@ def test_mixed_pairs_distil_common_levels_with_head_kd_off():
     losses = d(*batch())
     assert set(losses) == DETECTION_KEYS["retinanet"] | {"loss_feat_obj", "loss_feat_bg"}
     with pytest.warns(UserWarning, match="common levels P3/P4/P5/P6"):  # two-stage student, one-stage teacher
-        d = build_distiller(tiny_faster_rcnn(seed=1), tiny_one_stage("fcos", 2, channels=64),
-                            DistillConfig(feature_mode="fgfi")).train()
+        d = build_distiller(
+            tiny_faster_rcnn(seed=1), tiny_one_stage("fcos", 2, channels=64), DistillConfig(feature_mode="fgfi")
+        ).train()
     assert {"loss_objectness", "loss_classifier", "loss_feat_obj"} <= set(d(*batch()))
     with pytest.warns(UserWarning, match="P3/P4/P5/P6/P7; head KD is off"):
         d = build_distiller(tiny_one_stage("fcos", 1), tiny_one_stage("retinanet", 2), settings).train()
@@ -245,8 +271,11 @@ def test_pairs_that_cannot_be_distilled_are_refused():
     p2_only = tiny_faster_rcnn()  # a Faster R-CNN whose only level is P2 shares no stride with P3-P7
     p2_only.backbone = FirstMapOnly(p2_only.backbone)
     p2_only.rpn.anchor_generator = AnchorGenerator(((8,),), ((0.5, 1.0, 2.0),))
-    with pytest.raises(ValueError, match=r"teacher t.pt: no FPN stride in common with the student \(teacher P2 "
-                                         r"\(stride 4\); student P3 \(stride 8\), P4"):
+    with pytest.raises(
+        ValueError,
+        match=r"teacher t.pt: no FPN stride in common with the student \(teacher P2 "
+        r"\(stride 4\); student P3 \(stride 8\), P4",
+    ):
         build_distiller(tiny_one_stage("retinanet"), p2_only, where="teacher t.pt")
     with pytest.raises(ValueError, match="classes"):
         build_distiller(tiny_one_stage("fcos"), tiny_one_stage("fcos", num_classes=5))
@@ -279,11 +308,14 @@ def test_schedule_stop_step_and_eval_mode():
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-@pytest.mark.parametrize("student_name,teacher_name,proposal_mode", [
-    ("retinanet_r18_fpn", "retinanet_r18_fpn", "decoupled"),
-    ("fcos_r18_fpn", "fcos_r18_fpn", "decoupled"),
-    ("retinanet_r18_fpn", "faster_rcnn_r18_fpn", "decoupled"),  # mixed: features on P3-P6 only
-])
+@pytest.mark.parametrize(
+    "student_name,teacher_name,proposal_mode",
+    [
+        ("retinanet_r18_fpn", "retinanet_r18_fpn", "decoupled"),
+        ("fcos_r18_fpn", "fcos_r18_fpn", "decoupled"),
+        ("retinanet_r18_fpn", "faster_rcnn_r18_fpn", "decoupled"),  # mixed: features on P3-P6 only
+    ],
+)
 def test_few_step_distill_through_the_training_loop(tiny_coco, tmp_path, student_name, teacher_name, proposal_mode):
     import dataclasses
     import json
@@ -295,9 +327,17 @@ def test_few_step_distill_through_the_training_loop(tiny_coco, tmp_path, student
     from tests.conftest import tiny_overrides
 
     out = tmp_path / "run"
-    cfg = load_config(None, tiny_overrides(tiny_coco, out, name=student_name, steps=2) + [
-        "output.checkpoint_every=0", "data.val_max_images=2", "distill.feature_mode=decoupled",
-        f"distill.proposal_mode={proposal_mode}", "distill.weight_decay_policy=linear"])
+    cfg = load_config(
+        None,
+        tiny_overrides(tiny_coco, out, name=student_name, steps=2)
+        + [
+            "output.checkpoint_every=0",
+            "data.val_max_images=2",
+            "distill.feature_mode=decoupled",
+            f"distill.proposal_mode={proposal_mode}",
+            "distill.weight_decay_policy=linear",
+        ],
+    )
     train_set, val_set = load_datasets(cfg)
     student = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
     torch.manual_seed(5)
@@ -305,8 +345,17 @@ def test_few_step_distill_through_the_training_loop(tiny_coco, tmp_path, student
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mixed pair's note
         distiller = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
-    result = train(cfg, distiller, distiller.student, train_set, val_set, DistInfo(), kind="distill",
-                   before_step=distiller.before_step, progress=False)
+    result = train(
+        cfg,
+        distiller,
+        distiller.student,
+        train_set,
+        val_set,
+        DistInfo(),
+        kind="distill",
+        before_step=distiller.before_step,
+        progress=False,
+    )
     assert "AP" in result.metrics
     state = load_checkpoint(result.final_checkpoint, kind="distill")
     assert {k.split(".")[0] for k in state["model"]} == {"student", "adapters"}
@@ -349,14 +398,22 @@ def one_stage_teachers(tiny_coco, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,feature_mode,proposal_mode", [
-    ("retinanet_r18_fpn", "none", "none"), ("retinanet_r18_fpn", "object", "positive"),
-    ("retinanet_r18_fpn", "background", "negative"), ("retinanet_r18_fpn", "all", "all"),
-    ("retinanet_r18_fpn", "fgfi", "decoupled"), ("retinanet_r18_fpn", "decoupled", "decoupled"),
-    ("fcos_r18_fpn", "decoupled", "decoupled"), ("fcos_r18_fpn", "object", "negative"),
-])
-def test_defeat_distill_command_runs_one_stage_modes(tiny_coco, one_stage_teachers, tmp_path, name, feature_mode,
-                                                     proposal_mode):
+@pytest.mark.parametrize(
+    "name,feature_mode,proposal_mode",
+    [
+        ("retinanet_r18_fpn", "none", "none"),
+        ("retinanet_r18_fpn", "object", "positive"),
+        ("retinanet_r18_fpn", "background", "negative"),
+        ("retinanet_r18_fpn", "all", "all"),
+        ("retinanet_r18_fpn", "fgfi", "decoupled"),
+        ("retinanet_r18_fpn", "decoupled", "decoupled"),
+        ("fcos_r18_fpn", "decoupled", "decoupled"),
+        ("fcos_r18_fpn", "object", "negative"),
+    ],
+)
+def test_defeat_distill_command_runs_one_stage_modes(
+    tiny_coco, one_stage_teachers, tmp_path, name, feature_mode, proposal_mode
+):
     import json
 
     from defeat.cli.main import main
@@ -364,9 +421,13 @@ def test_defeat_distill_command_runs_one_stage_modes(tiny_coco, one_stage_teache
 
     out = tmp_path / "run"
     args = tiny_overrides(tiny_coco, out, name=name, steps=1) + [
-        "output.checkpoint_every=0", "data.val_max_images=2", f"distill.teacher_checkpoint={one_stage_teachers[name]}",
-        "distill.teacher_check_images=0", f"distill.feature_mode={feature_mode}",
-        f"distill.proposal_mode={proposal_mode}"]
+        "output.checkpoint_every=0",
+        "data.val_max_images=2",
+        f"distill.teacher_checkpoint={one_stage_teachers[name]}",
+        "distill.teacher_check_images=0",
+        f"distill.feature_mode={feature_mode}",
+        f"distill.proposal_mode={proposal_mode}",
+    ]
     assert main(["distill", *[a for o in args for a in ("--set", o)]]) == 0
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     keys = {k for r in logged for k in r if k.startswith(("loss_feat", "loss_kd"))}

@@ -7,8 +7,7 @@ import torch
 from torchvision.models.detection import RetinaNet
 
 from defeat.config import DistillConfig
-from defeat.distill import DeFeatDistiller, kd_scale_at, softmax_kl
-from defeat.distill import feature_loss_keys, proposal_loss_keys
+from defeat.distill import DeFeatDistiller, feature_loss_keys, kd_scale_at, proposal_loss_keys, softmax_kl
 
 from .conftest import batch, tiny_faster_rcnn
 
@@ -23,8 +22,9 @@ def make(feature_mode="decoupled", proposal_mode="decoupled", **kw):
 def test_teacher_is_outside_the_module_tree():
     d = make()
     assert {k.split(".")[0] for k in d.state_dict()} == {"student", "adapters"}
-    assert sum(p.numel() for p in d.parameters()) == \
-        sum(p.numel() for p in d.student.parameters()) + sum(p.numel() for p in d.adapters.parameters())
+    assert sum(p.numel() for p in d.parameters()) == sum(p.numel() for p in d.student.parameters()) + sum(
+        p.numel() for p in d.adapters.parameters()
+    )
     assert not any(p.requires_grad for p in d.teacher.parameters())
     d.train()
     assert d.student.training and not d.teacher.training
@@ -66,8 +66,9 @@ def test_gradients_reach_student_and_adapters_never_teacher():
 
 def test_kd_terms_vanish_when_adapted_student_equals_teacher():
     teacher = tiny_faster_rcnn(seed=3)
-    d = DeFeatDistiller(copy.deepcopy(teacher), teacher,
-                        DistillConfig(feature_mode="decoupled", proposal_mode="decoupled")).train()
+    d = DeFeatDistiller(
+        copy.deepcopy(teacher), teacher, DistillConfig(feature_mode="decoupled", proposal_mode="decoupled")
+    ).train()
     with torch.no_grad():
         for conv in d.adapters.convs.values():  # identity 3x3 convs
             conv.weight.zero_()
@@ -169,8 +170,13 @@ def test_bad_input_is_rejected():
         assert not DeFeatDistiller(student, retina).head_kd
     with pytest.raises(ValueError, match="expected a torchvision FasterRCNN, RetinaNet or FCOS, got Linear"):
         DeFeatDistiller(student, torch.nn.Linear(2, 2))
-    for bad, match in ((dict(feature_mode="objects"), "feature_mode"), (dict(proposal_mode="pos"), "proposal_mode"),
-                       (dict(alpha_bg=-1.0), "alpha_bg"), (dict(temperature_bg=0.0), "temperature_bg"),
-                       (dict(beta_obj=-2.0), "beta_obj"), (dict(feature_norm="x"), "feature_norm")):
+    for bad, match in (
+        (dict(feature_mode="objects"), "feature_mode"),
+        (dict(proposal_mode="pos"), "proposal_mode"),
+        (dict(alpha_bg=-1.0), "alpha_bg"),
+        (dict(temperature_bg=0.0), "temperature_bg"),
+        (dict(beta_obj=-2.0), "beta_obj"),
+        (dict(feature_norm="x"), "feature_norm"),
+    ):
         with pytest.raises(ValueError, match=match):
             DeFeatDistiller(student, tiny_faster_rcnn(), DistillConfig(**bad))

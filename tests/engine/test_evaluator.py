@@ -27,7 +27,10 @@ def test_no_detections_scores_zero():
 
 def test_detections_map_labels_back_to_category_ids():
     categories = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
-    out = {"boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]]),
-           "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.01])}
+    out = {
+        "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]]),
+        "labels": torch.tensor([2, 1]),
+        "scores": torch.tensor([0.9, 0.01]),
+    }
     results = detections_to_coco([out], [42], categories, score_thresh=0.05)
     assert results == [{"image_id": 42, "category_id": 7, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.9}]

@@ -38,10 +38,13 @@ def test_auto_falls_back_to_fp32_with_a_one_line_notice(no_bf16_cpu):
     assert "\n" not in plan.notice and "fp32" in plan.notice and "AMX" in plan.notice
 
 
-@pytest.mark.parametrize("requested, message", [
-    ("bf16", "precision=bf16: this CPU has neither AMX-BF16 nor AVX-512-BF16"),
-    ("fp16", "precision=fp16: float16 autocast is for CUDA GPUs"),
-])
+@pytest.mark.parametrize(
+    "requested, message",
+    [
+        ("bf16", "precision=bf16: this CPU has neither AMX-BF16 nor AVX-512-BF16"),
+        ("fp16", "precision=fp16: float16 autocast is for CUDA GPUs"),
+    ],
+)
 def test_explicit_low_precision_is_refused_in_one_line(no_bf16_cpu, requested, message):
     with pytest.raises(P.PrecisionError, match=message) as err:
         P.resolve_precision(requested, "cpu")
@@ -137,8 +140,10 @@ def test_deepcopy_of_a_prepared_model_computes_with_the_copys_weights():
         ours, theirs, original = clone(images), stock(images), model(images)
     for a, b in zip(ours, theirs):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(a["scores"].shape != c["scores"].shape or not torch.equal(a["scores"], c["scores"])
-               for a, c in zip(ours, original))
+    assert any(
+        a["scores"].shape != c["scores"].shape or not torch.equal(a["scores"], c["scores"])
+        for a, c in zip(ours, original)
+    )
     # training: the matmul RoIAlign (where gradients flow) gives torchvision's result
     for m in (model, clone, stock):
         m.train()
@@ -156,10 +161,10 @@ def test_evaluator_predict_leaves_no_patch_behind(tiny_coco, tmp_path):
     model = build_for_dataset(cfg.model, val.categories, 0)
     layout, keys = _layout(model), list(model.state_dict())
     seen = []
-    handle = model.roi_heads.register_forward_pre_hook(
-        lambda module, args: seen.append(type(module.box_predictor)))
-    results = predict(model, val, DistInfo(), batch_size=2, max_images=2, progress=False,
-                      precision=P.Precision("bf16", "cpu"))
+    handle = model.roi_heads.register_forward_pre_hook(lambda module, args: seen.append(type(module.box_predictor)))
+    results = predict(
+        model, val, DistInfo(), batch_size=2, max_images=2, progress=False, precision=P.Precision("bf16", "cpu")
+    )
     handle.remove()
     assert results is not None and seen and all(issubclass(t, Float32Region) for t in seen)  # placed while it ran
     assert _layout(model) == layout and list(model.state_dict()) == keys and model.training
@@ -212,8 +217,10 @@ def test_clip_folded_into_the_fused_step_equals_clip_then_step(name):
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(20, 30)), torch.nn.Parameter(torch.randn(30))]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    make = {"sgd": lambda ps, **k: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, **k),
-            "adamw": lambda ps, **k: torch.optim.AdamW(ps, lr=0.01, **k)}[name]
+    make = {
+        "sgd": lambda ps, **k: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, **k),
+        "adamw": lambda ps, **k: torch.optim.AdamW(ps, lr=0.01, **k),
+    }[name]
     fused, plain = make(a, fused=True), make(b)
     for scale in (5.0, 0.001, 5.0):  # clipped, not clipped, clipped
         for p, q in zip(a, b):
@@ -364,5 +371,6 @@ def test_one_stage_head_outputs_float32_and_copies_compute_with_their_weights():
             m.head.classification_head.cls_logits.bias.add_(3.0)
         ours, theirs, original = clone(images), stock(images), model(images)
     assert all(torch.equal(a["scores"], b["scores"]) for a, b in zip(ours, theirs))
-    assert not all(a["scores"].shape == c["scores"].shape and torch.equal(a["scores"], c["scores"])
-                   for a, c in zip(ours, original))
+    assert not all(
+        a["scores"].shape == c["scores"].shape and torch.equal(a["scores"], c["scores"]) for a, c in zip(ours, original)
+    )

@@ -16,7 +16,6 @@ from defeat.engine import DistInfo, NonFiniteLossError, load_checkpoint, train
 from defeat.engine.setup import build_for_dataset
 from tests.conftest import tiny_overrides
 
-
 #: the fast tier runs the engine on the toy backbone; the slow tier once more on the real R18 (same code path,
 #: real sizes: checkpoints of ~230 MB, BatchNorm-free GroupNorm ResNet)
 BACKBONES = ["tiny", pytest.param("r18", marks=pytest.mark.slow)]
@@ -57,8 +56,12 @@ def test_bad_checkpoints_are_refused_in_one_line(tiny_coco, tmp_path, capsys):
     state = load_checkpoint(out / "model_final.pt")
     state["categories"] = state["categories"][:2]
     torch.save(state, other)
-    for path, message in [(truncated, "not a readable checkpoint"), (junk, "not a defeat checkpoint"),
-                          (other, "class list (2 classes) differs from"), (tmp_path / "nope.pt", "checkpoint not found")]:
+    for path, message in [
+        (truncated, "not a readable checkpoint"),
+        (junk, "not a defeat checkpoint"),
+        (other, "class list (2 classes) differs from"),
+        (tmp_path / "nope.pt", "checkpoint not found"),
+    ]:
         code = main(["eval", "--checkpoint", str(path), *_sets(tiny_overrides(tiny_coco, out))])
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and str(path.name) in err and "\n" not in err
@@ -91,7 +94,10 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_coc
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path, backbone):
-    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"faster_rcnn_{backbone}_fpn", steps=8) + ["output.checkpoint_every=2", "data.workers=1"]
+    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"faster_rcnn_{backbone}_fpn", steps=8) + [
+        "output.checkpoint_every=2",
+        "data.workers=1",
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _run_cli(["train", *_sets(common + [f"output.dir={full}"])]).wait() == 0
     proc = _run_cli(["train", *_sets(common + [f"output.dir={killed}"])])
@@ -112,17 +118,30 @@ def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path, backbone)
     """RetinaNet + GroupNorm: no random sampling in the loss and no batch statistics, so 2 x batch 1
     under DDP equals 1 x batch 2 up to float summation order (tolerance 1e-4 relative). In float32: in bfloat16
     oneDNN picks other kernels for batch 1 and 2, and one bf16 rounding step (2^-8) is far above the tolerance."""
-    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"retinanet_{backbone}_fpn", steps=3) + ["data.hflip_prob=0.5",
-                                                                                            "precision=fp32"]
+    common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"retinanet_{backbone}_fpn", steps=3) + [
+        "data.hflip_prob=0.5",
+        "precision=fp32",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     assert _run_cli(["train", *_sets(common + [f"output.dir={one}", "data.batch_size=2"])]).wait() == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "defeat.cli.main", "train", *_sets(common + [f"output.dir={two}", "data.batch_size=1"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "defeat.cli.main",
+        "train",
+        *_sets(common + [f"output.dir={two}", "data.batch_size=1"]),
+    ]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     a = load_checkpoint(one / "model_final.pt")["model"]
     b = load_checkpoint(two / "model_final.pt")["model"]
-    init = build_for_dataset(config_from_dict({}, common).model, load_checkpoint(one / "model_final.pt")["categories"], 0)
+    init = build_for_dataset(
+        config_from_dict({}, common).model, load_checkpoint(one / "model_final.pt")["categories"], 0
+    )
     moved = 0
     for k, v in init.state_dict().items():
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k

@@ -25,15 +25,16 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     made = {
-        "coco": (root / "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
-                 detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None)),
+        "coco": (
+            root / "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+            detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None),
+        ),
         "resnet18": (root / "resnet18-f37072fd.pth", resnet18()),
         "mobilenet": (root / "mobilenet_v3_large-8738ca79.pth", mobilenet_v3_large()),
     }
     for path, model in made.values():
         torch.save(model.state_dict(), path)
-    return {key: path for key, (path, _) in made.items()} | {"root": root,
-                                                               "coco_state": made["coco"][1].state_dict()}
+    return {key: path for key, (path, _) in made.items()} | {"root": root, "coco_state": made["coco"][1].state_dict()}
 
 
 def test_a_coco_file_maps_its_classes_onto_coco_named_data_by_name(files):
@@ -66,14 +67,17 @@ def test_fine_tuning_to_other_classes_keeps_all_but_the_class_layers(files):
 
 
 def test_imagenet_backbone_files_load_into_the_body(files):
-    model, notes = build_pretrained(ModelConfig(name="fasterrcnn_resnet18_fpn", backbone_weights=str(files["resnet18"])),
-                                    OTHER)
+    model, notes = build_pretrained(
+        ModelConfig(name="fasterrcnn_resnet18_fpn", backbone_weights=str(files["resnet18"])), OTHER
+    )
     reference = torch.load(files["resnet18"], weights_only=True)
     torch.testing.assert_close(model.backbone.body.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
     assert "ImageNet resnet18" in notes[0]
     mobile, _ = build_pretrained(ModelConfig(name=MOBILE, backbone_weights=str(files["mobilenet"])), OTHER)
     reference = torch.load(files["mobilenet"], weights_only=True)
-    torch.testing.assert_close(getattr(mobile.backbone.body, "4").block[0][0].weight, reference["features.4.block.0.0.weight"])
+    torch.testing.assert_close(
+        getattr(mobile.backbone.body, "4").block[0][0].weight, reference["features.4.block.0.0.weight"]
+    )
     with pytest.raises(ValueError, match="none of its keys is a resnet18 key"):
         build_pretrained(ModelConfig(name="fasterrcnn_resnet18_fpn", backbone_weights=str(files["mobilenet"])), OTHER)
 
@@ -100,9 +104,12 @@ def test_default_offline_names_the_file_and_the_folder(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(FileNotFoundError, match=r"model.weights=DEFAULT: could not get "
-                                                r"fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth .*put it|"
-                                                r"put fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth in .*checkpoints"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model.weights=DEFAULT: could not get "
+        r"fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth .*put it|"
+        r"put fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth in .*checkpoints",
+    ):
         build_pretrained(ModelConfig(name=MOBILE, weights="DEFAULT"), COCO_NAMED)
     with pytest.raises(FileNotFoundError, match="put resnet18-f37072fd.pth in"):
         build_pretrained(ModelConfig(name="fasterrcnn_resnet18_fpn", backbone_weights="DEFAULT"), OTHER)

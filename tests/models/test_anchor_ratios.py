@@ -9,8 +9,9 @@ from defeat.models.families import anchor_generator_of
 
 @pytest.mark.parametrize("family, per_location", [("faster_rcnn", 2), ("retinanet", 6), ("fcos", 1)])
 def test_ratios_reach_the_anchor_generator(family, per_location):
-    cfg = ModelConfig(name=f"{family}_r18_fpn", anchor_sizes=[8, 16, 32, 64, 128], anchor_ratios=[0.4, 2.5],
-                      min_size=64, max_size=64)
+    cfg = ModelConfig(
+        name=f"{family}_r18_fpn", anchor_sizes=[8, 16, 32, 64, 128], anchor_ratios=[0.4, 2.5], min_size=64, max_size=64
+    )
     generator = anchor_generator_of(build_detector(cfg, 2))
     assert generator.num_anchors_per_location()[0] == per_location  # RetinaNet: 3 octave scales x 2 ratios
     if family != "fcos":  # anchor-free: one square "anchor" per location whatever the ratios

@@ -47,8 +47,12 @@ def test_torchvision_spelling_is_an_alias():
     """``fasterrcnn_resnet18_fpn`` is ``faster_rcnn_r18_fpn``: the same spec and the same modules and weights."""
     for family, prefix in (("faster_rcnn", "fasterrcnn"), ("retinanet", "retinanet"), ("fcos", "fcos")):
         alias, canonical = model_spec(f"{prefix}_resnet34_fpn"), model_spec(f"{family}_r34_fpn")
-        assert (alias.canonical, alias.family, alias.levels, alias.backbone) == \
-            (canonical.name, canonical.family, canonical.levels, canonical.backbone)
+        assert (alias.canonical, alias.family, alias.levels, alias.backbone) == (
+            canonical.name,
+            canonical.family,
+            canonical.levels,
+            canonical.backbone,
+        )
     torch.manual_seed(0)
     a = build_detector(ModelConfig(name="retinanet_resnet18_fpn"), 3).state_dict()
     torch.manual_seed(0)

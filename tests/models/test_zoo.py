@@ -17,8 +17,10 @@ def test_every_family_trains_and_predicts(family, backbone):
     cfg = ModelConfig(name=f"{family}_{backbone}_fpn", min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128])
     model = build_detector(cfg, num_classes=5)
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([5])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # an empty image
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([5])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]  # an empty image
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

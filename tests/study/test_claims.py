@@ -10,6 +10,7 @@ from defeat.study import claims as report
 from defeat.study import regime, render
 from defeat.study.claims import CLAIM_IDS, claims_by_id
 
+
 # ------------------------------------------------------------------------------------------ report: statistics
 def runs(*aps, **other):
     return [{"AP": ap, "AP50": ap + 0.1, "AP75": ap, "APs": ap, "APm": ap, "APl": -1.0, **other} for ap in aps]
@@ -32,11 +33,21 @@ def test_coco_minus_one_is_no_value():
 
 
 # ------------------------------------------------------------------------------------------ report: claims
-CD_ROWS = [{"student": s, "region": r, "mean_distance": d} for s, r, d in [
-    ("baseline", "object", 1.0), ("baseline", "background", 0.8), ("object", "object", 0.5),
-    ("object", "background", 0.7), ("background", "object", 0.9), ("background", "background", 0.4),
-    ("all", "object", 0.6), ("all", "background", 0.5), ("decoupled", "object", 0.45),
-    ("decoupled", "background", 0.35)]]
+CD_ROWS = [
+    {"student": s, "region": r, "mean_distance": d}
+    for s, r, d in [
+        ("baseline", "object", 1.0),
+        ("baseline", "background", 0.8),
+        ("object", "object", 0.5),
+        ("object", "background", 0.7),
+        ("background", "object", 0.9),
+        ("background", "background", 0.4),
+        ("all", "object", 0.6),
+        ("all", "background", 0.5),
+        ("decoupled", "object", 0.45),
+        ("decoupled", "background", 0.35),
+    ]
+]
 
 
 def error_rows(bg_band: dict) -> list[dict]:
@@ -50,8 +61,11 @@ def error_rows(bg_band: dict) -> list[dict]:
 
 def seeded_cd(rows, offsets=(0.0, 0.01, -0.01)):
     """Channel-distance rows of three seeds per student (``<student>_s<seed>``), spread by ``offsets``."""
-    return [dict(r, student=f"{r['student']}_s{k}", mean_distance=r["mean_distance"] + d)
-            for k, d in enumerate(offsets) for r in rows]
+    return [
+        dict(r, student=f"{r['student']}_s{k}", mean_distance=r["mean_distance"] + d)
+        for k, d in enumerate(offsets)
+        for r in rows
+    ]
 
 
 def three(ap, spread=0.005):
@@ -60,10 +74,18 @@ def three(ap, spread=0.005):
 
 def good_study():
     teacher = {"AP": 0.40, "AP50": 0.6}
-    students = {"baseline": runs(0.20, 0.21, 0.22), "object": three(0.27), "background": three(0.27),
-                "all": three(0.25), "decoupled": runs(0.33, 0.34, 0.35), "defeat": three(0.36), "fgfi": three(0.26)}
-    errors = error_rows({"object": (0.10, {"a": 0.1, "b": 0.2, "c": 0.3}),
-                         "background": (0.08, {"a": 0.05, "b": 0.3, "c": 0.2})})
+    students = {
+        "baseline": runs(0.20, 0.21, 0.22),
+        "object": three(0.27),
+        "background": three(0.27),
+        "all": three(0.25),
+        "decoupled": runs(0.33, 0.34, 0.35),
+        "defeat": three(0.36),
+        "fgfi": three(0.26),
+    }
+    errors = error_rows(
+        {"object": (0.10, {"a": 0.1, "b": 0.2, "c": 0.3}), "background": (0.08, {"a": 0.05, "b": 0.3, "c": 0.2})}
+    )
     grads = {"detection": 1.2, "distillation": 1.7, "sum": 1.5}
     return teacher, students, seeded_cd(CD_ROWS), grads, errors
 
@@ -81,7 +103,9 @@ def test_claims_all_pass_on_a_study_that_shows_them():
     assert first["value"]["dAP"] == pytest.approx(0.13)
     assert first["value"]["gap_closed"] == pytest.approx(0.13 / 0.19)
     (test,) = first["tests"]
-    assert test["test"] == first["test"] == "Welch t-test, one-sided (A > B)" and test["label"] == "decoupled > baseline"
+    assert (
+        test["test"] == first["test"] == "Welch t-test, one-sided (A > B)" and test["label"] == "decoupled > baseline"
+    )
     assert test["mean_a"] == pytest.approx(0.34) and test["mean_b"] == pytest.approx(0.21)
     assert first["p_value"] == pytest.approx(test["p_value"]) and first["p_value"] < 0.05 and first["decided"]
     assert test["ci"][0] < 0.13 < test["ci"][1] and test["ci_level"] == 0.95
@@ -123,21 +147,28 @@ def test_background_claim_is_an_equivalence_test_with_the_stated_margin():
     assert "tolerance" not in claim["value"] and claim["value"]["margin"] == pytest.approx(0.01)
     # better than object-only by more than the margin is not "the same AP" either
     better = dict(students, object=three(0.24), background=three(0.30))
-    assert by_id(report.compute_claims(teacher, better, cd, ratio, errors))["background_carries_knowledge"][
-        "pass"] is False
+    assert (
+        by_id(report.compute_claims(teacher, better, cd, ratio, errors))["background_carries_knowledge"]["pass"]
+        is False
+    )
     # the margin is the preset's: 7 AP makes the first case comparable
     wide = by_id(report.compute_claims(teacher, far, cd, ratio, errors, margin_ap=7.0))["background_carries_knowledge"]
     assert wide["pass"] is True and wide["tests"][1]["margin"] == pytest.approx(0.07)
     # a tie inside the margin but too noisy to show it: fails
     noisy = dict(students, background=runs(0.23, 0.27, 0.31))
-    assert by_id(report.compute_claims(teacher, noisy, cd, ratio, errors))["background_carries_knowledge"][
-        "pass"] is False
+    assert (
+        by_id(report.compute_claims(teacher, noisy, cd, ratio, errors))["background_carries_knowledge"]["pass"] is False
+    )
 
 
 def test_figure_claims_fail_when_the_numbers_say_so():
     teacher, students, _, _, _ = good_study()
-    cd_bad = seeded_cd([dict(r, mean_distance=0.3) if (r["student"], r["region"]) == ("background", "background")
-                        else r for r in CD_ROWS])  # background-only student closer to the teacher in background
+    cd_bad = seeded_cd(
+        [
+            dict(r, mean_distance=0.3) if (r["student"], r["region"]) == ("background", "background") else r
+            for r in CD_ROWS
+        ]
+    )  # background-only student closer to the teacher in background
     swapped = error_rows({"object": (0.08, {"a": 0.1}), "background": (0.10, {"a": 0.2})})
     only_detection = {"detection": 1.8, "distillation": 0.9, "sum": 1.4}  # the sum's ratio comes from detection
     claims = by_id(report.compute_claims(teacher, students, cd_bad, only_detection, swapped))
@@ -145,14 +176,19 @@ def test_figure_claims_fail_when_the_numbers_say_so():
     assert claims["fig1_channel_distance"]["value"]["object"]["best_other"] == "object"
     assert claims["fig1_channel_distance"]["value"]["background"]["best_other"] == "background"
     # lower overall, but in a minority of the categories: not "in most cases"
-    minority = error_rows({"object": (0.10, {"a": 0.1, "b": 0.1, "c": 0.1, "d": 0.0}),
-                           "background": (0.08, {"a": 0.05, "b": 0.2, "c": 0.2, "d": 0.0})})
+    minority = error_rows(
+        {
+            "object": (0.10, {"a": 0.1, "b": 0.1, "c": 0.1, "d": 0.0}),
+            "background": (0.08, {"a": 0.05, "b": 0.2, "c": 0.2, "d": 0.0}),
+        }
+    )
     claim = by_id(report.compute_claims(teacher, students, errors=minority))["fig4_9_background_errors"]
     assert claim["pass"] is False and claim["value"]["categories_lower"] == 1
     assert (claim["value"]["categories_higher"], claim["value"]["categories_tied"]) == (2, 1)
     # ties (both 0: no background false positive either way) do not count against "most"
-    tied = error_rows({"object": (0.10, {"a": 0.1, "b": 0.0, "c": 0.0}),
-                       "background": (0.08, {"a": 0.05, "b": 0.0, "c": 0.0})})
+    tied = error_rows(
+        {"object": (0.10, {"a": 0.1, "b": 0.0, "c": 0.0}), "background": (0.08, {"a": 0.05, "b": 0.0, "c": 0.0})}
+    )
     assert by_id(report.compute_claims(teacher, students, errors=tied))["fig4_9_background_errors"]["pass"] is True
     # only the summed loss measured: tested, but with a note that there is no detection-only control
     legacy = by_id(report.compute_claims(teacher, students, grad_norm=1.7))["fig2_3_gradients"]
@@ -175,8 +211,12 @@ def test_raw_neck_channel_distance_is_a_seventh_claim_only_when_given():
     assert claims["fig1_channel_distance_raw"]["pass"] is False
     assert claims["fig1_channel_distance_raw"]["value"]["object"]["best_other"] == "all"
     assert "raw FPN" in claims["fig1_channel_distance_raw"]["claim"]
-    assert by_id(report.compute_claims(teacher, students, cd, ratio, errors, channel_distance_raw=[]))[
-        "fig1_channel_distance_raw"]["pass"] is None
+    assert (
+        by_id(report.compute_claims(teacher, students, cd, ratio, errors, channel_distance_raw=[]))[
+            "fig1_channel_distance_raw"
+        ]["pass"]
+        is None
+    )
 
 
 def test_single_seed_claims_cannot_be_decided_and_missing_inputs_are_na():
@@ -190,8 +230,10 @@ def test_single_seed_claims_cannot_be_decided_and_missing_inputs_are_na():
     assert [claims[k]["pass"] for k in CLAIM_IDS[2:3] + CLAIM_IDS[4:6]] == [None] * 3
     assert all(claims[k]["note"].startswith("not computed") for k in CLAIM_IDS[2:3] + CLAIM_IDS[4:6])
     assert by_id(report.compute_claims(None, {}))["defeat_lifts_student"]["pass"] is None
-    assert by_id(report.compute_claims(teacher, students, grad_norm={"sum": float("nan")}))["fig2_3_gradients"][
-        "pass"] is None
+    assert (
+        by_id(report.compute_claims(teacher, students, grad_norm={"sum": float("nan")}))["fig2_3_gradients"]["pass"]
+        is None
+    )
     md = render.render_claims_table(list(claims.values()))
     assert "**not decided**" in md and "needs >= 2 seeds" in md
 
@@ -199,8 +241,10 @@ def test_single_seed_claims_cannot_be_decided_and_missing_inputs_are_na():
 def test_rendered_tables_keep_their_columns():
     teacher, students, cd, ratio, errors = good_study()
     claims = report.compute_claims(teacher, students, cd, ratio, errors)
-    for text in (render.render_claims_table(claims),
-                 render.render_results_table(report.results_table(teacher, students))):
+    for text in (
+        render.render_claims_table(claims),
+        render.render_results_table(report.results_table(teacher, students)),
+    ):
         lines = text.splitlines()
         assert len({line.count("|") for line in lines}) == 1, text  # no stray '|' inside a cell
     table = render.render_results_table(report.results_table(teacher, students))
@@ -216,31 +260,66 @@ def test_rendered_tables_keep_their_columns():
 
 def test_render_report_sections():
     teacher, students, cd, ratio, errors = good_study()
-    reg = regime.regime({"baseline": [[(50, 0.1), (75, 0.1), (100, 0.2)]]}, 100, 100, 40_000_000, 20_000_000,
-                        teacher_ap=0.15)
-    results = {"preset": "x", "indicative": True, "table": report.results_table(teacher, students),
-               "claims": report.compute_claims(teacher, students, cd, ratio, errors),
-               "figures": {"AP": "figures/ap.png"},
-               "channel_distance_seeds": [{"student": "decoupled", "region": "object", "mean_distance": 0.4,
-                                           "std_over_seeds": 0.01, "seeds": 3}],
-               "grad_norm": {"ratio": ratio, "tested": "distillation", "rows": [
-                   {"level": lv, "loss": loss, "object_mean": 2.0, "background_mean": 1.0, "ratio": r}
-                   for lv in ("P2", "all") for loss, r in ratio.items()]},
-               "errors": {"band_BG": report.error_bands(errors)}, "regime": reg,
-               "sensitivity": [{"name": "alpha_bg_4", "distill": {"alpha_bg": 4.0}, "seeds": 1, "AP": 0.3,
-                                "AP_std": None}],
-               "statistics": {"margin_ap": 1.0, "alpha": 0.05},
-               "stages": {"teacher": {"status": "ran", "seconds": 90.0}, "data": {"status": "ran", "seconds": 30.0}},
-               "versions": {"torch": "x"}, "configs": {"teacher": "model: {}\n"}, "failed": {"errors": "boom"}}
+    reg = regime.regime(
+        {"baseline": [[(50, 0.1), (75, 0.1), (100, 0.2)]]}, 100, 100, 40_000_000, 20_000_000, teacher_ap=0.15
+    )
+    results = {
+        "preset": "x",
+        "indicative": True,
+        "table": report.results_table(teacher, students),
+        "claims": report.compute_claims(teacher, students, cd, ratio, errors),
+        "figures": {"AP": "figures/ap.png"},
+        "channel_distance_seeds": [
+            {"student": "decoupled", "region": "object", "mean_distance": 0.4, "std_over_seeds": 0.01, "seeds": 3}
+        ],
+        "grad_norm": {
+            "ratio": ratio,
+            "tested": "distillation",
+            "rows": [
+                {"level": lv, "loss": loss, "object_mean": 2.0, "background_mean": 1.0, "ratio": r}
+                for lv in ("P2", "all")
+                for loss, r in ratio.items()
+            ],
+        },
+        "errors": {"band_BG": report.error_bands(errors)},
+        "regime": reg,
+        "sensitivity": [{"name": "alpha_bg_4", "distill": {"alpha_bg": 4.0}, "seeds": 1, "AP": 0.3, "AP_std": None}],
+        "statistics": {"margin_ap": 1.0, "alpha": 0.05},
+        "stages": {"teacher": {"status": "ran", "seconds": 90.0}, "data": {"status": "ran", "seconds": 30.0}},
+        "versions": {"torch": "x"},
+        "configs": {"teacher": "model: {}\n"},
+        "failed": {"errors": "boom"},
+    }
     text = render.render_report(results)
-    for needle in ("Indicative only", "## Results", "## Claims", "TOST", "±1 AP", "![AP](figures/ap.png)",
-                   "## Regime", "teacher: 100 steps, 40.0 M parameters", "equal schedule", "the bigger network",
-                   "AP at 50%", "50.0 %", "does NOT hold",
-                   "teacher AP 15.00, 5.00 AP below the baseline's final AP: the teacher is NOT ahead", "## Channel distance", "std_over_seeds",
-                   "## Gradient norm", "ratio (detection loss)", "The claim tests the **distillation** loss",
-                   "## Sensitivity to the KD weights (not part of the reproduction)", "sens_alpha_bg_4",
-                   "alpha_bg=4.0", "## Error analysis", "`errors`: boom", "config: teacher", "Versions: torch x",
-                   "Sum of the stages' wall times: 2.0 min."):
+    for needle in (
+        "Indicative only",
+        "## Results",
+        "## Claims",
+        "TOST",
+        "±1 AP",
+        "![AP](figures/ap.png)",
+        "## Regime",
+        "teacher: 100 steps, 40.0 M parameters",
+        "equal schedule",
+        "the bigger network",
+        "AP at 50%",
+        "50.0 %",
+        "does NOT hold",
+        "teacher AP 15.00, 5.00 AP below the baseline's final AP: the teacher is NOT ahead",
+        "## Channel distance",
+        "std_over_seeds",
+        "## Gradient norm",
+        "ratio (detection loss)",
+        "The claim tests the **distillation** loss",
+        "## Sensitivity to the KD weights (not part of the reproduction)",
+        "sens_alpha_bg_4",
+        "alpha_bg=4.0",
+        "## Error analysis",
+        "`errors`: boom",
+        "config: teacher",
+        "Versions: torch x",
+        "Sum of the stages' wall times: 2.0 min.",
+    ):
         assert needle in text, needle
     for line in text.splitlines():  # every table row has as many cells as its header
         assert not line.startswith("|") or "||" not in line.replace("|---|", ""), line

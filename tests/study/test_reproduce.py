@@ -24,8 +24,14 @@ def test_builtin_presets_plan(name, tmp_path):
     names = [s.name for s in stages]
     trainings = [s for s in stages if s.kind in ("train", "distill")]
     assert names[:3] == ["data", "teacher", "eval_teacher"]
-    analyses = ["channel_distance", "channel_distance_raw", "grad_norm_detection", "grad_norm_distillation",
-                "grad_norm_sum", "errors"]
+    analyses = [
+        "channel_distance",
+        "channel_distance_raw",
+        "grad_norm_detection",
+        "grad_norm_distillation",
+        "grad_norm_sum",
+        "errors",
+    ]
     assert [n for n in names if n in analyses] == analyses
     by_name = {s.name: s for s in stages}
     raw = by_name["channel_distance_raw"]
@@ -81,16 +87,18 @@ def test_preset_overrides_and_errors(tmp_path):
     changed = {s.name: s.key for s in build_plan(load_preset("tiny", ["teacher.steps=5"]), tmp_path)}
     assert changed["data"] == base["data"] and changed["teacher"] != base["teacher"]
     assert changed["decoupled_s0"] != base["decoupled_s0"] and changed["baseline_s0"] == base["baseline_s0"]
-    for args, message in [(["--preset", "nope"], "not a preset name"),
-                          (["--preset", "tiny", "--set", "bogus=1"], "unknown preset key 'bogus'"),
-                          (["--preset", "tiny", "--set", "students=[baseline,magic]"], "unknown student 'magic'"),
-                          (["--preset", "tiny", "--set", "common.model.min_sise=3"], "unknown key 'model.min_sise'"),
-                          (["--preset", "tiny", "--set", "seeds.default=[]"], "seeds.default"),
-                          (["--preset", "tiny", "--set", "claims.margin=1"], "unknown key 'claims.margin'"),
-                          (["--preset", "tiny", "--set", "claims.margin_ap=0"], "claims.margin_ap must be > 0"),
-                          (["--preset", "tiny", "--set", "regime.eval_points=3"], "must be >= 1 and divide"),
-                          (["--preset", "tiny", "--set", "regime.curve_students=[magic]"], "curve_students"),
-                          (["--preset", "tiny", "--set", "sensitivity=[{distill: {}}]"], "sensitivity")]:
+    for args, message in [
+        (["--preset", "nope"], "not a preset name"),
+        (["--preset", "tiny", "--set", "bogus=1"], "unknown preset key 'bogus'"),
+        (["--preset", "tiny", "--set", "students=[baseline,magic]"], "unknown student 'magic'"),
+        (["--preset", "tiny", "--set", "common.model.min_sise=3"], "unknown key 'model.min_sise'"),
+        (["--preset", "tiny", "--set", "seeds.default=[]"], "seeds.default"),
+        (["--preset", "tiny", "--set", "claims.margin=1"], "unknown key 'claims.margin'"),
+        (["--preset", "tiny", "--set", "claims.margin_ap=0"], "claims.margin_ap must be > 0"),
+        (["--preset", "tiny", "--set", "regime.eval_points=3"], "must be >= 1 and divide"),
+        (["--preset", "tiny", "--set", "regime.curve_students=[magic]"], "curve_students"),
+        (["--preset", "tiny", "--set", "sensitivity=[{distill: {}}]"], "sensitivity"),
+    ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[")):
             load_preset(args[1], args[3:4])
     assert main(["reproduce", "--preset", "tiny", "--set", "bogus=1", "--out", str(tmp_path / "x")]) == 2
@@ -147,8 +155,16 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
 
     results = json.loads((out / "results.json").read_text())
     assert results["preset"] == "tiny" and results["indicative"] is True
-    assert [r["model"] for r in results["table"]] == ["teacher", "baseline", "object", "background", "all",
-                                                      "decoupled", "defeat", "fgfi"]
+    assert [r["model"] for r in results["table"]] == [
+        "teacher",
+        "baseline",
+        "object",
+        "background",
+        "all",
+        "decoupled",
+        "defeat",
+        "fgfi",
+    ]
     assert [len(results["students"][s]) for s in ("baseline", "decoupled", "object")] == [2, 2, 1]
     assert {"AP", "AP50", "AP75", "APs", "dAP", "gap_closed"} <= set(results["table"][2])
     claims = claims_by_id(results["claims"])
@@ -156,10 +172,13 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     raw = claims["fig1_channel_distance_raw"]
     assert raw["claim"].startswith("Fig. 1 (raw FPN output") and raw["pass"] is not None
     assert all(c["pass"] in (True, False, None) for c in claims.values())
-    assert all(claims[k]["pass"] is not None for k in ("fig1_channel_distance", "fig2_3_gradients",
-                                                        "fig4_9_background_errors"))
+    assert all(
+        claims[k]["pass"] is not None for k in ("fig1_channel_distance", "fig2_3_gradients", "fig4_9_background_errors")
+    )
     assert set(results["grad_norm"]["ratio"]) == {"detection", "distillation", "sum"}
-    assert all(r > 0 for r in results["grad_norm"]["ratio"].values()) and results["grad_norm"]["tested"] == "distillation"
+    assert (
+        all(r > 0 for r in results["grad_norm"]["ratio"].values()) and results["grad_norm"]["tested"] == "distillation"
+    )
     assert claims["fig2_3_gradients"]["tested_loss"] == "distillation"
     assert len(results["channel_distance"]) == 14  # every seed: 2 baseline + 2 decoupled + 3 single-seed, 2 regions
     seeds_table = {(r["student"], r["region"]): r for r in results["channel_distance_seeds"]}
@@ -184,13 +203,34 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert all(v["status"] == "ran" for v in results["stages"].values())
 
     text = (out / "report.md").read_text()
-    for needle in ("preset `tiny`", "Indicative only", "## Results", "| **teacher** |", "| decoupled |",
-                   "## Claims", "Fig. 1: decoupled distils best", "## Figures", "figures/channel_distance.png",
-                   "## Regime", "figures/ap_vs_steps.png", "## Gradient norm", "ratio (detection loss)",
-                   "## Sensitivity to the KD weights", "## Error analysis", "config: teacher", "Versions:"):
+    for needle in (
+        "preset `tiny`",
+        "Indicative only",
+        "## Results",
+        "| **teacher** |",
+        "| decoupled |",
+        "## Claims",
+        "Fig. 1: decoupled distils best",
+        "## Figures",
+        "figures/channel_distance.png",
+        "## Regime",
+        "figures/ap_vs_steps.png",
+        "## Gradient norm",
+        "ratio (detection loss)",
+        "## Sensitivity to the KD weights",
+        "## Error analysis",
+        "config: teacher",
+        "Versions:",
+    ):
         assert needle in text, needle
-    for fig in ("ap.png", "ap_vs_steps.png", "channel_distance.png", "channel_distance_raw.png",
-                "errors_overall.png", "errors_triangle.png"):
+    for fig in (
+        "ap.png",
+        "ap_vs_steps.png",
+        "channel_distance.png",
+        "channel_distance_raw.png",
+        "errors_overall.png",
+        "errors_triangle.png",
+    ):
         assert (out / "figures" / fig).stat().st_size > 0, fig
     assert len(list((out / "figures").glob("grad_norm_*.png"))) == 3  # one map per loss
     assert "<table>" in (out / "report.html").read_text()
@@ -225,8 +265,11 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
     printed = capsys.readouterr().out
     assert "resumed from" in printed and "at step 1" in printed
     assert (stage / "model_final.pt").is_file() and not (stage / "checkpoint_last.pt").exists()
-    logged = [json.loads(line)["step"] for line in (stage / "metrics.jsonl").read_text().splitlines()
-              if '"sec_per_step"' in line]
+    logged = [
+        json.loads(line)["step"]
+        for line in (stage / "metrics.jsonl").read_text().splitlines()
+        if '"sec_per_step"' in line
+    ]
     assert logged == [1, 2]  # step 2 ran after the resume, step 1 did not run twice
     assert load_config(stage / "config.yaml").schedule.max_steps == 2  # the stage's own config again
 
@@ -247,17 +290,30 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
 def test_tiny_failed_stage_is_reported_and_dependants_skipped(tiny_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("*.pt"))  # the analyses fail: no usable models
-    for stage in ("grad_norm_detection", "grad_norm_distillation", "grad_norm_sum", "channel_distance",
-                  "channel_distance_raw"):
+    for stage in (
+        "grad_norm_detection",
+        "grad_norm_distillation",
+        "grad_norm_sum",
+        "channel_distance",
+        "channel_distance_raw",
+    ):
         shutil.rmtree(out / "analysis" / stage)
     (out / "models" / "teacher" / "model_final.pt").write_bytes(b"broken")
     assert main(["reproduce", "--preset", "tiny", "--out", str(out)]) == 1
     run = json.loads((out / "run.json").read_text())
-    assert set(run["failed"]) == {"channel_distance", "channel_distance_raw", "grad_norm_detection",
-                                  "grad_norm_distillation", "grad_norm_sum"}
+    assert set(run["failed"]) == {
+        "channel_distance",
+        "channel_distance_raw",
+        "grad_norm_detection",
+        "grad_norm_distillation",
+        "grad_norm_sum",
+    }
     claims = claims_by_id(json.loads((out / "results.json").read_text())["claims"])
-    assert [claims[k]["pass"] for k in ("fig1_channel_distance", "fig2_3_gradients", "fig1_channel_distance_raw")] \
-        == [None, None, None]
+    assert [claims[k]["pass"] for k in ("fig1_channel_distance", "fig2_3_gradients", "fig1_channel_distance_raw")] == [
+        None,
+        None,
+        None,
+    ]
     results = json.loads((out / "results.json").read_text())
     assert "Stages that did not finish" in (out / "report.md").read_text()
     assert not math.isnan(results["table"][0]["AP"])

@@ -16,7 +16,7 @@ def test_clear_win_matches_scipy_and_the_hand_computation():
     win = [0.30, 0.31, 0.32]
     r = stats.beats(win, BASE)
     # by hand: d = 0.10, se = sqrt(0.01^2/3 + 0.01^2/3), df = 4 (equal n, equal variances), t = d / se
-    se = math.sqrt(2 * 0.01 ** 2 / 3)
+    se = math.sqrt(2 * 0.01**2 / 3)
     assert r["diff"] == pytest.approx(0.10) and r["df"] == pytest.approx(4.0)
     assert r["p_value"] == pytest.approx(sps.t.sf(0.10 / se, 4))
     assert r["p_value"] == pytest.approx(sps.ttest_ind(win, BASE, equal_var=False, alternative="greater").pvalue)
@@ -36,7 +36,7 @@ def test_welch_unequal_variances_uses_the_satterthwaite_df():
     a, b = [0.30, 0.35, 0.40, 0.33], [0.20, 0.21]
     w = stats.welch(a, b, 0.90)
     va, vb = sps.tvar(a) / 4, sps.tvar(b) / 2
-    assert w["df"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 1))
+    assert w["df"] == pytest.approx((va + vb) ** 2 / (va**2 / 3 + vb**2 / 1))
     ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.90)
     assert w["ci"] == pytest.approx([ci.low, ci.high])
 

@@ -37,8 +37,13 @@ MASK_RULES = ("all", "assigned")
 SEED_ORDER = ("none", "object", "background", "all", "decoupled")
 
 
-def region_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]],
-                 strides: Mapping[str, int], rule: str = "all", k0: int = 4) -> dict[str, Tensor]:
+def region_masks(
+    boxes: Sequence[Tensor],
+    feature_sizes: Mapping[str, tuple[int, int]],
+    strides: Mapping[str, int],
+    rule: str = "all",
+    k0: int = 4,
+) -> dict[str, Tensor]:
     """Object masks, one ``(N, H_l, W_l)`` bool tensor per level, for either :data:`MASK_RULES` rule.
 
     Args:
@@ -54,9 +59,8 @@ def region_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int,
         return object_masks(boxes, feature_sizes, strides, k0=k0)
     out = {}
     for name, (height, width) in feature_sizes.items():
-        per_image = [box_cells(b.reshape(-1, 4).float(), strides[name], height, width).any(dim=0)
-                     for b in boxes]
-        out[name] = (torch.stack(per_image) if per_image else torch.zeros(0, height, width, dtype=torch.bool))
+        per_image = [box_cells(b.reshape(-1, 4).float(), strides[name], height, width).any(dim=0) for b in boxes]
+        out[name] = torch.stack(per_image) if per_image else torch.zeros(0, height, width, dtype=torch.bool)
     return out
 
 
@@ -88,8 +92,12 @@ class RegionSums:
     def __add__(self, other: RegionSums) -> RegionSums:
         if self.obj_sum.shape != other.obj_sum.shape:
             raise ValueError(f"RegionSums: channel counts differ ({self.obj_sum.numel()} vs {other.obj_sum.numel()})")
-        return RegionSums(self.obj_sum + other.obj_sum, self.bg_sum + other.bg_sum,
-                          self.obj_count + other.obj_count, self.bg_count + other.bg_count)
+        return RegionSums(
+            self.obj_sum + other.obj_sum,
+            self.bg_sum + other.bg_sum,
+            self.obj_count + other.obj_count,
+            self.bg_count + other.bg_count,
+        )
 
     def means(self) -> tuple[Tensor, Tensor]:
         """``(d_obj, d_bg)``, each ``(C,)`` float64; NaN for a region without pixels."""
@@ -99,8 +107,7 @@ class RegionSums:
         return obj, bg
 
 
-def region_channel_sums(teacher: Tensor, student: Tensor, obj_mask: Tensor, valid: Tensor | None = None
-                        ) -> RegionSums:
+def region_channel_sums(teacher: Tensor, student: Tensor, obj_mask: Tensor, valid: Tensor | None = None) -> RegionSums:
     """Per-channel sums of ``|T - S|`` over object and background pixels of one level (see module docstring).
 
     Args:
@@ -117,12 +124,17 @@ def region_channel_sums(teacher: Tensor, student: Tensor, obj_mask: Tensor, vali
     obj = (obj_mask.bool() & valid).to(torch.float64)
     bg = (~obj_mask.bool() & valid).to(torch.float64)
     diff = (teacher.detach().double() - student.detach().double()).abs()
-    return RegionSums(torch.einsum("nchw,nhw->c", diff, obj), torch.einsum("nchw,nhw->c", diff, bg),
-                      int(obj.sum().item()), int(bg.sum().item()))
+    return RegionSums(
+        torch.einsum("nchw,nhw->c", diff, obj),
+        torch.einsum("nchw,nhw->c", diff, bg),
+        int(obj.sum().item()),
+        int(bg.sum().item()),
+    )
 
 
-def channel_distance(teacher: Tensor, student: Tensor, obj_mask: Tensor, valid: Tensor | None = None
-                     ) -> tuple[Tensor, Tensor]:
+def channel_distance(
+    teacher: Tensor, student: Tensor, obj_mask: Tensor, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``(d_obj, d_bg)``: per-channel mean ``|T - S|`` over object / background pixels, each ``(C,)`` float64."""
     return region_channel_sums(teacher, student, obj_mask, valid).means()
 
@@ -169,14 +181,27 @@ def summary_rows(students: Sequence[StudentDistance], baseline: str | None) -> l
             if baseline is not None:
                 ref = means[baseline][region]
                 ratio = value / ref if ref and not math.isnan(ref) else float("nan")
-            rows.append({"student": s.name, "mode": s.mode, "feature": s.feature, "region": region,
-                         "mean_distance": value, "ratio_to_baseline": ratio,
-                         "pixels": s.obj_pixels if region == "object" else s.bg_pixels})
+            rows.append(
+                {
+                    "student": s.name,
+                    "mode": s.mode,
+                    "feature": s.feature,
+                    "region": region,
+                    "mean_distance": value,
+                    "ratio_to_baseline": ratio,
+                    "pixels": s.obj_pixels if region == "object" else s.bg_pixels,
+                }
+            )
     return rows
 
 
-def check_layout(teacher_levels: Sequence[str], teacher_channels: int, student_levels: Sequence[str],
-                 student_channels: int, what: str = "student") -> None:
+def check_layout(
+    teacher_levels: Sequence[str],
+    teacher_channels: int,
+    student_levels: Sequence[str],
+    student_channels: int,
+    what: str = "student",
+) -> None:
     """Refuse a student whose FPN levels or channel count differ from the teacher's, saying what differs."""
     problems = []
     if list(teacher_levels) != list(student_levels):

@@ -24,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,9 @@ def area_ranges(areas: Sequence[float] = DEFAULT_AREAS) -> list[list[float]]:
 def load_ground_truth(path: str | Path) -> dict:
     """Read a COCO ground-truth JSON and check the fields the analysis uses; ``ValueError('<file>: ...')`` if bad."""
     gt = read_json(path)
-    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(gt, dict) or not all(
+        isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise ValueError(f"{path}: not a COCO ground-truth file (needs 'images', 'annotations' and 'categories' lists)")
     if not gt["categories"]:
         raise ValueError(f"{path}: no categories")
@@ -119,7 +122,9 @@ def validate_detections(dets: Any, gt: dict, source: str | Path, score_thr: floa
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in d]
         if missing:
             keys = ", ".join(sorted(map(str, d))[:6])
-            hint = " -- this looks like a metrics/log file, not detections" if not ({"bbox", "image_id"} & set(d)) else ""
+            hint = (
+                " -- this looks like a metrics/log file, not detections" if not ({"bbox", "image_id"} & set(d)) else ""
+            )
             raise ValueError(f"{source}: item {i} lacks {', '.join(missing)} (has: {keys}){hint}")
         img, cat = d["image_id"], d["category_id"]
         if isinstance(img, str):
@@ -137,8 +142,17 @@ def validate_detections(dets: Any, gt: dict, source: str | Path, score_thr: floa
         if score_thr is not None and d["score"] < score_thr:
             continue
         box = list(d["bbox"])
-        out.append({"id": i + 1, "image_id": img, "category_id": cat, "bbox": box, "score": d["score"],
-                    "area": box[2] * box[3], "iscrowd": 0})
+        out.append(
+            {
+                "id": i + 1,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": box,
+                "score": d["score"],
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
+        )
     return out
 
 
@@ -153,8 +167,10 @@ def load_detections(path: str | Path, gt: dict, score_thr: float | None = None) 
         first = _first_json_line(path)
         if isinstance(first, dict):
             keys = ", ".join(sorted(map(str, first))[:6])
-            raise ValueError(f"{path}: JSON lines of objects (keys: {keys}) -- this looks like a metrics/log file, "
-                             "not a detections list") from None
+            raise ValueError(
+                f"{path}: JSON lines of objects (keys: {keys}) -- this looks like a metrics/log file, "
+                "not a detections list"
+            ) from None
         raise
     return validate_detections(data, gt, path, score_thr)
 
@@ -184,8 +200,15 @@ def _finite_box(b: Any) -> bool:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def coco_precision(gt_anns: list[dict], dt_anns: list[dict], img_ids: Sequence[int], cat_ids: Sequence[int],
-                   iou_thrs: Sequence[float], area_rng: list[list[float]], engine: str = "faster") -> np.ndarray:
+def coco_precision(
+    gt_anns: list[dict],
+    dt_anns: list[dict],
+    img_ids: Sequence[int],
+    cat_ids: Sequence[int],
+    iou_thrs: Sequence[float],
+    area_rng: list[list[float]],
+    engine: str = "faster",
+) -> np.ndarray:
     """COCOeval (bbox, ``maxDets=[100]``) precision array ``[T, 101, K, A]`` for the given annotations.
 
     ``engine`` is ``faster`` (faster-coco-eval's C++ evaluator) or ``pycocotools``; both give identical arrays on
@@ -195,12 +218,12 @@ def coco_precision(gt_anns: list[dict], dt_anns: list[dict], img_ids: Sequence[i
     if engine == "faster":
         from faster_coco_eval import COCO, COCOeval_faster
 
-        make_eval = lambda g, d: COCOeval_faster(g, d, "bbox", print_function=_silent)  # noqa: E731
+        make_eval = lambda g, d: COCOeval_faster(g, d, "bbox", print_function=_silent)
     elif engine == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        make_eval = lambda g, d: COCOeval(g, d, "bbox")  # noqa: E731
+        make_eval = lambda g, d: COCOeval(g, d, "bbox")
     else:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -228,8 +251,14 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 
 def _slim(ann: dict) -> dict:
     """The fields of a ground truth a bbox evaluation reads (drops segmentations: less memory per copy)."""
-    return {"id": ann["id"], "image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
-            "area": ann["area"], "iscrowd": int(bool(ann.get("iscrowd", 0)))}
+    return {
+        "id": ann["id"],
+        "image_id": ann["image_id"],
+        "category_id": ann["category_id"],
+        "bbox": ann["bbox"],
+        "area": ann["area"],
+        "iscrowd": int(bool(ann.get("iscrowd", 0))),
+    }
 
 
 def forgive(ann: dict, cat_id: int, semantics: str) -> dict:
@@ -269,13 +298,20 @@ def _build_index(gt: dict, dets: list[dict]) -> _Index:
         gt_by_cat.setdefault(a["category_id"], []).append(a)
     for d in dets:
         dt_by_cat.setdefault(d["category_id"], []).append(d)
-    return _Index(img_ids=sorted({img["id"] for img in gt["images"]}),
-                  cat_ids=sorted({cat["id"] for cat in gt["categories"]}), gt=slim, gt_by_img=gt_by_img,
-                  gt_by_cat=gt_by_cat, dt_by_cat=dt_by_cat, members=supercategory_members(gt["categories"]))
+    return _Index(
+        img_ids=sorted({img["id"] for img in gt["images"]}),
+        cat_ids=sorted({cat["id"] for cat in gt["categories"]}),
+        gt=slim,
+        gt_by_img=gt_by_img,
+        gt_by_cat=gt_by_cat,
+        dt_by_cat=dt_by_cat,
+        members=supercategory_members(gt["categories"]),
+    )
 
 
-def confusion_ground_truth(index: _Index, cat_id: int, det_images: set[int], confusable: frozenset[int] | None,
-                           semantics: str) -> list[dict]:
+def confusion_ground_truth(
+    index: _Index, cat_id: int, det_images: set[int], confusable: frozenset[int] | None, semantics: str
+) -> list[dict]:
     """Ground truth of the Sim/Oth pass for ``cat_id``: its own objects plus forgiven copies of other classes.
 
     ``confusable`` is the set of classes to forgive (``None`` = every class). Forgiven copies are only needed in
@@ -291,8 +327,9 @@ def confusion_ground_truth(index: _Index, cat_id: int, det_images: set[int], con
     return out
 
 
-def confusion_curves(index: _Index, cat_id: int, area_rng: list[list[float]], semantics: str = "mmdet",
-                     engine: str = "faster") -> np.ndarray:
+def confusion_curves(
+    index: _Index, cat_id: int, area_rng: list[list[float]], semantics: str = "mmdet", engine: str = "faster"
+) -> np.ndarray:
     """Sim and Oth precision ``[2, 101, A]`` for one category (IoU 0.1, only its own detections)."""
     dets = index.dt_by_cat.get(cat_id, [])
     if not dets:  # no detections: precision is 0 (or -1 without ground truth, which becomes 0 anyway)
@@ -349,8 +386,15 @@ def _worker_run(cat_id: int) -> np.ndarray:
     return confusion_curves(s["index"], cat_id, s["area_rng"], s["semantics"], s["engine"])
 
 
-def error_curves(gt: dict, dets: list[dict], areas: Sequence[float] = DEFAULT_AREAS, semantics: str = "mmdet",
-                 engine: str = "faster", workers: int = 1, progress: bool | str = False) -> ErrorCurves:
+def error_curves(
+    gt: dict,
+    dets: list[dict],
+    areas: Sequence[float] = DEFAULT_AREAS,
+    semantics: str = "mmdet",
+    engine: str = "faster",
+    workers: int = 1,
+    progress: bool | str = False,
+) -> ErrorCurves:
     """All seven bands for every category of ``gt`` (see the module docstring for the algorithm).
 
     ``dets`` come from :func:`validate_detections`. ``workers > 1`` runs the per-category passes in that many
@@ -365,12 +409,18 @@ def error_curves(gt: dict, dets: list[dict], areas: Sequence[float] = DEFAULT_AR
     ps[:3] = coco_precision(index.gt, dets, index.img_ids, index.cat_ids, MAIN_IOUS, area_rng, engine)
     from tqdm import tqdm
 
-    bar = tqdm(total=K, desc=progress if isinstance(progress, str) else "categories", unit="cat",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=K,
+        desc=progress if isinstance(progress, str) else "categories",
+        unit="cat",
+        disable=not progress,
+        leave=False,
+    )
     try:
         if workers > 1 and K > 1:
-            with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                     initargs=(index, area_rng, semantics, engine)) as pool:
+            with ProcessPoolExecutor(
+                workers, initializer=_worker_init, initargs=(index, area_rng, semantics, engine)
+            ) as pool:
                 for k, res in enumerate(pool.map(_worker_run, index.cat_ids, chunksize=max(1, K // (4 * workers)))):
                     ps[3:5, :, k, :] = res
                     bar.update()

@@ -52,12 +52,15 @@ def draw_dataset_figure(report, path: str | Path) -> Path:
     centres = np.sqrt(bins[:-1] * bins[1:])
     which = np.clip(np.digitize(sides, bins) - 1, 0, len(centres) - 1)
     filled = np.bincount(which, minlength=len(centres)) > 0
-    for name, sizes, ratios, colour in (("given", fit.given_sizes, fit.given_ratios, "tab:red"),
-                                        ("fitted", fit.sizes, fit.ratios, "tab:blue")):
+    for name, sizes, ratios, colour in (
+        ("given", fit.given_sizes, fit.given_ratios, "tab:red"),
+        ("fitted", fit.sizes, fit.ratios, "tab:blue"),
+    ):
         anchors, offsets = anchor_shapes(sizes, ratios, spec), anchor_offsets(sizes, ratios, spec)
         covered = best_iou(report.boxes_wh, anchors, offsets) >= POSITIVE_IOU
-        share = np.bincount(which, weights=covered, minlength=len(centres)) / np.maximum(1, np.bincount(
-            which, minlength=len(centres)))
+        share = np.bincount(which, weights=covered, minlength=len(centres)) / np.maximum(
+            1, np.bincount(which, minlength=len(centres))
+        )
         total = 100 * covered.mean()
         axes[2].plot(centres[filled], 100 * share[filled], marker="o", color=colour, label=f"{name}: {total:.1f} %")
     axes[2].set_xscale("log")

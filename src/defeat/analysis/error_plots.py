@@ -27,25 +27,33 @@ import math
 import multiprocessing
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.patches import Patch
 
-from defeat.analysis.coco_errors import BANDS, ErrorCurves  # noqa: E402
-from defeat.utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from defeat.analysis.coco_errors import BANDS, ErrorCurves
+from defeat.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: fill colours of the bands, in :data:`BANDS` order (mmdetection's / cocoapi's palette)
-BAND_COLORS = ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0.31, 0.51, 0.74), (0.75, 0.31, 0.30), (0.36, 0.90, 0.38),
-               (0.50, 0.39, 0.64), (1.0, 0.6, 0.0))
+BAND_COLORS = (
+    (1.0, 1.0, 1.0),
+    (1.0, 1.0, 1.0),
+    (0.31, 0.51, 0.74),
+    (0.75, 0.31, 0.30),
+    (0.36, 0.90, 0.38),
+    (0.50, 0.39, 0.64),
+    (1.0, 0.6, 0.0),
+)
 AREA_TITLES = {"all": "all areas", "small": "small", "medium": "medium", "large": "large"}
 OVERALL = "overall"
 GRID = "grid"
@@ -64,8 +72,10 @@ def category_stems(cat_ids: Sequence[int], cat_names: Sequence[str]) -> list[str
     A stem that two categories share, or that equals ``overall`` / ``grid``, gets ``-id<category id>`` appended.
     """
     counts = Counter(safe_name(n) for n in cat_names)
-    return [f"{s}-id{c}" if counts[s] > 1 or s in (OVERALL, GRID) else s
-            for c, s in zip(cat_ids, (safe_name(n) for n in cat_names))]
+    return [
+        f"{s}-id{c}" if counts[s] > 1 or s in (OVERALL, GRID) else s
+        for c, s in zip(cat_ids, (safe_name(n) for n in cat_names))
+    ]
 
 
 def curves_for(result: ErrorCurves, category: str | None) -> np.ndarray:
@@ -88,8 +98,9 @@ class BandAxes:
     """The seven curves and bands of one axes: two artists (a polygon collection for the bands, a line collection for
     the curves) made once, then updated in place by :meth:`update`."""
 
-    def __init__(self, ax: plt.Axes, rec: np.ndarray, fontsize: float = 8, legend: bool = True,
-                 labels: bool = True) -> None:
+    def __init__(
+        self, ax: plt.Axes, rec: np.ndarray, fontsize: float = 8, legend: bool = True, labels: bool = True
+    ) -> None:
         self.ax, self.rec = ax, np.asarray(rec, dtype=float)
         self.bands = PolyCollection([], facecolors=BAND_COLORS, edgecolors="none", antialiaseds=True)
         self.curves = LineCollection([], colors="black", linewidths=0.5)
@@ -102,9 +113,20 @@ class BandAxes:
             ax.set_ylabel("precision", fontsize=fontsize)
         ax.tick_params(labelsize=fontsize - 1)
         self.title = ax.set_title(" ", fontsize=fontsize + 1)
-        self.legend = ax.legend(band_handles(), [f"[0.000]{b}" for b in BANDS], loc="center left",
-                                bbox_to_anchor=(1.01, 0.5), fontsize=fontsize - 1, frameon=False,
-                                borderaxespad=0.2, handlelength=1.5) if legend else None
+        self.legend = (
+            ax.legend(
+                band_handles(),
+                [f"[0.000]{b}" for b in BANDS],
+                loc="center left",
+                bbox_to_anchor=(1.01, 0.5),
+                fontsize=fontsize - 1,
+                frameon=False,
+                borderaxespad=0.2,
+                handlelength=1.5,
+            )
+            if legend
+            else None
+        )
 
     def update(self, curves: np.ndarray, title: str) -> None:
         """Show ``curves[7, R]``: band ``b`` fills between curve ``b-1`` and curve ``b``; legend = mean precision."""
@@ -119,8 +141,10 @@ class BandAxes:
 def band_polygons(rec: np.ndarray, curves: np.ndarray) -> list[np.ndarray]:
     """The seven band outlines: band ``b`` runs along curve ``b`` and back along curve ``b-1`` (0 for the first)."""
     lower = np.vstack([np.zeros_like(rec), curves[:-1]])
-    return [np.column_stack([np.concatenate([rec, rec[::-1]]), np.concatenate([up, lo[::-1]])])
-            for up, lo in zip(curves, lower)]
+    return [
+        np.column_stack([np.concatenate([rec, rec[::-1]]), np.concatenate([up, lo[::-1]])])
+        for up, lo in zip(curves, lower)
+    ]
 
 
 def band_handles() -> list[Patch]:
@@ -131,8 +155,17 @@ def band_handles() -> list[Patch]:
 class _Page:
     """A figure of ``rows x cols`` :class:`BandAxes`, laid out once (on its first save) and reused."""
 
-    def __init__(self, rows: int, cols: int, cell: tuple[float, float], rec: np.ndarray, fontsize: float,
-                 legend: bool, labels: bool, used: int | None = None) -> None:
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        cell: tuple[float, float],
+        rec: np.ndarray,
+        fontsize: float,
+        legend: bool,
+        labels: bool,
+        used: int | None = None,
+    ) -> None:
         self.fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
         used = rows * cols if used is None else used
         self.cells = []
@@ -176,9 +209,14 @@ def area_title(area: str) -> str:
     return AREA_TITLES.get(area, area)
 
 
-def draw_singles(model: str, rec: np.ndarray, area_names: Sequence[str],
-                 items: Sequence[tuple[str, str, np.ndarray]], out_dir: str | Path,
-                 formats: Sequence[str]) -> list[Path]:
+def draw_singles(
+    model: str,
+    rec: np.ndarray,
+    area_names: Sequence[str],
+    items: Sequence[tuple[str, str, np.ndarray]],
+    out_dir: str | Path,
+    formats: Sequence[str],
+) -> list[Path]:
     """``out_dir/<stem>-<area>.<fmt>`` for each ``(label, stem, curves[7, R, A])`` of ``items``, one figure reused."""
     page = _page(("single", len(rec)), lambda: _Page(1, 1, (6.2, 4.0), rec, 8, True, True))
     cell = page.cells[0]
@@ -190,9 +228,14 @@ def draw_singles(model: str, rec: np.ndarray, area_names: Sequence[str],
     return written
 
 
-def draw_comparisons(models: Sequence[str], rec: np.ndarray, area_names: Sequence[str],
-                     items: Sequence[tuple[str, str, np.ndarray]], out_dir: str | Path,
-                     formats: Sequence[str]) -> list[Path]:
+def draw_comparisons(
+    models: Sequence[str],
+    rec: np.ndarray,
+    area_names: Sequence[str],
+    items: Sequence[tuple[str, str, np.ndarray]],
+    out_dir: str | Path,
+    formats: Sequence[str],
+) -> list[Path]:
     """``out_dir/<stem>.<fmt>`` per ``(label, stem, curves[M, 7, R, A])``: rows = models, columns = areas."""
     M, A = len(models), len(area_names)
     page = _page(("comparison", M, A, len(rec)), lambda: _Page(M, A, (4.3, 2.9), rec, 7, True, True))
@@ -205,8 +248,16 @@ def draw_comparisons(models: Sequence[str], rec: np.ndarray, area_names: Sequenc
     return written
 
 
-def draw_grid(model: str, rec: np.ndarray, area_names: Sequence[str], areas: Sequence[int],
-              labels: Sequence[str], curves: np.ndarray, out_dir: str | Path, formats: Sequence[str]) -> list[Path]:
+def draw_grid(
+    model: str,
+    rec: np.ndarray,
+    area_names: Sequence[str],
+    areas: Sequence[int],
+    labels: Sequence[str],
+    curves: np.ndarray,
+    out_dir: str | Path,
+    formats: Sequence[str],
+) -> list[Path]:
     """``out_dir/grid-<area>.<fmt>`` for each area index in ``areas``: every category of ``curves[7, R, K, A]``
     (titled by ``labels``, with its C50 value) as a small multiple on one page, one band legend for the page."""
     K = len(labels)
@@ -217,9 +268,11 @@ def draw_grid(model: str, rec: np.ndarray, area_names: Sequence[str], areas: Seq
     for a in areas:
         for k, cell in enumerate(page.cells):
             cell.update(curves[:, :, k, a], f"{labels[k]} ({c50[k, a]:.2f})")
-        page.suptitle.set_text(f"{model}: every category, {area_title(area_names[a])} "
-                               f"(each cell: recall 0-1 across, precision 0-1 up; title: category (C50); every value in "
-                               "errors_table.md)")
+        page.suptitle.set_text(
+            f"{model}: every category, {area_title(area_names[a])} "
+            f"(each cell: recall 0-1 across, precision 0-1 up; title: category (C50); every value in "
+            "errors_table.md)"
+        )
         written += page.save(Path(out_dir) / f"{GRID}-{area_names[a]}", formats, rect=(0, 0, 1, 0.975))
     return written
 
@@ -230,8 +283,9 @@ def _grid_page(rows: int, cols: int, used: int, rec: np.ndarray) -> _Page:
         cell.ax.set_xticks([])
         cell.ax.set_yticks([])
         cell.title.set_fontsize(6)
-    page.fig.legend(band_handles(), BANDS, loc="upper right", ncol=len(BANDS), fontsize=7, frameon=False,
-                    bbox_to_anchor=(1, 1))
+    page.fig.legend(
+        band_handles(), BANDS, loc="upper right", ncol=len(BANDS), fontsize=7, frameon=False, bbox_to_anchor=(1, 1)
+    )
     page.suptitle = page.fig.suptitle(" ", x=0.01, y=0.995, ha="left", fontsize=9)
     return page
 
@@ -336,9 +390,18 @@ def _markdown(rows: list[dict], title: str) -> str:
     cols = list(rows[0])
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:+.3f}" if isinstance(r[c], float) and c.startswith("d_")
-                                       else f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])
-                                       for c in cols) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                f"{r[c]:+.3f}"
+                if isinstance(r[c], float) and c.startswith("d_")
+                else f"{r[c]:.3f}"
+                if isinstance(r[c], float)
+                else str(r[c])
+                for c in cols
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -349,7 +412,10 @@ def write_tables(results: dict[str, ErrorCurves], out_dir: Path, meta: dict | No
     written = {}
     tables: Iterable[tuple[str, list[dict], str]] = [("errors_table", rows, "COCO error analysis: curve values")]
     if len(results) > 1:
-        tables = [*tables, ("errors_deltas", delta_rows(rows, list(results)), "COCO error analysis: deltas (to - from)")]
+        tables = [
+            *tables,
+            ("errors_deltas", delta_rows(rows, list(results)), "COCO error analysis: deltas (to - from)"),
+        ]
     for stem, table, title in tables:
         atomic_write_text(out_dir / f"{stem}.csv", _csv(table))
         atomic_write_json(out_dir / f"{stem}.json", {"meta": meta or {}, "rows": table})
@@ -361,7 +427,13 @@ def write_tables(results: dict[str, ErrorCurves], out_dir: Path, meta: dict | No
 def save_curves(result: ErrorCurves, path: Path) -> None:
     """The raw arrays (``precision[7, 101, K, A]``, ids, names, areas) as an ``.npz``, atomically."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, precision=result.precision, cat_ids=np.asarray(result.cat_ids),
-                        cat_names=np.asarray(result.cat_names), area_names=np.asarray(result.area_names),
-                        rec_thrs=result.rec_thrs, bands=np.asarray(BANDS))
+    np.savez_compressed(
+        buffer,
+        precision=result.precision,
+        cat_ids=np.asarray(result.cat_ids),
+        cat_names=np.asarray(result.cat_names),
+        area_names=np.asarray(result.area_names),
+        rec_thrs=result.rec_thrs,
+        bands=np.asarray(BANDS),
+    )
     atomic_write_bytes(Path(path), buffer.getvalue())

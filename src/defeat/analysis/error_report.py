@@ -12,7 +12,7 @@ It loads and checks the ground truth and every model's detections, computes the 
     <model>/grid-<area>.<fmt>        every non-empty category as a small multiple, per area    (default)
     <model>/<category>-<area>.<fmt>  one figure per category and area                         (per_category)
     comparison/overall.<fmt>         rows = models, columns = areas                           (two or more models)
-    comparison/<category>.<fmt>      the same per category                                    (two or more, per_category)
+    comparison/<category>.<fmt>      the same per category                      (two or more models, per_category)
 
 A category with no ground truth and no detection in any model is *empty*: it gets no figure and no grid cell
 (its curves are all 0 except FN, and it still counts as 0 in ``overall`` and appears in the tables). Figures are
@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,8 +97,14 @@ def empty_categories(cat_ids: Sequence[int], gt: dict, dets: Iterable[list[dict]
     return [c for c in cat_ids if c not in used]
 
 
-def plan_figures(results: Mapping[str, ce.ErrorCurves], out: Path, shown: Sequence[int], per_category: Sequence[int],
-                 formats: Sequence[str], workers: int) -> list[ep.Job]:
+def plan_figures(
+    results: Mapping[str, ce.ErrorCurves],
+    out: Path,
+    shown: Sequence[int],
+    per_category: Sequence[int],
+    formats: Sequence[str],
+    workers: int,
+) -> list[ep.Job]:
     """The drawing jobs (see the module docstring for the files), the costliest first, per-category figures cut
     into one chunk per worker so that each worker reuses its figure across its categories."""
     if not formats:
@@ -114,15 +121,16 @@ def plan_figures(results: Mapping[str, ce.ErrorCurves], out: Path, shown: Sequen
         for model, res in results.items():
             sub = res.precision[:, :, idx, :]
             for a in range(len(areas)):
-                jobs.append((ep.draw_grid, (model, rec, areas, [a], [label[c] for c in shown], sub,
-                                            out / model, formats)))
+                jobs.append(
+                    (ep.draw_grid, (model, rec, areas, [a], [label[c] for c in shown], sub, out / model, formats))
+                )
     for model, res in results.items():
         items = [(ep.OVERALL, ep.OVERALL, res.overall())]
         items += [(label[c], stems[c], res.precision[:, :, col[c], :]) for c in per_category]
         for part in ep.chunks(items, workers):
             jobs.append((ep.draw_singles, (model, rec, areas, part, out / model, formats)))
     if len(models) > 1:
-        both = lambda get: np.stack([get(results[m]) for m in models])  # noqa: E731
+        both = lambda get: np.stack([get(results[m]) for m in models])
         items = [(ep.OVERALL, ep.OVERALL, both(lambda r: r.overall()))]
         items += [(label[c], stems[c], both(lambda r, k=col[c]: r.precision[:, :, k, :])) for c in per_category]
         for part in ep.chunks(items, workers):
@@ -132,17 +140,27 @@ def plan_figures(results: Mapping[str, ce.ErrorCurves], out: Path, shown: Sequen
 
 def index_markdown(summary: dict, out: Path) -> str:
     """``index.md``: what was run, the overall values, and a link to every file written."""
-    rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
+    rel = lambda p: Path(p).relative_to(out).as_posix()
     files = [Path(p) for p in summary["files"]]
-    lines = ["# COCO error analysis", "",
-             f"Ground truth `{summary['gt']}`; semantics `{summary['semantics']}`; "
-             f"{summary['categories']} categories; areas {', '.join(summary['area_names'])}.", "",
-             "Overall (all areas; mean over all categories, a category without ground truth counts as 0):", "",
-             "| model | " + " | ".join(ce.BANDS) + " |", "|---|" + "---|" * len(ce.BANDS)]
+    lines = [
+        "# COCO error analysis",
+        "",
+        f"Ground truth `{summary['gt']}`; semantics `{summary['semantics']}`; "
+        f"{summary['categories']} categories; areas {', '.join(summary['area_names'])}.",
+        "",
+        "Overall (all areas; mean over all categories, a category without ground truth counts as 0):",
+        "",
+        "| model | " + " | ".join(ce.BANDS) + " |",
+        "|---|" + "---|" * len(ce.BANDS),
+    ]
     for model, vals in summary["overall"].items():
         lines.append(f"| {model} | " + " | ".join(f"{vals[b]:.3f}" for b in ce.BANDS) + " |")
-    lines += ["", "Tables: " + ", ".join(f"[{rel(p)}]({rel(p)})" for p in files if p.parent == out
-                                         and p.name.startswith("errors_")), ""]
+    lines += [
+        "",
+        "Tables: "
+        + ", ".join(f"[{rel(p)}]({rel(p)})" for p in files if p.parent == out and p.name.startswith("errors_")),
+        "",
+    ]
     if summary["empty_categories"]:
         lines += [f"Skipped (no ground truth, no detections): {', '.join(summary['empty_categories'])}.", ""]
     figures = [p for p in files if p.suffix.lstrip(".") in ep.FORMATS]
@@ -162,12 +180,21 @@ def index_markdown(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def write_error_analysis(gt: str | Path, dets: Mapping[str, str | Path], out: str | Path, *,
-                         categories: str | Sequence[str | int] | None = None,
-                         areas: Sequence[float] = ce.DEFAULT_AREAS, semantics: str = "mmdet", engine: str = "faster",
-                         workers: int | None = None, score_thr: float | None = None,
-                         formats: str | Sequence[str] | None = ("png",), per_category: bool = False,
-                         quiet: bool = False) -> dict[str, Any]:
+def write_error_analysis(
+    gt: str | Path,
+    dets: Mapping[str, str | Path],
+    out: str | Path,
+    *,
+    categories: str | Sequence[str | int] | None = None,
+    areas: Sequence[float] = ce.DEFAULT_AREAS,
+    semantics: str = "mmdet",
+    engine: str = "faster",
+    workers: int | None = None,
+    score_thr: float | None = None,
+    formats: str | Sequence[str] | None = ("png",),
+    per_category: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """COCO error analysis of every model in ``dets`` (``{name: results.json}``) on ground truth ``gt``, into ``out``.
 
     ``categories``: names or ids that get their own figures (implies ``per_category`` for them); ``per_category``
@@ -201,8 +228,15 @@ def write_error_analysis(gt: str | Path, dets: Mapping[str, str | Path], out: st
     files: list[Path] = []
     for name in names:
         t1 = time.perf_counter()
-        results[name] = ce.error_curves(gt_data, model_dets[name], areas, semantics, engine, workers,
-                                        progress=False if quiet else f"{name}: categories")
+        results[name] = ce.error_curves(
+            gt_data,
+            model_dets[name],
+            areas,
+            semantics,
+            engine,
+            workers,
+            progress=False if quiet else f"{name}: categories",
+        )
         timings[f"curves_{name}_s"] = time.perf_counter() - t1
     first = results[names[0]]
     empty = set(empty_categories(first.cat_ids, gt_data, model_dets.values()))
@@ -219,11 +253,20 @@ def write_error_analysis(gt: str | Path, dets: Mapping[str, str | Path], out: st
 
     names_of = dict(zip(first.cat_ids, first.cat_names))
     empty_names = [names_of[c] for c in first.cat_ids if c in empty]
-    skipped_line = (f"skipped {len(empty_names)} empty categories (no ground truth, no detections): "
-                    f"{', '.join(empty_names)}" if empty_names else "")
-    meta = {"gt": str(gt), "dets": {n: str(dets[n]) for n in names}, "semantics": semantics, "engine": engine,
-            "area_ranges": area_rng, "score_thr": score_thr,
-            "note": "overall = mean over all categories; categories without ground truth count as 0"}
+    skipped_line = (
+        f"skipped {len(empty_names)} empty categories (no ground truth, no detections): {', '.join(empty_names)}"
+        if empty_names
+        else ""
+    )
+    meta = {
+        "gt": str(gt),
+        "dets": {n: str(dets[n]) for n in names},
+        "semantics": semantics,
+        "engine": engine,
+        "area_ranges": area_rng,
+        "score_thr": score_thr,
+        "note": "overall = mean over all categories; categories without ground truth count as 0",
+    }
     for name, res in results.items():
         path = out / name / "curves.npz"
         ep.save_curves(res, path)
@@ -233,10 +276,19 @@ def write_error_analysis(gt: str | Path, dets: Mapping[str, str | Path], out: st
     overall = {name: dict(zip(ce.BANDS, map(float, res.overall_values()[:, 0]))) for name, res in results.items()}
     files += [out / "run.json", out / "index.md"]
     summary: dict[str, Any] = {
-        **meta, "out": str(out), "models": names, "categories": len(first.cat_ids), "area_names": list(first.area_names),
-        "formats": list(fmts), "per_category": [names_of[c] for c in per_cat], "workers": workers,
-        "empty_categories": empty_names, "skipped_line": skipped_line, "overall": overall,
-        "files": [str(p) for p in files]}
+        **meta,
+        "out": str(out),
+        "models": names,
+        "categories": len(first.cat_ids),
+        "area_names": list(first.area_names),
+        "formats": list(fmts),
+        "per_category": [names_of[c] for c in per_cat],
+        "workers": workers,
+        "empty_categories": empty_names,
+        "skipped_line": skipped_line,
+        "overall": overall,
+        "files": [str(p) for p in files],
+    }
     timings["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     atomic_write_text(out / "index.md", index_markdown(summary, out))

@@ -49,6 +49,7 @@ def write_table(rows: Sequence[Mapping], stem: str | Path, meta: Mapping | None 
 
     def clean(v):
         return None if isinstance(v, float) and math.isnan(v) else v
+
     payload = {"meta": dict(meta or {}), "rows": [{k: clean(v) for k, v in r.items()} for r in rows]}
     atomic_write_bytes(json_path, (json.dumps(payload, indent=2) + "\n").encode())
     lines = [f"- {k}: {v}" for k, v in (meta or {}).items()]
@@ -85,8 +86,9 @@ def plot_channel_distance(students: Sequence, level: str, path: str | Path, titl
     return save_figure(fig, path, tight=True)
 
 
-def plot_channel_distance_seeds(groups: Mapping[str, Mapping[str, np.ndarray]], level: str, path: str | Path,
-                                title: str | None = None) -> Path:
+def plot_channel_distance_seeds(
+    groups: Mapping[str, Mapping[str, np.ndarray]], level: str, path: str | Path, title: str | None = None
+) -> Path:
     """Fig. 1 over seeds: one panel per student, per channel the mean over seeds of |T - S| (line) and its spread
     (band from the lowest to the highest seed), object (red) and background (blue); panels share the y axis.
 
@@ -102,8 +104,7 @@ def plot_channel_distance_seeds(groups: Mapping[str, Mapping[str, np.ndarray]], 
             x = np.arange(values.shape[1])
             ax.plot(x, np.nanmean(values, axis=0), color=color, lw=0.8, label=region)
             if seeds > 1:
-                ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.25,
-                                lw=0)
+                ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color, alpha=0.25, lw=0)
             ax.set_xlim(0, max(len(x) - 1, 1))
         ax.set_title(f"{name} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=8)
         ax.set_xlabel(f"channel of {level}", fontsize=8)
@@ -117,9 +118,16 @@ def plot_channel_distance_seeds(groups: Mapping[str, Mapping[str, np.ndarray]], 
 
 
 # ------------------------------------------------------------------------------------------ gradient norms
-def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], strides: Mapping[str, int],
-                           path: str | Path, boxes: np.ndarray | None = None, title: str | None = None,
-                           ratios: Mapping[str, float] | None = None, alpha: float = 0.65) -> Path:
+def plot_grad_norm_overlay(
+    image: np.ndarray,
+    norms: Mapping[str, np.ndarray],
+    strides: Mapping[str, int],
+    path: str | Path,
+    boxes: np.ndarray | None = None,
+    title: str | None = None,
+    ratios: Mapping[str, float] | None = None,
+    alpha: float = 0.65,
+) -> Path:
     """The image, then one panel per level with that level's gradient-norm map overlaid (``Blues``: darker = larger).
 
     Args:
@@ -135,7 +143,7 @@ def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], s
     axes = axes[0]
 
     def outline(ax):
-        for x1, y1, x2, y2 in (boxes if boxes is not None else []):
+        for x1, y1, x2, y2 in boxes if boxes is not None else []:
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="tab:orange", lw=0.7))
 
     axes[0].imshow(image)
@@ -147,8 +155,15 @@ def plot_grad_norm_overlay(image: np.ndarray, norms: Mapping[str, np.ndarray], s
         extent = (0, w * strides[level], h * strides[level], 0)
         ax.imshow(image, alpha=0.45)
         top = float(norm.max()) if norm.size else 0.0
-        ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=top if top > 0 else 1.0, alpha=alpha, extent=extent,
-                  interpolation="nearest")
+        ax.imshow(
+            norm,
+            cmap="Blues",
+            vmin=0.0,
+            vmax=top if top > 0 else 1.0,
+            alpha=alpha,
+            extent=extent,
+            interpolation="nearest",
+        )
         outline(ax)
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)

@@ -61,8 +61,12 @@ class RegionNorms:
     bg_count: int = 0
 
     def __add__(self, other: RegionNorms) -> RegionNorms:
-        return RegionNorms(self.obj_sum + other.obj_sum, self.obj_count + other.obj_count,
-                           self.bg_sum + other.bg_sum, self.bg_count + other.bg_count)
+        return RegionNorms(
+            self.obj_sum + other.obj_sum,
+            self.obj_count + other.obj_count,
+            self.bg_sum + other.bg_sum,
+            self.bg_count + other.bg_count,
+        )
 
     @property
     def obj_mean(self) -> float:
@@ -90,8 +94,10 @@ def region_norms(norm: Tensor, obj_mask: Tensor, valid: Tensor | None = None) ->
         valid: bool non-padding mask of the same shape; None = every pixel counts.
     """
     if norm.shape != obj_mask.shape or (valid is not None and valid.shape != norm.shape):
-        raise ValueError(f"norm map {tuple(norm.shape)}, object mask {tuple(obj_mask.shape)} and valid mask "
-                         f"{None if valid is None else tuple(valid.shape)} must have one shape")
+        raise ValueError(
+            f"norm map {tuple(norm.shape)}, object mask {tuple(obj_mask.shape)} and valid mask "
+            f"{None if valid is None else tuple(valid.shape)} must have one shape"
+        )
     valid = torch.ones_like(obj_mask, dtype=torch.bool) if valid is None else valid.bool()
     obj = obj_mask.bool() & valid
     bg = ~obj_mask.bool() & valid
@@ -125,8 +131,10 @@ class FeatureGradHook:
     def _on_forward(self, module, inputs, output) -> None:
         maps = list(output.values()) if isinstance(output, dict) else list(output)
         if len(maps) != len(self.names):
-            raise ValueError(f"FeatureGradHook: module returned {len(maps)} maps, expected {len(self.names)} "
-                             f"({'/'.join(self.names)})")
+            raise ValueError(
+                f"FeatureGradHook: module returned {len(maps)} maps, expected {len(self.names)} "
+                f"({'/'.join(self.names)})"
+            )
         for name, tensor in zip(self.names, maps):
             self.features[name] = tensor
             if tensor.requires_grad:
@@ -136,6 +144,7 @@ class FeatureGradHook:
         def save(grad: Tensor) -> None:
             grad = grad.detach().clone()
             self.grads[name] = self.grads[name] + grad if name in self.grads else grad
+
         return save
 
     def clear(self) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from defeat.utils import atomic_write_bytes  # noqa: E402
+from defeat.utils import atomic_write_bytes
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100, close: bool = True, tight: bool = False) -> Path:

@@ -34,17 +34,30 @@ from typing import TYPE_CHECKING
 #: ``defeat analyze errors`` (numpy, pycocotools, matplotlib) does not pay torch's import (~6 s, ~300 MB per
 #: drawing worker) for the training API it never calls.
 _EXPORTS = {
-    "DatasetReport": "defeat.api.data", "dataset_stats": "defeat.api.data", "import_voc": "defeat.api.data",
-    "import_yolo": "defeat.api.data", "synth": "defeat.api.data",
+    "DatasetReport": "defeat.api.data",
+    "dataset_stats": "defeat.api.data",
+    "import_voc": "defeat.api.data",
+    "import_yolo": "defeat.api.data",
+    "synth": "defeat.api.data",
     "analyze_errors": "defeat.api.errors",
-    "channel_distance": "defeat.api.features", "grad_norm": "defeat.api.features",
-    "InitResult": "defeat.api.init", "init_config": "defeat.api.init",
-    "export": "defeat.api.models", "load_detector": "defeat.api.models",
+    "channel_distance": "defeat.api.features",
+    "grad_norm": "defeat.api.features",
+    "InitResult": "defeat.api.init",
+    "init_config": "defeat.api.init",
+    "export": "defeat.api.models",
+    "load_detector": "defeat.api.models",
     "predict": "defeat.api.predict",
-    "RunResult": "defeat.api.runs", "StepTiming": "defeat.api.runs", "check_teacher": "defeat.api.runs",
-    "distill": "defeat.api.runs", "estimate": "defeat.api.runs", "evaluate": "defeat.api.runs",
-    "load_teacher": "defeat.api.runs", "train": "defeat.api.runs",
-    "Config": "defeat.config", "DistillSettings": "defeat.config", "config_from_dict": "defeat.config",
+    "RunResult": "defeat.api.runs",
+    "StepTiming": "defeat.api.runs",
+    "check_teacher": "defeat.api.runs",
+    "distill": "defeat.api.runs",
+    "estimate": "defeat.api.runs",
+    "evaluate": "defeat.api.runs",
+    "load_teacher": "defeat.api.runs",
+    "train": "defeat.api.runs",
+    "Config": "defeat.config",
+    "DistillSettings": "defeat.config",
+    "config_from_dict": "defeat.config",
     "load_config": "defeat.config",
     "LoadedModel": "defeat.engine",
 }
@@ -71,7 +84,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from defeat.api.init import InitResult, init_config
     from defeat.api.models import export, load_detector
     from defeat.api.predict import predict
-    from defeat.api.runs import (RunResult, StepTiming, check_teacher, distill, estimate, evaluate, load_teacher,
-                                 train)
+    from defeat.api.runs import RunResult, StepTiming, check_teacher, distill, estimate, evaluate, load_teacher, train
     from defeat.config import Config, DistillSettings, config_from_dict, load_config
     from defeat.engine import LoadedModel

@@ -8,20 +8,35 @@ from pathlib import Path
 import numpy as np
 
 from defeat.data.anchors import AnchorFit, fit_anchors, training_scale
-from defeat.models.spec import model_spec
 from defeat.data.coco import CocoIndex, load_coco_index
 from defeat.data.importers import import_voc, import_yolo
 from defeat.data.stats import DatasetStats, box_arrays, choose_image_size, dataset_statistics
+from defeat.models.spec import model_spec
 
 
-def synth(out: str | Path, *, seed: int = 0, num_train: int = 600, num_val: int = 150, image_size: int = 320,
-          min_objects: int = 2, max_objects: int = 8, workers: int = 2) -> dict:
+def synth(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    num_train: int = 600,
+    num_val: int = 150,
+    image_size: int = 320,
+    min_objects: int = 2,
+    max_objects: int = 8,
+    workers: int = 2,
+) -> dict:
     """Generate the embedded benchmark (``train/``, ``val/``, ``train.json``, ``val.json`` in ``out``); the same
     seed gives the same images. Returns a summary (counts, classes, files)."""
     from defeat.data.synth import generate_synthetic_dataset
 
-    sizes = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "min_objects": min_objects,
-             "max_objects": max_objects, "workers": workers}
+    sizes = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+        "workers": workers,
+    }
     for name, value in sizes.items():
         if value < (0 if name in ("num_train", "num_val") else 1):
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {value}")
@@ -45,9 +60,16 @@ class DatasetReport:
     figure: Path | None = None
 
     def as_dict(self) -> dict:
-        return {"train": self.train.as_dict(), "val": self.val.as_dict() if self.val else None, "model": self.model,
-                "min_size": self.min_size, "max_size": self.max_size, "image_size_reason": self.image_size_reason,
-                "anchors": self.anchors.as_dict(), "figure": str(self.figure) if self.figure else None}
+        return {
+            "train": self.train.as_dict(),
+            "val": self.val.as_dict() if self.val else None,
+            "model": self.model,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "image_size_reason": self.image_size_reason,
+            "anchors": self.anchors.as_dict(),
+            "figure": str(self.figure) if self.figure else None,
+        }
 
 
 def read_split(annotations: str | Path, images: str | Path) -> CocoIndex:
@@ -63,10 +85,18 @@ def read_split(annotations: str | Path, images: str | Path) -> CocoIndex:
     return index
 
 
-def dataset_stats(annotations: str | Path, images: str | Path, *, val_annotations: str | Path | None = None,
-                  val_images: str | Path | None = None, model: str = "faster_rcnn_r18_fpn",
-                  image_size: int | None = None, given_sizes=(32, 64, 128, 256, 512),
-                  given_ratios=(0.5, 1.0, 2.0), figure: str | Path | None = None) -> DatasetReport:
+def dataset_stats(
+    annotations: str | Path,
+    images: str | Path,
+    *,
+    val_annotations: str | Path | None = None,
+    val_images: str | Path | None = None,
+    model: str = "faster_rcnn_r18_fpn",
+    image_size: int | None = None,
+    given_sizes=(32, 64, 128, 256, 512),
+    given_ratios=(0.5, 1.0, 2.0),
+    figure: str | Path | None = None,
+) -> DatasetReport:
     """Statistics of a COCO dataset (:mod:`defeat.data.stats`), the training image size (from the images' sizes
     unless ``image_size`` fixes the shorter side) and anchors fitted to the training boxes at that size, with
     their coverage against ``given_sizes``/``given_ratios`` (:mod:`defeat.data.anchors`). ``figure``: also draw
@@ -91,8 +121,18 @@ def dataset_stats(annotations: str | Path, images: str | Path, *, val_annotation
         min_size, max_size, reason = image_size, int(32 * np.ceil(image_size * aspect / 32)), "from --image-size"
     scaled = wh * training_scale(image_wh, min_size, max_size)[:, None]
     fit = fit_anchors(scaled, model_spec(model), given_sizes, given_ratios)
-    report = DatasetReport(dataset_statistics(train_index), dataset_statistics(val_index) if val_index else None,
-                           model, min_size, max_size, reason, fit, train_index.categories, scaled, labels)
+    report = DatasetReport(
+        dataset_statistics(train_index),
+        dataset_statistics(val_index) if val_index else None,
+        model,
+        min_size,
+        max_size,
+        reason,
+        fit,
+        train_index.categories,
+        scaled,
+        labels,
+    )
     if figure is not None:
         from defeat.analysis.dataset_figure import draw_dataset_figure
 

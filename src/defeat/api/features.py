@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 
@@ -24,7 +25,8 @@ from defeat.analysis import feature_plots as fp
 from defeat.analysis import grad_norm as gn
 from defeat.config import FEATURE_MODES, PROPOSAL_MODES, Config, DistillSettings
 from defeat.data import CocoDetection
-from defeat.engine import DistInfo, LoadedModel, load_model, train as train_loop
+from defeat.engine import DistInfo, LoadedModel, load_model
+from defeat.engine import train as train_loop
 from defeat.models import fpn_features, levels_of
 from defeat.utils import atomic_write_json
 
@@ -57,17 +59,30 @@ def _strides(levels: list[str]) -> dict[str, int]:
     return {name: 2 ** level_number(name) for name in levels}
 
 
-def _load(path: str | Path, kinds: tuple[str, ...], categories: list[dict], dataset: str | Path,
-          role: str) -> LoadedModel:
+def _load(
+    path: str | Path, kinds: tuple[str, ...], categories: list[dict], dataset: str | Path, role: str
+) -> LoadedModel:
     return load_model(path, kinds=kinds, categories=categories, dataset=dataset, role=role)
 
 
 # ------------------------------------------------------------------------------------------ channel-distance
-def channel_distance(teacher: str | Path, students: Mapping[str, str | Path], images_dir: str | Path,
-                     annotations: str | Path, out: str | Path, *, level: str = "P2", images: int = 20, seed: int = 0,
-                     mask: Mask = "all", level_k0: int = 4,
-                     student_feature: Literal["auto", "raw", "adapter"] = "auto", baseline: str | None = None,
-                     device: str = "cpu", quiet: bool = False) -> dict:
+def channel_distance(
+    teacher: str | Path,
+    students: Mapping[str, str | Path],
+    images_dir: str | Path,
+    annotations: str | Path,
+    out: str | Path,
+    *,
+    level: str = "P2",
+    images: int = 20,
+    seed: int = 0,
+    mask: Mask = "all",
+    level_k0: int = 4,
+    student_feature: Literal["auto", "raw", "adapter"] = "auto",
+    baseline: str | None = None,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> dict:
     """Per-channel teacher-student distance in object vs background regions (DeFeat supplementary, Fig. 1).
 
     Args:
@@ -97,15 +112,22 @@ def channel_distance(teacher: str | Path, students: Mapping[str, str | Path], im
         if feature == "auto":
             feature = "adapter" if s.adapters is not None else "raw"
         if feature == "adapter" and s.adapters is None:
-            raise ValueError(f"--student {name}: --student-feature adapter, but {path} has no distillation adapters "
-                             f"(a {s.kind!r} checkpoint, feature mode {s.feature_mode!r})")
+            raise ValueError(
+                f"--student {name}: --student-feature adapter, but {path} has no distillation adapters "
+                f"(a {s.kind!r} checkpoint, feature mode {s.feature_mode!r})"
+            )
         channels = s.model.backbone.out_channels
         if feature == "adapter":
             if level not in s.adapters.levels:
                 raise ValueError(f"--student {name}: its adapters cover {s.adapters.levels}, not {level}")
             channels = s.adapters.convs[level].out_channels
-        cd.check_layout(t_levels, t_channels, levels_of(s.model), channels, what=f"--student {name} "
-                        f"({s.name}, {'adapter output' if feature == 'adapter' else 'raw FPN'})")
+        cd.check_layout(
+            t_levels,
+            t_channels,
+            levels_of(s.model),
+            channels,
+            what=f"--student {name} ({s.name}, {'adapter output' if feature == 'adapter' else 'raw FPN'})",
+        )
         notes = []
         for key in ("min_size", "max_size"):
             mine, theirs = getattr(s.config.model, key), getattr(t.config.model, key)
@@ -122,8 +144,9 @@ def channel_distance(teacher: str | Path, students: Mapping[str, str | Path], im
         for count, index in enumerate(picks):
             image, target = dataset[index]
             image_ids.append(int(target["image_id"]))
-            batch, targets = t_model.transform([image.to(dev)], [{k: v.to(dev) if torch.is_tensor(v) else v
-                                                                  for k, v in target.items()}])
+            batch, targets = t_model.transform(
+                [image.to(dev)], [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in target.items()}]
+            )
             t_feats = fpn_features(t_model, batch.tensors)
             sizes = {name: tuple(f.shape[-2:]) for name, f in t_feats.items()}
             masks = cd.region_masks([x["boxes"] for x in targets], sizes, strides, mask, level_k0)
@@ -146,8 +169,18 @@ def channel_distance(teacher: str | Path, students: Mapping[str, str | Path], im
     results = []
     for name, s in chosen.items():
         d_obj, d_bg = sums[name].means()
-        results.append(cd.StudentDistance(name, s["loaded"].feature_mode, s["feature"], d_obj.float(), d_bg.float(),
-                                          sums[name].obj_count, sums[name].bg_count, s["notes"]))
+        results.append(
+            cd.StudentDistance(
+                name,
+                s["loaded"].feature_mode,
+                s["feature"],
+                d_obj.float(),
+                d_bg.float(),
+                sums[name].obj_count,
+                sums[name].bg_count,
+                s["notes"],
+            )
+        )
     ordered = cd.seed_order(results)
     if baseline is None:
         baseline = next((r.name for r in ordered if r.mode == "none"), None)
@@ -158,32 +191,50 @@ def channel_distance(teacher: str | Path, students: Mapping[str, str | Path], im
         warnings.append(f"no object pixels on {level} in the chosen images; object distances are NaN")
 
     out = Path(out)
-    meta = {"teacher": str(teacher), "students": {n: s["loaded"].path for n, s in chosen.items()},
-            "level": level, "images": len(picks), "image_ids": image_ids, "seed": seed,
-            "annotations": str(annotations), "mask": mask,
-            "student_feature": {n: ("adapter output (distillation adapter applied to the FPN map)"
-                                    if s["feature"] == "adapter" else "raw FPN (neck) output")
-                                for n, s in chosen.items()},
-            "baseline": baseline,
-            "distance": "per channel: mean |teacher - student| over object (background) pixels of all images pooled; "
-                        "batch padding excluded",
-            "input": "the teacher's transform (resize + normalisation) of each image; every model sees that tensor",
-            "notes": {r.name: r.notes for r in results if r.notes}}
+    meta = {
+        "teacher": str(teacher),
+        "students": {n: s["loaded"].path for n, s in chosen.items()},
+        "level": level,
+        "images": len(picks),
+        "image_ids": image_ids,
+        "seed": seed,
+        "annotations": str(annotations),
+        "mask": mask,
+        "student_feature": {
+            n: (
+                "adapter output (distillation adapter applied to the FPN map)"
+                if s["feature"] == "adapter"
+                else "raw FPN (neck) output"
+            )
+            for n, s in chosen.items()
+        },
+        "baseline": baseline,
+        "distance": "per channel: mean |teacher - student| over object (background) pixels of all images pooled; "
+        "batch padding excluded",
+        "input": "the teacher's transform (resize + normalisation) of each image; every model sees that tensor",
+        "notes": {r.name: r.notes for r in results if r.notes},
+    }
     rows = cd.summary_rows(ordered, baseline)
     fp.write_table(rows, out / "channel_distance_summary", meta)
-    per_channel = [{"student": r.name, "channel": c, "object": float(r.obj[c]), "background": float(r.bg[c])}
-                   for r in ordered for c in range(r.obj.numel())]
+    per_channel = [
+        {"student": r.name, "channel": c, "object": float(r.obj[c]), "background": float(r.bg[c])}
+        for r in ordered
+        for c in range(r.obj.numel())
+    ]
     fp.write_table(per_channel, out / "channel_distance_per_channel")
-    title = (f"per-channel |teacher - student| on {level}, {len(picks)} images "
-             f"(mask: {'all GT boxes' if mask == 'all' else 'boxes assigned to the level'})")
+    title = (
+        f"per-channel |teacher - student| on {level}, {len(picks)} images "
+        f"(mask: {'all GT boxes' if mask == 'all' else 'boxes assigned to the level'})"
+    )
     fp.plot_channel_distance(ordered, level, out / "channel_distance.png", title=title)
     atomic_write_json(out / "run.json", dict(meta, seconds=round(time.perf_counter() - start, 3)))
     return {"rows": rows, "meta": meta, "warnings": warnings, "out": str(out)}
 
 
 # ------------------------------------------------------------------------------------------ grad-norm
-def _pretrain(student, teacher, base_cfg: Config, adapters, dataset_dirs, train_steps: int, device, out: Path,
-              quiet: bool):
+def _pretrain(
+    student, teacher, base_cfg: Config, adapters, dataset_dirs, train_steps: int, device, out: Path, quiet: bool
+):
     """K steps of all-regions feature distillation with the project's distiller and training loop."""
     from defeat.distill import DeFeatDistiller
 
@@ -198,21 +249,45 @@ def _pretrain(student, teacher, base_cfg: Config, adapters, dataset_dirs, train_
     cfg.output.dir = str(out / "pretrain")
     cfg.output.checkpoint_every = 0
     cfg.output.tensorboard = False
-    cfg.distill = dataclasses.replace(cfg.distill, feature_mode="all", proposal_mode="none",
-                                      weight_decay_policy="constant", stop_step=0)
+    cfg.distill = dataclasses.replace(
+        cfg.distill, feature_mode="all", proposal_mode="none", weight_decay_policy="constant", stop_step=0
+    )
     distiller = DeFeatDistiller(student, teacher, cfg.distill.settings(), max_steps=train_steps)
     if adapters is not None:
         distiller.adapters.load_state_dict(adapters.state_dict())
-    train_loop(cfg, distiller, student, CocoDetection(*dataset_dirs), None, DistInfo(device=device), kind="distill",
-               before_step=distiller.before_step, progress=not quiet)
+    train_loop(
+        cfg,
+        distiller,
+        student,
+        CocoDetection(*dataset_dirs),
+        None,
+        DistInfo(device=device),
+        kind="distill",
+        before_step=distiller.before_step,
+        progress=not quiet,
+    )
     return distiller.adapters
 
 
-def grad_norm(student: str | Path, images_dir: str | Path, annotations: str | Path, out: str | Path, *,
-              teacher: str | Path | None = None, mode: str = "all", proposal_mode: str = "none",
-              loss: Literal["detection", "distillation", "sum"] | None = None, levels: list[str] | None = None,
-              train_steps: int = 0, images: int = 8, seed: int = 0, mask: Mask = "all", level_k0: int = 4,
-              device: str = "cpu", quiet: bool = False) -> dict:
+def grad_norm(
+    student: str | Path,
+    images_dir: str | Path,
+    annotations: str | Path,
+    out: str | Path,
+    *,
+    teacher: str | Path | None = None,
+    mode: str = "all",
+    proposal_mode: str = "none",
+    loss: Literal["detection", "distillation", "sum"] | None = None,
+    levels: list[str] | None = None,
+    train_steps: int = 0,
+    images: int = 8,
+    seed: int = 0,
+    mask: Mask = "all",
+    level_k0: int = 4,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> dict:
     """Gradient-norm maps of the FPN outputs, object vs background (DeFeat supplementary, Fig. 2-3).
 
     Back-propagates ``loss`` (the detection loss, the distillation loss of a DeFeat distiller with ``mode`` /
@@ -226,13 +301,45 @@ def grad_norm(student: str | Path, images_dir: str | Path, annotations: str | Pa
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _grad_norm(student, images_dir, annotations, out, teacher=teacher, mode=mode,
-                          proposal_mode=proposal_mode, loss=loss, levels=levels, train_steps=train_steps,
-                          images=images, seed=seed, mask=mask, level_k0=level_k0, device=device, quiet=quiet)
+        return _grad_norm(
+            student,
+            images_dir,
+            annotations,
+            out,
+            teacher=teacher,
+            mode=mode,
+            proposal_mode=proposal_mode,
+            loss=loss,
+            levels=levels,
+            train_steps=train_steps,
+            images=images,
+            seed=seed,
+            mask=mask,
+            level_k0=level_k0,
+            device=device,
+            quiet=quiet,
+        )
 
 
-def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal_mode, loss, levels, train_steps,
-               images, seed, mask, level_k0, device, quiet) -> dict:
+def _grad_norm(
+    student,
+    images_dir,
+    annotations,
+    out,
+    *,
+    teacher,
+    mode,
+    proposal_mode,
+    loss,
+    levels,
+    train_steps,
+    images,
+    seed,
+    mask,
+    level_k0,
+    device,
+    quiet,
+) -> dict:
     for value, allowed, flag in ((mode, FEATURE_MODES, "--mode"), (proposal_mode, PROPOSAL_MODES, "--proposal-mode")):
         if value not in allowed:
             raise ValueError(f"{flag}: unknown value {value!r} (choose from {', '.join(allowed)})")
@@ -263,16 +370,18 @@ def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal
     out = Path(out)
     adapters, adapters_from = s.adapters, ("the student checkpoint" if s.adapters is not None else "fresh")
     settings = s.config.distill.settings() if s.kind == "distill" else DistillSettings()
-    settings = dataclasses.replace(settings, feature_mode=mode, proposal_mode=proposal_mode,
-                                   weight_decay_policy="constant", stop_step=0)
+    settings = dataclasses.replace(
+        settings, feature_mode=mode, proposal_mode=proposal_mode, weight_decay_policy="constant", stop_step=0
+    )
     module = model.to(dev)
     if t_model is not None:
         from defeat.distill import DeFeatDistiller
 
         try:
             if train_steps:
-                adapters = _pretrain(model, t_model, s.config, adapters, (images_dir, annotations), train_steps,
-                                     dev, out, quiet)
+                adapters = _pretrain(
+                    model, t_model, s.config, adapters, (images_dir, annotations), train_steps, dev, out, quiet
+                )
                 adapters_from = f"{train_steps} steps of all-regions distillation"
             module = DeFeatDistiller(model, t_model, settings, where=f"--teacher {teacher}").to(dev)
         except ValueError as err:
@@ -281,8 +390,9 @@ def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal
             try:
                 module.adapters.load_state_dict(adapters.state_dict())
             except RuntimeError as err:
-                raise ValueError(f"--student: its adapters do not fit the teacher ({str(err).splitlines()[0]})") \
-                    from None
+                raise ValueError(
+                    f"--student: its adapters do not fit the teacher ({str(err).splitlines()[0]})"
+                ) from None
         elif module.adapters is not None:
             adapters_from = "fresh"
     module.train()
@@ -328,18 +438,31 @@ def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal
             stats = gn.region_norms(norm, masks[name], valid)
             pooled[name] = pooled[name] + stats
             ratios[name] = stats.ratio
-            per_image.append({"image_id": image_id, "level": name, "object_mean": stats.obj_mean,
-                              "background_mean": stats.bg_mean, "ratio": stats.ratio,
-                              "object_pixels": stats.obj_count, "background_pixels": stats.bg_count})
+            per_image.append(
+                {
+                    "image_id": image_id,
+                    "level": name,
+                    "object_mean": stats.obj_mean,
+                    "background_mean": stats.bg_mean,
+                    "ratio": stats.ratio,
+                    "object_pixels": stats.obj_count,
+                    "background_pixels": stats.bg_count,
+                }
+            )
             rows_valid, cols_valid = int(valid[0].any(dim=1).sum()), int(valid[0].any(dim=0).sum())
             norms[name] = norm[0, :rows_valid, :cols_valid].numpy()
         mean = torch.tensor(model.transform.image_mean)[:, None, None]
         std = torch.tensor(model.transform.image_std)[:, None, None]
         shown = (batch.tensors[0, :, :h_img, :w_img].detach().cpu() * std + mean).clamp(0, 1)
-        fp.plot_grad_norm_overlay(shown.permute(1, 2, 0).numpy(), norms, strides, out / f"grad_norm_{image_id}.png",
-                                  boxes=targets[0]["boxes"].detach().cpu().numpy(), ratios=ratios,
-                                  title=f"image {image_id}: |d({loss_name} loss)/dP| per pixel "
-                                        f"(darker blue = larger)")
+        fp.plot_grad_norm_overlay(
+            shown.permute(1, 2, 0).numpy(),
+            norms,
+            strides,
+            out / f"grad_norm_{image_id}.png",
+            boxes=targets[0]["boxes"].detach().cpu().numpy(),
+            ratios=ratios,
+            title=f"image {image_id}: |d({loss_name} loss)/dP| per pixel (darker blue = larger)",
+        )
         if not quiet:
             print(f"\rimage {count + 1}/{len(picks)}: loss {float(total.detach()):.4f}", end="", flush=True)
     if not quiet:
@@ -349,22 +472,48 @@ def _grad_norm(student, images_dir, annotations, out, *, teacher, mode, proposal
     overall = []
     for name in chosen:
         total_norms = total_norms + pooled[name]
-        overall.append({"image_id": "all", "level": name, "object_mean": pooled[name].obj_mean,
-                        "background_mean": pooled[name].bg_mean, "ratio": pooled[name].ratio,
-                        "object_pixels": pooled[name].obj_count, "background_pixels": pooled[name].bg_count})
-    overall.append({"image_id": "all", "level": "all", "object_mean": total_norms.obj_mean,
-                    "background_mean": total_norms.bg_mean, "ratio": total_norms.ratio,
-                    "object_pixels": total_norms.obj_count, "background_pixels": total_norms.bg_count})
+        overall.append(
+            {
+                "image_id": "all",
+                "level": name,
+                "object_mean": pooled[name].obj_mean,
+                "background_mean": pooled[name].bg_mean,
+                "ratio": pooled[name].ratio,
+                "object_pixels": pooled[name].obj_count,
+                "background_pixels": pooled[name].bg_count,
+            }
+        )
+    overall.append(
+        {
+            "image_id": "all",
+            "level": "all",
+            "object_mean": total_norms.obj_mean,
+            "background_mean": total_norms.bg_mean,
+            "ratio": total_norms.ratio,
+            "object_pixels": total_norms.obj_count,
+            "background_pixels": total_norms.bg_count,
+        }
+    )
     has_adapters = t_model is not None and module.adapters is not None
-    meta = {"student": str(student), "teacher": str(teacher) if teacher else None, "loss": loss_name,
-            "loss_terms": keys, "feature_mode": mode if t_model is not None else None,
-            "proposal_mode": proposal_mode if t_model is not None else None,
-            "adapters": adapters_from if has_adapters else None,
-            "train_steps": train_steps, "images": len(picks), "image_ids": image_ids, "seed": seed,
-            "annotations": str(annotations), "mask": mask, "levels": chosen,
-            "statistic": "ratio = mean gradient norm on object pixels / on background pixels (padding excluded); "
-                         "rows with image_id 'all' pool the pixels of every image (level 'all': and every level)",
-            "norm": "per-pixel L2 norm over channels of dL/dP_level, recorded by tensor hooks on the FPN outputs"}
+    meta = {
+        "student": str(student),
+        "teacher": str(teacher) if teacher else None,
+        "loss": loss_name,
+        "loss_terms": keys,
+        "feature_mode": mode if t_model is not None else None,
+        "proposal_mode": proposal_mode if t_model is not None else None,
+        "adapters": adapters_from if has_adapters else None,
+        "train_steps": train_steps,
+        "images": len(picks),
+        "image_ids": image_ids,
+        "seed": seed,
+        "annotations": str(annotations),
+        "mask": mask,
+        "levels": chosen,
+        "statistic": "ratio = mean gradient norm on object pixels / on background pixels (padding excluded); "
+        "rows with image_id 'all' pool the pixels of every image (level 'all': and every level)",
+        "norm": "per-pixel L2 norm over channels of dL/dP_level, recorded by tensor hooks on the FPN outputs",
+    }
     fp.write_table(overall + per_image, out / "grad_norm_ratio", meta)
     atomic_write_json(out / "run.json", dict(meta, seconds=round(time.perf_counter() - start, 3)))
     return {"rows": overall, "meta": meta, "out": str(out)}

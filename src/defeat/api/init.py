@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from defeat.api.data import DatasetReport, dataset_stats
-from defeat.config import Config, config_from_dict
+from defeat.config import config_from_dict
 from defeat.models.spec import FAMILIES, family_of_name, resnet_fpn_name
 from defeat.utils import atomic_write_text
 
@@ -50,22 +50,38 @@ def _render(header: list[str], sections: list[tuple[str | None, list[tuple[str, 
 
 def _model_fields(name: str, report: DatasetReport) -> list[tuple[str, object, str]]:
     fit = report.anchors
-    anchor_note = (f"fitted: {100 * fit.coverage:.1f} % of train boxes have a best anchor (grid) IoU >= 0.5 "
-                   f"(the default {fit.given_sizes}: {100 * fit.given_coverage:.1f} %)")
-    return [("name", name, "<family>_r<depth>_fpn: faster_rcnn | retinanet | fcos, depth 18..152"),
-            ("norm", "gn", "GroupNorm for from-scratch training; with pretrained_backbone use frozen_bn"),
-            ("pretrained_backbone", False, "true: ImageNet weights (online once); helps a lot on small real sets"),
-            ("min_size", report.min_size, f"resize: shorter side: {report.image_size_reason}"),
-            ("max_size", report.max_size, "... and cap on the longer side (median aspect ratio)"),
-            ("anchor_sizes", fit.sizes, anchor_note),
-            ("anchor_ratios", fit.ratios, "anchor height/width on every level (FCOS ignores them)")]
+    anchor_note = (
+        f"fitted: {100 * fit.coverage:.1f} % of train boxes have a best anchor (grid) IoU >= 0.5 "
+        f"(the default {fit.given_sizes}: {100 * fit.given_coverage:.1f} %)"
+    )
+    return [
+        ("name", name, "<family>_r<depth>_fpn: faster_rcnn | retinanet | fcos, depth 18..152"),
+        ("norm", "gn", "GroupNorm for from-scratch training; with pretrained_backbone use frozen_bn"),
+        ("pretrained_backbone", False, "true: ImageNet weights (online once); helps a lot on small real sets"),
+        ("min_size", report.min_size, f"resize: shorter side: {report.image_size_reason}"),
+        ("max_size", report.max_size, "... and cap on the longer side (median aspect ratio)"),
+        ("anchor_sizes", fit.sizes, anchor_note),
+        ("anchor_ratios", fit.ratios, "anchor height/width on every level (FCOS ignores them)"),
+    ]
 
 
-def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
-                val_annotations: str | Path | None = None, val_images: str | Path | None = None,
-                family: str | None = None, model: str | None = None, teacher: str | None = None,
-                image_size: int | None = None, batch_size: int = 4, epochs: float = 12.0, dry_run: bool = False,
-                overwrite: bool = False, figure: str | Path | None = None) -> InitResult:
+def init_config(
+    annotations: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    val_annotations: str | Path | None = None,
+    val_images: str | Path | None = None,
+    family: str | None = None,
+    model: str | None = None,
+    teacher: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 4,
+    epochs: float = 12.0,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    figure: str | Path | None = None,
+) -> InitResult:
     """Measure the dataset (:func:`~defeat.api.data.dataset_stats`) and write ``out`` (a config for ``defeat
     train``); with ``family``, ``model`` or ``teacher`` also ``<out stem>_teacher.yaml`` and
     ``<out stem>_distill.yaml``. ``dry_run``: measure, render and validate, write no config (the figure, when
@@ -91,10 +107,18 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
         for path in paths.values():
             if path.exists():
                 raise ValueError(f"{path}: exists (pass --force to overwrite)")
-    report = dataset_stats(annotations, images, val_annotations=val_annotations, val_images=val_images,
-                           model=student, image_size=image_size, given_sizes=DEFAULT_ANCHORS)
-    texts = render_configs(report, paths, annotations, images, val_annotations, val_images, student, teacher,
-                           batch_size, epochs)
+    report = dataset_stats(
+        annotations,
+        images,
+        val_annotations=val_annotations,
+        val_images=val_images,
+        model=student,
+        image_size=image_size,
+        given_sizes=DEFAULT_ANCHORS,
+    )
+    texts = render_configs(
+        report, paths, annotations, images, val_annotations, val_images, student, teacher, batch_size, epochs
+    )
     for kind, text in texts.items():  # what `defeat train/distill` will load: refuse here, before writing
         config_from_dict(yaml.safe_load(text), source=str(paths[kind]))
     if figure is not None:  # only once everything is known to be valid
@@ -107,40 +131,80 @@ def init_config(annotations: str | Path, images: str | Path, out: str | Path, *,
     return InitResult(report, paths, texts, written=not dry_run)
 
 
-def render_configs(report: DatasetReport, paths: dict[str, Path], annotations, images, val_annotations,
-                   val_images, student: str, teacher: str, batch_size: int, epochs: float) -> dict[str, str]:
+def render_configs(
+    report: DatasetReport,
+    paths: dict[str, Path],
+    annotations,
+    images,
+    val_annotations,
+    val_images,
+    student: str,
+    teacher: str,
+    batch_size: int,
+    epochs: float,
+) -> dict[str, str]:
     """The YAML text of each config (see the module docstring)."""
     train = report.train
     steps = max(20, math.ceil(epochs * train.images / batch_size))
     no_val = val_annotations is None
-    data = [("train_images", str(images), ""), ("train_annotations", str(annotations),
-                                                  f"{train.images} images, {train.boxes} boxes"),
-            ("val_images", str(val_images or images), "no val split given: evaluates on the TRAIN images" if no_val
-             else ""),
-            ("val_annotations", str(val_annotations or annotations),
-             "" if no_val else f"{report.val.images} images, {report.val.boxes} boxes"),
-            ("batch_size", batch_size, "per process"), ("workers", 2, "data-loading processes")]
-    header = [f"Written by `defeat init` from {annotations}: {train.images} images, {train.boxes} boxes, "
-              f"{len(train.boxes_per_class)} classes.",
-              f"Cost first: defeat {{cmd}} {{path}} --estimate   (times a few steps, writes nothing)", ""]
+    data = [
+        ("train_images", str(images), ""),
+        ("train_annotations", str(annotations), f"{train.images} images, {train.boxes} boxes"),
+        (
+            "val_images",
+            str(val_images or images),
+            "no val split given: evaluates on the TRAIN images" if no_val else "",
+        ),
+        (
+            "val_annotations",
+            str(val_annotations or annotations),
+            "" if no_val else f"{report.val.images} images, {report.val.boxes} boxes",
+        ),
+        ("batch_size", batch_size, "per process"),
+        ("workers", 2, "data-loading processes"),
+    ]
+    header = [
+        f"Written by `defeat init` from {annotations}: {train.images} images, {train.boxes} boxes, "
+        f"{len(train.boxes_per_class)} classes.",
+        "Cost first: defeat {cmd} {path} --estimate   (times a few steps, writes nothing)",
+        "",
+    ]
 
     def one(kind: str, name: str, max_steps: int, run_dir: str, extra=()) -> str:
         cmd = "distill" if kind == "distill" else "train"
-        what = {"train": "the student trained alone (the baseline)" if len(paths) > 1 else "the detector",
-                "teacher": "the teacher", "distill": "the DeFeat student"}[kind]
-        head = [f"Config for {what}: defeat {cmd} {paths[kind]}"] + [h.format(cmd=cmd, path=paths[kind])
-                                                                    for h in header]
-        sections = [(None, [("precision", "auto", "fast path: bf16 where the CPU/GPU has it, else fp32"),
-                            ("seed", 0, "")]),
-                    ("model", _model_fields(name, report)), ("data", data),
-                    ("optim", [("name", "sgd", ""), ("lr", 0.02, "for batch 4; scale with the global batch")]),
-                    ("schedule", [("max_steps", max_steps, f"~{max_steps * batch_size / train.images:.0f} epochs "
-                                                           f"of {train.images} images at batch {batch_size}"),
-                                  ("warmup_steps", min(100, max_steps // 10), ""),
-                                  ("policy", "cosine", "")]),
-                    ("eval", [("every_steps", 0, "0 = only at the end")]),
-                    ("output", [("dir", run_dir, ""), ("checkpoint_every", max(50, max_steps // 4), ""),
-                                ("log_every", 20, "")]), *extra]
+        what = {
+            "train": "the student trained alone (the baseline)" if len(paths) > 1 else "the detector",
+            "teacher": "the teacher",
+            "distill": "the DeFeat student",
+        }[kind]
+        head = [f"Config for {what}: defeat {cmd} {paths[kind]}"] + [
+            h.format(cmd=cmd, path=paths[kind]) for h in header
+        ]
+        sections = [
+            (None, [("precision", "auto", "fast path: bf16 where the CPU/GPU has it, else fp32"), ("seed", 0, "")]),
+            ("model", _model_fields(name, report)),
+            ("data", data),
+            ("optim", [("name", "sgd", ""), ("lr", 0.02, "for batch 4; scale with the global batch")]),
+            (
+                "schedule",
+                [
+                    (
+                        "max_steps",
+                        max_steps,
+                        f"~{max_steps * batch_size / train.images:.0f} epochs "
+                        f"of {train.images} images at batch {batch_size}",
+                    ),
+                    ("warmup_steps", min(100, max_steps // 10), ""),
+                    ("policy", "cosine", ""),
+                ],
+            ),
+            ("eval", [("every_steps", 0, "0 = only at the end")]),
+            (
+                "output",
+                [("dir", run_dir, ""), ("checkpoint_every", max(50, max_steps // 4), ""), ("log_every", 20, "")],
+            ),
+            *extra,
+        ]
         return _render(head, sections)
 
     stem = paths["train"].stem
@@ -148,13 +212,21 @@ def render_configs(report: DatasetReport, paths: dict[str, Path], annotations, i
     if "teacher" in paths:
         teacher_steps = TEACHER_STEPS_FACTOR * steps
         texts["teacher"] = one("teacher", teacher, teacher_steps, f"runs/{stem}_teacher")
-        distill = [("teacher_checkpoint", f"runs/{stem}_teacher/model_final.pt",
-                    f"from defeat train {paths['teacher']}"),
-                   ("baseline_checkpoint", f"runs/{stem}/model_final.pt",
-                    f"from defeat train {paths['train']}: the teacher must beat it (warning otherwise)"),
-                   ("feature_mode", "decoupled", "DeFeat: object and background features apart"),
-                   ("proposal_mode", "decoupled", "DeFeat: positive and negative proposals / anchors apart"),
-                   ("weights", "auto", "scale the KD terms to the detection loss at the start (fixed: the "
-                                       "authors' alpha/beta, tuned for COCO)")]
+        distill = [
+            ("teacher_checkpoint", f"runs/{stem}_teacher/model_final.pt", f"from defeat train {paths['teacher']}"),
+            (
+                "baseline_checkpoint",
+                f"runs/{stem}/model_final.pt",
+                f"from defeat train {paths['train']}: the teacher must beat it (warning otherwise)",
+            ),
+            ("feature_mode", "decoupled", "DeFeat: object and background features apart"),
+            ("proposal_mode", "decoupled", "DeFeat: positive and negative proposals / anchors apart"),
+            (
+                "weights",
+                "auto",
+                "scale the KD terms to the detection loss at the start (fixed: the "
+                "authors' alpha/beta, tuned for COCO)",
+            ),
+        ]
         texts["distill"] = one("distill", student, steps, f"runs/{stem}_distill", [("distill", distill)])
     return texts

@@ -7,15 +7,20 @@ from pathlib import Path
 
 from defeat.config import ModelConfig
 from defeat.engine import LoadedModel, load_model
+from defeat.engine.export import export_onnx, export_student
 from defeat.engine.weights import load_pretrained
 from defeat.models.spec import is_torchvision_name
 from defeat.models.torchvision_zoo import torchvision_defaults, torchvision_names
-from defeat.engine.export import export_onnx, export_student
 
 
-def load_detector(checkpoint: str | Path | None = None, categories: list[dict] | None = None,
-                  dataset: str | Path = "the dataset", *, model: str | ModelConfig | None = None,
-                  weights: str | None = None) -> LoadedModel:
+def load_detector(
+    checkpoint: str | Path | None = None,
+    categories: list[dict] | None = None,
+    dataset: str | Path = "the dataset",
+    *,
+    model: str | ModelConfig | None = None,
+    weights: str | None = None,
+) -> LoadedModel:
     """A detector in eval mode on the CPU, with its config and class list:
 
     * ``checkpoint``: any checkpoint of ``defeat train`` / ``defeat distill`` (the student of a distillation, with
@@ -33,8 +38,10 @@ def load_detector(checkpoint: str | Path | None = None, categories: list[dict] |
         return load_model(checkpoint, categories=categories, dataset=dataset)
     if isinstance(model, str):
         if not is_torchvision_name(model):
-            raise ValueError(f"model {model!r}: not a torchvision detector name (choose from "
-                             f"{', '.join(torchvision_names())}); for this project's models pass their checkpoint")
+            raise ValueError(
+                f"model {model!r}: not a torchvision detector name (choose from "
+                f"{', '.join(torchvision_names())}); for this project's models pass their checkpoint"
+            )
         model = ModelConfig(name=model, **torchvision_defaults(model))
     if weights is not None:
         model = dataclasses.replace(model, weights=str(weights))

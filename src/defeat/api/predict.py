@@ -47,10 +47,20 @@ def _check_outputs(out: Path, draw_dir: Path | None, images: ImageList) -> None:
             raise ValueError(f"{draw_dir}: is the input image folder; drawing there would overwrite the images")
 
 
-def predict(model: LoadedModel | str | Path, inputs: str | Path, out: str | Path, *,
-            images_dir: str | Path | None = None, score_thresh: float = 0.05, draw_dir: str | Path | None = None,
-            batch_size: int = 2, device: str = "cpu", precision: str | None = None, workers: int = 0,
-            progress: bool = True) -> dict:
+def predict(
+    model: LoadedModel | str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    images_dir: str | Path | None = None,
+    score_thresh: float = 0.05,
+    draw_dir: str | Path | None = None,
+    batch_size: int = 2,
+    device: str = "cpu",
+    precision: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Run a detector on an image file, a folder of images or a COCO JSON's images; write COCO results to ``out``.
 
     Args:
@@ -96,8 +106,15 @@ def predict(model: LoadedModel | str | Path, inputs: str | Path, out: str | Path
     plan = resolve_precision(precision or config_precision(model.config), dev)
     detector = model.model
     try:
-        outputs = run_detector(detector.to(dev), [images.path(im) for im in images.images], batch_size=batch_size,
-                               device=dev, precision=plan, workers=workers, progress=progress)
+        outputs = run_detector(
+            detector.to(dev),
+            [images.path(im) for im in images.images],
+            batch_size=batch_size,
+            device=dev,
+            precision=plan,
+            workers=workers,
+            progress=progress,
+        )
     finally:
         detector.to("cpu")
     results, dropped = to_coco_results(outputs, [im["id"] for im in images.images], cmap.label_to_id, score_thresh)
@@ -117,9 +134,17 @@ def predict(model: LoadedModel | str | Path, inputs: str | Path, out: str | Path
         images_file = images_file_for(out)
         atomic_write_json(images_file, {"images": images.images, "annotations": [], "categories": categories})
     atomic_write_json(out, results, indent=None)
-    return {"results": str(out), "images_file": str(images_file) if images_file else None,
-            "images": len(images.images), "detections": len(results), "dropped": dropped,
-            "unmatched": list(dict.fromkeys(cmap.unmatched)), "mapped_by_name": cmap.by_name,
-            "skipped": [str(p) for p in images.skipped or []], "drawn": drawn,
-            "draw_dir": str(draw) if draw is not None else None, "precision": plan.notice,
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "results": str(out),
+        "images_file": str(images_file) if images_file else None,
+        "images": len(images.images),
+        "detections": len(results),
+        "dropped": dropped,
+        "unmatched": list(dict.fromkeys(cmap.unmatched)),
+        "mapped_by_name": cmap.by_name,
+        "skipped": [str(p) for p in images.skipped or []],
+        "drawn": drawn,
+        "draw_dir": str(draw) if draw is not None else None,
+        "precision": plan.notice,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -12,12 +12,13 @@ from tqdm import tqdm
 
 from defeat.config import Config, ModelConfig
 from defeat.data import CocoDetection, TrainSampler, collate
-from defeat.engine import (DistInfo, LoadedModel, build_for_dataset, cleanup, evaluate as evaluate_detector,
-                           init_distributed, load_datasets, load_model, train as train_loop)
+from defeat.engine import DistInfo, LoadedModel, build_for_dataset, cleanup, init_distributed, load_datasets, load_model
+from defeat.engine import evaluate as evaluate_detector
+from defeat.engine import train as train_loop
 from defeat.engine.distributed import broadcast_from_main
-from defeat.engine.weights import load_pretrained
 from defeat.engine.precision import config_precision, resolve_precision
 from defeat.engine.trainer import StepTiming, estimate_steps
+from defeat.engine.weights import load_pretrained
 from defeat.utils import atomic_write_json
 
 
@@ -50,8 +51,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> RunRes
         model = build_for_dataset(cfg.model, train_set.categories, cfg.seed, notes)
         for line in notes:
             _say(line, info, True)
-        result = train_loop(cfg, model, model, train_set, val_set, info, kind="detector", resume=resume,
-                            progress=progress)
+        result = train_loop(
+            cfg, model, model, train_set, val_set, info, kind="detector", resume=resume, progress=progress
+        )
         return RunResult(result.final_checkpoint, result.step, result.metrics, notes=notes)
     finally:
         cleanup(info)
@@ -69,38 +71,60 @@ def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the
             raise ValueError("distill.teacher_model and distill.teacher_checkpoint: set one of them, not both")
         return load_torchvision_teacher(cfg, categories, dataset)
     if not path:
-        raise ValueError("distill.teacher_checkpoint: not set (path to the teacher's model_final.pt, or set "
-                         "distill.teacher_model and distill.teacher_weights for a torchvision detector)")
+        raise ValueError(
+            "distill.teacher_checkpoint: not set (path to the teacher's model_final.pt, or set "
+            "distill.teacher_model and distill.teacher_weights for a torchvision detector)"
+        )
     model_cfg = load_config(cfg.distill.teacher_config).model if cfg.distill.teacher_config else None
     teacher = load_model(path, categories=categories, dataset=dataset, model_cfg=model_cfg, strict=False)
     bad = teacher.missing + teacher.unexpected
-    report = (f"teacher {teacher.name} from {path}: {len(teacher.missing)} missing, "
-              f"{len(teacher.unexpected)} unexpected keys")
+    report = (
+        f"teacher {teacher.name} from {path}: {len(teacher.missing)} missing, {len(teacher.unexpected)} unexpected keys"
+    )
     if bad:
         if not cfg.distill.force:
-            raise ValueError(f"{path}: weights do not fit {teacher.name} ({report}, e.g. {bad[:3]}); "
-                             "check distill.teacher_config or pass --force")
+            raise ValueError(
+                f"{path}: weights do not fit {teacher.name} ({report}, e.g. {bad[:3]}); "
+                "check distill.teacher_config or pass --force"
+            )
         report += f" (e.g. {bad[:3]}; continuing because of --force)"
     return teacher, report
 
 
-def load_torchvision_teacher(cfg: Config, categories: list[dict],
-                             dataset: str | Path = "the dataset") -> tuple[LoadedModel, str]:
+def load_torchvision_teacher(
+    cfg: Config, categories: list[dict], dataset: str | Path = "the dataset"
+) -> tuple[LoadedModel, str]:
     """The teacher ``distill.teacher_model`` with ``distill.teacher_weights`` (torchvision's files), its class outputs
     mapped onto the dataset's by name; it sees the student's images (same transform sizes), with its own anchors."""
     if not cfg.distill.teacher_weights:
-        raise ValueError(f"distill.teacher_weights: not set (the weight file of {cfg.distill.teacher_model}, e.g. "
-                         "its COCO file as torchvision writes it, or DEFAULT)")
+        raise ValueError(
+            f"distill.teacher_weights: not set (the weight file of {cfg.distill.teacher_model}, e.g. "
+            "its COCO file as torchvision writes it, or DEFAULT)"
+        )
     defaults = ModelConfig()
-    model_cfg = dataclasses.replace(cfg.model, name=cfg.distill.teacher_model, weights=cfg.distill.teacher_weights,
-                                    backbone_weights="none", pretrained_backbone=False, trainable_layers=None,
-                                    anchor_sizes=defaults.anchor_sizes, anchor_ratios=defaults.anchor_ratios)
+    model_cfg = dataclasses.replace(
+        cfg.model,
+        name=cfg.distill.teacher_model,
+        weights=cfg.distill.teacher_weights,
+        backbone_weights="none",
+        pretrained_backbone=False,
+        trainable_layers=None,
+        anchor_sizes=defaults.anchor_sizes,
+        anchor_ratios=defaults.anchor_ratios,
+    )
     teacher = load_pretrained(model_cfg, categories, dataset=str(dataset))
     return teacher, f"teacher {model_cfg.name} from {model_cfg.weights} ({len(categories)} classes mapped by name)"
 
 
-def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, info: DistInfo,
-                  verbose: bool = True, notes: list[str] | None = None) -> dict:
+def check_teacher(
+    cfg: Config,
+    teacher,
+    student,
+    val_set: CocoDetection | None,
+    info: DistInfo,
+    verbose: bool = True,
+    notes: list[str] | None = None,
+) -> dict:
     """The teacher check: teacher and (untrained) student on ``distill.teacher_check_images`` validation images;
     refuses a teacher below ``distill.teacher_min_ap`` unless ``distill.force``. With
     ``distill.baseline_checkpoint`` (the student trained alone) it also evaluates that baseline on the same images
@@ -112,34 +136,51 @@ def check_teacher(cfg: Config, teacher, student, val_set: CocoDetection | None, 
     if val_set is None or n <= 0:
         return {}
     precision = resolve_precision(config_precision(cfg), info.device)  # as the student will be evaluated
-    quick = dict(batch_size=cfg.eval.batch_size, max_images=n, score_thresh=cfg.eval.score_thresh, progress=False,
-                 precision=precision)
+    quick = dict(
+        batch_size=cfg.eval.batch_size,
+        max_images=n,
+        score_thresh=cfg.eval.score_thresh,
+        progress=False,
+        precision=precision,
+    )
     t_stats = evaluate_detector(teacher, val_set, info, **quick)
     s_stats = evaluate_detector(student, val_set, info, **quick)
     baseline = None
     if cfg.distill.baseline_checkpoint:
-        baseline = load_model(cfg.distill.baseline_checkpoint, categories=val_set.categories,
-                              dataset=cfg.data.val_annotations).model.to(info.device)
+        baseline = load_model(
+            cfg.distill.baseline_checkpoint, categories=val_set.categories, dataset=cfg.data.val_annotations
+        ).model.to(info.device)
         b_stats = evaluate_detector(baseline, val_set, info, **quick)
     checked = min(n, len(val_set))
     verdict, warning = None, None
     if info.is_main:
-        side = (f" | baseline (student alone) AP {100 * b_stats['AP']:.1f} AP50 {100 * b_stats['AP50']:.1f}"
-                if baseline is not None else "")
-        _say(f"teacher check on {checked} val images: teacher AP {100 * t_stats['AP']:.1f} "
-             f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
-             f"AP50 {100 * s_stats['AP50']:.1f}{side}", info, verbose)
+        side = (
+            f" | baseline (student alone) AP {100 * b_stats['AP']:.1f} AP50 {100 * b_stats['AP50']:.1f}"
+            if baseline is not None
+            else ""
+        )
+        _say(
+            f"teacher check on {checked} val images: teacher AP {100 * t_stats['AP']:.1f} "
+            f"AP50 {100 * t_stats['AP50']:.1f} | student AP {100 * s_stats['AP']:.1f} "
+            f"AP50 {100 * s_stats['AP50']:.1f}{side}",
+            info,
+            verbose,
+        )
         if t_stats["AP"] < cfg.distill.teacher_min_ap:
             source = cfg.distill.teacher_checkpoint or f"{cfg.distill.teacher_model} ({cfg.distill.teacher_weights})"
-            verdict = (f"{source}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
-                       f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
-                       "is it trained on this dataset?")
+            verdict = (
+                f"{source}: teacher AP {100 * t_stats['AP']:.1f} on {checked} val "
+                f"images is below distill.teacher_min_ap ({100 * cfg.distill.teacher_min_ap:.1f}); "
+                "is it trained on this dataset?"
+            )
         if baseline is not None and t_stats["AP"] - b_stats["AP"] < cfg.distill.teacher_min_lead:
-            warning = (f"warning: the teacher ({100 * t_stats['AP']:.1f} AP) is not ahead of the baseline student "
-                       f"{cfg.distill.baseline_checkpoint} ({100 * b_stats['AP']:.1f} AP) by "
-                       f"distill.teacher_min_lead ({100 * cfg.distill.teacher_min_lead:.1f} AP) on {checked} val "
-                       "images: the distilled student is unlikely to beat the baseline. Train the teacher longer, "
-                       "make it larger or start it from pretrained weights")
+            warning = (
+                f"warning: the teacher ({100 * t_stats['AP']:.1f} AP) is not ahead of the baseline student "
+                f"{cfg.distill.baseline_checkpoint} ({100 * b_stats['AP']:.1f} AP) by "
+                f"distill.teacher_min_lead ({100 * cfg.distill.teacher_min_lead:.1f} AP) on {checked} val "
+                "images: the distilled student is unlikely to beat the baseline. Train the teacher longer, "
+                "make it larger or start it from pretrained weights"
+            )
     verdict, warning = broadcast_from_main((verdict, warning), info)
     if verdict and not cfg.distill.force:
         raise ValueError(f"{verdict} Pass --force to distil anyway")
@@ -168,8 +209,13 @@ def _distiller_for(cfg: Config, categories: list[dict], teacher: LoadedModel, no
 
     student = build_for_dataset(cfg.model, categories, cfg.seed, notes)
     try:
-        distiller = build_distiller(student, teacher.model, cfg.distill.settings(), max_steps=cfg.schedule.max_steps,
-                                    where=f"teacher {teacher.path}")
+        distiller = build_distiller(
+            student,
+            teacher.model,
+            cfg.distill.settings(),
+            max_steps=cfg.schedule.max_steps,
+            where=f"teacher {teacher.path}",
+        )
     except ValueError as err:
         raise ValueError(f"{err} (student model.name={cfg.model.name})") from None
     return student, distiller
@@ -178,12 +224,15 @@ def _distiller_for(cfg: Config, categories: list[dict], teacher: LoadedModel, no
 def given_teacher(cfg: Config, teacher: nn.Module, categories: list[dict]) -> tuple[LoadedModel, str]:
     """A detector instance the caller built, as the teacher (its classes must be the dataset's, in order)."""
     named = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=type(teacher).__name__))
-    return (LoadedModel(teacher.eval(), named, "detector", categories, "the given teacher"),
-            f"teacher: the given {type(teacher).__name__}")
+    return (
+        LoadedModel(teacher.eval(), named, "detector", categories, "the given teacher"),
+        f"teacher: the given {type(teacher).__name__}",
+    )
 
 
-def distill(cfg: Config, *, teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
-            verbose: bool = True) -> RunResult:
+def distill(
+    cfg: Config, *, teacher: nn.Module | None = None, resume: bool = False, progress: bool = True, verbose: bool = True
+) -> RunResult:
     """Distil the teacher of ``cfg.distill`` into a fresh ``cfg.model`` student with DeFeat (under torchrun: DDP).
 
     Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`, with the baseline
@@ -201,9 +250,13 @@ def distill(cfg: Config, *, teacher: nn.Module | None = None, resume: bool = Fal
         built: list[str] = []
         student, distiller = _distiller_for(cfg, categories, teacher, built)
         distiller.to(info.device)
-        notes = [report, *built, f"DeFeat: feature_mode={cfg.distill.feature_mode} "
-                                 f"proposal_mode={cfg.distill.proposal_mode} student {cfg.model.name} <- teacher "
-                                 f"{teacher.name}"]
+        notes = [
+            report,
+            *built,
+            f"DeFeat: feature_mode={cfg.distill.feature_mode} "
+            f"proposal_mode={cfg.distill.proposal_mode} student {cfg.model.name} <- teacher "
+            f"{teacher.name}",
+        ]
         for line in notes:
             _say(line, info, verbose)
         if cfg.distill.weights == "auto":
@@ -211,9 +264,19 @@ def distill(cfg: Config, *, teacher: nn.Module | None = None, resume: bool = Fal
             notes.append(line)
             _say(line, info, verbose)
         reference = check_teacher(cfg, teacher.model, student, val_set, info, verbose, notes)
-        result = train_loop(cfg, distiller, student, train_set, val_set, info, kind="distill", resume=resume,
-                            before_step=distiller.before_step, reference_metrics=reference or None,
-                            progress=progress)
+        result = train_loop(
+            cfg,
+            distiller,
+            student,
+            train_set,
+            val_set,
+            info,
+            kind="distill",
+            resume=resume,
+            before_step=distiller.before_step,
+            reference_metrics=reference or None,
+            progress=progress,
+        )
         return RunResult(result.final_checkpoint, result.step, result.metrics, reference, notes)
     finally:
         cleanup(info)
@@ -245,19 +308,31 @@ AUTO_WEIGHTS_FILE = "auto_weights.json"
 def calibration_batches(cfg: Config, train_set: CocoDetection, info: DistInfo) -> list:
     """The first ``distill.auto_batches`` training batches of this rank, exactly as the run will draw them at
     its start (same sampler, seed and flips), on the run's device."""
-    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
-                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=0)
+    sampler = TrainSampler(
+        len(train_set),
+        cfg.data.batch_size,
+        world_size=info.world_size,
+        rank=info.rank,
+        seed=cfg.seed,
+        hflip_prob=cfg.data.hflip_prob,
+        start_step=0,
+    )
     batches, indices = [], iter(sampler)
     for _ in range(cfg.distill.auto_batches):
         items = [train_set[next(indices)] for _ in range(cfg.data.batch_size)]
         images, targets = collate(items)
-        batches.append(([im.to(info.device) for im in images],
-                        [{k: v.to(info.device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets]))
+        batches.append(
+            (
+                [im.to(info.device) for im in images],
+                [{k: v.to(info.device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets],
+            )
+        )
     return batches
 
 
-def calibrate_run(cfg: Config, distiller, train_set: CocoDetection, info: DistInfo, *,
-                  resume: bool = False) -> tuple[Config, str]:
+def calibrate_run(
+    cfg: Config, distiller, train_set: CocoDetection, info: DistInfo, *, resume: bool = False
+) -> tuple[Config, str]:
     """``distill.weights: auto``: measure the KD terms on the run's first batches, choose the weights
     (:func:`defeat.distill.calibrate_weights`; rank 0's choice on every rank), set them on ``distiller`` and
     return the config with them written in (``weights: fixed``), so the run's ``config.yaml`` reproduces it,
@@ -280,8 +355,9 @@ def calibrate_run(cfg: Config, distiller, train_set: CocoDetection, info: DistIn
     return dataclasses.replace(cfg, distill=distill_cfg), line
 
 
-def evaluate(cfg: Config, checkpoint: str | Path | None = None, out: str | Path | None = None, *,
-             progress: bool = True) -> dict:
+def evaluate(
+    cfg: Config, checkpoint: str | Path | None = None, out: str | Path | None = None, *, progress: bool = True
+) -> dict:
     """COCO metrics of a checkpoint on ``cfg.data``'s validation split, in ``cfg.precision`` (as training evaluates);
     writes ``results.json`` (detections) and ``metrics.json`` to ``out`` (default: the checkpoint's folder).
     Without a checkpoint it evaluates ``cfg.model`` with its ``model.weights`` (e.g. torchvision's COCO file on
@@ -297,9 +373,17 @@ def evaluate(cfg: Config, checkpoint: str | Path | None = None, out: str | Path 
         out = Path(out) if out else Path(checkpoint).parent if checkpoint is not None else Path(cfg.output.dir)
         # the precision the config trains with: `defeat eval` gives the numbers the training run's final eval gave
         precision = resolve_precision(config_precision(cfg), info.device)
-        stats = evaluate_detector(model, val_set, info, batch_size=cfg.eval.batch_size,
-                                  max_images=cfg.data.val_max_images, score_thresh=cfg.eval.score_thresh,
-                                  results_file=out / "results.json", progress=progress, precision=precision)
+        stats = evaluate_detector(
+            model,
+            val_set,
+            info,
+            batch_size=cfg.eval.batch_size,
+            max_images=cfg.data.val_max_images,
+            score_thresh=cfg.eval.score_thresh,
+            results_file=out / "results.json",
+            progress=progress,
+            precision=precision,
+        )
         if info.is_main:
             atomic_write_json(out / "metrics.json", stats)
         return stats or {}

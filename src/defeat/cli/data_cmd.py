@@ -47,9 +47,16 @@ def register(subparsers) -> None:
 def run_synth(args) -> int:
     from defeat import api
 
-    summary = api.synth(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                        image_size=args.image_size, min_objects=args.min_objects, max_objects=args.max_objects,
-                        workers=args.workers)
+    summary = api.synth(
+        args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        image_size=args.image_size,
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+        workers=args.workers,
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -65,8 +72,14 @@ def run_import_voc(args) -> int:
     from defeat import api
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    print(json.dumps(api.import_voc(args.annotations, args.images, args.out, classes=classes,
-                                    skip_difficult=not args.keep_difficult), default=str))
+    print(
+        json.dumps(
+            api.import_voc(
+                args.annotations, args.images, args.out, classes=classes, skip_difficult=not args.keep_difficult
+            ),
+            default=str,
+        )
+    )
     return 0
 
 
@@ -75,9 +88,15 @@ def run_stats(args) -> int:
     from defeat.cli.init_cmd import print_report
     from defeat.utils import atomic_write_json
 
-    report = api.dataset_stats(args.annotations, args.images, val_annotations=args.val_annotations,
-                               val_images=args.val_images, model=args.model, image_size=args.image_size,
-                               figure=args.figure)
+    report = api.dataset_stats(
+        args.annotations,
+        args.images,
+        val_annotations=args.val_annotations,
+        val_images=args.val_images,
+        model=args.model,
+        image_size=args.image_size,
+        figure=args.figure,
+    )
     print_report(report)
     if args.json:
         atomic_write_json(args.json, report.as_dict())

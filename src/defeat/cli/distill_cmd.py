@@ -11,8 +11,11 @@ def register(subparsers) -> None:
     distill = subparsers.add_parser("distill", help="distil a teacher into a student with DeFeat (runs under torchrun)")
     add_config_arguments(distill)
     distill.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint_last.pt")
-    distill.add_argument("--force", action="store_true",
-                         help="start even when the teacher fails its sanity check (same as distill.force=true)")
+    distill.add_argument(
+        "--force",
+        action="store_true",
+        help="start even when the teacher fails its sanity check (same as distill.force=true)",
+    )
     add_estimate_arguments(distill)
     distill.set_defaults(func=run_distill)
 

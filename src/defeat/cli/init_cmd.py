@@ -15,10 +15,16 @@ def add_dataset_arguments(parser) -> None:
 def register(subparsers) -> None:
     init = subparsers.add_parser("init", help="measure a COCO dataset and write a config for it (anchors fitted)")
     add_dataset_arguments(init)
-    init.add_argument("--out", required=True, help="config to write (with --family/--model also "
-                                                   "<stem>_teacher.yaml and <stem>_distill.yaml)")
-    init.add_argument("--family", choices=["faster_rcnn", "retinanet", "fcos"],
-                      help="student <family>_r18_fpn, teacher <family>_r50_fpn; writes teacher + distill configs")
+    init.add_argument(
+        "--out",
+        required=True,
+        help="config to write (with --family/--model also <stem>_teacher.yaml and <stem>_distill.yaml)",
+    )
+    init.add_argument(
+        "--family",
+        choices=["faster_rcnn", "retinanet", "fcos"],
+        help="student <family>_r18_fpn, teacher <family>_r50_fpn; writes teacher + distill configs",
+    )
     init.add_argument("--model", help="the student model, e.g. faster_rcnn_r34_fpn (implies the companions)")
     init.add_argument("--teacher", help="the teacher model (default: the family at depth 50; implies the companions)")
     init.add_argument("--batch-size", type=int, default=4)
@@ -45,10 +51,22 @@ def print_report(report) -> None:
 def run_init(args) -> int:
     from defeat import api
 
-    result = api.init_config(args.annotations, args.images, args.out, val_annotations=args.val_annotations,
-                             val_images=args.val_images, family=args.family, model=args.model, teacher=args.teacher,
-                             image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
-                             dry_run=args.dry_run, overwrite=args.force, figure=args.figure)
+    result = api.init_config(
+        args.annotations,
+        args.images,
+        args.out,
+        val_annotations=args.val_annotations,
+        val_images=args.val_images,
+        family=args.family,
+        model=args.model,
+        teacher=args.teacher,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        dry_run=args.dry_run,
+        overwrite=args.force,
+        figure=args.figure,
+    )
     print_report(result.report)
     for kind, path in result.configs.items():
         if result.written:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from defeat.cli import (analyze_cmd, data_cmd, distill_cmd, export_cmd, init_cmd, predict_cmd, reproduce_cmd,
-                        train_cmd)
+from defeat.cli import analyze_cmd, data_cmd, distill_cmd, export_cmd, init_cmd, predict_cmd, reproduce_cmd, train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="defeat", description="Distil object detectors with DeFeat (decoupled features and proposals).")
+        prog="defeat", description="Distil object detectors with DeFeat (decoupled features and proposals)."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in (data_cmd, init_cmd, train_cmd, analyze_cmd, distill_cmd, export_cmd, predict_cmd, reproduce_cmd):
         module.register(subparsers)

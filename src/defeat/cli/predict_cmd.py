@@ -11,27 +11,41 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="run a detector on an image, a folder or a COCO JSON's images; write COCO results",
+        "predict",
+        help="run a detector on an image, a folder or a COCO JSON's images; write COCO results",
         description="Run a detector on an image, a folder of images (sorted by name, ids 1..N; non-image files "
-                    "are skipped with a warning) or the images of a COCO JSON. Writes COCO results JSON "
-                    "(for `defeat analyze errors`); for a folder or an image also OUT's .images.json (the image "
-                    "ids, file names, sizes and categories the results refer to); with --draw, the images with "
-                    "labelled boxes.")
+        "are skipped with a warning) or the images of a COCO JSON. Writes COCO results JSON "
+        "(for `defeat analyze errors`); for a folder or an image also OUT's .images.json (the image "
+        "ids, file names, sizes and categories the results refer to); with --draw, the images with "
+        "labelled boxes.",
+    )
     p.add_argument("input", help="an image file, a folder of images, or a COCO JSON (then --images DIR)")
     p.add_argument("--out", required=True, help="results JSON to write (e.g. runs/predict/results.json)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint of defeat train / distill (model_final.pt)")
     p.add_argument("--model", default=None, help="a torchvision detector by name (with --weights)")
-    p.add_argument("--weights", default=None, help="its weight file as torchvision writes it (with --model; "
-                   "default DEFAULT: torchvision's COCO weights, downloaded once)")
-    p.add_argument("--images", default=None, metavar="DIR",
-                   help="with a COCO JSON input: the folder its file_name entries are relative to")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="its weight file as torchvision writes it (with --model; "
+        "default DEFAULT: torchvision's COCO weights, downloaded once)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="with a COCO JSON input: the folder its file_name entries are relative to",
+    )
     p.add_argument("--score-thresh", type=float, default=0.05, help="keep detections scoring >= this (default 0.05)")
     p.add_argument("--draw", default=None, metavar="DIR", help="also write the images with labelled boxes to DIR")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     p.add_argument("--workers", type=int, default=0, help="data-loader processes decoding images (default 0)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="default cpu")
-    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
-                   help="inference precision (default: the model config's, as `defeat eval`)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="inference precision (default: the model config's, as `defeat eval`)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_predict)
 
@@ -53,39 +67,56 @@ def detector_from_args(args):
     if args.model is None:
         raise ValueError("--weights needs --model NAME (the torchvision detector the file is for)")
     if not is_torchvision_name(args.model):
-        raise ValueError(f"--model {args.model!r}: not a torchvision detector name (choose from "
-                         f"{', '.join(torchvision_names())})")
+        raise ValueError(
+            f"--model {args.model!r}: not a torchvision detector name (choose from {', '.join(torchvision_names())})"
+        )
     # torchvision's own sizes and thresholds, the model's score threshold no higher than --score-thresh
     defaults = torchvision_defaults(args.model)
-    model = ModelConfig(name=args.model, **{**defaults, "box_score_thresh": min(defaults["box_score_thresh"],
-                                                                                  args.score_thresh)})
+    model = ModelConfig(
+        name=args.model, **{**defaults, "box_score_thresh": min(defaults["box_score_thresh"], args.score_thresh)}
+    )
     return api.load_detector(model=model, weights=args.weights or "DEFAULT")
 
 
 def run_predict(args) -> int:
     from defeat import api
 
-    summary = api.predict(detector_from_args(args), args.input, args.out, images_dir=args.images,
-                          score_thresh=args.score_thresh, draw_dir=args.draw, batch_size=args.batch_size,
-                          device=args.device, precision=args.precision, workers=args.workers,
-                          progress=not args.quiet)
+    summary = api.predict(
+        detector_from_args(args),
+        args.input,
+        args.out,
+        images_dir=args.images,
+        score_thresh=args.score_thresh,
+        draw_dir=args.draw,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     skipped = summary["skipped"]
     if skipped:
         names = ", ".join(s.rsplit("/", 1)[-1] for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        print(f"defeat: warning: {args.input}: skipped {len(skipped)} files that are not images ({names})",
-              file=sys.stderr)
+        print(
+            f"defeat: warning: {args.input}: skipped {len(skipped)} files that are not images ({names})",
+            file=sys.stderr,
+        )
     if args.quiet:
         return 0
     if summary["mapped_by_name"]:
         unmatched = summary["unmatched"]
         line = f"classes mapped to {args.input}'s categories by name"
         if unmatched:
-            line += (f"; dropped {summary['dropped']} detections of {len(unmatched)} model classes it lacks "
-                     f"(e.g. {', '.join(unmatched[:3])})")
+            line += (
+                f"; dropped {summary['dropped']} detections of {len(unmatched)} model classes it lacks "
+                f"(e.g. {', '.join(unmatched[:3])})"
+            )
         print(line)
     extra = f" and {summary['images_file']}" if summary["images_file"] else ""
-    print(f"wrote {summary['results']}{extra}: {summary['detections']} detections (score >= {args.score_thresh}) "
-          f"on {summary['images']} images in {summary['seconds']:.1f} s; {summary['precision']}")
+    print(
+        f"wrote {summary['results']}{extra}: {summary['detections']} detections (score >= {args.score_thresh}) "
+        f"on {summary['images']} images in {summary['seconds']:.1f} s; {summary['precision']}"
+    )
     if summary["draw_dir"]:
         print(f"drew {summary['drawn']} images with boxes in {summary['draw_dir']}")
     return 0

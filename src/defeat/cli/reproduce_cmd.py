@@ -10,19 +10,31 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "reproduce", help="run the DeFeat supplementary's experiments end to end and write a report",
+        "reproduce",
+        help="run the DeFeat supplementary's experiments end to end and write a report",
         description="Generate the embedded benchmark, train the teacher and the baseline student, distil the "
-                    "students (object, background, all, decoupled, decoupled + proposals, FGFI), evaluate them, run "
-                    "the channel-distance, gradient-norm and error analyses and write report.md / results.json. "
-                    "Each stage is cached in the run folder: rerunning skips finished stages and resumes an "
-                    "interrupted one. --preset coco only writes COCO configs and torchrun commands.")
-    p.add_argument("--preset", required=True, metavar="quick|full|coco|tiny|PRESET.yaml",
-                   help="built-in preset (tiny: CI plumbing check; quick: <= 15 min demo; full: <= 2 h reproduction; "
-                        "coco: configs for GPUs + COCO, not run) or a preset YAML file of the same shape")
+        "students (object, background, all, decoupled, decoupled + proposals, FGFI), evaluate them, run "
+        "the channel-distance, gradient-norm and error analyses and write report.md / results.json. "
+        "Each stage is cached in the run folder: rerunning skips finished stages and resumes an "
+        "interrupted one. --preset coco only writes COCO configs and torchrun commands.",
+    )
+    p.add_argument(
+        "--preset",
+        required=True,
+        metavar="quick|full|coco|tiny|PRESET.yaml",
+        help="built-in preset (tiny: CI plumbing check; quick: <= 15 min demo; full: <= 2 h reproduction; "
+        "coco: configs for GPUs + COCO, not run) or a preset YAML file of the same shape",
+    )
     p.add_argument("--out", required=True, help="run folder (stages, report.md, results.json, figures/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value, e.g. --set teacher.steps=800 --set seeds.baseline=[0,1,2] "
-                        "--set common.device=cpu (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value, e.g. --set teacher.steps=800 --set seeds.baseline=[0,1,2] "
+        "--set common.device=cpu (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, time estimate) and stop")
     p.set_defaults(func=run)
 
@@ -47,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(table: list[dict]) -> list[str]:
     """The report's results table as plain text lines (AP x 100, mean +- seed std, delta, gap closed)."""
+
     def pct(value, std=None):
         if value is None:
             return "n/a"

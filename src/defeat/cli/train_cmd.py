@@ -8,14 +8,22 @@ from pathlib import Path
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.01 (repeatable)",
+    )
 
 
 def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--estimate", action="store_true",
-                        help="time a few real steps, print s/step, the schedule's wall time and peak memory, exit "
-                             "(writes nothing)")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few real steps, print s/step, the schedule's wall time and peak memory, exit (writes nothing)",
+    )
     parser.add_argument("--estimate-steps", type=int, default=5, metavar="N", help="timed steps (after 2 warm-up)")
 
 
@@ -34,8 +42,12 @@ def register(subparsers) -> None:
 
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint on the validation split (COCO metrics)")
     add_config_arguments(ev)
-    ev.add_argument("--checkpoint", default=None, help="a model_final.pt / checkpoint_last.pt of train or distill "
-                    "(default: the config's model with its model.weights, e.g. a torchvision COCO file)")
+    ev.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a model_final.pt / checkpoint_last.pt of train or distill "
+        "(default: the config's model with its model.weights, e.g. a torchvision COCO file)",
+    )
     ev.add_argument("--out", help="folder for results.json and metrics.json (default: next to the checkpoint)")
     ev.set_defaults(func=run_eval)
 

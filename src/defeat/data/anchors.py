@@ -34,10 +34,9 @@ too, so the fit never reports a lower coverage than them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-
-from typing import Protocol
 
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
 GROWTHS = (1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
@@ -65,7 +64,8 @@ def anchor_shapes(sizes, ratios, spec: AnchorLayout) -> np.ndarray:
 
 
 def anchor_offsets(sizes, ratios, spec: AnchorLayout) -> np.ndarray:
-    """``(A,)`` the typical centre offset per axis, stride / 4, of every anchor of :func:`anchor_shapes` (same order)."""
+    """``(A,)`` the typical centre offset per axis, stride / 4, of every anchor of :func:`anchor_shapes` (same
+    order)."""
     per_level = [len(level) * len(spec.anchor_ratios(ratios)) for level in spec.anchor_sizes(sizes)]
     return np.repeat(np.asarray(spec.strides, float) / 4, per_level)
 
@@ -130,10 +130,12 @@ class AnchorFit:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def summary(self) -> str:
-        return (f"anchor coverage (best grid IoU >= {POSITIVE_IOU} at the training size, {self.boxes} boxes): "
-                f"given sizes {self.given_sizes} ratios {self.given_ratios}: {100 * self.given_coverage:.1f} % "
-                f"(mean best IoU {self.given_mean_best_iou:.3f}) -> fitted sizes {self.sizes} ratios {self.ratios}: "
-                f"{100 * self.coverage:.1f} % (mean best IoU {self.mean_best_iou:.3f})")
+        return (
+            f"anchor coverage (best grid IoU >= {POSITIVE_IOU} at the training size, {self.boxes} boxes): "
+            f"given sizes {self.given_sizes} ratios {self.given_ratios}: {100 * self.given_coverage:.1f} % "
+            f"(mean best IoU {self.given_mean_best_iou:.3f}) -> fitted sizes {self.sizes} ratios {self.ratios}: "
+            f"{100 * self.coverage:.1f} % (mean best IoU {self.mean_best_iou:.3f})"
+        )
 
 
 def _score(boxes_wh: np.ndarray, sizes, ratios, spec: AnchorLayout) -> tuple[float, float]:
@@ -141,8 +143,14 @@ def _score(boxes_wh: np.ndarray, sizes, ratios, spec: AnchorLayout) -> tuple[flo
     return float((best >= POSITIVE_IOU).mean()), float(best.mean())
 
 
-def fit_anchors(boxes_wh: np.ndarray, spec: AnchorLayout, given_sizes=(32, 64, 128, 256, 512),
-                given_ratios=DEFAULT_RATIOS, max_boxes: int = 20000, seed: int = 0) -> AnchorFit:
+def fit_anchors(
+    boxes_wh: np.ndarray,
+    spec: AnchorLayout,
+    given_sizes=(32, 64, 128, 256, 512),
+    given_ratios=DEFAULT_RATIOS,
+    max_boxes: int = 20000,
+    seed: int = 0,
+) -> AnchorFit:
     """Anchor sizes (one per level) and ratios for boxes of shape ``boxes_wh`` (N, 2) at the training scale.
 
     See the module docstring for the search; more than ``max_boxes`` boxes are subsampled (seeded).
@@ -165,7 +173,7 @@ def fit_anchors(boxes_wh: np.ndarray, spec: AnchorLayout, given_sizes=(32, 64, 1
         ratio_sets = [given_ratios] + ([fitted_ratios] if len(set(fitted_ratios)) == len(fitted_ratios) else [])
         for s0 in np.geomspace(strides[0], 32 * strides[0], 48):
             for growth in GROWTHS:
-                sizes = np.maximum(np.round(s0 * growth ** levels), strides).astype(int)
+                sizes = np.maximum(np.round(s0 * growth**levels), strides).astype(int)
                 if np.any(np.diff(sizes) <= 0):
                     continue
                 for ratios in ratio_sets:

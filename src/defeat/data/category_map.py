@@ -34,8 +34,9 @@ def identity_map(model_categories: list[dict]) -> CategoryMap:
     return CategoryMap({k + 1: c["id"] for k, c in enumerate(model_categories)})
 
 
-def map_by_name(model_categories: list[dict], dataset_categories: list[dict],
-                dataset: str = "the dataset") -> CategoryMap:
+def map_by_name(
+    model_categories: list[dict], dataset_categories: list[dict], dataset: str = "the dataset"
+) -> CategoryMap:
     """Map the model's labels (label k is ``model_categories[k-1]``) to ``dataset_categories`` ids.
 
     Identical lists (ids and names) map to themselves. Otherwise labels map by name; model classes the dataset
@@ -49,8 +50,10 @@ def map_by_name(model_categories: list[dict], dataset_categories: list[dict],
     for c in dataset_categories:
         key = normalize_name(c["name"])
         if key in by_name:
-            raise ValueError(f"{dataset}: category name {c['name']!r} occurs twice (ids {by_name[key]} and {c['id']}); "
-                             "cannot map the model's classes by name")
+            raise ValueError(
+                f"{dataset}: category name {c['name']!r} occurs twice (ids {by_name[key]} and {c['id']}); "
+                "cannot map the model's classes by name"
+            )
         by_name[key] = c["id"]
     label_to_id, unmatched = {}, []
     for k, c in enumerate(model_categories):
@@ -61,7 +64,9 @@ def map_by_name(model_categories: list[dict], dataset_categories: list[dict],
             label_to_id[k + 1] = cat_id
     if not label_to_id:
         theirs = [c["name"] for c in dataset_categories]
-        raise ValueError(f"{dataset}: none of its {len(theirs)} category names is a class of the model "
-                         f"({len(model_categories)} classes, e.g. {', '.join(n for _, n in ours[:3])}; "
-                         f"the dataset has e.g. {', '.join(theirs[:3])})")
+        raise ValueError(
+            f"{dataset}: none of its {len(theirs)} category names is a class of the model "
+            f"({len(model_categories)} classes, e.g. {', '.join(n for _, n in ours[:3])}; "
+            f"the dataset has e.g. {', '.join(theirs[:3])})"
+        )
     return CategoryMap(label_to_id, unmatched, by_name=True)

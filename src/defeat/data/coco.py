@@ -125,8 +125,10 @@ class CocoDetection(Dataset):
         info = self.index.images[i]
         image = load_image(self.images_dir / info["file_name"])
         if tuple(image.shape[1:]) != (info["height"], info["width"]):
-            raise ValueError(f"{self.images_dir / info['file_name']}: image is {image.shape[2]}x{image.shape[1]}, "
-                             f"the annotations say {info['width']}x{info['height']}")
+            raise ValueError(
+                f"{self.images_dir / info['file_name']}: image is {image.shape[2]}x{image.shape[1]}, "
+                f"the annotations say {info['width']}x{info['height']}"
+            )
         boxes = torch.tensor(self.index.boxes[info["id"]], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor(self.index.labels[info["id"]], dtype=torch.int64)
         if flip:

@@ -72,11 +72,14 @@ def list_folder(folder: Path) -> ImageList:
 def single_image(path: Path) -> ImageList:
     """One image file, id 1."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: not an image file (suffix {path.suffix or 'none'!r}; expected {_suffixes()}, "
-                         "a folder of images or a COCO JSON)")
+        raise ValueError(
+            f"{path}: not an image file (suffix {path.suffix or 'none'!r}; expected {_suffixes()}, "
+            "a folder of images or a COCO JSON)"
+        )
     width, height = image_size(path)
-    return ImageList(path.parent, [{"id": 1, "file_name": path.name, "width": width, "height": height}], None, [],
-                     str(path))
+    return ImageList(
+        path.parent, [{"id": 1, "file_name": path.name, "width": width, "height": height}], None, [], str(path)
+    )
 
 
 def coco_images(annotation_file: Path, images_dir: Path) -> ImageList:
@@ -87,29 +90,37 @@ def coco_images(annotation_file: Path, images_dir: Path) -> ImageList:
     line up with its annotations). Missing ``width``/``height`` are taken from the files.
     """
     data = read_json(annotation_file)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("categories"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("categories"), list)
+    ):
         raise ValueError(f"{annotation_file}: not a COCO JSON (needs 'images' and 'categories' lists)")
     if not data["images"]:
         raise ValueError(f"{annotation_file}: no images listed")
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"{images_dir}: image folder not found (the folder {annotation_file.name}'s "
-                                "file_name entries are relative to)")
+        raise FileNotFoundError(
+            f"{images_dir}: image folder not found (the folder {annotation_file.name}'s "
+            "file_name entries are relative to)"
+        )
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int) or not isinstance(img.get("file_name"), str):
             raise ValueError(f"{annotation_file}: images[{i}] needs an integer 'id' and a 'file_name'")
     ordered = sorted(data["images"], key=lambda im: im["id"])
     missing = [im["file_name"] for im in ordered if not (images_dir / im["file_name"]).is_file()]
     if missing:
-        raise FileNotFoundError(f"{images_dir}: {len(missing)} of the {len(ordered)} images of {annotation_file} are "
-                                f"missing, e.g. {', '.join(missing[:3])}")
+        raise FileNotFoundError(
+            f"{images_dir}: {len(missing)} of the {len(ordered)} images of {annotation_file} are "
+            f"missing, e.g. {', '.join(missing[:3])}"
+        )
     images = []
     for im in ordered:
         path = images_dir / im["file_name"]
         width, height = image_size(path)
         if (im.get("width"), im.get("height")) not in ((width, height), (None, None)):
-            raise ValueError(f"{path}: image is {width}x{height}, {annotation_file.name} says "
-                             f"{im.get('width')}x{im.get('height')}")
+            raise ValueError(
+                f"{path}: image is {width}x{height}, {annotation_file.name} says {im.get('width')}x{im.get('height')}"
+            )
         images.append({"id": im["id"], "file_name": im["file_name"], "width": width, "height": height})
     return ImageList(images_dir, images, list(data["categories"]), [], str(annotation_file))
 
@@ -125,8 +136,10 @@ def list_inputs(inputs: str | Path, images_dir: str | Path | None = None) -> Ima
         return list_folder(path)
     if path.suffix.lower() == ".json":
         if images_dir is None:
-            raise ValueError(f"{path}: a COCO JSON input needs images_dir (--images DIR: the folder its file_name "
-                             "entries are relative to)")
+            raise ValueError(
+                f"{path}: a COCO JSON input needs images_dir (--images DIR: the folder its file_name "
+                "entries are relative to)"
+            )
         return coco_images(path, Path(images_dir))
     if images_dir is not None:
         raise ValueError(f"{path}: images_dir is only for a COCO JSON input, not for an image file")

@@ -145,7 +145,9 @@ def _read_class_file(classes_file: Path) -> list[str]:
         if not name:
             raise ValueError(f"{classes_file} line {lineno}: empty class name (would shift every later class index)")
         if name in seen:
-            raise ValueError(f"{classes_file} line {lineno}: duplicate class name {name!r} (first on line {seen[name]})")
+            raise ValueError(
+                f"{classes_file} line {lineno}: duplicate class name {name!r} (first on line {seen[name]})"
+            )
         seen[name] = lineno
         names.append(name)
     if not names:
@@ -350,7 +352,9 @@ def import_voc(
         by_stem.setdefault(str(Path(file_name).with_suffix("")), []).append(file_name)
 
     xml_files = sorted(
-        p for p in annotations_dir.iterdir() if p.suffix.lower() == ".xml" and not p.name.startswith(".") and p.is_file()
+        p
+        for p in annotations_dir.iterdir()
+        if p.suffix.lower() == ".xml" and not p.name.startswith(".") and p.is_file()
     )
     parsed: dict[str, tuple[Path, dict]] = {}  # image file_name -> (xml path, parsed)
     for xml_path in xml_files:

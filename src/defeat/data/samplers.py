@@ -9,7 +9,7 @@ resuming at step ``s`` needs nothing but ``s``. The horizontal-flip draw is part
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -26,12 +26,23 @@ def epoch_order(num_items: int, seed: int, epoch: int, hflip_prob: float) -> tup
 class TrainSampler(Sampler):
     """Infinite stream of ``(index, flip)`` for one rank, starting at global step ``start_step``."""
 
-    def __init__(self, num_items: int, batch_size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 hflip_prob: float = 0.5, start_step: int = 0):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        hflip_prob: float = 0.5,
+        start_step: int = 0,
+    ):
         self.global_batch = batch_size * world_size
         if num_items < self.global_batch:
-            raise ValueError(f"the training set has {num_items} images, fewer than one global batch "
-                             f"({batch_size} per process x {world_size} processes)")
+            raise ValueError(
+                f"the training set has {num_items} images, fewer than one global batch "
+                f"({batch_size} per process x {world_size} processes)"
+            )
         self.num_items, self.batch_size, self.rank = num_items, batch_size, rank
         self.seed, self.hflip_prob, self.start_step = seed, hflip_prob, start_step
         self.steps_per_epoch = num_items // self.global_batch

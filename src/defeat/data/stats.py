@@ -16,7 +16,7 @@ from defeat.data.coco import CocoIndex
 
 #: quantiles reported for widths, heights and areas
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-SMALL, MEDIUM = 32 ** 2, 96 ** 2
+SMALL, MEDIUM = 32**2, 96**2
 
 
 def box_arrays(index: CocoIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -27,8 +27,7 @@ def box_arrays(index: CocoIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             wh.append((x2 - x1, y2 - y1))
             labels.append(label)
             image_wh.append((img["width"], img["height"]))
-    return (np.asarray(wh, float).reshape(-1, 2), np.asarray(labels, int),
-            np.asarray(image_wh, float).reshape(-1, 2))
+    return (np.asarray(wh, float).reshape(-1, 2), np.asarray(labels, int), np.asarray(image_wh, float).reshape(-1, 2))
 
 
 def quantiles(values: np.ndarray) -> dict[str, float]:
@@ -75,15 +74,23 @@ def dataset_statistics(index: CocoIndex) -> DatasetStats:
         empty_images=int((per_image == 0).sum()),
         boxes=len(wh),
         boxes_per_class={name: int((labels == i + 1).sum()) for i, name in enumerate(names)},
-        boxes_per_image={"min": float(per_image.min(initial=0)), "max": float(per_image.max(initial=0)),
-                         "median": float(np.median(per_image)) if len(per_image) else 0.0,
-                         "mean": round(float(per_image.mean()), 2) if len(per_image) else 0.0},
+        boxes_per_image={
+            "min": float(per_image.min(initial=0)),
+            "max": float(per_image.max(initial=0)),
+            "median": float(np.median(per_image)) if len(per_image) else 0.0,
+            "mean": round(float(per_image.mean()), 2) if len(per_image) else 0.0,
+        },
         image_sizes=common,
         image_width=quantiles(np.asarray([img["width"] for img in index.images], float)),
         image_height=quantiles(np.asarray([img["height"] for img in index.images], float)),
-        box_width=quantiles(wh[:, 0]), box_height=quantiles(wh[:, 1]), box_area=quantiles(area),
-        coco_split={"small": int((area < SMALL).sum()), "medium": int(((area >= SMALL) & (area < MEDIUM)).sum()),
-                    "large": int((area >= MEDIUM).sum())},
+        box_width=quantiles(wh[:, 0]),
+        box_height=quantiles(wh[:, 1]),
+        box_area=quantiles(area),
+        coco_split={
+            "small": int((area < SMALL).sum()),
+            "medium": int(((area >= SMALL) & (area < MEDIUM)).sum()),
+            "large": int((area >= MEDIUM).sum()),
+        },
     )
 
 
@@ -106,22 +113,27 @@ def choose_image_size(image_wh: np.ndarray, cap: int = 512, multiple: int = 32) 
 
 def format_statistics(stats: DatasetStats, title: str = "train") -> list[str]:
     """Human-readable lines of :class:`DatasetStats`."""
+
     def q(d: dict) -> str:
         return " ".join(f"{k}={v:g}" for k, v in d.items()) if d else "-"
 
     split = stats.coco_split
     total = max(1, stats.boxes)
     width = max([len(n) for n in stats.boxes_per_class] + [5])
-    lines = [f"{title}: {stats.images} images ({stats.empty_images} without boxes), {stats.boxes} boxes, "
-             f"{len(stats.boxes_per_class)} classes",
-             "  boxes per image: " + " ".join(f"{k} {v:g}" for k, v in stats.boxes_per_image.items()),
-             "  image sizes (most common): " + ", ".join(f"{k} ×{v}" for k, v in stats.image_sizes.items()),
-             f"  image width  {q(stats.image_width)}", f"  image height {q(stats.image_height)}",
-             f"  box width    {q(stats.box_width)}", f"  box height   {q(stats.box_height)}",
-             f"  box area     {q(stats.box_area)}",
-             f"  COCO split (box area, original pixels): small {split['small']} ({100 * split['small'] / total:.0f} %)"
-             f", medium {split['medium']} ({100 * split['medium'] / total:.0f} %), large {split['large']} "
-             f"({100 * split['large'] / total:.0f} %)",
-             "  boxes per class:"]
+    lines = [
+        f"{title}: {stats.images} images ({stats.empty_images} without boxes), {stats.boxes} boxes, "
+        f"{len(stats.boxes_per_class)} classes",
+        "  boxes per image: " + " ".join(f"{k} {v:g}" for k, v in stats.boxes_per_image.items()),
+        "  image sizes (most common): " + ", ".join(f"{k} ×{v}" for k, v in stats.image_sizes.items()),
+        f"  image width  {q(stats.image_width)}",
+        f"  image height {q(stats.image_height)}",
+        f"  box width    {q(stats.box_width)}",
+        f"  box height   {q(stats.box_height)}",
+        f"  box area     {q(stats.box_area)}",
+        f"  COCO split (box area, original pixels): small {split['small']} ({100 * split['small'] / total:.0f} %)"
+        f", medium {split['medium']} ({100 * split['medium'] / total:.0f} %), large {split['large']} "
+        f"({100 * split['large'] / total:.0f} %)",
+        "  boxes per class:",
+    ]
     lines += [f"    {name:<{width}} {count}" for name, count in stats.boxes_per_class.items()]
     return lines

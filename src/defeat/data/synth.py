@@ -48,9 +48,9 @@ import io
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -381,7 +381,7 @@ def _rotation(rng: np.random.Generator, mode: str) -> float:
     return rng.uniform(0.0, 2.0 * math.pi)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_area(cls: int) -> float:
     """Filled area of a class shape at unit size (deterministic draw)."""
     layer = rasterize(SHAPE_CLASSES[cls].draw(np.random.default_rng(0)), 100.0, 100.0, 0.0, 0.0, 0.0)
@@ -532,8 +532,9 @@ def annotate(objects: list[PlacedObject], size: int) -> list[dict]:
     return anns
 
 
-def render_image(seed: int, split: str, index: int, image_size: int = 320, min_objects: int = 2,
-                 max_objects: int = 8) -> tuple[np.ndarray, list[dict]]:
+def render_image(
+    seed: int, split: str, index: int, image_size: int = 320, min_objects: int = 2, max_objects: int = 8
+) -> tuple[np.ndarray, list[dict]]:
     """Generate one image (uint8 HxWx3) and its annotations from the RNG of (seed, split, index)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     canvas, palette = background(rng, image_size)
@@ -553,7 +554,9 @@ def _make_image(task: tuple) -> tuple[dict, list[dict]]:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     file_name = f"{index:06d}.jpg"
-    atomic_write_bytes(Path(split_dir) / file_name, buffer.getvalue(), fsync=False)  # the JSON, written last, is durable
+    atomic_write_bytes(
+        Path(split_dir) / file_name, buffer.getvalue(), fsync=False
+    )  # the JSON, written last, is durable
     record = {"id": index + 1, "file_name": file_name, "width": image_size, "height": image_size}
     for ann in anns:
         ann["image_id"] = index + 1
@@ -590,9 +593,17 @@ def _make_pool(workers: int):
     return mp.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
 
 
-def generate_synthetic_dataset(out_dir: str | Path, seed: int = 0, num_train: int = 600, num_val: int = 150,
-                               image_size: int = 320, min_objects: int = 2, max_objects: int = 8,
-                               workers: int = 2, progress: bool = True) -> dict:
+def generate_synthetic_dataset(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_train: int = 600,
+    num_val: int = 150,
+    image_size: int = 320,
+    min_objects: int = 2,
+    max_objects: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
     """Writes out_dir/train/*.jpg, out_dir/train.json, out_dir/val/*.jpg, out_dir/val.json. Returns a summary dict
     (paths, counts of images/boxes per split, per-class and per-size-bucket box counts, seconds).
 
@@ -609,8 +620,14 @@ def generate_synthetic_dataset(out_dir: str | Path, seed: int = 0, num_train: in
         raise ValueError("num_train and num_val must be >= 0")
     start = time.perf_counter()
     out = Path(out_dir)
-    summary: dict = {"out_dir": str(out), "seed": seed, "image_size": image_size, "version": SYNTH_VERSION,
-                     "categories": SYNTH_CATEGORIES, "splits": {}}
+    summary: dict = {
+        "out_dir": str(out),
+        "seed": seed,
+        "image_size": image_size,
+        "version": SYNTH_VERSION,
+        "categories": SYNTH_CATEGORIES,
+        "splits": {},
+    }
     pool = _make_pool(workers) if workers > 1 and num_train + num_val > 8 else None
     try:
         for split, count in (("train", num_train), ("val", num_val)):
@@ -622,14 +639,25 @@ def generate_synthetic_dataset(out_dir: str | Path, seed: int = 0, num_train: in
             images, anns = [r for r, _ in results], [a for _, al in results for a in al]
             for k, a in enumerate(anns):
                 a["id"] = k + 1
-            info = {"description": "defeat synthetic detection benchmark", "version": SYNTH_VERSION,
-                    "seed": seed, "split": split, "min_objects": min_objects, "max_objects": max_objects}
+            info = {
+                "description": "defeat synthetic detection benchmark",
+                "version": SYNTH_VERSION,
+                "seed": seed,
+                "split": split,
+                "min_objects": min_objects,
+                "max_objects": max_objects,
+            }
             coco = {"info": info, "images": images, "annotations": anns, "categories": SYNTH_CATEGORIES}
             atomic_write_json(json_path, coco, indent=None)
             per_class, per_size = _split_stats(anns)
-            summary["splits"][split] = {"images_dir": str(split_dir), "annotations": str(json_path),
-                                        "num_images": len(images), "num_boxes": len(anns),
-                                        "per_class": per_class, "per_size": per_size}
+            summary["splits"][split] = {
+                "images_dir": str(split_dir),
+                "annotations": str(json_path),
+                "num_images": len(images),
+                "num_boxes": len(anns),
+                "per_class": per_class,
+                "per_size": per_size,
+            }
     finally:
         if pool is not None:
             pool.close()
@@ -645,8 +673,9 @@ def generate_synthetic_dataset(out_dir: str | Path, seed: int = 0, num_train: in
 _SUPER_COLOURS = {"polygon": (255, 60, 60), "ring": (40, 220, 255), "tile": (255, 230, 40)}
 
 
-def render_examples(dataset_dir: str | Path, out_png: str | Path, n: int = 6, split: str = "val",
-                    cols: int = 3) -> Path:
+def render_examples(
+    dataset_dir: str | Path, out_png: str | Path, n: int = 6, split: str = "val", cols: int = 3
+) -> Path:
     """Grid of the first n images of a split with their boxes and class names (the README figure)."""
     root = Path(dataset_dir)
     coco = read_json(root / f"{split}.json")

@@ -3,7 +3,7 @@ into the teacher's space."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,17 +42,22 @@ class FeatureAdapters(nn.Module):
         relu: a ReLU after the conv (the official backbone adapters have one; the FPN adapters do not).
     """
 
-    def __init__(self, levels: Sequence[str], student_channels: int | Mapping[str, int] = 256,
-                 teacher_channels: int | Mapping[str, int] = 256, init_scale: float = 1e-4,
-                 relu: bool = False) -> None:
+    def __init__(
+        self,
+        levels: Sequence[str],
+        student_channels: int | Mapping[str, int] = 256,
+        teacher_channels: int | Mapping[str, int] = 256,
+        init_scale: float = 1e-4,
+        relu: bool = False,
+    ) -> None:
         super().__init__()
         self.levels = list(levels)
         self.relu = relu
         s_ch = _per_level(student_channels, self.levels, "student")
         t_ch = _per_level(teacher_channels, self.levels, "teacher")
-        self.convs = nn.ModuleDict({
-            name: init_adapter_(nn.Conv2d(s_ch[name], t_ch[name], 3, padding=1), init_scale) for name in self.levels
-        })
+        self.convs = nn.ModuleDict(
+            {name: init_adapter_(nn.Conv2d(s_ch[name], t_ch[name], 3, padding=1), init_scale) for name in self.levels}
+        )
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Level name -> student map ``(N, C_s, H, W)``  to  level name -> adapted map ``(N, C_t, H, W)``."""

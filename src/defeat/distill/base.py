@@ -53,7 +53,7 @@ class TeacherStudentModule(nn.Module):
     def teacher(self) -> nn.Module:
         return self._teacher[0]
 
-    def train(self, mode: bool = True) -> "TeacherStudentModule":
+    def train(self, mode: bool = True) -> TeacherStudentModule:
         super().train(mode)
         self.teacher.eval()  # never leaves eval mode
         return self
@@ -66,8 +66,9 @@ class TeacherStudentModule(nn.Module):
     def set_kd_scale(self, step: int, max_steps: int | None = None) -> float:
         """Set the multiplier of all KD weights for ``step`` (see :func:`kd_scale_at`) and return it."""
         s = self.settings
-        self.kd_scale = kd_scale_at(step, self.max_steps if max_steps is None else max_steps,
-                                    s.weight_decay_policy, s.stop_step)
+        self.kd_scale = kd_scale_at(
+            step, self.max_steps if max_steps is None else max_steps, s.weight_decay_policy, s.stop_step
+        )
         return self.kd_scale
 
     def before_step(self, step: int) -> None:

@@ -21,8 +21,8 @@ Pure: no file I/O; the caller (``defeat.api.distill``) logs the result and write
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -30,13 +30,22 @@ from torch import Tensor
 from defeat.config import DistillSettings
 
 #: loss key -> the settings field that weights it
-WEIGHT_OF = {"loss_feat_obj": "alpha_obj", "loss_feat_bg": "alpha_bg", "loss_feat_all": "alpha_all",
-             "loss_bb_obj": "alpha_bb_obj", "loss_bb_bg": "alpha_bb_bg",
-             "loss_kd_pos": "beta_obj", "loss_kd_neg": "beta_bg", "loss_kd_all": "beta_all"}
+WEIGHT_OF = {
+    "loss_feat_obj": "alpha_obj",
+    "loss_feat_bg": "alpha_bg",
+    "loss_feat_all": "alpha_all",
+    "loss_bb_obj": "alpha_bb_obj",
+    "loss_bb_bg": "alpha_bb_bg",
+    "loss_kd_pos": "beta_obj",
+    "loss_kd_neg": "beta_bg",
+    "loss_kd_all": "beta_all",
+}
 #: the KD terms whose keys share one scale factor under ``auto_keep_ratio``
-TERMS = {"feature": ("loss_feat_obj", "loss_feat_bg", "loss_feat_all"),
-         "backbone": ("loss_bb_obj", "loss_bb_bg"),
-         "head": ("loss_kd_pos", "loss_kd_neg", "loss_kd_all")}
+TERMS = {
+    "feature": ("loss_feat_obj", "loss_feat_bg", "loss_feat_all"),
+    "backbone": ("loss_bb_obj", "loss_bb_bg"),
+    "head": ("loss_kd_pos", "loss_kd_neg", "loss_kd_all"),
+}
 
 
 @dataclass
@@ -66,23 +75,34 @@ class WeightCalibration:
         """One line for the log."""
         chosen = ", ".join(f"{k}={v:g} (was {self.given[k]:g})" for k, v in self.weights.items())
         measured = ", ".join(f"{k}={v:.4g}" for k, v in self.magnitudes.items())
-        return (f"weights=auto over {self.batches} batches: detection loss {self.detection_loss:.4g}, unweighted "
-                f"{measured}; target {self.target:g} x detection loss per term"
-                f"{' (ratios kept)' if self.keep_ratio else ''} -> {chosen}"
-                + (f"; {'; '.join(self.notes)}" if self.notes else ""))
+        return (
+            f"weights=auto over {self.batches} batches: detection loss {self.detection_loss:.4g}, unweighted "
+            f"{measured}; target {self.target:g} x detection loss per term"
+            f"{' (ratios kept)' if self.keep_ratio else ''} -> {chosen}"
+            + (f"; {'; '.join(self.notes)}" if self.notes else "")
+        )
 
     def as_dict(self) -> dict:
-        return {"weights": self.weights, "given": self.given, "detection_loss": self.detection_loss,
-                "magnitudes": self.magnitudes, "starting_fractions": self.starting_fractions(),
-                "batches": self.batches, "target": self.target, "keep_ratio": self.keep_ratio, "notes": self.notes}
+        return {
+            "weights": self.weights,
+            "given": self.given,
+            "detection_loss": self.detection_loss,
+            "magnitudes": self.magnitudes,
+            "starting_fractions": self.starting_fractions(),
+            "batches": self.batches,
+            "target": self.target,
+            "keep_ratio": self.keep_ratio,
+            "notes": self.notes,
+        }
 
 
 def _significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def choose_weights(settings: DistillSettings, detection_loss: float,
-                   magnitudes: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+def choose_weights(
+    settings: DistillSettings, detection_loss: float, magnitudes: dict[str, float]
+) -> tuple[dict[str, float], list[str]]:
     """The calibrated weights (settings field -> value, 4 significant digits) for measured magnitudes; pure.
 
     See the module docstring for the rule. Returns the weights and notes on terms left as given.
@@ -118,8 +138,9 @@ def choose_weights(settings: DistillSettings, detection_loss: float,
     return weights, notes
 
 
-def measure_terms(distiller, batches: Iterable[tuple[list[Tensor], list[dict[str, Tensor]]]]
-                  ) -> tuple[float, dict[str, float], int]:
+def measure_terms(
+    distiller, batches: Iterable[tuple[list[Tensor], list[dict[str, Tensor]]]]
+) -> tuple[float, dict[str, float], int]:
     """Mean detection loss and mean *unweighted* KD terms of ``distiller`` over ``batches`` (already on the
     distiller's device), in training mode, without gradients and without side effects: the distiller's settings,
     KD scale, mode and buffers (e.g. BatchNorm statistics) and the global RNG are restored afterwards.
@@ -156,8 +177,7 @@ def measure_terms(distiller, batches: Iterable[tuple[list[Tensor], list[dict[str
     return detection / count, {k: v / count for k, v in sums.items()}, count
 
 
-def calibrate_weights(distiller, batches: Iterable[tuple[list[Tensor], list[dict[str, Tensor]]]]
-                      ) -> WeightCalibration:
+def calibrate_weights(distiller, batches: Iterable[tuple[list[Tensor], list[dict[str, Tensor]]]]) -> WeightCalibration:
     """Measure (:func:`measure_terms`) and choose (:func:`choose_weights`); the result's ``settings`` carry the
     chosen weights with ``weights="fixed"``. The distiller itself is left unchanged: assign
     ``distiller.settings = result.settings`` to train with them."""
@@ -166,5 +186,6 @@ def calibrate_weights(distiller, batches: Iterable[tuple[list[Tensor], list[dict
     weights, notes = choose_weights(settings, detection, magnitudes)
     given = {f: float(getattr(settings, f)) for f in weights}
     chosen = dataclasses.replace(settings, weights="fixed", **weights)
-    return WeightCalibration(chosen, weights, given, detection, magnitudes, count, settings.auto_target,
-                             settings.auto_keep_ratio, notes)
+    return WeightCalibration(
+        chosen, weights, given, detection, magnitudes, count, settings.auto_target, settings.auto_keep_ratio, notes
+    )

@@ -40,12 +40,25 @@ from defeat.config import DistillSettings
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.base import TeacherStudentModule
 from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for
-from defeat.distill.losses import (BACKBONE_LOSS_KEYS, backbone_feature_loss, decoupled_feature_loss,
-                                   decoupled_proposal_loss, feature_loss_keys, proposal_loss_keys)
+from defeat.distill.losses import (
+    BACKBONE_LOSS_KEYS,
+    backbone_feature_loss,
+    decoupled_feature_loss,
+    decoupled_proposal_loss,
+    feature_loss_keys,
+    proposal_loss_keys,
+)
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors, stage_masks
-from defeat.models.families import (anchor_generator_of, backbone_stage_channels, backbone_stages_of,
-                                    capture_backbone_stages, default_level_k0, family_of,
-                                    level_pairs, strides_of)
+from defeat.models.families import (
+    anchor_generator_of,
+    backbone_stage_channels,
+    backbone_stages_of,
+    capture_backbone_stages,
+    default_level_k0,
+    family_of,
+    level_pairs,
+    strides_of,
+)
 
 
 class DeFeatDistiller(TeacherStudentModule):
@@ -60,8 +73,14 @@ class DeFeatDistiller(TeacherStudentModule):
         where: how messages name the teacher (e.g. its checkpoint path).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,
-                 max_steps: int = 0, where: str = "teacher") -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        settings: DistillSettings | None = None,
+        max_steps: int = 0,
+        where: str = "teacher",
+    ) -> None:
         settings = settings or DistillSettings()
         family_of(student, "student"), family_of(teacher, where)  # a clear error for anything else
         check_same_input(student, teacher, where)
@@ -78,23 +97,36 @@ class DeFeatDistiller(TeacherStudentModule):
         self.head_kd = family_of(student) == family_of(teacher)
         self.notes: list[str] = []
         if not self.head_kd:
-            note = (f"DeFeat on a mixed pair (student {family_of(student)}, {where} {family_of(teacher)}): "
-                    f"feature KD on the common levels {'/'.join(self.levels)}")
+            note = (
+                f"DeFeat on a mixed pair (student {family_of(student)}, {where} {family_of(teacher)}): "
+                f"feature KD on the common levels {'/'.join(self.levels)}"
+            )
             if why_off:
                 note += f"; head KD is off ({why_off})"
             self.notes.append(note)
             warnings.warn(note, stacklevel=2)
-        self.adapters = (FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
-                         if settings.feature_mode != "none" else None)
+        self.adapters = (
+            FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
+            if settings.feature_mode != "none"
+            else None
+        )
         if settings.proposal_sampling == "teacher" and self.proposal_mode != "none" and not self.head.teacher_sampling:
-            raise ValueError(f"distill.proposal_sampling=teacher: only for Faster R-CNN pairs (a {family_of(student)} "
-                             "head term distils every anchor; there are no proposals to sample); use student")
+            raise ValueError(
+                f"distill.proposal_sampling=teacher: only for Faster R-CNN pairs (a {family_of(student)} "
+                "head term distils every anchor; there are no proposals to sample); use student"
+            )
         self.backbone_stages = settings.backbone_stage_names
         check_backbone_stages(student, teacher, self.backbone_stages, where)
-        self.backbone_adapters = (FeatureAdapters(
-            self.backbone_stages, {n: backbone_stage_channels(student, n) for n in self.backbone_stages},
-            {n: backbone_stage_channels(teacher, n) for n in self.backbone_stages}, relu=True)
-            if self.backbone_stages else None)
+        self.backbone_adapters = (
+            FeatureAdapters(
+                self.backbone_stages,
+                {n: backbone_stage_channels(student, n) for n in self.backbone_stages},
+                {n: backbone_stage_channels(teacher, n) for n in self.backbone_stages},
+                relu=True,
+            )
+            if self.backbone_stages
+            else None
+        )
 
     @property
     def level_k0(self) -> int:
@@ -128,8 +160,10 @@ class DeFeatDistiller(TeacherStudentModule):
             s_feats = student.backbone(images.tensors)
         t_feats = None
         if use_features or use_head or use_backbone:
-            with torch.no_grad(), capture_backbone_stages(teacher, self.backbone_stages if use_backbone else []) \
-                    as t_stages:
+            with (
+                torch.no_grad(),
+                capture_backbone_stages(teacher, self.backbone_stages if use_backbone else []) as t_stages,
+            ):
                 t_feats = teacher.backbone(images.tensors)
 
         # 3. the student's own detection losses and the head term's samples
@@ -152,9 +186,12 @@ class DeFeatDistiller(TeacherStudentModule):
             strides = {name: max(1, round(images.tensors.shape[-1] / sizes[name][1])) for name in sizes}
             masks = stage_masks([t["boxes"] for t in targets], sizes, strides)
             adapted = self.backbone_adapters(s_stages)
-            stage_losses = backbone_feature_loss([adapted[n] for n in self.backbone_stages],
-                                                 [t_stages[n] for n in self.backbone_stages],
-                                                 [masks[n] for n in self.backbone_stages], s)
+            stage_losses = backbone_feature_loss(
+                [adapted[n] for n in self.backbone_stages],
+                [t_stages[n] for n in self.backbone_stages],
+                [masks[n] for n in self.backbone_stages],
+                s,
+            )
             losses.update({k: scale * v for k, v in stage_losses.items()})
         elif self.backbone_stages:
             zero = sum(p.sum() for p in self.backbone_adapters.parameters()) * 0.0
@@ -164,16 +201,22 @@ class DeFeatDistiller(TeacherStudentModule):
         if use_head:
             with torch.no_grad():
                 teacher_logits = self.head.teacher_logits(teacher, images, t_feats, samples)
-            head_losses = decoupled_proposal_loss(samples.student_logits, teacher_logits, samples.labels, s,
-                                                  kl_fn=self.head.kl)
+            head_losses = decoupled_proposal_loss(
+                samples.student_logits, teacher_logits, samples.labels, s, kl_fn=self.head.kl
+            )
             losses.update({k: scale * v for k, v in head_losses.items()})
         elif self.proposal_mode != "none":
             zero = samples.student_logits.sum() * 0.0
             losses.update({k: zero for k in proposal_loss_keys(self.proposal_mode)})
         return losses
 
-    def feature_masks(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
-                      samples: HeadSamples | None = None) -> dict[str, Tensor]:
+    def feature_masks(
+        self,
+        images: ImageList,
+        targets: list[dict[str, Tensor]],
+        s_feats: dict[str, Tensor],
+        samples: HeadSamples | None = None,
+    ) -> dict[str, Tensor]:
         """Per mask level (the teacher's levels paired with the student's) ``(N, H, W)`` bool masks: DeFeat's
         object masks, or FGFI's in ``fgfi`` mode."""
         student_sizes = {name: tuple(f.shape[-2:]) for name, f in zip(self.student_strides, s_feats.values())}
@@ -182,15 +225,29 @@ class DeFeatDistiller(TeacherStudentModule):
         sizes = {t: student_sizes[first[t]] for t in self.mask_levels}
         boxes = [t["boxes"] for t in targets]
         if self.settings.feature_mode == "fgfi":
-            anchors = samples.anchors if samples is not None and samples.anchors is not None else \
-                anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
+            anchors = (
+                samples.anchors
+                if samples is not None and samples.anchors is not None
+                else anchor_generator_of(self.student)(images, list(s_feats.values()))[0]
+            )
             per_level = split_anchors(anchors, student_sizes)
-            return fgfi_masks(boxes, {t: per_level[first[t]] for t in self.mask_levels}, phi=self.settings.fgfi_phi,
-                              assign=self.settings.fgfi_assign, k0=self.level_k0)
+            return fgfi_masks(
+                boxes,
+                {t: per_level[first[t]] for t in self.mask_levels},
+                phi=self.settings.fgfi_phi,
+                assign=self.settings.fgfi_assign,
+                k0=self.level_k0,
+            )
         return object_masks(boxes, sizes, self.strides, k0=self.level_k0)
 
-    def feature_loss(self, images: ImageList, targets: list[dict[str, Tensor]], s_feats: dict[str, Tensor],
-                     t_feats: dict[str, Tensor], samples: HeadSamples | None = None) -> dict[str, Tensor]:
+    def feature_loss(
+        self,
+        images: ImageList,
+        targets: list[dict[str, Tensor]],
+        s_feats: dict[str, Tensor],
+        t_feats: dict[str, Tensor],
+        samples: HeadSamples | None = None,
+    ) -> dict[str, Tensor]:
         """The (unscaled) feature term on the distilled levels: adapters(student) vs teacher, under the masks."""
         named_student = dict(zip(self.student_strides, s_feats.values()))
         named_teacher = dict(zip(self.teacher_strides, t_feats.values()))
@@ -219,12 +276,19 @@ def check_backbone_stages(student: nn.Module, teacher: nn.Module, stages: list[s
         have = backbone_stages_of(model, who)
         for name in stages:
             if name not in have:
-                raise ValueError(f"distill.backbone_stages: {who} has no backbone stage {name} (its stages: "
-                                 f"{', '.join(have) or 'none'})")
+                raise ValueError(
+                    f"distill.backbone_stages: {who} has no backbone stage {name} (its stages: "
+                    f"{', '.join(have) or 'none'})"
+                )
 
 
-def build_distiller(student: nn.Module, teacher: nn.Module, settings: DistillSettings | None = None,
-                    max_steps: int = 0, where: str = "teacher") -> DeFeatDistiller:
+def build_distiller(
+    student: nn.Module,
+    teacher: nn.Module,
+    settings: DistillSettings | None = None,
+    max_steps: int = 0,
+    where: str = "teacher",
+) -> DeFeatDistiller:
     """The DeFeat distiller for this pair; ``where`` names the teacher in messages. One-line ValueError (with the
     reason) for pairs that cannot be distilled."""
     return DeFeatDistiller(student, teacher, settings, max_steps=max_steps, where=where)

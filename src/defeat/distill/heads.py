@@ -20,19 +20,18 @@ checks that and says why the term is off otherwise. Adding a family means adding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import Matcher
-from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from defeat.distill.losses import sigmoid_kl, softmax_kl
-from defeat.models.families import (anchor_generator_of, family_of, fpn_output_keys, num_classes_of,
-                                    strides_of)
+from defeat.models.families import anchor_generator_of, family_of, fpn_output_keys, num_classes_of, strides_of
 
 
 @dataclass
@@ -58,19 +57,27 @@ class HeadTerm:
     #: whether the head term's samples can come from the teacher (``proposal_sampling: teacher``)
     teacher_sampling: bool = False
 
-    def student_step(self, student: nn.Module, images: ImageList, features: dict[str, Tensor],
-                     targets: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], HeadSamples]:
+    def student_step(
+        self, student: nn.Module, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], HeadSamples]:
         """The student's own detection losses (torchvision's keys and order) and the head term's samples."""
         raise NotImplementedError
 
-    def teacher_logits(self, teacher: nn.Module, images: ImageList, features: dict[str, Tensor],
-                       samples: HeadSamples) -> Tensor:
+    def teacher_logits(
+        self, teacher: nn.Module, images: ImageList, features: dict[str, Tensor], samples: HeadSamples
+    ) -> Tensor:
         """The teacher's logits on exactly the samples of ``samples`` (called under ``no_grad``)."""
         raise NotImplementedError
 
-    def teacher_samples(self, student: nn.Module, teacher: nn.Module, images: ImageList,
-                        student_features: dict[str, Tensor], teacher_features: dict[str, Tensor],
-                        targets: list[dict[str, Tensor]]) -> HeadSamples:
+    def teacher_samples(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        images: ImageList,
+        student_features: dict[str, Tensor],
+        teacher_features: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> HeadSamples:
         """The head term's samples drawn from the teacher (only where :attr:`teacher_sampling`)."""
         raise NotImplementedError(f"{type(self).__name__}: the head term has no teacher sampling")
 
@@ -158,8 +165,10 @@ class AnchorHead(HeadTerm):
     def teacher_logits(self, teacher, images, features, samples):
         logits = teacher.head.classification_head(list(features.values()))
         if logits.shape[:2] != samples.context.shape:
-            raise ValueError(f"head term: teacher logits {tuple(logits.shape)} on {tuple(samples.context.shape)} "
-                             "student anchors; the anchors or classes do not align")
+            raise ValueError(
+                f"head term: teacher logits {tuple(logits.shape)} on {tuple(samples.context.shape)} "
+                "student anchors; the anchors or classes do not align"
+            )
         return logits[samples.context][:, 1:]
 
 
@@ -176,8 +185,11 @@ def head_term_for(student: nn.Module, teacher: nn.Module, proposal_mode: str, wh
     """
     s_family, t_family = family_of(student, "student"), family_of(teacher, where)
     if s_family != t_family:
-        return (f"distill.proposal_mode={proposal_mode} needs the same head family on both sides"
-                if proposal_mode != "none" else None)
+        return (
+            f"distill.proposal_mode={proposal_mode} needs the same head family on both sides"
+            if proposal_mode != "none"
+            else None
+        )
     if s_family == "faster_rcnn":
         check_roi_heads_align(student, teacher, where)
     elif proposal_mode != "none":
@@ -193,8 +205,9 @@ def check_roi_heads_align(student: nn.Module, teacher: nn.Module, where: str = "
         pooled = model.roi_heads.box_roi_pool.featmap_names
         outputs = fpn_output_keys(model, who)
         if not any(name in outputs for name in pooled):
-            raise ValueError(f"{who}: its RoI head pools FPN levels {pooled}, none of which its backbone outputs "
-                             f"(outputs {outputs})")
+            raise ValueError(
+                f"{who}: its RoI head pools FPN levels {pooled}, none of which its backbone outputs (outputs {outputs})"
+            )
 
 
 def check_anchors_align(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> None:
@@ -210,8 +223,10 @@ def check_anchors_align(student: nn.Module, teacher: nn.Module, where: str = "te
     if len(t_gen.sizes) != len(strides):
         reason = f"{len(t_gen.sizes)} anchor levels vs the student's {len(strides)}"
     elif s_gen.num_anchors_per_location() != t_gen.num_anchors_per_location():
-        reason = (f"{t_gen.num_anchors_per_location()} anchors per location vs the student's "
-                  f"{s_gen.num_anchors_per_location()}")
+        reason = (
+            f"{t_gen.num_anchors_per_location()} anchors per location vs the student's "
+            f"{s_gen.num_anchors_per_location()}"
+        )
     else:
         side = 256
         probe = ImageList(torch.zeros(1, 3, side, side), [(side, side)])
@@ -226,7 +241,8 @@ def check_anchors_align(student: nn.Module, teacher: nn.Module, where: str = "te
             f"{where}: anchors do not align with the student's ({reason}; teacher sizes {t_gen.sizes} ratios "
             f"{t_gen.aspect_ratios}, student sizes {s_gen.sizes} ratios {s_gen.aspect_ratios}). The head term "
             "distils logits anchor by anchor, so both need the same model.anchor_sizes; or set "
-            "distill.proposal_mode=none to distil features only")
+            "distill.proposal_mode=none to distil features only"
+        )
 
 
 def check_same_input(student: nn.Module, teacher: nn.Module, where: str = "teacher") -> None:
@@ -234,8 +250,9 @@ def check_same_input(student: nn.Module, teacher: nn.Module, where: str = "teach
     s_classes, t_classes = num_classes_of(student, "student"), num_classes_of(teacher, where)
     if s_classes != t_classes:
         raise ValueError(f"{where}: predicts {t_classes - 1} classes, the student {s_classes - 1}")
-    if (list(student.transform.image_mean) != list(teacher.transform.image_mean)
-            or list(student.transform.image_std) != list(teacher.transform.image_std)):
+    if list(student.transform.image_mean) != list(teacher.transform.image_mean) or list(
+        student.transform.image_std
+    ) != list(teacher.transform.image_std):
         raise ValueError(f"{where}: image normalisation differs from the student's; both must see the same tensor")
 
 
@@ -259,8 +276,9 @@ class _MatchRecorder:
         return matched_idxs
 
 
-def matched_idxs(model: nn.Module, targets: list[dict[str, Tensor]], anchors: list[Tensor],
-                 num_anchors_per_level: list[int]) -> list[Tensor]:
+def matched_idxs(
+    model: nn.Module, targets: list[dict[str, Tensor]], anchors: list[Tensor], num_anchors_per_level: list[int]
+) -> list[Tensor]:
     """Per image, the ``(A,)`` GT index of every anchor as the one-stage model's own ``compute_loss`` assigns it.
 
     ``>= 0``: positive (index of the matched box); ``-1`` (``Matcher.BELOW_LOW_THRESHOLD``): negative;

@@ -14,7 +14,7 @@ their mode uses, so they can be added to a detector's loss dict as they are.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,18 +23,33 @@ from torch import Tensor
 from defeat.config import FEATURE_NORMS, DistillSettings
 
 #: the loss keys each mode returns (the feature term, then the proposal / head term)
-FEATURE_LOSS_KEYS = {"none": (), "object": ("loss_feat_obj",), "background": ("loss_feat_bg",),
-                     "all": ("loss_feat_all",), "decoupled": ("loss_feat_obj", "loss_feat_bg"),
-                     "fgfi": ("loss_feat_obj",)}
+FEATURE_LOSS_KEYS = {
+    "none": (),
+    "object": ("loss_feat_obj",),
+    "background": ("loss_feat_bg",),
+    "all": ("loss_feat_all",),
+    "decoupled": ("loss_feat_obj", "loss_feat_bg"),
+    "fgfi": ("loss_feat_obj",),
+}
 #: the backbone term's keys (``backbone_stages`` set): object and background regions of the ResNet stages
 BACKBONE_LOSS_KEYS = ("loss_bb_obj", "loss_bb_bg")
-PROPOSAL_LOSS_KEYS = {"none": (), "positive": ("loss_kd_pos",), "negative": ("loss_kd_neg",),
-                      "all": ("loss_kd_all",), "decoupled": ("loss_kd_pos", "loss_kd_neg")}
+PROPOSAL_LOSS_KEYS = {
+    "none": (),
+    "positive": ("loss_kd_pos",),
+    "negative": ("loss_kd_neg",),
+    "all": ("loss_kd_all",),
+    "decoupled": ("loss_kd_pos", "loss_kd_neg"),
+}
 #: the prefixes of every distillation (KD) loss key: the FPN feature, head (proposal) and backbone terms
 KD_LOSS_PREFIXES = ("loss_feat_", "loss_kd_", "loss_bb_")
 #: every distillation loss key this package returns
-KD_LOSS_KEYS = frozenset({*(k for keys in FEATURE_LOSS_KEYS.values() for k in keys), *BACKBONE_LOSS_KEYS,
-                          *(k for keys in PROPOSAL_LOSS_KEYS.values() for k in keys)})
+KD_LOSS_KEYS = frozenset(
+    {
+        *(k for keys in FEATURE_LOSS_KEYS.values() for k in keys),
+        *BACKBONE_LOSS_KEYS,
+        *(k for keys in PROPOSAL_LOSS_KEYS.values() for k in keys),
+    }
+)
 
 
 def is_kd_loss(name: str) -> bool:
@@ -92,8 +107,9 @@ def _normalise(parts: list[tuple[Tensor, Tensor]], norm: str) -> Tensor:
     return torch.stack([num for num, _ in parts]).sum() / torch.stack([den for _, den in parts]).sum().clamp(min=1.0)
 
 
-def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks: Sequence[Tensor],
-                   norm: str = "per_level") -> Tensor:
+def imitation_term(
+    students: Sequence[Tensor], teachers: Sequence[Tensor], masks: Sequence[Tensor], norm: str = "per_level"
+) -> Tensor:
     """One masked imitation term over all levels with either normalisation.
 
         per_level  (official code):  (1/L) sum_l  num_l / max(1, den_l)
@@ -106,8 +122,12 @@ def imitation_term(students: Sequence[Tensor], teachers: Sequence[Tensor], masks
     return _normalise([masked_squared_error(s, t, m) for s, t, m in zip(students, teachers, masks)], norm)
 
 
-def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
-                           settings: DistillSettings | None = None) -> dict[str, Tensor]:
+def decoupled_feature_loss(
+    students: Sequence[Tensor],
+    teachers: Sequence[Tensor],
+    object_masks: Sequence[Tensor],
+    settings: DistillSettings | None = None,
+) -> dict[str, Tensor]:
     """DeFeat's feature loss on the FPN levels, in any of the region modes of ``settings.feature_mode``.
 
         L_feat = alpha_obj * obj(M) + alpha_bg * obj(1 - M)          (mode ``decoupled``)
@@ -138,8 +158,10 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
     mode, norm = settings.feature_mode, settings.feature_norm
     students, teachers, object_masks = list(students), list(teachers), list(object_masks)
     if not (len(students) == len(teachers) == len(object_masks)):
-        raise ValueError(f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
-                         f"{len(object_masks)} mask levels")
+        raise ValueError(
+            f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
+            f"{len(object_masks)} mask levels"
+        )
     if mode == "none":
         return {}
     distances = [squared_distance(s, t) for s, t in zip(students, teachers)]
@@ -157,8 +179,12 @@ def decoupled_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor
     return losses
 
 
-def backbone_feature_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], object_masks: Sequence[Tensor],
-                          settings: DistillSettings | None = None) -> dict[str, Tensor]:
+def backbone_feature_loss(
+    students: Sequence[Tensor],
+    teachers: Sequence[Tensor],
+    object_masks: Sequence[Tensor],
+    settings: DistillSettings | None = None,
+) -> dict[str, Tensor]:
     """The decoupled feature term on backbone stages (the official ``bb-decouple``):
 
         loss_bb_obj = alpha_bb_obj * obj,   loss_bb_bg = alpha_bb_bg * bg
@@ -186,11 +212,13 @@ def softmax_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     if temperature <= 0:
         raise ValueError(f"temperature: must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
-                         f"{tuple(teacher_logits.shape)} (do the class lists match?)")
+        raise ValueError(
+            f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
+            f"{tuple(teacher_logits.shape)} (do the class lists match?)"
+        )
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * temperature ** 2
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * temperature**2
 
 
 def sigmoid_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -204,15 +232,17 @@ def sigmoid_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     if temperature <= 0:
         raise ValueError(f"temperature: must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
-                         f"{tuple(teacher_logits.shape)} (do the class lists match?)")
+        raise ValueError(
+            f"logit shapes differ: student {tuple(student_logits.shape)} vs teacher "
+            f"{tuple(teacher_logits.shape)} (do the class lists match?)"
+        )
     s = student_logits.float() / temperature
     t = teacher_logits.float() / temperature
     p = torch.sigmoid(t)
     log_p, log_1mp = F.logsigmoid(t), F.logsigmoid(-t)
     log_q, log_1mq = F.logsigmoid(s), F.logsigmoid(-s)
     per_class = p * (log_p - log_q) + (1 - p) * (log_1mp - log_1mq)
-    return per_class.reshape(per_class.shape[0], -1).sum(dim=1) * temperature ** 2
+    return per_class.reshape(per_class.shape[0], -1).sum(dim=1) * temperature**2
 
 
 def _mean_or_zero(values: Tensor, select: Tensor) -> Tensor:
@@ -220,18 +250,22 @@ def _mean_or_zero(values: Tensor, select: Tensor) -> Tensor:
     return (values * select).sum() / select.sum().clamp(min=1)
 
 
-def decoupled_proposal_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-                            settings: DistillSettings | None = None,
-                            kl_fn: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl) -> dict[str, Tensor]:
+def decoupled_proposal_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    settings: DistillSettings | None = None,
+    kl_fn: Callable[[Tensor, Tensor, float], Tensor] = softmax_kl,
+) -> dict[str, Tensor]:
     """DeFeat's proposal (RoI classification) distillation on the proposals both heads classified.
 
         L_prop = beta_obj * mean_{i: label_i > 0} KL_i(T_obj) + beta_bg * mean_{i: label_i = 0} KL_i(T_bg)
 
     with ``KL_i(T)`` from :func:`softmax_kl`; mode, betas and temperatures come from ``settings``
     (``settings.proposal_mode``, ``beta_*``, ``temperature_*``; default: DeFeat's). ``labels`` are the sampler's
-    labels of exactly the proposals whose logits are given. Modes keep exactly their terms: ``positive`` -> ``loss_kd_pos``, ``negative``
-    -> ``loss_kd_neg``, ``decoupled`` -> both, ``all`` -> ``loss_kd_all`` = beta_all * mean_i KL_i(T_all),
-    ``none`` -> nothing. A split with no proposals contributes 0.
+    labels of exactly the proposals whose logits are given. Modes keep exactly their terms: ``positive`` ->
+    ``loss_kd_pos``, ``negative`` -> ``loss_kd_neg``, ``decoupled`` -> both, ``all`` -> ``loss_kd_all`` = beta_all *
+    mean_i KL_i(T_all), ``none`` -> nothing. A split with no proposals contributes 0.
 
     ``kl_fn`` is the per-row divergence (default :func:`softmax_kl`); one-stage detectors pass
     :func:`sigmoid_kl` and their anchors' (or locations') logits and matcher labels instead of proposals.

@@ -13,7 +13,7 @@ Boxes are ``xyxy`` in the frame of the (transformed, padded) image tensor that t
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -78,7 +78,8 @@ def _flatten_boxes(boxes: Sequence[Tensor], device: torch.device) -> tuple[Tenso
     """Per-image box lists -> one ``(G, 4)`` tensor and the ``(G,)`` image index of each box."""
     flat = [torch.zeros(0, 4, device=device)] + [b.reshape(-1, 4).float().to(device) for b in boxes]
     owner = [torch.zeros(0, dtype=torch.int64, device=device)] + [
-        torch.full((len(b),), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)]
+        torch.full((len(b),), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)
+    ]
     return torch.cat(flat), torch.cat(owner)
 
 
@@ -89,8 +90,9 @@ def _or_per_image(marks: Tensor, owner: Tensor, num_images: int) -> Tensor:
     return out > 0
 
 
-def object_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]],
-                 strides: Mapping[str, int], k0: int = 4) -> dict[str, Tensor]:
+def object_masks(
+    boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]], strides: Mapping[str, int], k0: int = 4
+) -> dict[str, Tensor]:
     """DeFeat's object masks, one ``(N, H_l, W_l)`` bool tensor per level (True = object, False = background).
 
     Each box is assigned to exactly one level by :func:`assign_levels` and marks :func:`box_cells` there;
@@ -114,8 +116,9 @@ def object_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int,
     return masks
 
 
-def stage_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]],
-                strides: Mapping[str, int]) -> dict[str, Tensor]:
+def stage_masks(
+    boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, int]], strides: Mapping[str, int]
+) -> dict[str, Tensor]:
     """Object masks of backbone stages, one ``(N, H_s, W_s)`` bool tensor per stage: *every* box marks
     :func:`box_cells` on *every* stage (a backbone stage is not a pyramid level; no level rule), the rest is
     background. The official code marks all boxes at stride 4 and resizes that mask (nearest) to each stage;
@@ -132,8 +135,9 @@ def stage_masks(boxes: Sequence[Tensor], feature_sizes: Mapping[str, tuple[int, 
 FGFI_ASSIGN = ("level", "global")
 
 
-def fgfi_masks(boxes: Sequence[Tensor], anchors: Mapping[str, Tensor], phi: float = 0.5, assign: str = "level",
-               k0: int = 4) -> dict[str, Tensor]:
+def fgfi_masks(
+    boxes: Sequence[Tensor], anchors: Mapping[str, Tensor], phi: float = 0.5, assign: str = "level", k0: int = 4
+) -> dict[str, Tensor]:
     """FGFI imitation masks (Wang et al., CVPR 2019), one ``(N, H_l, W_l)`` bool tensor per level.
 
     A cell is marked when one of its ``A`` anchors overlaps a box almost as well as that box's best anchor:
@@ -172,19 +176,32 @@ def fgfi_masks(boxes: Sequence[Tensor], anchors: Mapping[str, Tensor], phi: floa
             level_of_box = assign_levels(image_boxes, levels, k0=k0)
             # only a box's own level counts: its IoUs elsewhere are zeroed, so they never pass a threshold > 0
             ious = {name: iou * (level_of_box == index)[:, None] for index, (name, iou) in enumerate(ious.items())}
-            best = {name: iou.max(dim=1, keepdim=True).values if iou.shape[1] else iou.new_zeros(len(iou), 1)
-                    for name, iou in ious.items()}
+            best = {
+                name: iou.max(dim=1, keepdim=True).values if iou.shape[1] else iou.new_zeros(len(iou), 1)
+                for name, iou in ious.items()
+            }
         else:
-            overall = torch.stack([iou.max(dim=1).values if iou.shape[1] else iou.new_zeros(len(iou))
-                                   for iou in ious.values()]).amax(dim=0, keepdim=True).T if ious else None
+            overall = (
+                torch.stack(
+                    [iou.max(dim=1).values if iou.shape[1] else iou.new_zeros(len(iou)) for iou in ious.values()]
+                )
+                .amax(dim=0, keepdim=True)
+                .T
+                if ious
+                else None
+            )
             best = {name: overall for name in levels}
         for name in levels:
             height, width, per_cell = shapes[name]
             threshold = phi * best[name]
             hit = ((ious[name] > threshold) & (threshold > 0)).any(dim=0)
             per_image[name].append(hit.view(height, width, per_cell).any(dim=2))
-    return {name: torch.stack(per_image[name]) if per_image[name] else
-            torch.zeros(0, *shapes[name][:2], dtype=torch.bool, device=device) for name in levels}
+    return {
+        name: torch.stack(per_image[name])
+        if per_image[name]
+        else torch.zeros(0, *shapes[name][:2], dtype=torch.bool, device=device)
+        for name in levels
+    }
 
 
 def split_anchors(anchors: Tensor, feature_sizes: Mapping[str, tuple[int, int]]) -> dict[str, Tensor]:
@@ -199,4 +216,3 @@ def split_anchors(anchors: Tensor, feature_sizes: Mapping[str, tuple[int, int]])
     per_cell = anchors.shape[0] // total
     chunks = anchors.split([c * per_cell for c in cells])
     return {name: chunk.view(h, w, per_cell, 4) for (name, (h, w)), chunk in zip(feature_sizes.items(), chunks)}
-

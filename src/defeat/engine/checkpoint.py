@@ -55,8 +55,9 @@ def check_categories(state: dict, categories: list[dict], path: str | Path, data
     theirs = [(c["id"], c["name"]) for c in categories]
     if ours != theirs:
         diff = sorted(set(ours) ^ set(theirs))[:3]
-        raise ValueError(f"{path}: class list ({len(ours)} classes) differs from {dataset} ({len(theirs)} classes), "
-                         f"e.g. {diff}")
+        raise ValueError(
+            f"{path}: class list ({len(ours)} classes) differs from {dataset} ({len(theirs)} classes), e.g. {diff}"
+        )
 
 
 def detector_state(state: dict) -> dict:
@@ -64,7 +65,7 @@ def detector_state(state: dict) -> dict:
     if state["kind"] == "detector":
         return state["model"]
     prefix = "student."
-    return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
 
 
 # ------------------------------------------------------------------------------------------ rebuilding a model
@@ -92,9 +93,16 @@ class LoadedModel:
         return self.config.model.name
 
 
-def load_model(path: str | Path, *, kinds: str | tuple[str, ...] | None = None, categories: list[dict] | None = None,
-               dataset: str | Path = "the dataset", model_cfg: ModelConfig | None = None, strict: bool = True,
-               role: str = "") -> LoadedModel:
+def load_model(
+    path: str | Path,
+    *,
+    kinds: str | tuple[str, ...] | None = None,
+    categories: list[dict] | None = None,
+    dataset: str | Path = "the dataset",
+    model_cfg: ModelConfig | None = None,
+    strict: bool = True,
+    role: str = "",
+) -> LoadedModel:
     """Rebuild the detector of any checkpoint this project writes (``train``/``distill``: last or final).
 
     Args:
@@ -125,15 +133,26 @@ def load_model(path: str | Path, *, kinds: str | tuple[str, ...] | None = None, 
     model = build_detector(cfg.model, len(state["categories"]))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if (missing or unexpected) and strict:
-        raise ValueError(f"{prefix}{path}: weights do not fit {cfg.model.name} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected keys, e.g. {(list(missing) + list(unexpected))[:3]})")
+        raise ValueError(
+            f"{prefix}{path}: weights do not fit {cfg.model.name} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys, e.g. {(list(missing) + list(unexpected))[:3]})"
+        )
     adapters = None
-    adapter_weights = {k[len("adapters."):]: v for k, v in state["model"].items() if k.startswith("adapters.")}
+    adapter_weights = {k[len("adapters.") :]: v for k, v in state["model"].items() if k.startswith("adapters.")}
     if adapter_weights:
         levels = [k.split(".")[1] for k in adapter_weights if k.endswith(".weight")]
         out_ch, in_ch = adapter_weights[f"convs.{levels[0]}.weight"].shape[:2]
         adapters = FeatureAdapters(levels, in_ch, out_ch)
         adapters.load_state_dict(adapter_weights)
         adapters.eval()
-    return LoadedModel(model.eval(), cfg, state["kind"], list(state["categories"]), str(path), state.get("step"),
-                       adapters, list(missing), list(unexpected))
+    return LoadedModel(
+        model.eval(),
+        cfg,
+        state["kind"],
+        list(state["categories"]),
+        str(path),
+        state.get("step"),
+        adapters,
+        list(missing),
+        list(unexpected),
+    )

@@ -24,17 +24,23 @@ from defeat.utils import atomic_write_json, read_json
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def detections_to_coco(outputs: list[dict], image_ids: list[int], categories: list[dict],
-                       score_thresh: float = 0.0) -> list[dict]:
+def detections_to_coco(
+    outputs: list[dict], image_ids: list[int], categories: list[dict], score_thresh: float = 0.0
+) -> list[dict]:
     """torchvision detections (xyxy boxes, labels 1..K) -> COCO results (xywh boxes, category ids)."""
     results = []
     for out, image_id in zip(outputs, image_ids):
         keep = out["scores"] >= score_thresh
         boxes = out["boxes"][keep].tolist()
         for (x1, y1, x2, y2), label, score in zip(boxes, out["labels"][keep].tolist(), out["scores"][keep].tolist()):
-            results.append({"image_id": int(image_id), "category_id": int(categories[label - 1]["id"]),
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(float(score), 5)})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(categories[label - 1]["id"]),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                }
+            )
     return results
 
 
@@ -72,9 +78,18 @@ def coco_stats(gt: dict | str | Path, results: list[dict], image_ids: list[int] 
 
 
 @torch.no_grad()
-def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batch_size: int = 4,
-            max_images: int = 0, workers: int = 0, score_thresh: float = 0.0, progress: bool = True,
-            precision: Precision | None = None) -> list[dict] | None:
+def predict(
+    detector: nn.Module,
+    dataset: CocoDetection,
+    info: DistInfo,
+    *,
+    batch_size: int = 4,
+    max_images: int = 0,
+    workers: int = 0,
+    score_thresh: float = 0.0,
+    progress: bool = True,
+    precision: Precision | None = None,
+) -> list[dict] | None:
     """Run ``detector`` over this rank's shard; return every rank's COCO results on rank 0, else None.
 
     ``precision`` (see :func:`defeat.engine.precision.resolve_precision`): the inference fast path, e.g. the
@@ -85,19 +100,26 @@ def predict(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batc
     detector.eval()
     try:
         with precision.applied(detector) if precision is not None else contextlib.nullcontext():
-            results = _predict_shard(detector, dataset, info, batch_size, max_images, workers, score_thresh, progress,
-                                     precision)
+            results = _predict_shard(
+                detector, dataset, info, batch_size, max_images, workers, score_thresh, progress, precision
+            )
     finally:
         detector.train(was_training)
     gathered = gather_to_main(results, info)
     return None if gathered is None else [r for part in gathered for r in part]
 
 
-def _predict_shard(detector, dataset, info, batch_size, max_images, workers, score_thresh, progress,
-                   precision) -> list[dict]:
+def _predict_shard(
+    detector, dataset, info, batch_size, max_images, workers, score_thresh, progress, precision
+) -> list[dict]:
     indices = shard_indices(len(dataset), info.world_size, info.rank, max_images)
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                        pin_memory=info.device.type == "cuda")
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=info.device.type == "cuda",
+    )
     results: list[dict] = []
     for images, targets in tqdm(loader, desc="eval", disable=not (progress and info.is_main), leave=False):
         with precision.autocast() if precision is not None else contextlib.nullcontext():
@@ -107,12 +129,31 @@ def _predict_shard(detector, dataset, info, batch_size, max_images, workers, sco
     return results
 
 
-def evaluate(detector: nn.Module, dataset: CocoDetection, info: DistInfo, *, batch_size: int = 4,
-             max_images: int = 0, workers: int = 0, score_thresh: float = 0.0, results_file: str | Path | None = None,
-             progress: bool = True, precision: Precision | None = None) -> dict | None:
+def evaluate(
+    detector: nn.Module,
+    dataset: CocoDetection,
+    info: DistInfo,
+    *,
+    batch_size: int = 4,
+    max_images: int = 0,
+    workers: int = 0,
+    score_thresh: float = 0.0,
+    results_file: str | Path | None = None,
+    progress: bool = True,
+    precision: Precision | None = None,
+) -> dict | None:
     """Predict and score on rank 0 (returns the stats there, None on other ranks); ``precision`` as in predict."""
-    results = predict(detector, dataset, info, batch_size=batch_size, max_images=max_images, workers=workers,
-                      score_thresh=score_thresh, progress=progress, precision=precision)
+    results = predict(
+        detector,
+        dataset,
+        info,
+        batch_size=batch_size,
+        max_images=max_images,
+        workers=workers,
+        score_thresh=score_thresh,
+        progress=progress,
+        precision=precision,
+    )
     if results is None:
         return None
     if results_file is not None:

@@ -8,7 +8,8 @@ as the torchvision model of that architecture names them, so that::
 
 works; a student named by torchvision's name (``fasterrcnn_mobilenet_v3_large_fpn``, ...) also loads into the stock
 builder ``torchvision.models.detection.<name>(weights=None, weights_backbone=None, num_classes=K + 1)`` (recorded in
-the sidecar as ``torchvision_builder``). A JSON sidecar (``student.pt.json``) records the model section and the class list needed to rebuild it.
+the sidecar as ``torchvision_builder``). A JSON sidecar (``student.pt.json``) records the model section and the class
+list needed to rebuild it.
 """
 
 from __future__ import annotations
@@ -31,12 +32,19 @@ def student_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict, di
     Returns ``(model in eval mode, its state dict, sidecar metadata)``.
     """
     loaded = load_model(checkpoint)
-    meta = {"source": str(checkpoint), "kind": loaded.kind, "step": loaded.step,
-            "model": config_to_dict(loaded.config)["model"], "num_classes": len(loaded.categories),
-            "categories": loaded.categories}
+    meta = {
+        "source": str(checkpoint),
+        "kind": loaded.kind,
+        "step": loaded.step,
+        "model": config_to_dict(loaded.config)["model"],
+        "num_classes": len(loaded.categories),
+        "categories": loaded.categories,
+    }
     if model_spec(loaded.name).official:  # the stock builder loads the exported state dict with strict=True
-        meta["torchvision_builder"] = (f"torchvision.models.detection.{loaded.name}(weights=None, "
-                                       f"weights_backbone=None, num_classes={len(loaded.categories) + 1})")
+        meta["torchvision_builder"] = (
+            f"torchvision.models.detection.{loaded.name}(weights=None, "
+            f"weights_backbone=None, num_classes={len(loaded.categories) + 1})"
+        )
     return loaded.model, loaded.model.state_dict(), meta
 
 
@@ -68,9 +76,12 @@ def export_onnx(model: nn.Module, out: str | Path, image_size: int, opset: int =
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(3, image_size, image_size)
     wrapper = _TensorOutputs(model.eval())
-    kwargs = dict(input_names=["image"], output_names=["boxes", "scores", "labels"], opset_version=opset,
-                  dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"},
-                                "labels": {0: "n"}})
+    kwargs = dict(
+        input_names=["image"],
+        output_names=["boxes", "scores", "labels"],
+        opset_version=opset,
+        dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}},
+    )
     with warnings.catch_warnings():  # tracing torchvision's detection code is noisy but correct for one image
         warnings.simplefilter("ignore")
         try:

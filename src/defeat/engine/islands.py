@@ -103,8 +103,9 @@ class MatmulRoIAlign(Island, MultiScaleRoIAlign):
         """torchvision's ``_multiscale_roi_align`` with :func:`roi_align_matmul` (no tracing branch)."""
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
         rois = _convert_to_roi_format(boxes)
         if len(features) == 1:
             return roi_align_matmul(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
@@ -122,8 +123,12 @@ class DeadTapSafeConv(Island, nn.Conv2d):
     them in the low precision) where, under autocast, a kernel tap sees only padding (:func:`has_dead_taps`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.dim() == 4 and max(self.kernel_size) > 1 and torch.is_autocast_enabled(x.device.type)
-                and has_dead_taps(tuple(x.shape[-2:]), self)):
+        if (
+            x.dim() == 4
+            and max(self.kernel_size) > 1
+            and torch.is_autocast_enabled(x.device.type)
+            and has_dead_taps(tuple(x.shape[-2:]), self)
+        ):
             with torch.autocast(x.device.type, enabled=False):
                 bias = self.bias.float() if self.bias is not None else None
                 return self._conv_forward(x.float(), self.weight.float(), bias)

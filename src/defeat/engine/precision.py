@@ -51,8 +51,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from defeat.engine.islands import (DeadTapSafeConv, Float32Region, FloatOutputs, Island, MatmulRoIAlign,
-                                   view_of)
+from defeat.engine.islands import DeadTapSafeConv, Float32Region, FloatOutputs, Island, MatmulRoIAlign, view_of
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -134,7 +133,7 @@ class Precision:
         finally:
             placement.undo()
 
-    def prepare(self, model: nn.Module) -> "Placement":
+    def prepare(self, model: nn.Module) -> Placement:
         """Place the float32 islands in ``model`` until :meth:`Placement.undo` (:meth:`applied` does both)."""
         placement = Placement()
         if self.enabled:
@@ -176,17 +175,22 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Pre
     if kind != "cpu":
         if requested == "auto":
             return Precision("fp32", kind, requested, f"no fast path for device type {kind!r}")
-        raise PrecisionError(f"precision={requested}: no fast path for device type {kind!r}; use precision=auto or fp32")
+        raise PrecisionError(
+            f"precision={requested}: no fast path for device type {kind!r}; use precision=auto or fp32"
+        )
     if requested == "fp16":
-        raise PrecisionError("precision=fp16: float16 autocast is for CUDA GPUs; on a CPU use precision=bf16, "
-                             "auto or fp32")
+        raise PrecisionError(
+            "precision=fp16: float16 autocast is for CUDA GPUs; on a CPU use precision=bf16, auto or fp32"
+        )
     ok, why = cpu_bf16_support()
     if ok:
         return Precision("bf16", kind, requested, why)
     if requested == "auto":
         return Precision("fp32", kind, requested, f"{why}, bfloat16 would be slower than float32")
-    raise PrecisionError(f"precision=bf16: {why} (lscpu flags amx_bf16 / avx512_bf16), so bfloat16 runs emulated and "
-                         "slower than float32; use precision=auto or fp32")
+    raise PrecisionError(
+        f"precision=bf16: {why} (lscpu flags amx_bf16 / avx512_bf16), so bfloat16 runs emulated and "
+        "slower than float32; use precision=auto or fp32"
+    )
 
 
 def config_precision(cfg) -> str:
@@ -239,8 +243,12 @@ class Placement:
         for root in roots:
             for detector in [m for m in root.modules() if _family(m) is not None]:
                 self._place_detector(detector)
-            convs = [(parent, name, child) for parent in root.modules() for name, child in parent.named_children()
-                     if isinstance(child, nn.Conv2d)]
+            convs = [
+                (parent, name, child)
+                for parent in root.modules()
+                for name, child in parent.named_children()
+                if isinstance(child, nn.Conv2d)
+            ]
             for parent, name, conv in convs:
                 self._swap(parent, name, conv, DeadTapSafeConv)
         if len(roots) == 2:  # frozen, outside the state dict and the optimizer: see the module docstring

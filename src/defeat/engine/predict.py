@@ -47,8 +47,16 @@ def _collate(batch):
 
 
 @torch.no_grad()
-def run_detector(detector: nn.Module, paths: list[Path], *, batch_size: int = 2, device: torch.device | str = "cpu",
-                 precision: Precision | None = None, workers: int = 0, progress: bool = True) -> list[dict]:
+def run_detector(
+    detector: nn.Module,
+    paths: list[Path],
+    *,
+    batch_size: int = 2,
+    device: torch.device | str = "cpu",
+    precision: Precision | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Detections (``boxes`` xyxy in image pixels, ``labels`` 1..K, ``scores``; float32 on the CPU) per path.
 
     ``detector`` must already be on ``device``; ``precision``'s float32 islands are in place during the pass
@@ -58,14 +66,19 @@ def run_detector(detector: nn.Module, paths: list[Path], *, batch_size: int = 2,
     device = torch.device(device)
     was_training = detector.training
     detector.eval()
-    loader = DataLoader(_Images(paths), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        _Images(paths),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
     outputs: list[dict] = [{}] * len(paths)
     placed = precision.applied(detector) if precision is not None else contextlib.nullcontext()
     try:
         with placed, tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
             for batch in loader:
-                for _, image, error in batch:
+                for _, _image, error in batch:
                     if error is not None:
                         raise type(error)(str(error)) from None
                 images = [image.to(device, non_blocking=True) for _, image, _ in batch]
@@ -79,8 +92,9 @@ def run_detector(detector: nn.Module, paths: list[Path], *, batch_size: int = 2,
     return outputs
 
 
-def to_coco_results(outputs: list[dict], image_ids: list[int], label_to_id: dict[int, int],
-                    score_thresh: float = 0.0) -> tuple[list[dict], int]:
+def to_coco_results(
+    outputs: list[dict], image_ids: list[int], label_to_id: dict[int, int], score_thresh: float = 0.0
+) -> tuple[list[dict], int]:
     """COCO results (``image_id``, ``category_id``, ``bbox`` xywh, ``score``) of the detections whose label is in
     ``label_to_id``; returns them and how many detections at or above ``score_thresh`` were dropped for a
     label the map lacks."""
@@ -104,8 +118,9 @@ def class_colours(count: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def draw_detections(image_path: Path, dets: list[dict], names: dict[int, str], colours: dict[int, tuple],
-                    out_path: Path) -> Path:
+def draw_detections(
+    image_path: Path, dets: list[dict], names: dict[int, str], colours: dict[int, tuple], out_path: Path
+) -> Path:
     """Write ``image_path`` with ``dets`` (COCO results) as labelled boxes (``"name 0.87"``) to ``out_path``,
     atomically, in the format its suffix names (PNG when PIL cannot write that format); returns the path."""
     from torchvision.utils import draw_bounding_boxes

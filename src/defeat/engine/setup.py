@@ -11,18 +11,24 @@ from defeat.data import CocoDetection
 from defeat.engine.weights import build_pretrained
 
 
-def load_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[CocoDetection | None, CocoDetection | None]:
+def load_datasets(
+    cfg: Config, train: bool = True, val: bool = True
+) -> tuple[CocoDetection | None, CocoDetection | None]:
     """The train/val splits named by ``cfg.data``; the val split must share the train split's classes."""
     train_set = CocoDetection(cfg.data.train_images, cfg.data.train_annotations) if train else None
     val_set = CocoDetection(cfg.data.val_images, cfg.data.val_annotations) if val else None
-    if train_set is not None and val_set is not None:
-        if [c["id"] for c in train_set.categories] != [c["id"] for c in val_set.categories]:
-            raise ValueError(f"{cfg.data.val_annotations}: categories differ from {cfg.data.train_annotations}")
+    if (
+        train_set is not None
+        and val_set is not None
+        and [c["id"] for c in train_set.categories] != [c["id"] for c in val_set.categories]
+    ):
+        raise ValueError(f"{cfg.data.val_annotations}: categories differ from {cfg.data.train_annotations}")
     return train_set, val_set
 
 
-def build_for_dataset(model_cfg: ModelConfig, categories: list[dict], seed: int,
-                      notes: list[str] | None = None) -> nn.Module:
+def build_for_dataset(
+    model_cfg: ModelConfig, categories: list[dict], seed: int, notes: list[str] | None = None
+) -> nn.Module:
     """A detector for these categories: freshly initialised, or from the weight files ``model.weights`` /
     ``model.backbone_weights`` name (classes mapped by name or fine-tuned, see
     :func:`defeat.engine.weights.build_pretrained`; what was done is appended to ``notes``). The same seed gives

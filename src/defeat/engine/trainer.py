@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -25,10 +25,10 @@ from tqdm import tqdm
 from defeat.config import Config, config_to_dict, save_config
 from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.distill import is_kd_loss
+from defeat.engine.allocator import tune_cpu_allocator
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
 from defeat.engine.distributed import DistInfo, barrier, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
-from defeat.engine.allocator import tune_cpu_allocator
 from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision
 from defeat.engine.schedule import lr_factor
 from defeat.utils import atomic_write_json
@@ -75,8 +75,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("output.tensorboard: the tensorboard package is not installed "
-                                 "(pip install 'defeat[tensorboard]')") from None
+                raise ValueError(
+                    "output.tensorboard: the tensorboard package is not installed (pip install 'defeat[tensorboard]')"
+                ) from None
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
@@ -116,14 +117,15 @@ class _Stepper:
     scheduler and grad scaler set up once by :meth:`prepare`); the steps run inside
     ``stepper.precision.applied(model)``."""
 
-    def __init__(self, cfg: Config, model: nn.Module, info: DistInfo, precision: Precision, optimizer, scaler,
-                 scheduler):
+    def __init__(
+        self, cfg: Config, model: nn.Module, info: DistInfo, precision: Precision, optimizer, scaler, scheduler
+    ):
         self.cfg, self.model, self.info, self.precision = cfg, model, info, precision
         self.optimizer, self.scaler, self.scheduler = optimizer, scaler, scheduler
         self.module: nn.Module = model
 
     @classmethod
-    def prepare(cls, cfg: Config, model: nn.Module, info: DistInfo, verbose: bool = True) -> "_Stepper":
+    def prepare(cls, cfg: Config, model: nn.Module, info: DistInfo, verbose: bool = True) -> _Stepper:
         model.to(info.device)
         precision = resolve_precision(config_precision(cfg), info.device)
         if info.is_main and verbose:
@@ -144,8 +146,9 @@ class _Stepper:
             self.module = DistributedDataParallel(self.model, device_ids=device_ids)
         return self.module
 
-    def __call__(self, images, targets, step: int, before_step: Callable[[int], None] | None,
-                 last_path: Path | None) -> tuple[dict, torch.Tensor]:
+    def __call__(
+        self, images, targets, step: int, before_step: Callable[[int], None] | None, last_path: Path | None
+    ) -> tuple[dict, torch.Tensor]:
         info, cfg, optimizer, scaler = self.info, self.cfg, self.optimizer, self.scaler
         images = [im.to(info.device, non_blocking=True) for im in images]
         targets = [{k: v.to(info.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
@@ -157,8 +160,9 @@ class _Stepper:
         if not _all_finite(total, info):
             bad = {k: float(v.detach()) for k, v in losses.items()}
             good = last_path if last_path is not None and last_path.is_file() else "none written yet"
-            raise NonFiniteLossError(f"non-finite loss at step {step} ({bad}); training stopped, "
-                                     f"last good checkpoint: {good}")
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({bad}); training stopped, last good checkpoint: {good}"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
@@ -175,12 +179,26 @@ class _Stepper:
 
 
 def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: int) -> DataLoader:
-    sampler = TrainSampler(len(train_set), cfg.data.batch_size, world_size=info.world_size, rank=info.rank,
-                           seed=cfg.seed, hflip_prob=cfg.data.hflip_prob, start_step=start_step)
+    sampler = TrainSampler(
+        len(train_set),
+        cfg.data.batch_size,
+        world_size=info.world_size,
+        rank=info.rank,
+        seed=cfg.seed,
+        hflip_prob=cfg.data.hflip_prob,
+        start_step=start_step,
+    )
     # A private generator keeps the loader from drawing on the global RNG that the model's samplers use.
-    return DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
-                      persistent_workers=cfg.data.workers > 0, pin_memory=info.device.type == "cuda")
+    return DataLoader(
+        train_set,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        persistent_workers=cfg.data.workers > 0,
+        pin_memory=info.device.type == "cuda",
+    )
 
 
 #: a KD term whose share of the first step's total loss exceeds this gets the pointer to ``distill.weights: auto``
@@ -195,9 +213,14 @@ def loss_shares(losses: dict[str, float]) -> dict[str, float]:
 
 def _first_step_record(step: int, max_steps: int, seconds: float, losses: dict, total: torch.Tensor) -> dict:
     values = {k: float(v.detach()) for k, v in losses.items()}
-    return {"step": step, "event": "first_step", "seconds": round(seconds, 3),
-            "eta_s": round(seconds * (max_steps - step), 1), "total_loss": round(float(total.detach()), 5),
-            "share": {k: round(v, 4) for k, v in loss_shares(values).items()}}
+    return {
+        "step": step,
+        "event": "first_step",
+        "seconds": round(seconds, 3),
+        "eta_s": round(seconds * (max_steps - step), 1),
+        "total_loss": round(float(total.detach()), 5),
+        "share": {k: round(v, 4) for k, v in loss_shares(values).items()},
+    }
 
 
 def format_first_step(record: dict) -> str:
@@ -205,12 +228,16 @@ def format_first_step(record: dict) -> str:
     pointer to ``distill.weights: auto`` when a KD term dominates (> :data:`KD_DOMINANT_SHARE` of the total)."""
     eta = record["eta_s"]
     shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in record["share"].items())
-    line = (f"step {record['step']}: {record['seconds']:.2f} s (the first step is the slowest); ETA at this pace "
-            f"{eta / 60:.1f} min | initial loss {record['total_loss']:.3g} = {shares}")
+    line = (
+        f"step {record['step']}: {record['seconds']:.2f} s (the first step is the slowest); ETA at this pace "
+        f"{eta / 60:.1f} min | initial loss {record['total_loss']:.3g} = {shares}"
+    )
     dominant = [k for k, v in record["share"].items() if is_kd_loss(k) and v > KD_DOMINANT_SHARE]
     if dominant:
-        line += (f"\nnote: {', '.join(dominant)} is over {100 * KD_DOMINANT_SHARE:.0f} % of the loss at the start; "
-                 "distill.weights: auto scales the KD weights to the detection loss (docs/distill.md)")
+        line += (
+            f"\nnote: {', '.join(dominant)} is over {100 * KD_DOMINANT_SHARE:.0f} % of the loss at the start; "
+            "distill.weights: auto scales the KD weights to the detection loss (docs/distill.md)"
+        )
     return line
 
 
@@ -240,29 +267,43 @@ class StepTiming:
         low, high = min(self.step_seconds), max(self.step_seconds)
         total = self.projected_seconds
         span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
-        return (f"estimate: {self.sec_per_step:.3f} s/step (median of {len(self.step_seconds)} steps after "
-                f"{self.warmup_steps} warm-up; {low:.3f}-{high:.3f}) -> {self.max_steps} steps ~ {span} of training "
-                f"(evaluations and checkpoints not included); peak memory {self.peak_memory_gib:.2f} GiB "
-                f"({self.memory_kind})")
+        return (
+            f"estimate: {self.sec_per_step:.3f} s/step (median of {len(self.step_seconds)} steps after "
+            f"{self.warmup_steps} warm-up; {low:.3f}-{high:.3f}) -> {self.max_steps} steps ~ {span} of training "
+            f"(evaluations and checkpoints not included); peak memory {self.peak_memory_gib:.2f} GiB "
+            f"({self.memory_kind})"
+        )
 
     def as_dict(self) -> dict:
-        return {"warmup_steps": self.warmup_steps, "step_seconds": [round(s, 4) for s in self.step_seconds],
-                "sec_per_step": round(self.sec_per_step, 4), "max_steps": self.max_steps,
-                "projected_seconds": round(self.projected_seconds, 1),
-                "peak_memory_gib": round(self.peak_memory_gib, 3),
-                "memory_kind": self.memory_kind}
+        return {
+            "warmup_steps": self.warmup_steps,
+            "step_seconds": [round(s, 4) for s in self.step_seconds],
+            "sec_per_step": round(self.sec_per_step, 4),
+            "max_steps": self.max_steps,
+            "projected_seconds": round(self.projected_seconds, 1),
+            "peak_memory_gib": round(self.peak_memory_gib, 3),
+            "memory_kind": self.memory_kind,
+        }
 
 
 def _peak_memory(info: DistInfo) -> tuple[float, str]:
     if info.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(info.device) / 2 ** 30, "CUDA max allocated"
+        return torch.cuda.max_memory_allocated(info.device) / 2**30, "CUDA max allocated"
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "peak resident memory of the process"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak resident memory of the process"
 
 
-def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info: DistInfo, *, warmup: int = 2,
-                   steps: int = 5, before_step: Callable[[int], None] | None = None) -> StepTiming:
+def estimate_steps(
+    cfg: Config,
+    model: nn.Module,
+    train_set: CocoDetection,
+    info: DistInfo,
+    *,
+    warmup: int = 2,
+    steps: int = 5,
+    before_step: Callable[[int], None] | None = None,
+) -> StepTiming:
     """Run ``warmup`` + ``steps`` real training steps of ``cfg`` (same precision, optimizer, data loading and
     order) and time the last ``steps``, each from loading its batch to the end of its update; writes nothing (no
     output folder, log or checkpoint). The model's weights change."""
@@ -290,10 +331,20 @@ def estimate_steps(cfg: Config, model: nn.Module, train_set: CocoDetection, info
     return StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
 
 
-def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
-          info: DistInfo, *, kind: str = "detector", resume: bool = False,
-          before_step: Callable[[int], None] | None = None, reference_metrics: dict | None = None,
-          progress: bool = True) -> TrainResult:
+def train(
+    cfg: Config,
+    model: nn.Module,
+    detector: nn.Module,
+    train_set: CocoDetection,
+    val_set: CocoDetection | None,
+    info: DistInfo,
+    *,
+    kind: str = "detector",
+    resume: bool = False,
+    before_step: Callable[[int], None] | None = None,
+    reference_metrics: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train ``model`` for ``cfg.schedule.max_steps`` steps; see the module docstring.
 
     ``before_step(step)`` runs before every step (e.g. a KD-weight schedule); ``reference_metrics``
@@ -302,13 +353,37 @@ def train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDet
     """
     step_fn = _Stepper.prepare(cfg, model, info)
     with step_fn.precision.applied(model):
-        return _train(cfg, model, detector, train_set, val_set, info, step_fn, kind=kind, resume=resume,
-                      before_step=before_step, reference_metrics=reference_metrics, progress=progress)
+        return _train(
+            cfg,
+            model,
+            detector,
+            train_set,
+            val_set,
+            info,
+            step_fn,
+            kind=kind,
+            resume=resume,
+            before_step=before_step,
+            reference_metrics=reference_metrics,
+            progress=progress,
+        )
 
 
-def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDetection, val_set: CocoDetection | None,
-           info: DistInfo, step_fn: _Stepper, *, kind: str, resume: bool, before_step: Callable[[int], None] | None,
-           reference_metrics: dict | None, progress: bool) -> TrainResult:
+def _train(
+    cfg: Config,
+    model: nn.Module,
+    detector: nn.Module,
+    train_set: CocoDetection,
+    val_set: CocoDetection | None,
+    info: DistInfo,
+    step_fn: _Stepper,
+    *,
+    kind: str,
+    resume: bool,
+    before_step: Callable[[int], None] | None,
+    reference_metrics: dict | None,
+    progress: bool,
+) -> TrainResult:
     out_dir = Path(cfg.output.dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,27 +422,54 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
     def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
         rngs = gather_to_main(_rng_state(), info)
         if info.is_main:
-            save_checkpoint({"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "step": step, "rng": rngs,
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "categories": categories, "config": config_to_dict(cfg), "metrics": metrics or {}}, path)
+            save_checkpoint(
+                {
+                    "kind": kind,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "rng": rngs,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "categories": categories,
+                    "config": config_to_dict(cfg),
+                    "metrics": metrics or {},
+                },
+                path,
+            )
         barrier(info)
 
     def run_eval(step: int) -> dict:
         if val_set is None:
             return {}
-        stats = evaluate(detector, val_set, info, batch_size=cfg.eval.batch_size, max_images=cfg.data.val_max_images,
-                         score_thresh=cfg.eval.score_thresh, progress=progress, precision=precision)
+        stats = evaluate(
+            detector,
+            val_set,
+            info,
+            batch_size=cfg.eval.batch_size,
+            max_images=cfg.data.val_max_images,
+            score_thresh=cfg.eval.score_thresh,
+            progress=progress,
+            precision=precision,
+        )
         if info.is_main:
             extra = " | " + " ".join(f"{k} {100 * v:.1f}" for k, v in (reference_metrics or {}).items())
             tqdm.write(f"[step {step}] {format_stats(stats)}{extra if reference_metrics else ''}")
-            log.write({"step": step, "event": "eval", **{k: v for k, v in stats.items() if k != "per_class_AP"},
-                       "per_class_AP": stats["per_class_AP"], **(reference_metrics or {})})
+            log.write(
+                {
+                    "step": step,
+                    "event": "eval",
+                    **{k: v for k, v in stats.items() if k != "per_class_AP"},
+                    "per_class_AP": stats["per_class_AP"],
+                    **(reference_metrics or {}),
+                }
+            )
         return stats or {}
 
     max_steps = cfg.schedule.max_steps
-    bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not (progress and info.is_main),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=max_steps, initial=start_step, desc="train", disable=not (progress and info.is_main), dynamic_ncols=True
+    )
     running: dict[str, torch.Tensor] = {}  # detached sums; converted to floats only when logged
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict = {}
@@ -388,11 +490,15 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
             tqdm.write(format_first_step(first))
         if done % cfg.output.log_every == 0 or done == max_steps:
             seconds = (time.perf_counter() - window_start) / window_steps
-            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "sec_per_step": round(seconds, 4),
-                      "eta_s": round(seconds * (max_steps - done), 1),
-                      **{k: round(float(v) / window_steps, 5) for k, v in running.items()}}
+            record = {
+                "step": done,
+                "lr": optimizer.param_groups[0]["lr"],
+                "sec_per_step": round(seconds, 4),
+                "eta_s": round(seconds * (max_steps - done), 1),
+                **{k: round(float(v) / window_steps, 5) for k, v in running.items()},
+            }
             if info.device.type == "cuda":
-                record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2 ** 30, 3)
+                record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2**30, 3)
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
             running, window_start, window_steps = {}, time.perf_counter(), 0
@@ -407,10 +513,18 @@ def _train(cfg: Config, model: nn.Module, detector: nn.Module, train_set: CocoDe
     checkpoint(max_steps, last_path, metrics)
     final_path = out_dir / FINAL_CHECKPOINT
     if info.is_main:
-        save_checkpoint({"kind": kind, "model": model.state_dict(), "step": max_steps, "categories": categories,
-                         "config": config_to_dict(cfg), "metrics": metrics}, final_path)
+        save_checkpoint(
+            {
+                "kind": kind,
+                "model": model.state_dict(),
+                "step": max_steps,
+                "categories": categories,
+                "config": config_to_dict(cfg),
+                "metrics": metrics,
+            },
+            final_path,
+        )
         if metrics:
             atomic_write_json(out_dir / "metrics_final.json", metrics)
     barrier(info)
     return TrainResult(max_steps, final_path, metrics)
-

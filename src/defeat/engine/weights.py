@@ -78,8 +78,10 @@ def read_weight_file(path: str | Path, key: str) -> WeightFile:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"{key}: {path}: refused by torch.load(weights_only=True): it pickles Python objects, not "
-                         f"only tensors ({first}); re-save its state_dict() with torch.save") from None
+        raise ValueError(
+            f"{key}: {path}: refused by torch.load(weights_only=True): it pickles Python objects, not "
+            f"only tensors ({first}); re-save its state_dict() with torch.save"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ValueError(f"{key}: {path}: not a readable torch file (truncated or corrupt: {first})") from None
@@ -108,8 +110,10 @@ def official_state_dict(name: str, key: str, backbone: bool = False) -> tuple[di
         return weights.get_state_dict(progress=True, check_hash=True), file
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         folder = Path(torch.hub.get_dir()) / "checkpoints"
-        raise FileNotFoundError(f"{key}=DEFAULT: could not get {file} ({type(err).__name__}: {str(err)[:120]}); offline? "
-                           f"put {file} in {folder} or set {key} to the file's path") from None
+        raise FileNotFoundError(
+            f"{key}=DEFAULT: could not get {file} ({type(err).__name__}: {str(err)[:120]}); offline? "
+            f"put {file} in {folder} or set {key} to the file's path"
+        ) from None
 
 
 def known_classes(weights: WeightFile, outputs: int) -> tuple[list[dict] | None, str]:
@@ -142,23 +146,28 @@ def check_fit(model: nn.Module, state: dict[str, Tensor], what: str) -> None:
     shapes = [f"{k} {tuple(theirs[k])} vs {tuple(ours[k])}" for k in ours if k in theirs and theirs[k] != ours[k]]
     if missing or unexpected or shapes:
         examples = (missing[:2] + unexpected[:2] + shapes[:2])[:4]
-        raise ValueError(f"{what} ({len(missing)} missing, {len(unexpected)} unexpected keys, {len(shapes)} shape "
-                         f"mismatches; e.g. {'; '.join(examples)})")
+        raise ValueError(
+            f"{what} ({len(missing)} missing, {len(unexpected)} unexpected keys, {len(shapes)} shape "
+            f"mismatches; e.g. {'; '.join(examples)})"
+        )
 
 
 def detector_weights(model_cfg: ModelConfig) -> WeightFile:
     """The weights ``model.weights`` names (a path or DEFAULT)."""
     if model_cfg.weights.strip().upper() == "DEFAULT":
         if model_cfg.name not in OFFICIAL:
-            raise ValueError(f"model.weights=DEFAULT: torchvision publishes COCO weights only for {', '.join(OFFICIAL)}"
-                             f", not {model_cfg.name}; use a file path or model.backbone_weights")
+            raise ValueError(
+                f"model.weights=DEFAULT: torchvision publishes COCO weights only for {', '.join(OFFICIAL)}"
+                f", not {model_cfg.name}; use a file path or model.backbone_weights"
+            )
         state, file = official_state_dict(model_cfg.name, "model.weights")
         return WeightFile(state, f"torchvision's {file}")
     return read_weight_file(model_cfg.weights, "model.weights")
 
 
-def build_pretrained(model_cfg: ModelConfig, categories: list[dict], *, role: Role = "train",
-                     dataset: str = "the dataset") -> tuple[nn.Module, list[str]]:
+def build_pretrained(
+    model_cfg: ModelConfig, categories: list[dict], *, role: Role = "train", dataset: str = "the dataset"
+) -> tuple[nn.Module, list[str]]:
     """A detector of ``model_cfg`` for ``categories`` with the weights its config names, and what was done.
 
     Call it after seeding: re-initialised layers take their values from torch's RNG.
@@ -167,8 +176,9 @@ def build_pretrained(model_cfg: ModelConfig, categories: list[dict], *, role: Ro
     return model, notes
 
 
-def load_pretrained(model_cfg: ModelConfig, categories: list[dict] | None = None, *,
-                    dataset: str = "the dataset") -> LoadedModel:
+def load_pretrained(
+    model_cfg: ModelConfig, categories: list[dict] | None = None, *, dataset: str = "the dataset"
+) -> LoadedModel:
     """A detector from its weight files for evaluation or prediction, as a :class:`LoadedModel` (eval mode, CPU).
 
     With ``categories`` its outputs are mapped onto them by name (refused if they do not cover them); without,
@@ -181,12 +191,14 @@ def load_pretrained(model_cfg: ModelConfig, categories: list[dict] | None = None
     return LoadedModel(model.eval(), Config(model=model_cfg), "detector", categories, source)
 
 
-def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
-           dataset: str) -> tuple[nn.Module, list[str], list[dict]]:
+def _build(
+    model_cfg: ModelConfig, categories: list[dict] | None, role: Role, dataset: str
+) -> tuple[nn.Module, list[str], list[dict]]:
     notes: list[str] = []
     if categories is None and not is_set(model_cfg.weights):
-        raise ValueError(f"model.weights: not set; {model_cfg.name} needs its weights (a file or DEFAULT) to know "
-                         "its classes")
+        raise ValueError(
+            f"model.weights: not set; {model_cfg.name} needs its weights (a file or DEFAULT) to know its classes"
+        )
     if not is_set(model_cfg.weights):
         model = build_detector(model_cfg, len(categories))
         if is_set(model_cfg.backbone_weights):
@@ -219,26 +231,32 @@ def _build(model_cfg: ModelConfig, categories: list[dict] | None, role: Role,
         if all(k is not None for k in keep):
             if keep != list(range(1, outputs)):
                 keep_classes(model, keep, merge_background=role != "train")
-                notes.append(f"classes: the dataset's {len(wanted)} categories mapped by name onto {described} "
-                             f"of {source}")
+                notes.append(
+                    f"classes: the dataset's {len(wanted)} categories mapped by name onto {described} of {source}"
+                )
             return model, notes, categories
         missing = [n for n, k in zip(wanted, keep) if k is None]
     elif outputs == len(categories) + 1:
-        notes.append(f"classes: {source} has {outputs - 1} classes, as many as {dataset}; taken to be its categories "
-                     "in order")
+        notes.append(
+            f"classes: {source} has {outputs - 1} classes, as many as {dataset}; taken to be its categories in order"
+        )
         return model, notes, categories
     else:
         missing = wanted
     if role != "train":
-        raise ValueError(f"model.weights: {source}: its classes ({described}) do not cover {dataset}'s (e.g. "
-                         f"{', '.join(missing[:4])}); fine-tune it first: defeat train with model.weights={source}")
+        raise ValueError(
+            f"model.weights: {source}: its classes ({described}) do not cover {dataset}'s (e.g. "
+            f"{', '.join(missing[:4])}); fine-tune it first: defeat train with model.weights={source}"
+        )
     fresh = build_detector(model_cfg, len(categories))
     kept = {k: v for k, v in model.state_dict().items() if not class_dependent(k, family)}
     reset = [k for k in fresh.state_dict() if class_dependent(k, family)]
     fresh.load_state_dict(kept, strict=False)
-    notes.append(f"fine-tuning {source} ({described}) to {dataset}'s {len(wanted)} classes: kept {len(kept)} tensors "
-                 f"(backbone, FPN, {'RPN, box head' if family == 'faster_rcnn' else 'box regression and towers'}), "
-                 f"re-initialised {len(reset)} class-dependent ones ({', '.join(reset)})")
+    notes.append(
+        f"fine-tuning {source} ({described}) to {dataset}'s {len(wanted)} classes: kept {len(kept)} tensors "
+        f"(backbone, FPN, {'RPN, box head' if family == 'faster_rcnn' else 'box regression and towers'}), "
+        f"re-initialised {len(reset)} class-dependent ones ({', '.join(reset)})"
+    )
     return fresh, notes, categories
 
 
@@ -253,17 +271,21 @@ def load_backbone_weights(model: nn.Module, model_cfg: ModelConfig) -> str:
         state, file = official_state_dict(arch, "model.backbone_weights", backbone=True)
         source = f"torchvision's {file}"
     else:
-        state, source = read_state_dict(model_cfg.backbone_weights, "model.backbone_weights"), model_cfg.backbone_weights
+        state, source = (
+            read_state_dict(model_cfg.backbone_weights, "model.backbone_weights"),
+            model_cfg.backbone_weights,
+        )
     body = model.backbone.body
     if spec.depth is not None:  # a ResNet
         mapped = {k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
-        mapped = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        mapped = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     ours = {k for k in body.state_dict() if not k.endswith("num_batches_tracked")}
     used = {k: v for k, v in mapped.items() if k in ours}
     if not used:
-        raise ValueError(f"model.backbone_weights: {source}: none of its keys is a {arch} key (e.g. "
-                         f"{', '.join(list(state)[:2])})")
+        raise ValueError(
+            f"model.backbone_weights: {source}: none of its keys is a {arch} key (e.g. {', '.join(list(state)[:2])})"
+        )
     check_fit(body, used, f"model.backbone_weights: {source} does not fit the {arch} backbone of {model_cfg.name}")
     body.load_state_dict(used, strict=False)
     return f"backbone: {len(used)} tensors of ImageNet {arch} from {source}"

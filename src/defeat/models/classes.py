@@ -33,8 +33,10 @@ def outputs_in_state(state: dict[str, Tensor], family: str) -> int | None:
     if family == "faster_rcnn":
         weight = state.get("roi_heads.box_predictor.cls_score.weight")
         return None if weight is None else int(weight.shape[0])
-    logits, boxes = state.get("head.classification_head.cls_logits.weight"), state.get(
-        "head.regression_head.bbox_reg.weight")
+    logits, boxes = (
+        state.get("head.classification_head.cls_logits.weight"),
+        state.get("head.regression_head.bbox_reg.weight"),
+    )
     if logits is None or boxes is None:
         return None
     return int(logits.shape[0]) // (int(boxes.shape[0]) // 4)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
-from defeat.models.spec import FAMILIES, RESNET_LEVELS as LEVELS  # noqa: F401  (re-exported)
+from defeat.models.spec import FAMILIES  # noqa: F401  (re-exported)
 
 _CLASSES = ((FasterRCNN, "faster_rcnn"), (RetinaNet, "retinanet"), (FCOS, "fcos"))
 
@@ -53,7 +53,7 @@ def fpn_output_keys(model: nn.Module, where: str = "model") -> list[str]:
     return list(_probe(model, where)[1])
 
 
-_STRIDES: "weakref.WeakKeyDictionary[nn.Module, tuple[dict[str, int], list[str]]]" = weakref.WeakKeyDictionary()
+_STRIDES: weakref.WeakKeyDictionary[nn.Module, tuple[dict[str, int], list[str]]] = weakref.WeakKeyDictionary()
 _PROBE_SIDE = 256
 
 
@@ -79,8 +79,10 @@ def _measure_strides(backbone: nn.Module, where: str) -> tuple[dict[str, int], l
     for key, feature in maps.items():
         stride = _PROBE_SIDE // feature.shape[-1]
         if stride < 1 or stride & (stride - 1) or stride * feature.shape[-1] != _PROBE_SIDE:
-            raise ValueError(f"{where}: FPN output {key!r} has side {feature.shape[-1]} for a {_PROBE_SIDE}-px image, "
-                             "not a power-of-two stride")
+            raise ValueError(
+                f"{where}: FPN output {key!r} has side {feature.shape[-1]} for a {_PROBE_SIDE}-px image, "
+                "not a power-of-two stride"
+            )
         name = f"P{stride.bit_length() - 1}"
         suffix = iter("bcdefgh")
         while name in strides:  # MobileNetV3-FPN has two maps at stride 32: P5 and P5b
@@ -125,10 +127,12 @@ def level_pairs(student: nn.Module, teacher: nn.Module, where: str = "teacher") 
         by_stride.setdefault(stride, name)
     pairs = {name: by_stride[stride] for name, stride in s_levels.items() if stride in by_stride}
     if not pairs:
-        show = lambda levels: ", ".join(f"{n} (stride {s})" for n, s in levels.items())  # noqa: E731
-        raise ValueError(f"{where}: no FPN stride in common with the student (teacher {show(t_levels)}; student "
-                         f"{show(s_levels)}); DeFeat imitates features level by level at equal strides, so this "
-                         "pair cannot be distilled")
+        show = lambda levels: ", ".join(f"{n} (stride {s})" for n, s in levels.items())
+        raise ValueError(
+            f"{where}: no FPN stride in common with the student (teacher {show(t_levels)}; student "
+            f"{show(s_levels)}); DeFeat imitates features level by level at equal strides, so this "
+            "pair cannot be distilled"
+        )
     return pairs
 
 
@@ -166,8 +170,12 @@ def capture_backbone_stages(model: nn.Module, stages: list[str]) -> Iterator[dic
     names) into the yielded dict; the hooks are removed on exit (the model is left as it was)."""
     captured: dict[str, Tensor] = {}
     body = model.backbone.body
-    handles = [getattr(body, name).register_forward_hook(
-        lambda _module, _inputs, output, name=name: captured.__setitem__(name, output)) for name in stages]
+    handles = [
+        getattr(body, name).register_forward_hook(
+            lambda _module, _inputs, output, name=name: captured.__setitem__(name, output)
+        )
+        for name in stages
+    ]
     try:
         yield captured
     finally:

@@ -36,8 +36,14 @@ def _axis_weights(start: Tensor, size: Tensor, length: int, bins: int, samples: 
     return weights.view(count, bins, samples, length).mean(2)
 
 
-def roi_align_matmul(input: Tensor, boxes: Tensor, output_size, spatial_scale: float = 1.0,
-                     sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+def roi_align_matmul(
+    input: Tensor,
+    boxes: Tensor,
+    output_size,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
     """``torchvision.ops.roi_align`` for ``(K, 5)`` RoIs ``(image, x1, y1, x2, y2)`` as dense matmuls.
 
     Bilinear sampling on a regular grid is separable, so RoI ``k``'s output on channel ``c`` is
@@ -65,7 +71,7 @@ def roi_align_matmul(input: Tensor, boxes: Tensor, output_size, spatial_scale: f
     if not aligned:  # torchvision forces malformed RoIs to 1x1
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     ay = _axis_weights(y1, roi_h, height, ph, sampling_ratio)  # K, PH, H
-    ax = _axis_weights(x1, roi_w, width, pw, sampling_ratio)   # K, PW, W
+    ax = _axis_weights(x1, roi_w, width, pw, sampling_ratio)  # K, PW, W
     batch = rois[:, 0].long()
     out = input.new_zeros((rois.shape[0], channels, ph, pw))
     parts, order = [], []
@@ -74,9 +80,9 @@ def roi_align_matmul(input: Tensor, boxes: Tensor, output_size, spatial_scale: f
         count = idx.numel()
         if count == 0:
             continue
-        rows = input[image].transpose(0, 1).reshape(height, channels * width)           # H, C*W
+        rows = input[image].transpose(0, 1).reshape(height, channels * width)  # H, C*W
         t = (ay[idx].reshape(count * ph, height) @ rows).view(count, ph * channels, width)
-        pooled = torch.bmm(t, ax[idx].transpose(1, 2))                                    # k, PH*C, PW
+        pooled = torch.bmm(t, ax[idx].transpose(1, 2))  # k, PH*C, PW
         parts.append(pooled.view(count, ph, channels, pw).transpose(1, 2))
         order.append(idx)
     if not parts:

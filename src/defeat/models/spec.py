@@ -32,9 +32,15 @@ DEPTHS = (18, 34, 50, 101, 152)
 #: torchvision's spelling of each family (``fasterrcnn_resnet50_fpn``)
 TORCHVISION_PREFIX = {"faster_rcnn": "fasterrcnn", "retinanet": "retinanet", "fcos": "fcos"}
 #: the builders torchvision publishes COCO weights for
-OFFICIAL = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
-            "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
-            "fcos_resnet50_fpn")
+OFFICIAL = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+)
 
 #: FPN levels of the ResNet-FPN detectors, in torchvision's feature-dict order (level Pk: stride 2**k)
 RESNET_LEVELS = {
@@ -46,8 +52,11 @@ RESNET_LEVELS = {
 MOBILENET_LEVELS = {"P5": 32, "P5b": 32, "P6": 64}
 MOBILENET_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # on every level
 #: the base anchor size per level torchvision's builders use (FCOS: its "anchors" set the scale ranges)
-TORCHVISION_ANCHOR_BASE = {"faster_rcnn": (32, 64, 128, 256, 512), "retinanet": (32, 64, 128, 256, 512),
-                           "fcos": (8, 16, 32, 64, 128)}
+TORCHVISION_ANCHOR_BASE = {
+    "faster_rcnn": (32, 64, 128, 256, 512),
+    "retinanet": (32, 64, 128, 256, 512),
+    "fcos": (8, 16, 32, 64, 128),
+}
 
 _ZOO = re.compile(r"^(faster_rcnn|retinanet|fcos)_(r\d+|tiny)_fpn$")
 _TORCHVISION = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
@@ -71,7 +80,7 @@ class ModelSpec:
     @property
     def depth(self) -> int | None:
         """ResNet depth (``None`` for MobileNet and the tiny backbone)."""
-        return int(self.backbone[len("resnet"):]) if self.backbone.startswith("resnet") else None
+        return int(self.backbone[len("resnet") :]) if self.backbone.startswith("resnet") else None
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -96,12 +105,16 @@ class ModelSpec:
         anchors cannot be set by one size per level.
         """
         if self.fixed_anchor_sizes is not None:
-            raise ValueError(f"model.anchor_sizes: {self.name} has {len(MOBILENET_ANCHOR_SIZES)} anchor sizes on each "
-                             f"of its {len(self.levels)} levels, not one base size per level; keep its own anchors")
+            raise ValueError(
+                f"model.anchor_sizes: {self.name} has {len(MOBILENET_ANCHOR_SIZES)} anchor sizes on each "
+                f"of its {len(self.levels)} levels, not one base size per level; keep its own anchors"
+            )
         base_sizes = [int(s) for s in base_sizes]
         if len(base_sizes) != len(self.levels):
-            raise ValueError(f"model.anchor_sizes: {self.name} needs {len(self.levels)} sizes (one per level "
-                             f"{'/'.join(self.levels)}), got {base_sizes}")
+            raise ValueError(
+                f"model.anchor_sizes: {self.name} needs {len(self.levels)} sizes (one per level "
+                f"{'/'.join(self.levels)}), got {base_sizes}"
+            )
         if self.octaves == 3:
             return tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in base_sizes)
         return tuple((s,) for s in base_sizes)
@@ -120,9 +133,16 @@ class ModelSpec:
 
 
 def _resnet_fpn(name: str, family: str, backbone: str) -> ModelSpec:
-    depth = backbone[len("resnet"):]
-    return ModelSpec(name, f"{family}_r{depth}_fpn", family, backbone, "zoo", RESNET_LEVELS[family],
-                     octaves=3 if family == "retinanet" else 1)
+    depth = backbone[len("resnet") :]
+    return ModelSpec(
+        name,
+        f"{family}_r{depth}_fpn",
+        family,
+        backbone,
+        "zoo",
+        RESNET_LEVELS[family],
+        octaves=3 if family == "retinanet" else 1,
+    )
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -130,27 +150,40 @@ def model_spec(name: str) -> ModelSpec:
     if name in OFFICIAL:
         family = {v: k for k, v in TORCHVISION_PREFIX.items()}[name.split("_", 1)[0]]
         if "mobilenet" in name:
-            return ModelSpec(name, name, family, "mobilenet_v3_large", "torchvision", MOBILENET_LEVELS,
-                             norm_default="bn")
+            return ModelSpec(
+                name, name, family, "mobilenet_v3_large", "torchvision", MOBILENET_LEVELS, norm_default="bn"
+            )
         base = _resnet_fpn(name, family, "resnet50")
-        return ModelSpec(name, name, family, "resnet50", "torchvision", base.levels, octaves=base.octaves,
-                         norm_default="bn")
+        return ModelSpec(
+            name, name, family, "resnet50", "torchvision", base.levels, octaves=base.octaves, norm_default="bn"
+        )
     match = _ZOO.match(name)
     if match:
         family, body = match.groups()
         if body == "tiny":
             # 64 FPN channels: GroupNorm(32) in the heads keeps 2 channels a group (a 1x1 P7 map trains at batch 1)
-            return ModelSpec(name, name, family, "tiny", "zoo", RESNET_LEVELS[family], fpn_channels=64,
-                             box_head_size=64, octaves=3 if family == "retinanet" else 1)
+            return ModelSpec(
+                name,
+                name,
+                family,
+                "tiny",
+                "zoo",
+                RESNET_LEVELS[family],
+                fpn_channels=64,
+                box_head_size=64,
+                octaves=3 if family == "retinanet" else 1,
+            )
         if int(body[1:]) in DEPTHS:
             return _resnet_fpn(name, family, f"resnet{body[1:]}")
     match = _TORCHVISION.match(name)
     if match and int(match.group(2)) in DEPTHS:
         family = {v: k for k, v in TORCHVISION_PREFIX.items()}[match.group(1)]
         return _resnet_fpn(name, family, f"resnet{match.group(2)}")
-    raise ValueError(f"model.name: unknown detector {name!r} (choose from {', '.join(model_names())}; "
-                     f"torchvision's spelling {{fasterrcnn,retinanet,fcos}}_resnet{{{','.join(map(str, DEPTHS))}}}"
-                     "_fpn is accepted too)")
+    raise ValueError(
+        f"model.name: unknown detector {name!r} (choose from {', '.join(model_names())}; "
+        f"torchvision's spelling {{fasterrcnn,retinanet,fcos}}_resnet{{{','.join(map(str, DEPTHS))}}}"
+        "_fpn is accepted too)"
+    )
 
 
 def resnet_fpn_name(family: str, depth: int) -> str:

@@ -37,8 +37,14 @@ def torchvision_defaults(name: str) -> dict:
     project's small-image ones): transform sizes, RPN numbers, score threshold. E.g. for ``defeat predict``."""
     values = dict(min_size=800, max_size=1333, box_score_thresh=0.05, box_detections_per_img=100)
     if model_spec(name).family == "faster_rcnn":
-        values.update(rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
-                      rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256, box_batch_size_per_image=512)
+        values.update(
+            rpn_pre_nms_top_n_train=2000,
+            rpn_post_nms_top_n_train=2000,
+            rpn_pre_nms_top_n_test=1000,
+            rpn_post_nms_top_n_test=1000,
+            rpn_batch_size_per_image=256,
+            box_batch_size_per_image=512,
+        )
     if name == "fasterrcnn_mobilenet_v3_large_320_fpn":
         values.update(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150)
     return values
@@ -55,13 +61,16 @@ def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: i
     """
     kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size)
     if spec.family == "faster_rcnn":
-        kwargs.update(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-                      rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                      rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-                      rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-                      rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-                      box_batch_size_per_image=cfg.box_batch_size_per_image,
-                      box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh)
+        kwargs.update(
+            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+            box_detections_per_img=cfg.box_detections_per_img,
+            box_score_thresh=cfg.box_score_thresh,
+        )
     else:
         kwargs.update(score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img)
     if spec.builder != "torchvision":
@@ -86,8 +95,10 @@ def _replace_anchors(model: nn.Module, cfg: ModelConfig, spec: ModelSpec) -> Non
     ratios = generator.aspect_ratios
     if cfg.anchor_ratios != defaults.anchor_ratios and spec.family != "fcos":
         if len(cfg.anchor_ratios) != len(ratios[0]):
-            raise ValueError(f"model.anchor_ratios: {cfg.name}'s heads are built for {len(ratios[0])} ratios per "
-                             f"location; give {len(ratios[0])} (got {cfg.anchor_ratios})")
+            raise ValueError(
+                f"model.anchor_ratios: {cfg.name}'s heads are built for {len(ratios[0])} ratios per "
+                f"location; give {len(ratios[0])} (got {cfg.anchor_ratios})"
+            )
         ratios = (spec.anchor_ratios(cfg.anchor_ratios),) * len(ratios)
     sizes = generator.sizes if cfg.anchor_sizes == defaults.anchor_sizes else spec.anchor_sizes(cfg.anchor_sizes)
     _set_generator(model, spec.family, AnchorGenerator(sizes, ratios))

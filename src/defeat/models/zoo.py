@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torchvision.models import resnet
@@ -61,7 +61,8 @@ def _load_resnet(depth: int, norm: str, pretrained: bool) -> resnet.ResNet:
             raise RuntimeError(
                 f"model.pretrained_backbone: could not get torchvision's ImageNet weights for resnet{depth} "
                 f"({type(err).__name__}: {err}); are you offline? Put the file in $TORCH_HOME/hub/checkpoints "
-                "or set model.pretrained_backbone=false") from None
+                "or set model.pretrained_backbone=false"
+            ) from None
         raise
     return model
 
@@ -70,8 +71,9 @@ def _tiny_body(norm: str) -> nn.Module:
     """Four conv-norm-ReLU stages ``layer1..layer4`` of strides 4, 8, 16, 32 (a ResNet's stage names and strides)."""
     norm_layer, stages, channels = norm_layer_for(norm), OrderedDict(), 3
     for index, (width, stride) in enumerate(zip(TINY_WIDTHS, (4, 2, 2, 2)), start=1):
-        stages[f"layer{index}"] = nn.Sequential(nn.Conv2d(channels, width, 3, stride, 1, bias=False),
-                                                norm_layer(width), nn.ReLU(inplace=True))
+        stages[f"layer{index}"] = nn.Sequential(
+            nn.Conv2d(channels, width, 3, stride, 1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
+        )
         channels = width
     return nn.Sequential(stages)
 
@@ -81,17 +83,19 @@ def build_backbone(spec: ModelSpec, cfg: ModelConfig) -> BackboneWithFPN:
     pretrained = uses_pretrained_weights(cfg)
     norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
     if _imagenet_backbone(cfg) and norm == "gn":
-        raise ValueError("model.norm=gn: ImageNet backbone weights are BatchNorm weights; use model.norm=frozen_bn, "
-                         "bn or auto with them")
+        raise ValueError(
+            "model.norm=gn: ImageNet backbone weights are BatchNorm weights; use model.norm=frozen_bn, "
+            "bn or auto with them"
+        )
     returned = [1, 2, 3, 4] if spec.family == "faster_rcnn" else [2, 3, 4]
-    extra = LastLevelMaxPool() if spec.family == "faster_rcnn" else LastLevelP6P7(spec.fpn_channels,
-                                                                                  spec.fpn_channels)
+    extra = LastLevelMaxPool() if spec.family == "faster_rcnn" else LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)
     if spec.backbone == "tiny":
         if _imagenet_backbone(cfg):
             raise ValueError(f"model.backbone_weights: {spec.name} has a toy backbone; no ImageNet weights fit it")
         layers = {f"layer{k}": str(i) for i, k in enumerate(returned)}
-        return BackboneWithFPN(_tiny_body(norm), layers, [TINY_WIDTHS[k - 1] for k in returned], spec.fpn_channels,
-                               extra_blocks=extra)
+        return BackboneWithFPN(
+            _tiny_body(norm), layers, [TINY_WIDTHS[k - 1] for k in returned], spec.fpn_channels, extra_blocks=extra
+        )
     trainable = (3 if pretrained else 5) if cfg.trainable_layers is None else cfg.trainable_layers
     if trainable > 5:
         raise ValueError(f"model.trainable_layers: a ResNet has 5 stages, got {trainable}")
@@ -124,24 +128,44 @@ def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
     if spec.family == "faster_rcnn":
         narrow = {}
         if spec.box_head_size != 1024:  # torchvision's TwoMLPHead is 1024 wide; the tiny model's is narrow
-            narrow = dict(box_head=TwoMLPHead(spec.fpn_channels * 7 * 7, spec.box_head_size),
-                          box_predictor=FastRCNNPredictor(spec.box_head_size, outputs), num_classes=None)
+            narrow = dict(
+                box_head=TwoMLPHead(spec.fpn_channels * 7 * 7, spec.box_head_size),
+                box_predictor=FastRCNNPredictor(spec.box_head_size, outputs),
+                num_classes=None,
+            )
         return FasterRCNN(
-            backbone, rpn_anchor_generator=anchors,
-            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image, box_batch_size_per_image=cfg.box_batch_size_per_image,
-            box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh,
-            **{**common, **narrow})
+            backbone,
+            rpn_anchor_generator=anchors,
+            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+            box_detections_per_img=cfg.box_detections_per_img,
+            box_score_thresh=cfg.box_score_thresh,
+            **{**common, **narrow},
+        )
     if spec.family == "retinanet":
         norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
         head_norm = norm_layer_for("gn") if norm == "gn" else None
         head = RetinaNetHead(spec.fpn_channels, anchors.num_anchors_per_location()[0], outputs, norm_layer=head_norm)
-        return RetinaNet(backbone, anchor_generator=anchors, head=head, score_thresh=cfg.box_score_thresh,
-                         detections_per_img=cfg.box_detections_per_img, **common)
+        return RetinaNet(
+            backbone,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=cfg.box_score_thresh,
+            detections_per_img=cfg.box_detections_per_img,
+            **common,
+        )
     # FCOSHead already uses GroupNorm(32) in its towers
-    return FCOS(backbone, anchor_generator=anchors, score_thresh=cfg.box_score_thresh,
-                detections_per_img=cfg.box_detections_per_img, **common)
+    return FCOS(
+        backbone,
+        anchor_generator=anchors,
+        score_thresh=cfg.box_score_thresh,
+        detections_per_img=cfg.box_detections_per_img,
+        **common,
+    )
 
 
 def uses_pretrained_weights(cfg: ModelConfig) -> bool:

@@ -17,5 +17,18 @@ from defeat.study.plan import Stage, build_plan
 from defeat.study.presets import PRESETS, STUDENT_MODES, derive_config, load_preset
 from defeat.study.runner import StageError, StaleStageError, execute_stage, run_reproduce
 
-__all__ = ["CLAIM_IDS", "PRESETS", "STUDENT_MODES", "Stage", "StageError", "StaleStageError", "build_plan",
-           "claims_by_id", "compute_claims", "derive_config", "execute_stage", "load_preset", "run_reproduce"]
+__all__ = [
+    "CLAIM_IDS",
+    "PRESETS",
+    "STUDENT_MODES",
+    "Stage",
+    "StageError",
+    "StaleStageError",
+    "build_plan",
+    "claims_by_id",
+    "compute_claims",
+    "derive_config",
+    "execute_stage",
+    "load_preset",
+    "run_reproduce",
+]

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from defeat.study.stats import ALPHA, NEEDS_SEEDS, beats, equivalent
 
@@ -116,33 +117,58 @@ def results_table(teacher: Mapping | None, students: Mapping[str, Sequence[Mappi
             row[f"{stat}_std"] = g[stat]["std"] if stat in g else None
         ap = row["AP"]
         row["dAP"] = None if base is None or ap is None or name == "baseline" else ap - base
-        row["gap_closed"] = (None if base is None or ap is None or t_ap is None or name == "baseline"
-                             else gap_closed(ap, base, t_ap))
+        row["gap_closed"] = (
+            None if base is None or ap is None or t_ap is None or name == "baseline" else gap_closed(ap, base, t_ap)
+        )
         rows.append(row)
     return rows
 
 
 # ------------------------------------------------------------------------------------------ claims
 #: the claims by id, in the report's order (the supplementary's six, then Fig. 1 on the raw FPN output)
-CLAIM_IDS = ("defeat_lifts_student", "decoupled_beats_all", "background_carries_knowledge", "fig1_channel_distance",
-             "fig2_3_gradients", "fig4_9_background_errors", "fig1_channel_distance_raw")
+CLAIM_IDS = (
+    "defeat_lifts_student",
+    "decoupled_beats_all",
+    "background_carries_knowledge",
+    "fig1_channel_distance",
+    "fig2_3_gradients",
+    "fig4_9_background_errors",
+    "fig1_channel_distance_raw",
+)
 
 #: the loss whose gradients the Fig. 2-3 claim tests (the others are shown as controls)
 GRAD_CLAIM_LOSS = "distillation"
 
 
-def _claim(claim_id: str, claim: str, check: str, value: Any, passed: bool | None, note: str = "",
-           tests: Sequence[Mapping] = (), test: str = "", indicative: bool = False) -> dict:
+def _claim(
+    claim_id: str,
+    claim: str,
+    check: str,
+    value: Any,
+    passed: bool | None,
+    note: str = "",
+    tests: Sequence[Mapping] = (),
+    test: str = "",
+    indicative: bool = False,
+) -> dict:
     """One claim. ``tests``: the statistical tests it is made of (each a :mod:`~defeat.study.stats` result with a
     ``label``); ``test`` / ``p_value`` / ``decided`` summarise them (largest p; decided when every test is)."""
     tests = [dict(t) for t in tests]
     p_values = [t.get("p_value") for t in tests]
     decided = all(t.get("decided") for t in tests) if tests else passed is not None
-    return {"id": claim_id, "claim": claim, "check": check,
-            "test": test or " + ".join(dict.fromkeys(t["test"] for t in tests)) or "descriptive",
-            "value": value, "tests": tests,
-            "p_value": max(p_values) if tests and None not in p_values else None,
-            "decided": decided, "pass": passed, "indicative": indicative, "note": note}
+    return {
+        "id": claim_id,
+        "claim": claim,
+        "check": check,
+        "test": test or " + ".join(dict.fromkeys(t["test"] for t in tests)) or "descriptive",
+        "value": value,
+        "tests": tests,
+        "p_value": max(p_values) if tests and None not in p_values else None,
+        "decided": decided,
+        "pass": passed,
+        "indicative": indicative,
+        "note": note,
+    }
 
 
 def _missing(claim_id: str, claim: str, check: str, what: str) -> dict:
@@ -158,13 +184,18 @@ def _not_decided(tests: Sequence[Mapping]) -> str:
     return "" if all(t["decided"] for t in tests) else f"cannot be decided: {NEEDS_SEEDS}"
 
 
-def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapping]],
-                   channel_distance: Sequence[Mapping] | None = None,
-                   grad_norm: float | Mapping[str, float] | None = None,
-                   errors: Sequence[Mapping] | None = None,
-                   channel_distance_raw: Sequence[Mapping] | None = None, *,
-                   margin_ap: float = MARGIN_AP, alpha: float = ALPHA,
-                   gap_closed_min: float = GAP_CLOSED_MIN) -> list[dict]:
+def compute_claims(
+    teacher: Mapping | None,
+    students: Mapping[str, Sequence[Mapping]],
+    channel_distance: Sequence[Mapping] | None = None,
+    grad_norm: float | Mapping[str, float] | None = None,
+    errors: Sequence[Mapping] | None = None,
+    channel_distance_raw: Sequence[Mapping] | None = None,
+    *,
+    margin_ap: float = MARGIN_AP,
+    alpha: float = ALPHA,
+    gap_closed_min: float = GAP_CLOSED_MIN,
+) -> list[dict]:
     """The six claims of the supplementary, each ``{id, claim, check, test, value, tests, p_value, decided, pass,
     indicative, note}``, plus a seventh when ``channel_distance_raw`` is given: Fig. 1 measured on the students'
     raw FPN output. Address them by ``id`` (:data:`CLAIM_IDS`, :func:`claims_by_id`), not by position.
@@ -192,9 +223,11 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
     claims = []
 
     # 1. DeFeat lifts the student toward the teacher
-    c, check = ("DeFeat lifts the student toward the teacher",
-                f"AP(decoupled) > AP(baseline) (Welch, one-sided, p < {alpha}); gap closed >= {gap_closed_min:.0%} "
-                "(on the means)")
+    c, check = (
+        "DeFeat lifts the student toward the teacher",
+        f"AP(decoupled) > AP(baseline) (Welch, one-sided, p < {alpha}); gap closed >= {gap_closed_min:.0%} "
+        "(on the means)",
+    )
     if ap("decoupled") is None or ap("baseline") is None or not teacher or teacher.get("AP") is None:
         claims.append(_missing("defeat_lifts_student", c, check, "needs teacher, baseline and decoupled AP"))
     else:
@@ -204,8 +237,9 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
         if closed is None:
             note = "; ".join(x for x in (note, "the teacher is not better than the baseline: no gap to close") if x)
         passed = test["pass"] and closed is not None and closed >= gap_closed_min
-        claims.append(_claim("defeat_lifts_student", c, check, {"dAP": test["diff"], "gap_closed": closed}, passed,
-                             note, [test]))
+        claims.append(
+            _claim("defeat_lifts_student", c, check, {"dAP": test["diff"], "gap_closed": closed}, passed, note, [test])
+        )
 
     # 2. decoupled beats treating all regions alike
     c, check = "decoupled beats treating all regions alike", f"AP(decoupled) > AP(all) (Welch, one-sided, p < {alpha})"
@@ -213,54 +247,96 @@ def compute_claims(teacher: Mapping | None, students: Mapping[str, Sequence[Mapp
         claims.append(_missing("decoupled_beats_all", c, check, "needs decoupled and all AP"))
     else:
         test = beat("decoupled", "all")
-        claims.append(_claim("decoupled_beats_all", c, check, {"dAP": test["diff"]}, test["pass"],
-                             _not_decided([test]), [test]))
+        claims.append(
+            _claim("decoupled_beats_all", c, check, {"dAP": test["diff"]}, test["pass"], _not_decided([test]), [test])
+        )
 
     # 3. background regions carry knowledge too: background-only beats the baseline and reaches the same AP as
     # object-only (the supplementary: both 39.9 mAP), i.e. equivalent within the stated margin
     c = "background regions carry knowledge too"
-    check = (f"AP(background) > AP(baseline) (Welch, one-sided, p < {alpha}), and AP(background) comparable to "
-             f"AP(object): TOST within ±{margin_ap:g} AP (90 % CI of the difference inside the margin)")
+    check = (
+        f"AP(background) > AP(baseline) (Welch, one-sided, p < {alpha}), and AP(background) comparable to "
+        f"AP(object): TOST within ±{margin_ap:g} AP (90 % CI of the difference inside the margin)"
+    )
     if ap("background") is None or ap("baseline") is None or ap("object") is None:
         claims.append(_missing("background_carries_knowledge", c, check, "needs baseline, object and background AP"))
     else:
         gain = beat("background", "baseline")
-        same = dict(equivalent(values("background"), values("object"), margin, alpha), label="background ≈ object", unit="AP")
-        claims.append(_claim("background_carries_knowledge", c, check,
-                             {"dAP_vs_baseline": gain["diff"], "dAP_vs_object": same["diff"], "margin": margin},
-                             gain["pass"] and same["pass"], _not_decided([gain, same]), [gain, same]))
+        same = dict(
+            equivalent(values("background"), values("object"), margin, alpha), label="background ≈ object", unit="AP"
+        )
+        claims.append(
+            _claim(
+                "background_carries_knowledge",
+                c,
+                check,
+                {"dAP_vs_baseline": gain["diff"], "dAP_vs_object": same["diff"], "margin": margin},
+                gain["pass"] and same["pass"],
+                _not_decided([gain, same]),
+                [gain, same],
+            )
+        )
 
     # 4. Fig. 1: the decoupled student is closest to the teacher in both regions
-    claims.append(_channel_distance_claim("fig1_channel_distance", "Fig. 1: decoupled distils best in both regions",
-                                          channel_distance, alpha))
+    claims.append(
+        _channel_distance_claim(
+            "fig1_channel_distance", "Fig. 1: decoupled distils best in both regions", channel_distance, alpha
+        )
+    )
 
     # 5. Fig. 2-3: gradients of the distillation loss are larger on objects (detection loss alone: the control)
     claims.append(_grad_claim(grad_norm))
 
     # 6. Fig. 4-9: background distillation cuts background false positives
     c = "Fig. 4-9: background distillation cuts background false positives"
-    check = ("BG band (BG - Oth, overall, all areas) of background-only < that of object-only, and lower in most "
-             "categories (more than half of those where the two differ)")
+    check = (
+        "BG band (BG - Oth, overall, all areas) of background-only < that of object-only, and lower in most "
+        "categories (more than half of those where the two differ)"
+    )
     bands = error_bands(errors) if errors else {}
     if "background" not in bands or "object" not in bands:
-        claims.append(_missing("fig4_9_background_errors", c, check,
-                               "no error analysis of the object-only and background-only students"))
+        claims.append(
+            _missing(
+                "fig4_9_background_errors",
+                c,
+                check,
+                "no error analysis of the object-only and background-only students",
+            )
+        )
     else:
         bg, obj = bands["background"], bands["object"]
         cats = [k for k in bg["per_category"] if k in obj["per_category"]]
         fewer = sum(bg["per_category"][k] < obj["per_category"][k] for k in cats)
         more = sum(bg["per_category"][k] > obj["per_category"][k] for k in cats)
         passed = bg["overall"] < obj["overall"] and fewer * 2 > fewer + more
-        claims.append(_claim("fig4_9_background_errors", c, check,
-                             {"background": bg["overall"], "object": obj["overall"], "categories_lower": fewer,
-                              "categories_higher": more, "categories_tied": len(cats) - fewer - more,
-                              "categories": len(cats)}, passed, "first seed of each student",
-                             test="descriptive (one run each)"))
+        claims.append(
+            _claim(
+                "fig4_9_background_errors",
+                c,
+                check,
+                {
+                    "background": bg["overall"],
+                    "object": obj["overall"],
+                    "categories_lower": fewer,
+                    "categories_higher": more,
+                    "categories_tied": len(cats) - fewer - more,
+                    "categories": len(cats),
+                },
+                passed,
+                "first seed of each student",
+                test="descriptive (one run each)",
+            )
+        )
     # supplementary: Fig. 1 on the raw FPN output, where the adapters cannot absorb the difference
     if channel_distance_raw is not None:
-        claims.append(_channel_distance_claim(
-            "fig1_channel_distance_raw", "Fig. 1 (raw FPN output, no adapter): decoupled distils best in both regions",
-            channel_distance_raw, alpha))
+        claims.append(
+            _channel_distance_claim(
+                "fig1_channel_distance_raw",
+                "Fig. 1 (raw FPN output, no adapter): decoupled distils best in both regions",
+                channel_distance_raw,
+                alpha,
+            )
+        )
     return claims
 
 
@@ -268,18 +344,33 @@ def _grad_claim(grad_norm: float | Mapping[str, float] | None) -> dict:
     """Fig. 2-3: the object/background gradient-norm ratio of the distillation loss alone > 1 (the detection loss
     alone and the sum are reported beside it: a ratio above 1 of the sum may come from the detection loss)."""
     claim_id, c = "fig2_3_gradients", "Fig. 2-3: object regions get larger gradients from the distillation loss"
-    check = (f"mean gradient norm object / background > 1 for the {GRAD_CLAIM_LOSS} loss alone "
-             "(detection loss alone and the sum: controls)")
+    check = (
+        f"mean gradient norm object / background > 1 for the {GRAD_CLAIM_LOSS} loss alone "
+        "(detection loss alone and the sum: controls)"
+    )
     ratios = {"sum": grad_norm} if isinstance(grad_norm, (int, float)) else dict(grad_norm or {})
     ratios = {k: float(v) for k, v in ratios.items() if v is not None and not math.isnan(float(v))}
     tested = GRAD_CLAIM_LOSS if GRAD_CLAIM_LOSS in ratios else "sum" if "sum" in ratios else None
     if tested is None:
         return _missing(claim_id, c, check, "no gradient-norm ratio")
-    note = "" if tested == GRAD_CLAIM_LOSS else (f"only the {tested} loss was measured: the detection loss alone may "
-                                                 "explain the ratio (no control)")
+    note = (
+        ""
+        if tested == GRAD_CLAIM_LOSS
+        else (f"only the {tested} loss was measured: the detection loss alone may explain the ratio (no control)")
+    )
     value = {f"ratio_{k}": ratios[k] for k in ("detection", "distillation", "sum") if k in ratios}
-    return dict(_claim(claim_id, c, check, dict(value, tested=tested), ratios[tested] > 1.0, note,
-                       test="descriptive (pooled over images and levels)"), tested_loss=tested)
+    return dict(
+        _claim(
+            claim_id,
+            c,
+            check,
+            dict(value, tested=tested),
+            ratios[tested] > 1.0,
+            note,
+            test="descriptive (pooled over images and levels)",
+        ),
+        tested_loss=tested,
+    )
 
 
 _SEED_SUFFIX = re.compile(r"^(.*)_s(\d+)$")
@@ -307,8 +398,10 @@ def channel_distance_groups(rows: Sequence[Mapping]) -> dict[str, dict[str, list
 def _channel_distance_claim(claim_id: str, claim: str, rows: Sequence[Mapping] | None, alpha: float) -> dict:
     """Decoupled student's mean channel distance to the teacher lower than every other student's, in object and
     in background: a one-sided Welch test over seeds against the closest rival (lowest mean) of each region."""
-    check = (f"mean channel distance of the decoupled student below the closest other student's, in object and in "
-             f"background (Welch over seeds, one-sided, p < {alpha})")
+    check = (
+        f"mean channel distance of the decoupled student below the closest other student's, in object and in "
+        f"background (Welch over seeds, one-sided, p < {alpha})"
+    )
     if not rows:
         return _missing(claim_id, claim, check, "no channel-distance results")
     groups = channel_distance_groups(rows)
@@ -318,19 +411,26 @@ def _channel_distance_claim(claim_id: str, claim: str, rows: Sequence[Mapping] |
     for region in ("object", "background"):
         own = groups["decoupled"][region]
         others = {n: g[region] for n, g in groups.items() if n != "decoupled" and g[region]}
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        mean = lambda xs: sum(xs) / len(xs)
         best_other = min(others, key=lambda n: mean(others[n])) if others else None
-        value[region] = {"decoupled": mean(own) if own else None, "best_other": best_other,
-                         "best_other_distance": mean(others[best_other]) if best_other else None,
-                         "seeds": len(own)}
+        value[region] = {
+            "decoupled": mean(own) if own else None,
+            "best_other": best_other,
+            "best_other_distance": mean(others[best_other]) if best_other else None,
+            "seeds": len(own),
+        }
         if not own or best_other is None:
             passed = False
             continue
-        test = dict(beats(others[best_other], own, alpha), label=f"{region}: {best_other} > decoupled (distance)",
-                    unit="distance")
+        test = dict(
+            beats(others[best_other], own, alpha),
+            label=f"{region}: {best_other} > decoupled (distance)",
+            unit="distance",
+        )
         tests.append(test)
         passed = passed and test["pass"]
     return _claim(claim_id, claim, check, value, passed, _not_decided(tests) if tests else "", tests)
+
 
 def error_bands(rows: Sequence[Mapping], band: str = "band_BG", area: str = "all") -> dict:
     """``{model: {"overall": value, "per_category": {category: value}}}`` of one band width, one area."""

@@ -17,12 +17,17 @@ def write_coco_configs(preset: dict, out: Path) -> dict:
     configs = out / "configs"
     gpus = int(preset.get("gpus", 8))
     written, lines = [], []
-    lines += [f"# DeFeat on COCO: configs and commands (preset `{preset['preset']}`)", "",
-              "**Not run by `defeat reproduce`**: this preset only writes the configs below and this README. It needs "
-              f"COCO 2017 at the paths in the configs ({preset['data']['train_images']}, ...) and GPUs (the commands "
-              f"use {gpus} per node; `data.batch_size` is per GPU).", "",
-              "Each pair: train the teacher (or point `distill.teacher_checkpoint` at a trained one), the baseline "
-              "student, then the DeFeat student; compare with `defeat eval`.", ""]
+    lines += [
+        f"# DeFeat on COCO: configs and commands (preset `{preset['preset']}`)",
+        "",
+        "**Not run by `defeat reproduce`**: this preset only writes the configs below and this README. It needs "
+        f"COCO 2017 at the paths in the configs ({preset['data']['train_images']}, ...) and GPUs (the commands "
+        f"use {gpus} per node; `data.batch_size` is per GPU).",
+        "",
+        "Each pair: train the teacher (or point `distill.teacher_checkpoint` at a trained one), the baseline "
+        "student, then the DeFeat student; compare with `defeat eval`.",
+        "",
+    ]
     expected = {}
     for pair in preset["pairs"]:
         name = pair["name"]
@@ -31,10 +36,17 @@ def write_coco_configs(preset: dict, out: Path) -> dict:
         trees = {
             "teacher": _merge(base, {"model": pair["teacher"], "output": {"dir": f"runs/coco/{name}/teacher"}}),
             "student": _merge(base, {"model": pair["student"], "output": {"dir": f"runs/coco/{name}/student"}}),
-            "defeat": _merge(base, {"model": pair["student"], "output": {"dir": f"runs/coco/{name}/defeat"},
-                                    "distill": _merge(preset.get("distill", {}), {
-                                        "teacher_checkpoint": f"runs/coco/{name}/teacher/model_final.pt",
-                                        **pair.get("distill", {})})}),
+            "defeat": _merge(
+                base,
+                {
+                    "model": pair["student"],
+                    "output": {"dir": f"runs/coco/{name}/defeat"},
+                    "distill": _merge(
+                        preset.get("distill", {}),
+                        {"teacher_checkpoint": f"runs/coco/{name}/teacher/model_final.pt", **pair.get("distill", {})},
+                    ),
+                },
+            ),
         }
         for role, tree in trees.items():
             cfg = config_from_dict(tree, source=f"preset {preset['preset']} ({name}, {role})")
@@ -42,13 +54,19 @@ def write_coco_configs(preset: dict, out: Path) -> dict:
             save_config(cfg, path)
             written.append(str(path))
         run = f"torchrun --nproc_per_node={gpus} -m defeat.cli.main"
-        lines += [f"## {name}: {pair['teacher']['name']} → {pair['student']['name']}", "",
-                  pair.get("note", ""), "", "```bash",
-                  f"{run} train {pair_dir / 'teacher.yaml'}      # teacher",
-                  f"{run} train {pair_dir / 'student.yaml'}      # baseline student (no KD)",
-                  f"{run} distill {pair_dir / 'defeat.yaml'}     # DeFeat student",
-                  f"defeat eval {pair_dir / 'defeat.yaml'} --checkpoint runs/coco/{name}/defeat/model_final.pt",
-                  "```", ""]
+        lines += [
+            f"## {name}: {pair['teacher']['name']} → {pair['student']['name']}",
+            "",
+            pair.get("note", ""),
+            "",
+            "```bash",
+            f"{run} train {pair_dir / 'teacher.yaml'}      # teacher",
+            f"{run} train {pair_dir / 'student.yaml'}      # baseline student (no KD)",
+            f"{run} distill {pair_dir / 'defeat.yaml'}     # DeFeat student",
+            f"defeat eval {pair_dir / 'defeat.yaml'} --checkpoint runs/coco/{name}/defeat/model_final.pt",
+            "```",
+            "",
+        ]
         if pair.get("expected"):
             expected[name] = pair["expected"]
             numbers = ", ".join(f"{k} {v}" for k, v in pair["expected"].items())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
 
 class Estimator:
     """Seconds per unit (``preset.estimate``: a training step of each kind, an evaluated image, ...), replaced by

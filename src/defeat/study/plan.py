@@ -34,8 +34,16 @@ from pathlib import Path
 
 from defeat.config import Config, config_to_dict
 from defeat.study.estimate import Estimator, minutes
-from defeat.study.presets import (STUDENT_MODES, data_paths, derive_config, regime_settings, run_name, run_order,
-                                   seeds_of, sensitivity_settings)
+from defeat.study.presets import (
+    STUDENT_MODES,
+    data_paths,
+    derive_config,
+    regime_settings,
+    run_name,
+    run_order,
+    seeds_of,
+    sensitivity_settings,
+)
 
 #: the losses whose gradients Fig. 2-3 measures, each in its own stage ``grad_norm_<loss>``
 GRAD_LOSSES = ("detection", "distillation", "sum")
@@ -64,9 +72,16 @@ class Stage:
 
     def spec(self, run_dir: Path) -> dict:
         """What defines the stage, with the run folder written as <run> (so a moved run folder stays cached)."""
-        text = json.dumps({"kind": self.kind, "params": self.params, "seed": self.seed,
-                           "config": config_to_dict(self.config) if self.config else None},
-                          sort_keys=True, default=str)
+        text = json.dumps(
+            {
+                "kind": self.kind,
+                "params": self.params,
+                "seed": self.seed,
+                "config": config_to_dict(self.config) if self.config else None,
+            },
+            sort_keys=True,
+            default=str,
+        )
         return json.loads(text.replace(str(run_dir), "<run>"))
 
 
@@ -100,17 +115,34 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     stages: list[Stage] = []
 
     data_dir = run_dir / "data"
-    synth = {"out": str(data_dir), "seed": int(b.get("seed", 0)), "num_train": int(b["num_train"]),
-             "num_val": num_val, "image_size": int(b["image_size"]), "min_objects": int(b.get("min_objects", 2)),
-             "max_objects": int(b.get("max_objects", 8)), "workers": int(b.get("workers", 2))}
-    stages.append(Stage("data", data_dir, "data", synth, "defeat data synth " + _flags(synth, list(synth)),
-                        estimate={"synth_image": int(b["num_train"]) + num_val}, outputs=["train.json", "val.json"]))
+    synth = {
+        "out": str(data_dir),
+        "seed": int(b.get("seed", 0)),
+        "num_train": int(b["num_train"]),
+        "num_val": num_val,
+        "image_size": int(b["image_size"]),
+        "min_objects": int(b.get("min_objects", 2)),
+        "max_objects": int(b.get("max_objects", 8)),
+        "workers": int(b.get("workers", 2)),
+    }
+    stages.append(
+        Stage(
+            "data",
+            data_dir,
+            "data",
+            synth,
+            "defeat data synth " + _flags(synth, list(synth)),
+            estimate={"synth_image": int(b["num_train"]) + num_val},
+            outputs=["train.json", "val.json"],
+        )
+    )
 
     regime = regime_settings(preset)
     points = int(regime["eval_points"])
 
-    def add_model(name: str, role: str, seed: int, modes: tuple[str, str] | None, curve: bool = False,
-                  extra: dict | None = None) -> None:
+    def add_model(
+        name: str, role: str, seed: int, modes: tuple[str, str] | None, curve: bool = False, extra: dict | None = None
+    ) -> None:
         folder = run_dir / "models" / name
         steps = int(preset[role]["steps"])
         if curve:  # evaluated during training: AP against steps (the trainer's periodic evaluation)
@@ -119,18 +151,47 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
         evals = 1 + (len(range(cfg.eval.every_steps, steps, cfg.eval.every_steps)) if curve else 0)
         kind = "train" if modes is None else "distill"
         cfg_path = folder / "config.yaml"
-        step_key = ("teacher_step" if role == "teacher" else "student_step" if modes is None
-                    else "defeat_step" if modes[1] != "none" else "distill_step")
+        step_key = (
+            "teacher_step"
+            if role == "teacher"
+            else "student_step"
+            if modes is None
+            else "defeat_step"
+            if modes[1] != "none"
+            else "distill_step"
+        )
         image_key = "teacher_image" if role == "teacher" else "student_image"
         deps = ["data"] + ([] if modes is None else ["teacher"])
-        stages.append(Stage(name, folder, kind, {"resume": True}, f"defeat {kind} {cfg_path} --resume", deps, cfg,
-                            cfg.schedule.max_steps, {step_key: cfg.schedule.max_steps, image_key: val_images * evals},
-                            ["model_final.pt"], seed=seed))
+        stages.append(
+            Stage(
+                name,
+                folder,
+                kind,
+                {"resume": True},
+                f"defeat {kind} {cfg_path} --resume",
+                deps,
+                cfg,
+                cfg.schedule.max_steps,
+                {step_key: cfg.schedule.max_steps, image_key: val_images * evals},
+                ["model_final.pt"],
+                seed=seed,
+            )
+        )
         ev = run_dir / "eval" / name
         checkpoint = str(folder / "model_final.pt")
-        stages.append(Stage(f"eval_{name}", ev, "eval", {"checkpoint": checkpoint, "out": str(ev)},
-                            f"defeat eval {cfg_path} --checkpoint {checkpoint} --out {ev}", [name], cfg,
-                            estimate={image_key: val_images}, outputs=["results.json", "metrics.json"]))
+        stages.append(
+            Stage(
+                f"eval_{name}",
+                ev,
+                "eval",
+                {"checkpoint": checkpoint, "out": str(ev)},
+                f"defeat eval {cfg_path} --checkpoint {checkpoint} --out {ev}",
+                [name],
+                cfg,
+                estimate={image_key: val_images},
+                outputs=["results.json", "metrics.json"],
+            )
+        )
 
     teacher_seed = int(preset["teacher"].get("seed", 0))
     add_model("teacher", "teacher", teacher_seed, None)
@@ -151,20 +212,47 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
         folder = run_dir / "analysis" / name
         n = min(int(cd.get("images", 20)), num_val)
         runs = [run_name(s, seed) for s in fig1 for seed in seeds_of(preset, s)]  # every seed: mean and spread
-        params = {"teacher": teacher_ckpt,
-                  "students": {r: str(run_dir / "models" / r / "model_final.pt") for r in runs},
-                  "images_dir": paths["val_images"], "annotations": paths["val_annotations"], "out": str(folder),
-                  "level": str(cd.get("level", "P2")), "images": n, "seed": int(cd.get("seed", 0)),
-                  "student_feature": feature, "quiet": True}
+        params = {
+            "teacher": teacher_ckpt,
+            "students": {r: str(run_dir / "models" / r / "model_final.pt") for r in runs},
+            "images_dir": paths["val_images"],
+            "annotations": paths["val_annotations"],
+            "out": str(folder),
+            "level": str(cd.get("level", "P2")),
+            "images": n,
+            "seed": int(cd.get("seed", 0)),
+            "student_feature": feature,
+            "quiet": True,
+        }
         shown = {**params, "student": params["students"]}
-        stages.append(Stage(
-            name, folder, "channel_distance", params,
-            "defeat analyze channel-distance " + _flags(shown, ["teacher", "student", "images", "seed", "level",
-                                                                "student_feature", "images_dir", "annotations",
-                                                                "out", "quiet"]),
-            ["teacher", *runs],
-            estimate={"teacher_image": n, "student_image": n * len(runs)},
-            outputs=["channel_distance_summary.json", "channel_distance.png"], seed=int(cd.get("seed", 0))))
+        stages.append(
+            Stage(
+                name,
+                folder,
+                "channel_distance",
+                params,
+                "defeat analyze channel-distance "
+                + _flags(
+                    shown,
+                    [
+                        "teacher",
+                        "student",
+                        "images",
+                        "seed",
+                        "level",
+                        "student_feature",
+                        "images_dir",
+                        "annotations",
+                        "out",
+                        "quiet",
+                    ],
+                ),
+                ["teacher", *runs],
+                estimate={"teacher_image": n, "student_image": n * len(runs)},
+                outputs=["channel_distance_summary.json", "channel_distance.png"],
+                seed=int(cd.get("seed", 0)),
+            )
+        )
 
     gn = an.get("grad_norm")
     for loss in GRAD_LOSSES if gn is not None else ():
@@ -173,15 +261,33 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
         folder = run_dir / "analysis" / f"grad_norm_{loss}"
         n = min(int(gn.get("images", 8)), int(b["num_train"]))
         k = int(gn.get("train_steps", 0))
-        params = {"student": str(run_dir / "models" / first["baseline"] / "model_final.pt"), "teacher": teacher_ckpt,
-                  "mode": str(gn.get("mode", "all")), "loss": loss, "train_steps": k, "images": n,
-                  "seed": int(gn.get("seed", 0)), "images_dir": paths["train_images"],
-                  "annotations": paths["train_annotations"], "out": str(folder), "quiet": True}
-        stages.append(Stage(
-            f"grad_norm_{loss}", folder, "grad_norm", params,
-            "defeat analyze grad-norm " + _flags(params, list(params)),
-            ["teacher", first["baseline"]], steps=k, estimate={"distill_step": k + n},
-            outputs=["grad_norm_ratio.json"], seed=int(gn.get("seed", 0))))
+        params = {
+            "student": str(run_dir / "models" / first["baseline"] / "model_final.pt"),
+            "teacher": teacher_ckpt,
+            "mode": str(gn.get("mode", "all")),
+            "loss": loss,
+            "train_steps": k,
+            "images": n,
+            "seed": int(gn.get("seed", 0)),
+            "images_dir": paths["train_images"],
+            "annotations": paths["train_annotations"],
+            "out": str(folder),
+            "quiet": True,
+        }
+        stages.append(
+            Stage(
+                f"grad_norm_{loss}",
+                folder,
+                "grad_norm",
+                params,
+                "defeat analyze grad-norm " + _flags(params, list(params)),
+                ["teacher", first["baseline"]],
+                steps=k,
+                estimate={"distill_step": k + n},
+                outputs=["grad_norm_ratio.json"],
+                seed=int(gn.get("seed", 0)),
+            )
+        )
 
     er = an.get("errors")
     compared = [s for s in ("baseline", "object", "background", "decoupled") if s in first]
@@ -190,24 +296,40 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
         formats = str(er.get("formats", "png"))
         # the categories whose comparison figures the report shows get their own figures
         figured = list(er.get("categories") or [f for f in er.get("figures", []) if f != "overall"])
-        params = {"gt": paths["val_annotations"],
-                  "dets": {s: str(run_dir / "eval" / first[s] / "results.json") for s in compared},
-                  "out": str(folder), "categories": figured or None,
-                  "formats": [] if formats == "none" else formats.split(","), "workers": int(er.get("workers", 1)),
-                  "quiet": True}
+        params = {
+            "gt": paths["val_annotations"],
+            "dets": {s: str(run_dir / "eval" / first[s] / "results.json") for s in compared},
+            "out": str(folder),
+            "categories": figured or None,
+            "formats": [] if formats == "none" else formats.split(","),
+            "workers": int(er.get("workers", 1)),
+            "quiet": True,
+        }
         shown = {**params, "formats": formats}
-        stages.append(Stage(
-            "errors", folder, "errors", params,
-            "defeat analyze errors " + _flags(shown, ["gt", "dets", "categories", "out", "formats", "workers",
-                                                      "quiet"]),
-            ["data", *[f"eval_{first[s]}" for s in compared]], estimate={"errors": 1},
-            outputs=["errors_table.json"]))
+        stages.append(
+            Stage(
+                "errors",
+                folder,
+                "errors",
+                params,
+                "defeat analyze errors "
+                + _flags(shown, ["gt", "dets", "categories", "out", "formats", "workers", "quiet"]),
+                ["data", *[f"eval_{first[s]}" for s in compared]],
+                estimate={"errors": 1},
+                outputs=["errors_table.json"],
+            )
+        )
 
     # the sensitivity of the result to the KD weights: decoupled students with other weights, reported apart
     for entry in sensitivity_settings(preset):
         for seed in entry.get("seeds") or seeds_of(preset, "decoupled")[:1]:
-            add_model(run_name(f"sens_{entry['name']}", seed), "student", int(seed), STUDENT_MODES["decoupled"],
-                      extra={"distill": dict(entry.get("distill") or {})})
+            add_model(
+                run_name(f"sens_{entry['name']}", seed),
+                "student",
+                int(seed),
+                STUDENT_MODES["decoupled"],
+                extra={"distill": dict(entry.get("distill") or {})},
+            )
 
     keys: dict[str, str] = {}
     for stage in stages:
@@ -227,11 +349,14 @@ def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done:
         total_steps += s.steps if s.name not in done else 0
         words = s.command.split()[1:]
         command = " ".join(words[:2]) if words[0] in ("analyze", "data") else words[0]
-        lines.append(f"{s.name:<26} {command:<24} {s.steps or '':>6} "
-                     f"{'cached' if s.name in done else minutes(est):>10}")
+        lines.append(
+            f"{s.name:<26} {command:<24} {s.steps or '':>6} {'cached' if s.name in done else minutes(est):>10}"
+        )
     report = estimator.apriori.get("report", 5.0)
     lines.append(f"{'report':<26} {'':<24} {'':>6} {minutes(report):>10}")
     budget = preset.get("budget_minutes")
-    lines.append(f"planned: {len(stages) + 1} stages ({len(done)} already done), {total_steps} training steps to run, "
-                 f"estimated {minutes(total + report)}" + (f" (budget {budget} min)" if budget else ""))
+    lines.append(
+        f"planned: {len(stages) + 1} stages ({len(done)} already done), {total_steps} training steps to run, "
+        f"estimated {minutes(total + report)}" + (f" (budget {budget} min)" if budget else "")
+    )
     return "\n".join(lines)

@@ -12,7 +12,6 @@ import copy
 from importlib import resources
 from pathlib import Path
 
-
 from defeat.config import Config, ConfigError, apply_override, config_from_dict, read_yaml_mapping
 
 PRESETS = ("tiny", "quick", "full", "coco")
@@ -28,17 +27,43 @@ STUDENT_MODES: dict[str, tuple[str, str] | None] = {
     "fgfi": ("fgfi", "none"),
 }
 
-RUN_KEYS = {"preset", "description", "indicative", "budget_minutes", "benchmark", "common", "teacher", "student",
-            "distill", "students", "seeds", "analysis", "estimate", "keep_checkpoints", "claims", "regime",
-            "sensitivity"}
+RUN_KEYS = {
+    "preset",
+    "description",
+    "indicative",
+    "budget_minutes",
+    "benchmark",
+    "common",
+    "teacher",
+    "student",
+    "distill",
+    "students",
+    "seeds",
+    "analysis",
+    "estimate",
+    "keep_checkpoints",
+    "claims",
+    "regime",
+    "sensitivity",
+}
 COCO_KEYS = {"preset", "description", "configs_only", "data", "common", "pairs", "distill", "gpus"}
 CLAIMS_KEYS = ("margin_ap", "alpha", "gap_closed_min")
 REGIME_KEYS = ("curve_students", "eval_points", "plateau_gain_max")
 #: the defaults of the preset's ``claims`` and ``regime`` sections
 CLAIMS_DEFAULTS = {"margin_ap": 1.0, "alpha": 0.05, "gap_closed_min": 0.5}
 REGIME_DEFAULTS = {"curve_students": ["baseline", "decoupled"], "eval_points": 4, "plateau_gain_max": 0.10}
-ESTIMATE_KEYS = ("synth_image", "teacher_step", "student_step", "distill_step", "defeat_step", "teacher_image",
-                 "student_image", "errors", "stage_overhead", "report")
+ESTIMATE_KEYS = (
+    "synth_image",
+    "teacher_step",
+    "student_step",
+    "distill_step",
+    "defeat_step",
+    "teacher_image",
+    "student_image",
+    "errors",
+    "stage_overhead",
+    "report",
+)
 
 
 def preset_file(name: str) -> Path:
@@ -106,16 +131,19 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
         raise ValueError(f"{path}: claims.margin_ap must be > 0 and claims.alpha in (0, 0.5), got {settings}")
     points = int(regime_settings(tree)["eval_points"])
     if points < 1 or int(tree["student"]["steps"]) % points:
-        raise ValueError(f"{path}: regime.eval_points ({points}) must be >= 1 and divide student.steps "
-                         f"({tree['student']['steps']}), so that the evaluations fall on 50/75/100 % of the schedule")
+        raise ValueError(
+            f"{path}: regime.eval_points ({points}) must be >= 1 and divide student.steps "
+            f"({tree['student']['steps']}), so that the evaluations fall on 50/75/100 % of the schedule"
+        )
     bad_curve = [s for s in regime_settings(tree)["curve_students"] if s not in tree["students"]]
     if bad_curve:
         raise ValueError(f"{path}: regime.curve_students: {bad_curve[0]!r} is not one of the students")
     for entry in sensitivity_settings(tree):
         unknown_keys = sorted(set(entry) - {"name", "distill", "seeds"})
         if "name" not in entry or unknown_keys:
-            raise ValueError(f"{path}: sensitivity: each entry needs 'name' and may have 'distill', 'seeds' "
-                             f"(got {sorted(entry)})")
+            raise ValueError(
+                f"{path}: sensitivity: each entry needs 'name' and may have 'distill', 'seeds' (got {sorted(entry)})"
+            )
     unknown_est = sorted(set(tree.get("estimate", {})) - set(ESTIMATE_KEYS))
     if unknown_est:
         raise ValueError(f"{path}: unknown key 'estimate.{unknown_est[0]}' (known: {', '.join(ESTIMATE_KEYS)})")
@@ -159,12 +187,23 @@ def run_name(student: str, seed: int) -> str:
 # ------------------------------------------------------------------------------------------ derived configs
 def data_paths(run_dir: Path) -> dict:
     data = run_dir / "data"
-    return {"train_images": str(data / "train"), "train_annotations": str(data / "train.json"),
-            "val_images": str(data / "val"), "val_annotations": str(data / "val.json")}
+    return {
+        "train_images": str(data / "train"),
+        "train_annotations": str(data / "train.json"),
+        "val_images": str(data / "val"),
+        "val_annotations": str(data / "val.json"),
+    }
 
 
-def derive_config(preset: dict, role: str, run_dir: Path, out_dir: Path, seed: int,
-                  modes: tuple[str, str] | None = None, extra: dict | None = None) -> Config:
+def derive_config(
+    preset: dict,
+    role: str,
+    run_dir: Path,
+    out_dir: Path,
+    seed: int,
+    modes: tuple[str, str] | None = None,
+    extra: dict | None = None,
+) -> Config:
     """The full config of one model: ``common`` + the role's ``model``/``config`` sections + data paths, steps,
     output folder, seed (+ the ``distill`` section and teacher checkpoint for a distilled student) + ``extra``
     (config sections merged last, e.g. ``{"eval": {"every_steps": 100}}``)."""
@@ -178,8 +217,14 @@ def derive_config(preset: dict, role: str, run_dir: Path, out_dir: Path, seed: i
     tree["output"] = _merge(tree.get("output", {}), {"dir": str(out_dir)})
     tree["seed"] = seed
     if modes is not None:
-        tree["distill"] = _merge(preset.get("distill", {}), {
-            "teacher_checkpoint": str(run_dir / "models" / "teacher" / "model_final.pt"), "teacher_config": "",
-            "feature_mode": modes[0], "proposal_mode": modes[1]})
+        tree["distill"] = _merge(
+            preset.get("distill", {}),
+            {
+                "teacher_checkpoint": str(run_dir / "models" / "teacher" / "model_final.pt"),
+                "teacher_config": "",
+                "feature_mode": modes[0],
+                "proposal_mode": modes[1],
+            },
+        )
     tree = _merge(tree, extra)
     return config_from_dict(tree, source=f"preset {preset['preset']} ({role}, {out_dir.name})")

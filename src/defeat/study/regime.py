@@ -17,7 +17,7 @@ Inputs: ``curves`` = ``{student: [curve of seed 0, curve of seed 1, ...]}``, eac
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 #: the fractions of the student schedule at which ``baseline_ap_at`` reports AP
 FRACTIONS = (0.5, 0.75, 1.0)
@@ -36,8 +36,9 @@ def ap_at(curve: Sequence[tuple[int, float]], steps: int, fraction: float) -> tu
     return later[0] if later else None
 
 
-def ap_at_fractions(curves: Sequence[Sequence[tuple[int, float]]], steps: int,
-                    fractions: Sequence[float] = FRACTIONS) -> dict:
+def ap_at_fractions(
+    curves: Sequence[Sequence[tuple[int, float]]], steps: int, fractions: Sequence[float] = FRACTIONS
+) -> dict:
     """``{"50%": {"AP": mean over seeds, "values": [per seed], "steps": [step used per seed]}, ...}``
     (``AP`` None when a seed has no evaluation at that point)."""
     out = {}
@@ -45,8 +46,11 @@ def ap_at_fractions(curves: Sequence[Sequence[tuple[int, float]]], steps: int,
         points = [ap_at(c, steps, f) for c in curves]
         found = [p for p in points if p is not None]
         complete = bool(found) and len(found) == len(points)
-        out[_label(f)] = {"AP": sum(a for _, a in found) / len(found) if complete else None,
-                          "values": [a for _, a in found], "steps": [s for s, _ in found]}
+        out[_label(f)] = {
+            "AP": sum(a for _, a in found) / len(found) if complete else None,
+            "values": [a for _, a in found],
+            "steps": [s for s, _ in found],
+        }
     return out
 
 
@@ -72,9 +76,15 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[dict]:
     return out
 
 
-def regime(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], teacher_steps: int, student_steps: int,
-           teacher_params: int | None, student_params: int | None, plateau_gain_max: float = 0.10,
-           teacher_ap: float | None = None) -> dict:
+def regime(
+    curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]],
+    teacher_steps: int,
+    student_steps: int,
+    teacher_params: int | None,
+    student_params: int | None,
+    plateau_gain_max: float = 0.10,
+    teacher_ap: float | None = None,
+) -> dict:
     """The ``regime`` object of results.json.
 
     ``teacher_steps``, ``student_steps``, ``teacher_params_m`` / ``student_params_m`` (millions of parameters),
@@ -87,24 +97,37 @@ def regime(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], teacher_
     for name, seeds in curves.items():
         at = ap_at_fractions(seeds, student_steps)
         gain = last_quarter_gain(at["75%"]["AP"], at["100%"]["AP"])
-        per_student[name] = {"ap_at": at, "last_quarter_gain": gain, "seeds": len(seeds),
-                             "near_plateau": None if gain is None else gain < plateau_gain_max}
+        per_student[name] = {
+            "ap_at": at,
+            "last_quarter_gain": gain,
+            "seeds": len(seeds),
+            "near_plateau": None if gain is None else gain < plateau_gain_max,
+        }
     base = per_student.get("baseline", {})
     gain = base.get("last_quarter_gain")
-    millions = lambda n: None if n is None else round(n / 1e6, 2)  # noqa: E731
+    millions = lambda n: None if n is None else round(n / 1e6, 2)
     return {
-        "teacher_steps": int(teacher_steps), "student_steps": int(student_steps),
-        "teacher_params_m": millions(teacher_params), "student_params_m": millions(student_params),
+        "teacher_steps": int(teacher_steps),
+        "student_steps": int(student_steps),
+        "teacher_params_m": millions(teacher_params),
+        "student_params_m": millions(student_params),
         "equal_schedule": int(teacher_steps) == int(student_steps),
         "teacher_bigger": None if teacher_params is None or student_params is None else teacher_params > student_params,
         "baseline_ap_at": {k: v["AP"] for k, v in base.get("ap_at", {}).items()} or None,
         "baseline_last_quarter_gain": gain,
         "teacher_ap": teacher_ap,
-        "teacher_lead_ap": (None if teacher_ap is None or (base.get("ap_at", {}).get("100%") or {}).get("AP") is None
-                            else teacher_ap - base["ap_at"]["100%"]["AP"]),
-        "plateau": {"gain_max": plateau_gain_max, "gain": gain, "near": None if gain is None else gain < plateau_gain_max,
-                    "gap_to_threshold": None if gain is None else gain - plateau_gain_max,
-                    "definition": "(AP@100% - AP@75%) / AP@100% of the baseline student, mean over its seeds"},
+        "teacher_lead_ap": (
+            None
+            if teacher_ap is None or (base.get("ap_at", {}).get("100%") or {}).get("AP") is None
+            else teacher_ap - base["ap_at"]["100%"]["AP"]
+        ),
+        "plateau": {
+            "gain_max": plateau_gain_max,
+            "gain": gain,
+            "near": None if gain is None else gain < plateau_gain_max,
+            "gap_to_threshold": None if gain is None else gain - plateau_gain_max,
+            "definition": "(AP@100% - AP@75%) / AP@100% of the baseline student, mean over its seeds",
+        },
         "students": per_student,
         "curves": {name: mean_curve(seeds) for name, seeds in curves.items()},
     }

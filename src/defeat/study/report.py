@@ -14,8 +14,7 @@ import yaml
 from defeat.config import config_to_dict
 from defeat.study import claims, regime, render
 from defeat.study.plan import GRAD_LOSSES, Stage
-from defeat.study.presets import (claims_settings, regime_settings, run_name, run_order, seeds_of,
-                                  sensitivity_settings)
+from defeat.study.presets import claims_settings, regime_settings, run_name, run_order, seeds_of, sensitivity_settings
 from defeat.utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -44,8 +43,7 @@ def _plot_ap(table: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.2))
     x = range(len(rows))
     colors = ["tab:gray" if r["model"] == "baseline" else "tab:blue" for r in rows]
-    ax.bar(x, [100 * r["AP"] for r in rows], color=colors,
-           yerr=[100 * (r.get("AP_std") or 0) for r in rows], capsize=3)
+    ax.bar(x, [100 * r["AP"] for r in rows], color=colors, yerr=[100 * (r.get("AP_std") or 0) for r in rows], capsize=3)
     if teacher is not None:
         ax.axhline(100 * teacher, color="tab:red", ls="--", lw=1, label=f"teacher {100 * teacher:.1f}")
         ax.legend(loc="lower right", fontsize=8)
@@ -72,7 +70,8 @@ def _copy(src: Path, dst: Path, max_bytes: int = FIGURE_MAX_BYTES) -> bool:
 
         with Image.open(src) as image:
             image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
-                tmp, format="PNG", optimize=True)
+                tmp, format="PNG", optimize=True
+            )
     else:
         shutil.copyfile(src, tmp)
     tmp.replace(dst)
@@ -104,7 +103,7 @@ def _parameters(checkpoint: Path) -> int | None:
         from defeat.models import count_parameters
 
         return count_parameters(api.load_detector(checkpoint).model)
-    except Exception:  # noqa: BLE001  (a broken checkpoint: the report says n/a, its own stage reports the error)
+    except Exception:
         return None
 
 
@@ -143,8 +142,15 @@ def _channel_seed_table(rows: list[dict] | None) -> list[dict]:
     for name, regions in claims.channel_distance_groups(rows).items():
         for region in ("object", "background"):
             mean, std = claims.mean_std(regions[region]) if regions[region] else (None, None)
-            out.append({"student": name, "region": region, "mean_distance": mean, "std_over_seeds": std,
-                        "seeds": len(regions[region])})
+            out.append(
+                {
+                    "student": name,
+                    "region": region,
+                    "mean_distance": mean,
+                    "std_over_seeds": std,
+                    "seeds": len(regions[region]),
+                }
+            )
     return out
 
 
@@ -174,8 +180,9 @@ def _plot_channel_seeds(folder: Path, path: Path, title: str) -> bool:
     return True
 
 
-def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: dict[str, dict],
-                    failed: dict[str, str]) -> dict:
+def collect_results(
+    preset: dict, run_dir: Path, stages: list[Stage], records: dict[str, dict], failed: dict[str, str]
+) -> dict:
     """Every number of the run from the stage folders: metrics, analysis tables, stage times, configs."""
     teacher = _read(run_dir / "eval" / "teacher" / "metrics.json")
     students: dict[str, list[dict]] = {}
@@ -200,68 +207,119 @@ def collect_results(preset: dict, run_dir: Path, stages: list[Stage], records: d
             gn_ratio[loss] = ratio
     er = _read(run_dir / "analysis" / "errors" / "errors_table.json")
     er_rows = er["rows"] if er else None
-    bands = {b: claims.error_bands(er_rows, b) for b in ("band_Loc", "band_Sim", "band_Oth", "band_BG")} \
-        if er_rows else {}
+    bands = (
+        {b: claims.error_bands(er_rows, b) for b in ("band_Loc", "band_Sim", "band_Oth", "band_BG")} if er_rows else {}
+    )
 
     table = claims.results_table(teacher, students)
     settings = claims_settings(preset)
-    claim_list = claims.compute_claims(teacher, students, cd_rows, gn_ratio or None, er_rows,
-                                       channel_distance_raw=cd_raw_rows, margin_ap=float(settings["margin_ap"]),
-                                       alpha=float(settings["alpha"]),
-                                       gap_closed_min=float(settings["gap_closed_min"]))
+    claim_list = claims.compute_claims(
+        teacher,
+        students,
+        cd_rows,
+        gn_ratio or None,
+        er_rows,
+        channel_distance_raw=cd_raw_rows,
+        margin_ap=float(settings["margin_ap"]),
+        alpha=float(settings["alpha"]),
+        gap_closed_min=float(settings["gap_closed_min"]),
+    )
 
     # the regime: teacher vs student size and schedule, AP against steps, the plateau check
     reg = regime_settings(preset)
-    curves = {s: [c for c in (eval_curve(run_dir / "models" / run_name(s, seed) / "metrics.jsonl")
-                              for seed in seeds_of(preset, s)) if c]
-              for s in reg["curve_students"]}
+    curves = {
+        s: [
+            c
+            for c in (
+                eval_curve(run_dir / "models" / run_name(s, seed) / "metrics.jsonl") for seed in seeds_of(preset, s)
+            )
+            if c
+        ]
+        for s in reg["curve_students"]
+    }
     first_baseline = run_name("baseline", seeds_of(preset, "baseline")[0])
-    regime_obj = regime.regime(curves, int(preset["teacher"]["steps"]), int(preset["student"]["steps"]),
-                               _parameters(run_dir / "models" / "teacher" / "model_final.pt"),
-                               _parameters(run_dir / "models" / first_baseline / "model_final.pt"),
-                               float(reg["plateau_gain_max"]), (teacher or {}).get("AP"))
+    regime_obj = regime.regime(
+        curves,
+        int(preset["teacher"]["steps"]),
+        int(preset["student"]["steps"]),
+        _parameters(run_dir / "models" / "teacher" / "model_final.pt"),
+        _parameters(run_dir / "models" / first_baseline / "model_final.pt"),
+        float(reg["plateau_gain_max"]),
+        (teacher or {}).get("AP"),
+    )
 
     # the KD-weight sensitivity (apart from the reproduction, which keeps the authors' weights)
     sensitivity = []
     for entry in sensitivity_settings(preset):
-        runs = [_read(run_dir / "eval" / run_name(f"sens_{entry['name']}", seed) / "metrics.json")
-                for seed in entry.get("seeds") or seeds_of(preset, "decoupled")[:1]]
+        runs = [
+            _read(run_dir / "eval" / run_name(f"sens_{entry['name']}", seed) / "metrics.json")
+            for seed in entry.get("seeds") or seeds_of(preset, "decoupled")[:1]
+        ]
         runs = [r for r in runs if r is not None]
         group = claims.summarize_group(runs) if runs else {"n": 0}
-        sensitivity.append({"name": entry["name"], "distill": dict(entry.get("distill") or {}), "seeds": group["n"],
-                            "AP": group.get("AP", {}).get("mean"), "AP_std": group.get("AP", {}).get("std")})
+        sensitivity.append(
+            {
+                "name": entry["name"],
+                "distill": dict(entry.get("distill") or {}),
+                "seeds": group["n"],
+                "AP": group.get("AP", {}).get("mean"),
+                "AP_std": group.get("AP", {}).get("std"),
+            }
+        )
     stage_info = {}
     for s in stages:
         rec = records.get(s.name) or _read(s.folder / "done.json") or {}
-        stage_info[s.name] = {"status": rec.get("status", "failed" if s.name in failed else "not run"),
-                              "seconds": rec.get("seconds"), "steps": s.steps or None,
-                              "sec_per_step": rec.get("sec_per_step"), "command": s.command}
+        stage_info[s.name] = {
+            "status": rec.get("status", "failed" if s.name in failed else "not run"),
+            "seconds": rec.get("seconds"),
+            "steps": s.steps or None,
+            "sec_per_step": rec.get("sec_per_step"),
+            "command": s.command,
+        }
     configs = {}
     for s in stages:
         if s.config is not None and s.kind in ("train", "distill"):
             configs[s.name] = yaml.safe_dump(config_to_dict(s.config), sort_keys=False)
-    return {"preset": preset["preset"], "description": preset.get("description", ""),
-            "indicative": bool(preset.get("indicative", False)), "teacher": teacher, "students": students,
-            "table": table, "claims": claim_list, "channel_distance": cd_rows,
-            "channel_distance_raw": cd_raw_rows,
-            "channel_distance_seeds": _channel_seed_table(cd_rows),
-            "channel_distance_raw_seeds": _channel_seed_table(cd_raw_rows),
-            "grad_norm": {"ratio": gn_ratio, "rows": gn_rows, "tested": claims.GRAD_CLAIM_LOSS} if gn_rows else None,
-            "regime": regime_obj, "sensitivity": sensitivity or None,
-            "statistics": {**settings, "beats": "Welch t-test, one-sided, scipy.stats.ttest_ind(equal_var=False, "
-                                                 "alternative='greater')",
-                           "comparable": "TOST: two one-sided Welch tests with the margin margin_ap (AP points)",
-                           "min_seeds": 2},
-            "errors": bands or None, "stages": stage_info,
-            "seeds": {s: seeds_of(preset, s) for s in preset["students"]} | {
-                "teacher": [int(preset["teacher"].get("seed", 0))], "benchmark": [preset["benchmark"].get("seed", 0)]},
-            "failed": failed, "preset_yaml": yaml.safe_dump({k: v for k, v in preset.items() if k != "source"},
-                                                           sort_keys=False),
-            "configs": configs}
+    return {
+        "preset": preset["preset"],
+        "description": preset.get("description", ""),
+        "indicative": bool(preset.get("indicative", False)),
+        "teacher": teacher,
+        "students": students,
+        "table": table,
+        "claims": claim_list,
+        "channel_distance": cd_rows,
+        "channel_distance_raw": cd_raw_rows,
+        "channel_distance_seeds": _channel_seed_table(cd_rows),
+        "channel_distance_raw_seeds": _channel_seed_table(cd_raw_rows),
+        "grad_norm": {"ratio": gn_ratio, "rows": gn_rows, "tested": claims.GRAD_CLAIM_LOSS} if gn_rows else None,
+        "regime": regime_obj,
+        "sensitivity": sensitivity or None,
+        "statistics": {
+            **settings,
+            "beats": "Welch t-test, one-sided, scipy.stats.ttest_ind(equal_var=False, alternative='greater')",
+            "comparable": "TOST: two one-sided Welch tests with the margin margin_ap (AP points)",
+            "min_seeds": 2,
+        },
+        "errors": bands or None,
+        "stages": stage_info,
+        "seeds": {s: seeds_of(preset, s) for s in preset["students"]}
+        | {"teacher": [int(preset["teacher"].get("seed", 0))], "benchmark": [preset["benchmark"].get("seed", 0)]},
+        "failed": failed,
+        "preset_yaml": yaml.safe_dump({k: v for k, v in preset.items() if k != "source"}, sort_keys=False),
+        "configs": configs,
+    }
 
 
-def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict[str, dict],
-                 failed: dict[str, str], versions: dict, wall_seconds: float) -> dict:
+def write_report(
+    preset: dict,
+    run_dir: Path,
+    stages: list[Stage],
+    records: dict[str, dict],
+    failed: dict[str, str],
+    versions: dict,
+    wall_seconds: float,
+) -> dict:
     """``report.md``, ``report.html``, ``results.json`` and ``figures/`` in the run folder."""
     results = collect_results(preset, run_dir, stages, records, failed)
     results["versions"] = versions
@@ -274,18 +332,27 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
             figures["COCO AP of every student (± seed std), the teacher dashed"] = "figures/ap.png"
     reg = results["regime"]
     if reg and any(reg["curves"].values()):
-        _plot_curves(reg["curves"], (results["teacher"] or {}).get("AP"), reg["student_steps"],
-                     fig_dir / "ap_vs_steps.png")
+        _plot_curves(
+            reg["curves"], (results["teacher"] or {}).get("AP"), reg["student_steps"], fig_dir / "ap_vs_steps.png"
+        )
         if (fig_dir / "ap_vs_steps.png").is_file():
-            figures["AP against training steps: baseline and decoupled students (mean ± seed std), the teacher "
-                    "dashed"] = "figures/ap_vs_steps.png"
+            figures[
+                "AP against training steps: baseline and decoupled students (mean ± seed std), the teacher dashed"
+            ] = "figures/ap_vs_steps.png"
     for stage, name, caption in (
-            ("channel_distance", "channel_distance.png",
-             "Fig. 1: per-channel teacher–student distance (adapter output of distilled students), object (red) vs "
-             "background (blue); line = mean over seeds, band = min–max over seeds"),
-            ("channel_distance_raw", "channel_distance_raw.png",
-             "Fig. 1 on the raw FPN output (no adapter): per-channel teacher–student distance, mean and spread over "
-             "seeds")):
+        (
+            "channel_distance",
+            "channel_distance.png",
+            "Fig. 1: per-channel teacher–student distance (adapter output of distilled students), object (red) vs "
+            "background (blue); line = mean over seeds, band = min–max over seeds",
+        ),
+        (
+            "channel_distance_raw",
+            "channel_distance_raw.png",
+            "Fig. 1 on the raw FPN output (no adapter): per-channel teacher–student distance, mean and spread over "
+            "seeds",
+        ),
+    ):
         if _plot_channel_seeds(run_dir / "analysis" / stage, fig_dir / name, caption.split(":")[0]):
             figures[caption] = f"figures/{name}"
     shown_maps = int(preset.get("analysis", {}).get("grad_norm", {}).get("figures", 2))
@@ -294,14 +361,16 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
         for src in grad_maps[:shown_maps]:
             dst = f"grad_norm_{loss}_{src.stem.replace('grad_norm_', '')}.png"
             if _copy(src, fig_dir / dst):
-                figures[f"Fig. 2–3: gradient-norm map of the FPN, {loss} loss, "
-                        f"{src.stem.replace('grad_norm_', 'image ')}"] = f"figures/{dst}"
+                figures[
+                    f"Fig. 2–3: gradient-norm map of the FPN, {loss} loss, {src.stem.replace('grad_norm_', 'image ')}"
+                ] = f"figures/{dst}"
     shown = preset.get("analysis", {}).get("errors", {}).get("figures", ["overall"])
     for category in shown:
         src = run_dir / "analysis" / "errors" / "comparison" / f"{category}.png"
         if _copy(src, fig_dir / f"errors_{category}.png"):
-            figures[f"Fig. 4–9: error analysis, {category} (rows: baseline, object, background, decoupled)"] = \
+            figures[f"Fig. 4–9: error analysis, {category} (rows: baseline, object, background, decoupled)"] = (
                 f"figures/errors_{category}.png"
+            )
     results["figures"] = figures
     configs = {"preset": results.pop("preset_yaml")}
     for name in ("teacher", run_name("baseline", seeds_of(preset, "baseline")[0])):
@@ -312,14 +381,20 @@ def write_report(preset: dict, run_dir: Path, stages: list[Stage], records: dict
         configs[distilled[0]] = results["configs"][distilled[0]]
     results["configs"] = results["configs"]  # every stage's config in results.json
     markdown = render.render_report(dict(results, configs=configs))
-    markdown += ("\nEvery stage's config is in `models/<stage>/config.yaml` of the run folder and in "
-                 "`results.json` (`configs`).\n")
+    markdown += (
+        "\nEvery stage's config is in `models/<stage>/config.yaml` of the run folder and in "
+        "`results.json` (`configs`).\n"
+    )
     atomic_write_text(run_dir / "report.md", markdown)
     html = render.markdown_to_html(markdown, f"DeFeat reproduce {preset['preset']}")
     atomic_write_text(run_dir / "report.html", html)
     atomic_write_json(run_dir / "results.json", _json_safe(results))
-    return {"report": str(run_dir / "report.md"), "results": str(run_dir / "results.json"),
-            "table": results["table"], "claims": results["claims"]}
+    return {
+        "report": str(run_dir / "report.md"),
+        "results": str(run_dir / "results.json"),
+        "table": results["table"],
+        "claims": results["claims"],
+    }
 
 
 def _json_safe(obj: Any) -> Any:

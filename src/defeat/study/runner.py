@@ -14,8 +14,8 @@ import platform
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -23,8 +23,7 @@ from defeat.config import save_config
 from defeat.study.coco import write_coco_configs
 from defeat.study.estimate import Estimator, FirstStepsWatcher, minutes, step_seconds
 from defeat.study.plan import Stage, build_plan, describe_plan
-from defeat.study.report import say
-from defeat.study.report import write_report
+from defeat.study.report import say, write_report
 from defeat.utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -68,8 +67,13 @@ def run_stage(stage: Stage) -> None:
         raise ValueError(f"stage {stage.name}: unknown kind {stage.kind!r}")
 
 
-def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = None,
-                  on_measure: Callable[[], None] | None = None, keep_checkpoints: bool = False) -> dict:
+def execute_stage(
+    stage: Stage,
+    run_dir: Path,
+    estimator: Estimator | None = None,
+    on_measure: Callable[[], None] | None = None,
+    keep_checkpoints: bool = False,
+) -> dict:
     """Run one stage unless it is done; returns its ``done.json`` record (``status``: cached, ran or resumed).
 
     Once a training stage is done its ``checkpoint_last.pt`` (weights + optimizer state, only needed to resume) is
@@ -79,16 +83,20 @@ def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = Non
     if done_path.is_file():
         record = read_json(done_path)
         if record.get("key") != stage.key:
-            raise StaleStageError(f"{stage.folder}: stage {stage.name} finished with other settings than this preset "
-                                  f"asks for (key {record.get('key')} != {stage.key}); use a new --out, or delete "
-                                  "that folder to rerun the stage")
+            raise StaleStageError(
+                f"{stage.folder}: stage {stage.name} finished with other settings than this preset "
+                f"asks for (key {record.get('key')} != {stage.key}); use a new --out, or delete "
+                "that folder to rerun the stage"
+            )
         return dict(record, status="cached")
     resumed = False
     if started_path.is_file():
         previous = read_json(started_path)
         if previous.get("key") != stage.key:
-            raise StaleStageError(f"{stage.folder}: an interrupted stage {stage.name} was started with other "
-                                  "settings than this preset asks for; use a new --out, or delete that folder")
+            raise StaleStageError(
+                f"{stage.folder}: an interrupted stage {stage.name} was started with other "
+                "settings than this preset asks for; use a new --out, or delete that folder"
+            )
         resumed = True
     stage.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(started_path, {"stage": stage.name, "key": stage.key, "started": time.strftime("%FT%T")})
@@ -103,10 +111,12 @@ def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = Non
         save_config(stage.config, stage.folder / "config.yaml")
         kind = next(iter(stage.estimate))
         if estimator is not None and kind not in estimator.measured and not resumed:
+
             def measured(sec: float, kind=kind) -> None:
                 estimator.measured.setdefault(kind, sec)
                 if on_measure is not None:
                     on_measure()
+
             watcher = FirstStepsWatcher(metrics, 0, measured)
             watcher.start()
     t0 = time.perf_counter()
@@ -119,9 +129,15 @@ def execute_stage(stage: Stage, run_dir: Path, estimator: Estimator | None = Non
     missing = [f for f in stage.outputs if not (stage.folder / f).is_file()]
     if missing:
         raise StageError(f"stage {stage.name}: `{stage.command}` wrote no {stage.folder / missing[0]}")
-    record = {"stage": stage.name, "key": stage.key, "status": "resumed" if resumed else "ran",
-              "seconds": round(seconds, 2), "finished": time.strftime("%FT%T"),
-              "command": stage.command, "steps": stage.steps}
+    record = {
+        "stage": stage.name,
+        "key": stage.key,
+        "status": "resumed" if resumed else "ran",
+        "seconds": round(seconds, 2),
+        "finished": time.strftime("%FT%T"),
+        "command": stage.command,
+        "steps": stage.steps,
+    }
     if stage.kind in ("train", "distill"):
         windows = step_seconds(stage.folder / "metrics.jsonl")
         steady = windows[1:] or windows
@@ -148,14 +164,26 @@ def _versions() -> dict:
     try:
         repo = Path(defeat.__file__).resolve().parents[2]
         if (repo / ".git").exists():
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip() or None
+            commit = (
+                subprocess.run(
+                    ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+                ).stdout.strip()
+                or None
+            )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"defeat": getattr(defeat, "__version__", "unknown"), "git_commit": commit,
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform(), "processor": platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    return {
+        "defeat": getattr(defeat, "__version__", "unknown"),
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> dict:
@@ -167,27 +195,33 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
     estimator = Estimator(preset.get("estimate", {}))
     done = {s.name for s in stages if (s.folder / "done.json").is_file()}
     say(f"preset {preset['preset']} -> {run_dir}")
-    say("plan (a-priori estimate; refined from the measured s/step of the first steps):\n"
-         + describe_plan(stages, estimator, preset, done))
+    say(
+        "plan (a-priori estimate; refined from the measured s/step of the first steps):\n"
+        + describe_plan(stages, estimator, preset, done)
+    )
     if dry_run:
         return {"stages": [s.name for s in stages], "estimate_seconds": sum(estimator.seconds(s) for s in stages)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "preset.yaml", yaml.safe_dump({k: v for k, v in preset.items() if k != "source"},
-                                                             sort_keys=False))
+    atomic_write_text(
+        run_dir / "preset.yaml", yaml.safe_dump({k: v for k, v in preset.items() if k != "source"}, sort_keys=False)
+    )
     t_start = time.perf_counter()
     records: dict[str, dict] = {}
     failed: dict[str, str] = {}
     current = {"index": 0}
 
     def remaining() -> float:
-        return sum(estimator.seconds(s) for s in stages[current["index"]:]
-                   if s.name not in records and s.name not in done)
+        return sum(
+            estimator.seconds(s) for s in stages[current["index"] :] if s.name not in records and s.name not in done
+        )
 
     def on_measure() -> None:
         rates = ", ".join(f"{k} {v:.2f} s" for k, v in estimator.measured.items())
-        say(f"measured s/step: {rates} -> estimated remaining {minutes(remaining())}, "
-             f"total {minutes(time.perf_counter() - t_start + remaining())}"
-             + (f" (budget {preset['budget_minutes']} min)" if preset.get("budget_minutes") else ""))
+        say(
+            f"measured s/step: {rates} -> estimated remaining {minutes(remaining())}, "
+            f"total {minutes(time.perf_counter() - t_start + remaining())}"
+            + (f" (budget {preset['budget_minutes']} min)" if preset.get("budget_minutes") else "")
+        )
 
     for index, stage in enumerate(stages):
         current["index"] = index
@@ -197,8 +231,10 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
             say(f"{stage.name}: {failed[stage.name]}")
             continue
         if stage.name not in done:
-            say(f"stage {index + 1}/{len(stages)} {stage.name}: {' '.join(stage.command.split()[:3])} ... "
-                 f"(estimated {minutes(estimator.seconds(stage))})")
+            say(
+                f"stage {index + 1}/{len(stages)} {stage.name}: {' '.join(stage.command.split()[:3])} ... "
+                f"(estimated {minutes(estimator.seconds(stage))})"
+            )
         try:
             record = execute_stage(stage, run_dir, estimator, on_measure, bool(preset.get("keep_checkpoints")))
         except StaleStageError:
@@ -212,14 +248,31 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
         records[stage.name] = record
         if record["status"] != "cached":
             extra = f", {record['sec_per_step']:.2f} s/step" if "sec_per_step" in record else ""
-            say(f"{stage.name} {record['status']} in {minutes(record['seconds'])}{extra}; "
-                 f"estimated remaining {minutes(remaining())}")
-    summary = write_report(preset, run_dir, stages, records, failed, _versions(),
-                           wall_seconds=time.perf_counter() - t_start)
-    atomic_write_json(run_dir / "run.json", {"preset": preset["preset"], "stages": {
-        s.name: {"status": records[s.name]["status"] if s.name in records else "failed",
-                 "seconds": records.get(s.name, {}).get("seconds"), "note": failed.get(s.name)} for s in stages},
-        "failed": failed, "wall_seconds": round(time.perf_counter() - t_start, 2)})
-    say(f"report: {run_dir / 'report.md'}  results: {run_dir / 'results.json'}"
-         + (f"  ({len(failed)} stage(s) failed: {', '.join(failed)})" if failed else ""))
+            say(
+                f"{stage.name} {record['status']} in {minutes(record['seconds'])}{extra}; "
+                f"estimated remaining {minutes(remaining())}"
+            )
+    summary = write_report(
+        preset, run_dir, stages, records, failed, _versions(), wall_seconds=time.perf_counter() - t_start
+    )
+    atomic_write_json(
+        run_dir / "run.json",
+        {
+            "preset": preset["preset"],
+            "stages": {
+                s.name: {
+                    "status": records[s.name]["status"] if s.name in records else "failed",
+                    "seconds": records.get(s.name, {}).get("seconds"),
+                    "note": failed.get(s.name),
+                }
+                for s in stages
+            },
+            "failed": failed,
+            "wall_seconds": round(time.perf_counter() - t_start, 2),
+        },
+    )
+    say(
+        f"report: {run_dir / 'report.md'}  results: {run_dir / 'results.json'}"
+        + (f"  ({len(failed)} stage(s) failed: {', '.join(failed)})" if failed else "")
+    )
     return dict(summary, failed=failed, statuses={n: r["status"] for n, r in records.items()})

@@ -33,7 +33,7 @@ Welch (unequal variances)::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 ALPHA = 0.05
 MIN_SEEDS = 2
@@ -66,22 +66,35 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float) -> dict:
     diff = m_a - m_b
     if se == 0:
         return {"diff": diff, "se": 0.0, "df": math.nan, "ci": [diff, diff], "ci_level": confidence}
-    df = (v_a + v_b) ** 2 / (v_a ** 2 / (n_a - 1) + v_b ** 2 / (n_b - 1))
+    df = (v_a + v_b) ** 2 / (v_a**2 / (n_a - 1) + v_b**2 / (n_b - 1))
     half = float(stats.t.ppf((1 + confidence) / 2, df)) * se
     return {"diff": diff, "se": se, "df": df, "ci": [diff - half, diff + half], "ci_level": confidence}
 
 
 def _base(test: str, a: list[float], b: list[float], alpha: float, margin: float | None) -> dict:
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
     m_a, m_b = mean(a), mean(b)
-    return {"test": test, "n_a": len(a), "n_b": len(b), "mean_a": m_a, "mean_b": m_b,
-            "diff": None if m_a is None or m_b is None else m_a - m_b, "ci": None, "ci_level": None,
-            "p_value": None, "alpha": alpha, "margin": margin, "df": None, "pass": False, "decided": False,
-            "note": ""}
+    return {
+        "test": test,
+        "n_a": len(a),
+        "n_b": len(b),
+        "mean_a": m_a,
+        "mean_b": m_b,
+        "diff": None if m_a is None or m_b is None else m_a - m_b,
+        "ci": None,
+        "ci_level": None,
+        "p_value": None,
+        "alpha": alpha,
+        "margin": margin,
+        "df": None,
+        "pass": False,
+        "decided": False,
+        "note": "",
+    }
 
 
 def beats(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> dict:
-    """"A beats B": one-sided Welch t-test (H1: mean(a) > mean(b)), pass when ``p < alpha``.
+    """ "A beats B": one-sided Welch t-test (H1: mean(a) > mean(b)), pass when ``p < alpha``.
 
     Returns ``{test, n_a, n_b, mean_a, mean_b, diff, ci (95 % two-sided Welch CI of the difference), ci_level,
     p_value, alpha, margin (None), df, pass, decided, note}``; ``decided`` is False (and ``pass`` False) when an arm
@@ -105,7 +118,7 @@ def beats(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> dict:
 
 
 def equivalent(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = ALPHA) -> dict:
-    """"A is comparable to B" within ``margin``: TOST with two one-sided Welch tests, pass when both
+    """ "A is comparable to B" within ``margin``: TOST with two one-sided Welch tests, pass when both
     ``p < alpha`` (the ``1 - 2 alpha`` Welch CI of the difference inside ``(-margin, +margin)``).
 
     ``p_value`` = the larger of the two one-sided p-values; ``p_lower`` / ``p_upper`` are both. Same keys as
@@ -135,7 +148,7 @@ def equivalent(a: Sequence[float], b: Sequence[float], margin: float, alpha: flo
 
 
 def equivalent_paired(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = ALPHA) -> dict:
-    """"A is comparable to B" within ``margin`` for paired values (``a[i]`` and ``b[i]`` from the same seed):
+    """ "A is comparable to B" within ``margin`` for paired values (``a[i]`` and ``b[i]`` from the same seed):
     TOST on the differences ``a[i] - b[i]``, pass when both one-sided ``p < alpha`` (the ``1 - 2 alpha`` CI of
     the mean difference inside ``(-margin, +margin)``).
 
