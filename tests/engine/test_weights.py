@@ -128,3 +128,32 @@ def test_a_checkpoint_of_this_project_says_its_classes(tiny_teacher):
     shuffled = [{"id": c["id"], "name": n} for c, n in zip(loaded.categories, names[1:] + names[:1])]
     model, notes = build_pretrained(model_cfg, shuffled, role="eval")  # mapped by name, from the checkpoint's list
     assert model.roi_heads.box_predictor.keep.tolist() == [2, 3, 1] and "the checkpoint's 3 classes" in notes[0]
+
+
+@pytest.mark.parametrize("saved_norm", ["bn", "frozen_bn", "gn"])
+def test_checkpoints_are_rebuilt_with_the_normalisation_their_weights_have(tmp_path, saved_norm):
+    """`norm: auto` and the checkpoints of torchvision-spelled names saved as BatchNorm models while their config
+    said `gn` (before those names became aliases of the zoo's): the weights decide."""
+    from defeat.config import Config, config_to_dict
+    from defeat.engine.checkpoint import save_checkpoint
+    from defeat.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(name="faster_rcnn_tiny_fpn", norm=saved_norm), 2)
+    path = tmp_path / "old.pt"
+    cfg = Config(model=ModelConfig(name="faster_rcnn_tiny_fpn", norm="gn" if saved_norm == "bn" else "auto"))
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    save_checkpoint(
+        {
+            "kind": "detector",
+            "model": model.state_dict(),
+            "categories": categories,
+            "config": config_to_dict(cfg),
+            "step": 1,
+        },
+        path,
+    )
+    loaded = load_model(path)
+    state = loaded.model.state_dict()
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

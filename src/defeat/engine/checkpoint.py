@@ -11,6 +11,7 @@ distillation teachers and the analyses all use it).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ def load_model(
         role: prefix of the messages (e.g. ``"--teacher"``).
     """
     from defeat.distill.adapters import FeatureAdapters
-    from defeat.models import build_detector
+    from defeat.models import build_detector, model_spec
+    from defeat.models.zoo import norm_in_state
 
     prefix = f"{role}: " if role else ""
     try:
@@ -130,6 +132,10 @@ def load_model(
     weights = detector_state(state)
     if not weights:
         raise ValueError(f"{prefix}{path}: no detector weights in this {state['kind']!r} checkpoint")
+    if model_spec(cfg.model.name).builder == "zoo" and cfg.model.norm != "syncbn":
+        # the weights say how the backbone was normalised (`auto`, and checkpoints of torchvision-spelled names
+        # saved as BatchNorm models before those names became aliases of the zoo's)
+        cfg.model = dataclasses.replace(cfg.model, norm=norm_in_state(weights))
     model = build_detector(cfg.model, len(state["categories"]))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if (missing or unexpected) and strict:

@@ -31,6 +31,7 @@ from defeat.engine.checkpoint import LoadedModel
 from defeat.models import build_detector
 from defeat.models.classes import class_dependent, keep_classes, outputs_in_state
 from defeat.models.spec import OFFICIAL, model_spec
+from defeat.models.zoo import norm_in_state
 
 Role = Literal["train", "eval", "teacher"]
 #: the ImageNet weights torchvision's detection builders put under their backbones
@@ -209,8 +210,7 @@ def _build(
     weights = detector_weights(model_cfg)
     state, source = weights.state, weights.source
     if model_cfg.norm == "auto" and spec.builder == "zoo":  # the file says: BatchNorm statistics or GroupNorm
-        batchnorm = any(k.startswith("backbone.body.") and k.endswith("running_mean") for k in state)
-        model_cfg = dataclasses.replace(model_cfg, norm="frozen_bn" if batchnorm else "gn")
+        model_cfg = dataclasses.replace(model_cfg, norm="gn" if norm_in_state(state) == "gn" else "frozen_bn")
     outputs = outputs_in_state(state, family)
     if outputs is None:
         raise ValueError(f"model.weights: {source}: no {family} classifier in it (is it a {model_cfg.name}?)")

@@ -30,7 +30,7 @@ from defeat.config import ModelConfig
 from defeat.models.spec import DEPTHS, ModelSpec, model_spec
 from defeat.models.torchvision_zoo import build_torchvision_detector
 
-__all__ = ["DEPTHS", "build_detector", "count_parameters", "norm_layer_for", "uses_pretrained_weights"]
+__all__ = ["DEPTHS", "build_detector", "count_parameters", "norm_in_state", "norm_layer_for", "uses_pretrained_weights"]
 #: channels of the tiny backbone's four stages (strides 4, 8, 16, 32)
 TINY_WIDTHS = (16, 32, 32, 64)
 
@@ -171,6 +171,15 @@ def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
 def uses_pretrained_weights(cfg: ModelConfig) -> bool:
     """Whether weights will be loaded into the model built from ``cfg`` (torchvision's pretrained conventions)."""
     return cfg.weights.lower() != "none" or cfg.backbone_weights.lower() != "none" or cfg.pretrained_backbone
+
+
+def norm_in_state(keys) -> str:
+    """The backbone normalisation a zoo detector's state-dict keys were saved from: ``bn`` (running statistics and
+    a batch counter), ``frozen_bn`` (statistics only) or ``gn`` (neither)."""
+    body = [k for k in keys if k.startswith("backbone.body.")]
+    if not any(k.endswith("running_mean") for k in body):
+        return "gn"
+    return "bn" if any(k.endswith("num_batches_tracked") for k in body) else "frozen_bn"
 
 
 def _imagenet_backbone(cfg: ModelConfig) -> bool:
