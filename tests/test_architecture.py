@@ -101,8 +101,12 @@ def test_no_import_circle_between_modules():
 
 
 def test_cli_modules_are_thin():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (SRC / "cli").glob("*.py")}
-    assert max(sizes.values()) <= 150, sizes
+    """Counted in statements, not lines, so that the formatter's one-argument-a-line layout does not count."""
+    sizes = {
+        p.name: sum(isinstance(n, ast.stmt) for n in ast.walk(ast.parse(p.read_text())))
+        for p in (SRC / "cli").glob("*.py")
+    }
+    assert max(sizes.values()) <= 80, sizes
 
 
 @pytest.mark.parametrize("package", ["distill", "models"])
