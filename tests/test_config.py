@@ -47,3 +47,19 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text("optim:\n  momentum: fast\n")
     with pytest.raises(ConfigError, match=r"wrong.yaml: optim.momentum: expected float"):
         load_config(wrong)
+
+
+def test_null_restores_the_default():
+    """``--set key=null`` (or ``key: null`` in a file) undoes a value a config set; optional keys become null."""
+    values = {"model": {"anchor_sizes": [16, 32, 64, 128, 256], "norm": "gn", "trainable_layers": 3}}
+    cfg = config_from_dict(values, ["model.anchor_sizes=null", "model.norm=null", "model.trainable_layers=null"])
+    assert cfg.model.anchor_sizes == Config().model.anchor_sizes and cfg.model.norm == "auto"
+    assert cfg.model.trainable_layers is None
+
+
+def test_anchor_sizes_take_a_list_of_sizes_per_level():
+    sizes = [[16, 32, 64, 128, 256]] * 3
+    cfg = config_from_dict({}, ["model.name=fasterrcnn_mobilenet_v3_large_fpn", f"model.anchor_sizes={sizes}"])
+    assert cfg.model.anchor_sizes == sizes
+    with pytest.raises(ConfigError, match="model.anchor_sizes"):
+        config_from_dict({}, ["model.anchor_sizes=[[16, 'a']]"])

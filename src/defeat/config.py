@@ -39,7 +39,9 @@ class ModelConfig:
     pretrained_backbone: bool = False  # old spelling of backbone_weights=DEFAULT (zoo names)
     # backbone stages that train; None: torchvision's convention (3 with pretrained weights, all without)
     trainable_layers: int | None = None
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one base size per level
+    # one entry per level: a base size (RetinaNet: 3 octave scales from it) or a list of sizes (MobileNetV3-FPN: the
+    # same 5 on each of its 3 levels); see defeat.models.spec. The default gives every builder its own anchors.
+    anchor_sizes: list[int | list[int]] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # anchor h/w on every level (not FCOS)
     min_size: int = 320  # GeneralizedRCNNTransform resize: shorter side
     max_size: int = 320  # ... and cap on the longer side
@@ -306,6 +308,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _accepts_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
+
+
 def _build(cls: type, values: dict, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
@@ -319,6 +327,8 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         if f.name not in values:
             continue
         hint = hints[f.name]
+        if values[f.name] is None and not _accepts_none(hint):  # `key: null` / --set key=null: the default
+            continue
         if dataclasses.is_dataclass(hint):
             kwargs[f.name] = _build(hint, values[f.name] or {}, f"{prefix}{f.name}.")
         else:

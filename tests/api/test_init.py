@@ -200,3 +200,34 @@ def test_data_stats_writes_the_figure_and_json(tiny_coco, tmp_path, capsys):
     record = json.loads((tmp_path / "s.json").read_text())
     assert record["train"]["boxes"] == sum(record["train"]["boxes_per_class"].values())
     assert 0 <= record["anchors"]["given_coverage"] <= record["anchors"]["coverage"] <= 1
+
+
+@pytest.fixture(scope="module")
+def mobilenet_config(tiny_coco, tmp_path_factory):
+    root = tiny_coco["root"]
+    out = tmp_path_factory.mktemp("mobile") / "mobile.yaml"
+    api.init_config(tiny_coco["train_ann"], root / "train" / "images", out, model="fasterrcnn_mobilenet_v3_large_fpn")
+    return out
+
+
+def test_init_fits_the_anchor_layout_of_a_mobilenet(mobilenet_config):
+    """MobileNetV3-FPN shares five anchor sizes across its three levels: init fits that layout."""
+    student = _accepts(mobilenet_config)  # loads, reads the data and builds the model
+    sizes = student.model.anchor_sizes
+    assert len(sizes) == 3 and all(isinstance(s, list) and len(s) == 5 and s == sizes[0] for s in sizes)
+    assert sizes[0] == sorted(sizes[0]) and sizes[0][0] >= 32  # every size >= its finest stride (32)
+
+
+@pytest.mark.slow  # a full-size MobileNetV3-FPN: ~230 MB of checkpoints
+def test_a_mobilenet_config_from_init_trains(mobilenet_config, tmp_path):
+    overrides = [
+        f"output.dir={tmp_path / 'run'}",
+        "schedule.max_steps=2",
+        "schedule.warmup_steps=1",
+        "data.workers=0",
+        "data.batch_size=2",
+        "output.checkpoint_every=0",
+        "eval.batch_size=2",
+    ]
+    assert main(["train", str(mobilenet_config), *[a for o in overrides for a in ("--set", o)]]) == 0
+    assert (tmp_path / "run" / "model_final.pt").is_file()

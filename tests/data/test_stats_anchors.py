@@ -44,7 +44,7 @@ def test_grid_iou_equals_a_hand_computation():
     # stride / 4 per anchor, in anchor_shapes' order (sizes x ratios; RetinaNet x 3 octave scales)
     assert anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], FASTER) == pytest.approx(np.repeat([1, 2, 4, 8, 16], 3))
     assert len(anchor_offsets([8, 16, 32, 64, 128], [0.5, 1, 2], RETINA)) == 45
-    with pytest.raises(ValueError, match="needs 5 sizes"):
+    with pytest.raises(ValueError, match="needs 5 entries"):
         anchor_offsets([8, 16], [1.0], FASTER)
 
 

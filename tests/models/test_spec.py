@@ -15,23 +15,27 @@ NAMES = [f"{f}_{b}_fpn" for f in ("faster_rcnn", "retinanet", "fcos") for b in (
 
 
 def expected_generator(spec, cfg: ModelConfig) -> AnchorGenerator:
-    """The anchors the spec promises for ``cfg`` (torchvision's builders keep their own at the config's defaults)."""
-    if spec.fixed_anchor_sizes is not None:
-        sizes = spec.fixed_anchor_sizes
-    elif spec.builder == "torchvision" and cfg.anchor_sizes == ModelConfig().anchor_sizes:
-        sizes = spec.anchor_sizes(TORCHVISION_ANCHOR_BASE[spec.family])
+    """The anchors the spec promises for ``cfg`` (torchvision's builders keep their own at the defaults)."""
+    if spec.builder == "torchvision" and cfg.anchor_sizes in (ModelConfig().anchor_sizes, spec.default_anchor_sizes):
+        base = spec.default_anchor_sizes if spec.shared_anchor_sizes else TORCHVISION_ANCHOR_BASE[spec.family]
+        sizes = spec.anchor_sizes(base)
     else:
         sizes = spec.anchor_sizes(cfg.anchor_sizes)
     return AnchorGenerator(sizes, (spec.anchor_ratios(cfg.anchor_ratios),) * len(sizes))
 
 
+def other_anchors(spec) -> list:
+    """Non-default anchors of the same layout: base sizes, or the shared list of sizes on every level."""
+    if spec.shared_anchor_sizes:
+        return [[16, 24, 48, 96, 192] for _ in spec.levels]
+    return [12, 24, 48, 96, 192]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_spec_matches_the_built_detector(name):
     spec = model_spec(name)
-    configs = [ModelConfig(name=name, min_size=64, max_size=64)]
-    if spec.fixed_anchor_sizes is None:
-        configs.append(ModelConfig(name=name, min_size=64, max_size=64, anchor_sizes=[12, 24, 48, 96, 192]))
-    for cfg in configs:
+    for sizes in (ModelConfig().anchor_sizes, other_anchors(spec)):
+        cfg = ModelConfig(name=name, min_size=64, max_size=64, anchor_sizes=sizes)
         model = build_detector(cfg, num_classes=3)
         assert family_of(model) == spec.family
         assert strides_of(model) == spec.levels  # measured on the built backbone
@@ -41,6 +45,17 @@ def test_spec_matches_the_built_detector(name):
         assert len(built.cell_anchors) == len(promised.cell_anchors)
         for ours, theirs in zip(built.cell_anchors, promised.cell_anchors):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_anchor_sizes_take_a_base_size_or_a_list_per_level():
+    retina = model_spec("retinanet_r18_fpn")
+    assert retina.anchor_sizes([32, [8, 16, 24], 128, 256, 512])[:2] == ((32, 40, 50), (8, 16, 24))
+    with pytest.raises(ValueError, match="same number of sizes"):
+        retina.anchor_sizes([32, [8, 16], 128, 256, 512])
+    with pytest.raises(ValueError, match="needs 5 entries"):
+        retina.anchor_sizes([32, 64])
+    with pytest.raises(ValueError, match="built for 5 sizes per level"):
+        build_detector(ModelConfig(name="fasterrcnn_mobilenet_v3_large_fpn", anchor_sizes=[32, 64, 128]), 3)
 
 
 def test_torchvision_spelling_is_an_alias():
@@ -78,5 +93,3 @@ def test_every_listed_name_resolves_and_unknown_ones_name_the_choices():
         assert model_spec(name).canonical == name
     with pytest.raises(ValueError, match=r"unknown detector 'faster_rcnn_r51_fpn'.*faster_rcnn_tiny_fpn"):
         model_spec("faster_rcnn_r51_fpn")
-    with pytest.raises(ValueError, match="5 anchor sizes on each of its 3 levels"):
-        model_spec("fasterrcnn_mobilenet_v3_large_fpn").anchor_sizes([32, 64, 128])

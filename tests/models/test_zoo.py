@@ -57,7 +57,7 @@ def test_unknown_names_are_refused(name):
 
 
 def test_anchor_sizes_must_match_levels():
-    with pytest.raises(ValueError, match="model.anchor_sizes: faster_rcnn_r18_fpn needs 5 sizes"):
+    with pytest.raises(ValueError, match="model.anchor_sizes: faster_rcnn_r18_fpn needs 5 entries"):
         build_detector(ModelConfig(anchor_sizes=[16, 32]), 3)
 
 

@@ -19,11 +19,10 @@ import yaml
 
 from defeat.api.data import DatasetReport, dataset_stats
 from defeat.config import config_from_dict
-from defeat.models.spec import FAMILIES, family_of_name, resnet_fpn_name
+from defeat.models.spec import FAMILIES, family_of_name, model_spec, resnet_fpn_name
 from defeat.utils import atomic_write_text
 
 TEACHER_STEPS_FACTOR = 3
-DEFAULT_ANCHORS = [32, 64, 128, 256, 512]
 
 
 @dataclass
@@ -55,8 +54,8 @@ def _model_fields(name: str, report: DatasetReport) -> list[tuple[str, object, s
         f"(the default {fit.given_sizes}: {100 * fit.given_coverage:.1f} %)"
     )
     return [
-        ("name", name, "<family>_r<depth>_fpn: faster_rcnn | retinanet | fcos, depth 18..152"),
-        ("norm", "gn", "GroupNorm for from-scratch training; with pretrained_backbone use frozen_bn"),
+        ("name", name, "any name of docs/models.md, e.g. <family>_r<depth>_fpn (faster_rcnn | retinanet | fcos)"),
+        ("norm", "auto", "auto: GroupNorm from scratch, FrozenBatchNorm with pretrained weights"),
         ("pretrained_backbone", False, "true: ImageNet weights (online once); helps a lot on small real sets"),
         ("min_size", report.min_size, f"resize: shorter side: {report.image_size_reason}"),
         ("max_size", report.max_size, "... and cap on the longer side (median aspect ratio)"),
@@ -114,7 +113,7 @@ def init_config(
         val_images=val_images,
         model=student,
         image_size=image_size,
-        given_sizes=DEFAULT_ANCHORS,
+        given_sizes=model_spec(student).default_anchor_sizes,
     )
     texts = render_configs(
         report, paths, annotations, images, val_annotations, val_images, student, teacher, batch_size, epochs

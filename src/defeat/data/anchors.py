@@ -24,7 +24,8 @@ fitted. Every function takes that spec (any object with ``family``, ``strides``,
 max_size / max(w, h))``; box sizes are scaled by the same factor before coverage is measured.
 
 **Fit.** Sizes per level form a geometric sequence ``s_k = s_0 · g^k`` (k = 0..L−1, so sizes grow with the
-levels' strides), with ``s_k`` ≥ the level's stride; ratios are either the default (0.5, 1, 2) or the box
+levels' strides), with ``s_k`` ≥ the level's stride; a model that shares its sizes across levels (MobileNetV3-FPN:
+five on each of its three) gets one such sequence of its count, ≥ the finest stride, on every level; ratios are either the default (0.5, 1, 2) or the box
 aspect ratios' quantiles ``r_j = exp(Q_{(j+½)/R}(log(h/w)))``, j = 0..R−1. A grid over s_0 (log-spaced from the
 first stride to 32 strides), g ∈ {1.5, 1.75, 2, 2.25, 2.5, 3} and both ratio sets is searched; the winner has
 the highest coverage (grid IoU), ties broken by the mean best grid IoU. The given (default) anchors are a candidate
@@ -47,6 +48,7 @@ class AnchorLayout(Protocol):
     """What anchor fitting needs of a model (:class:`defeat.models.spec.ModelSpec` is one)."""
 
     family: str
+    shared_anchor_sizes: int  # > 0: this many sizes, the same on every level
 
     @property
     def strides(self) -> tuple[int, ...]: ...
@@ -115,11 +117,11 @@ def aspect_ratio_quantiles(boxes_wh: np.ndarray, count: int = 3) -> tuple[float,
 class AnchorFit:
     """The anchors chosen for a dataset and how well they and the given ones cover its boxes."""
 
-    sizes: list[int]
+    sizes: list  # model.anchor_sizes: one base size (int) or a list of sizes per level
     ratios: list[float]
     coverage: float  # of the fitted anchors
     mean_best_iou: float
-    given_sizes: list[int]
+    given_sizes: list
     given_ratios: list[float]
     given_coverage: float
     given_mean_best_iou: float
@@ -151,7 +153,8 @@ def fit_anchors(
     max_boxes: int = 20000,
     seed: int = 0,
 ) -> AnchorFit:
-    """Anchor sizes (one per level) and ratios for boxes of shape ``boxes_wh`` (N, 2) at the training scale.
+    """Anchor sizes (``model.anchor_sizes``: one base size per level, or, where a model shares its sizes across
+    levels, the same list on every level) and ratios for boxes of shape ``boxes_wh`` (N, 2) at the training scale.
 
     See the module docstring for the search; more than ``max_boxes`` boxes are subsampled (seeded).
     """
@@ -160,25 +163,29 @@ def fit_anchors(
         raise ValueError("no boxes to fit anchors to")
     if len(boxes_wh) > max_boxes:
         boxes_wh = boxes_wh[np.random.default_rng(seed).choice(len(boxes_wh), max_boxes, replace=False)]
-    given_sizes, given_ratios = [int(s) for s in given_sizes], [float(r) for r in given_ratios]
+    given_sizes = [[int(v) for v in e] if isinstance(e, (list, tuple)) else int(e) for e in given_sizes]
+    given_ratios = [float(r) for r in given_ratios]
     given = _score(boxes_wh, given_sizes, given_ratios, spec)
     best = (given, given_sizes, given_ratios)
     notes = []
     if spec.family == "fcos":
         notes.append("FCOS is anchor-free: its sizes only set each level's scale range, so they are not fitted")
     else:
-        strides = np.asarray(spec.strides, float)
-        levels = np.arange(len(strides))
+        shared = spec.shared_anchor_sizes  # the same sizes on every level (MobileNetV3-FPN)
+        count = shared or len(spec.strides)
+        # each size >= its level's stride; shared sizes serve every level, so >= the finest stride
+        floors = np.full(count, min(spec.strides), float) if shared else np.asarray(spec.strides, float)
         fitted_ratios = list(aspect_ratio_quantiles(boxes_wh, len(given_ratios)))
         ratio_sets = [given_ratios] + ([fitted_ratios] if len(set(fitted_ratios)) == len(fitted_ratios) else [])
-        for s0 in np.geomspace(strides[0], 32 * strides[0], 48):
+        for s0 in np.geomspace(floors[0], 32 * floors[0], 48):
             for growth in GROWTHS:
-                sizes = np.maximum(np.round(s0 * growth**levels), strides).astype(int)
+                sizes = np.maximum(np.round(s0 * growth ** np.arange(count)), floors).astype(int)
                 if np.any(np.diff(sizes) <= 0):
                     continue
+                entries = [[int(s) for s in sizes] for _ in spec.strides] if shared else [int(s) for s in sizes]
                 for ratios in ratio_sets:
-                    score = _score(boxes_wh, sizes, ratios, spec)
+                    score = _score(boxes_wh, entries, ratios, spec)
                     if score > best[0]:
-                        best = (score, [int(s) for s in sizes], list(ratios))
+                        best = (score, entries, list(ratios))
     (cov, mean), sizes, ratios = best
     return AnchorFit(sizes, ratios, cov, mean, given_sizes, given_ratios, given[0], given[1], len(boxes_wh), notes)

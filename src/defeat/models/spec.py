@@ -16,10 +16,12 @@ Names (one scheme per architecture; the other spelling is an alias of it):
   official files load: ``fasterrcnn_resnet50_fpn[_v2]``, ``fasterrcnn_mobilenet_v3_large[_320]_fpn``,
   ``retinanet_resnet50_fpn[_v2]``, ``fcos_resnet50_fpn``.
 
-Anchor layout (torchvision's ``AnchorGenerator``): a level's sizes come from one base size ``s`` per level,
-``(s,)`` for Faster R-CNN and FCOS, and RetinaNet's three octave scales ``(s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋)``; every
-size is combined with every ratio ``r = h/w`` (FCOS: only ``r = 1``, one point per location). MobileNetV3-FPN
-keeps torchvision's layout: the five sizes 32..512 on each of its three levels.
+Anchor layout (torchvision's ``AnchorGenerator``; ``model.anchor_sizes`` gives one entry per level): an entry that
+is one base size ``s`` becomes ``(s,)`` for Faster R-CNN and FCOS and RetinaNet's three octave scales
+``(s, ⌊s·2^(1/3)⌋, ⌊s·2^(2/3)⌋)``; an entry that is a list is that level's sizes as given. Every level needs the
+same number of sizes (a head predicts a fixed number of anchors per location). Every size is combined with every
+ratio ``r = h/w`` (FCOS: only ``r = 1``, one point per location). MobileNetV3-FPN shares five sizes across its
+three levels (torchvision's 32..512 on each): its anchors are a list of sizes per level.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ RESNET_LEVELS = {
 #: torchvision's MobileNetV3-FPN: two maps at stride 32 (the last two stages) and a max-pooled one
 MOBILENET_LEVELS = {"P5": 32, "P5b": 32, "P6": 64}
 MOBILENET_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # on every level
+#: ``model.anchor_sizes``' default: one base size per level
+DEFAULT_BASE_SIZES = (32, 64, 128, 256, 512)
 #: the base anchor size per level torchvision's builders use (FCOS: its "anchors" set the scale ranges)
 TORCHVISION_ANCHOR_BASE = {
     "faster_rcnn": (32, 64, 128, 256, 512),
@@ -75,6 +79,7 @@ class ModelSpec:
     fpn_channels: int = 256
     box_head_size: int = 1024  # Faster R-CNN's TwoMLPHead width
     octaves: int = 1  # anchor sizes per base size (RetinaNet on ResNet: 3)
+    shared_anchor_sizes: int = 0  # > 0: this many sizes, the same on every level (MobileNetV3-FPN: 5)
     norm_default: str = "gn"  # the backbone's normalisation from scratch (zoo builder; see resolved_norm)
 
     @property
@@ -92,32 +97,38 @@ class ModelSpec:
         return self.canonical in OFFICIAL
 
     @property
-    def fixed_anchor_sizes(self) -> tuple[tuple[int, ...], ...] | None:
-        """Anchor sizes per level that a config cannot replace (several base sizes per level), else None."""
-        if self.backbone == "mobilenet_v3_large":
-            return (MOBILENET_ANCHOR_SIZES,) * len(self.levels)
-        return None
+    def default_anchor_sizes(self) -> list:
+        """``model.anchor_sizes`` that gives the builder's own anchors (the config's default unless sizes are shared
+        across levels, as MobileNetV3-FPN's)."""
+        if self.shared_anchor_sizes:
+            return [list(MOBILENET_ANCHOR_SIZES) for _ in self.levels]
+        return list(DEFAULT_BASE_SIZES)
 
-    def anchor_sizes(self, base_sizes) -> tuple[tuple[int, ...], ...]:
-        """The generator's sizes per level from one base size per level (the octave rule in the module docstring).
+    def anchor_sizes(self, entries) -> tuple[tuple[int, ...], ...]:
+        """The generator's sizes per level from ``model.anchor_sizes`` (one base size or a list of sizes per level,
+        see the module docstring). A ValueError naming ``model.anchor_sizes`` when the count of levels or of sizes
+        per level does not fit."""
+        entries = list(entries)
+        if len(entries) != len(self.levels):
+            raise ValueError(
+                f"model.anchor_sizes: {self.name} needs {len(self.levels)} entries (one per level "
+                f"{'/'.join(self.levels)}), got {entries}"
+            )
+        sizes = tuple(
+            tuple(int(v) for v in e) if isinstance(e, (list, tuple)) else self._expand(int(e)) for e in entries
+        )
+        if len({len(level) for level in sizes}) != 1:
+            raise ValueError(
+                f"model.anchor_sizes: every level needs the same number of sizes (the head predicts a "
+                f"fixed number of anchors per location), got {[list(s) for s in sizes]}"
+            )
+        return sizes
 
-        A ValueError naming ``model.anchor_sizes`` when the count does not match the levels or the model's
-        anchors cannot be set by one size per level.
-        """
-        if self.fixed_anchor_sizes is not None:
-            raise ValueError(
-                f"model.anchor_sizes: {self.name} has {len(MOBILENET_ANCHOR_SIZES)} anchor sizes on each "
-                f"of its {len(self.levels)} levels, not one base size per level; keep its own anchors"
-            )
-        base_sizes = [int(s) for s in base_sizes]
-        if len(base_sizes) != len(self.levels):
-            raise ValueError(
-                f"model.anchor_sizes: {self.name} needs {len(self.levels)} sizes (one per level "
-                f"{'/'.join(self.levels)}), got {base_sizes}"
-            )
+    def _expand(self, size: int) -> tuple[int, ...]:
+        """One base size -> the level's sizes: RetinaNet's three octave scales, else the size itself."""
         if self.octaves == 3:
-            return tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in base_sizes)
-        return tuple((s,) for s in base_sizes)
+            return (size, int(size * 2 ** (1 / 3)), int(size * 2 ** (2 / 3)))
+        return (size,)
 
     def anchor_ratios(self, ratios) -> tuple[float, ...]:
         """The aspect ratios (h/w) every level uses: the given ones, FCOS only ``1.0``."""
@@ -151,7 +162,14 @@ def model_spec(name: str) -> ModelSpec:
         family = {v: k for k, v in TORCHVISION_PREFIX.items()}[name.split("_", 1)[0]]
         if "mobilenet" in name:
             return ModelSpec(
-                name, name, family, "mobilenet_v3_large", "torchvision", MOBILENET_LEVELS, norm_default="bn"
+                name,
+                name,
+                family,
+                "mobilenet_v3_large",
+                "torchvision",
+                MOBILENET_LEVELS,
+                norm_default="bn",
+                shared_anchor_sizes=len(MOBILENET_ANCHOR_SIZES),
             )
         base = _resnet_fpn(name, family, "resnet50")
         return ModelSpec(

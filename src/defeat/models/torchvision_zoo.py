@@ -87,9 +87,12 @@ def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: i
 
 
 def _replace_anchors(model: nn.Module, cfg: ModelConfig, spec: ModelSpec) -> None:
-    """The config's anchors where they differ from the defaults (sizes per level by the spec's octave rule)."""
+    """The config's anchors where they differ from the defaults (sizes per level by the spec's rule)."""
     defaults = ModelConfig()
-    if cfg.anchor_sizes == defaults.anchor_sizes and cfg.anchor_ratios == defaults.anchor_ratios:
+    if (
+        cfg.anchor_sizes in (defaults.anchor_sizes, spec.default_anchor_sizes)
+        and cfg.anchor_ratios == defaults.anchor_ratios
+    ):
         return  # the builder's own anchors
     generator = model.rpn.anchor_generator if spec.family == "faster_rcnn" else model.anchor_generator
     ratios = generator.aspect_ratios
@@ -100,7 +103,15 @@ def _replace_anchors(model: nn.Module, cfg: ModelConfig, spec: ModelSpec) -> Non
                 f"location; give {len(ratios[0])} (got {cfg.anchor_ratios})"
             )
         ratios = (spec.anchor_ratios(cfg.anchor_ratios),) * len(ratios)
-    sizes = generator.sizes if cfg.anchor_sizes == defaults.anchor_sizes else spec.anchor_sizes(cfg.anchor_sizes)
+    sizes = generator.sizes
+    if cfg.anchor_sizes not in (defaults.anchor_sizes, spec.default_anchor_sizes):
+        sizes = spec.anchor_sizes(cfg.anchor_sizes)
+        if len(sizes[0]) != len(generator.sizes[0]):  # the heads (and the official weights) fix the count
+            example = [list(s) for s in generator.sizes]
+            raise ValueError(
+                f"model.anchor_sizes: {cfg.name}'s heads are built for {len(generator.sizes[0])} sizes per level; "
+                f"give {len(generator.sizes[0])} on every level (its own: {example}), got {[list(s) for s in sizes]}"
+            )
     _set_generator(model, spec.family, AnchorGenerator(sizes, ratios))
 
 
