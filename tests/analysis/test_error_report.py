@@ -252,3 +252,59 @@ def test_category_stems_are_unique_and_never_reserved():
     assert stems == ["teddy_bear-id1", "teddy_bear-id2", "overall-id3", "grid-id4", "cat"]
     assert ep.chunks(list(range(5)), 2) == [[0, 1, 2], [3, 4]] and ep.chunks([1], 4) == [[1]] and ep.chunks([], 3) == []
     assert ep.grid_shape(80) == (8, 10) and ep.grid_shape(1) == (1, 1)
+
+
+def grid_curves(k: int) -> ErrorCurves:
+    """``k`` categories of smooth, decreasing curves (precision falls with recall)."""
+    rng = np.random.default_rng(k)
+    falls = np.linspace(1, 0, 101)[None, :, None, None] ** rng.uniform(0.3, 3, (7, 1, k, 4))
+    ps = np.sort(falls * rng.uniform(0.2, 1, (7, 1, k, 4)), axis=0)
+    ps[6] = 1.0
+    return ErrorCurves(ps, list(range(1, k + 1)), [f"category {i}" for i in range(1, k + 1)])
+
+
+def draw_one_grid(tmp_path: Path, k: int, model: str = "distill_r50_s") -> ep._GridPage:
+    res = grid_curves(k)
+    ep.draw_grid(model, res.rec_thrs, res.area_names, [0, 1], res.cat_names, res.precision, tmp_path, ["png"])
+    (page,) = ep._PAGES.values()
+    page.fig.canvas.draw()
+    return page
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 12, 40])
+@pytest.mark.parametrize("model", ["m", "a_student_model_with_a_rather_long_name_" * 3])
+def test_grid_title_and_legend_never_overlap(tmp_path, k, model):
+    """The grid's title, its band legend and the cells (with their titles) never overlap or leave the page."""
+    ep.close_pages()
+    page = draw_one_grid(tmp_path, k, model)
+    renderer = page.fig.canvas.get_renderer()
+    title, legend = page.suptitle.get_window_extent(renderer), page.legend.get_window_extent(renderer)
+    fig = page.fig.bbox
+    assert not title.overlaps(legend) and title.y0 >= legend.y1
+    for box in (title, legend):
+        assert fig.x0 <= box.x0 and box.x1 <= fig.x1 and fig.y0 <= box.y0 and box.y1 <= fig.y1
+    assert len(page.cells) == k and (tmp_path / "grid-all.png").is_file() and (tmp_path / "grid-small.png").is_file()
+    for cell in page.cells:
+        for box in (cell.ax.get_window_extent(renderer), cell.title.get_window_extent(renderer)):
+            assert not box.overlaps(title) and not box.overlaps(legend) and box.y1 <= legend.y0
+            assert fig.x0 <= box.x0 and box.x1 <= fig.x1 and fig.y0 <= box.y0 and box.y1 <= fig.y1
+    squeezed = lambda s: "".join(s.split())  # the title is wrapped at spaces, or inside a word too long for a line
+    assert squeezed(page.suptitle.get_text()).startswith(squeezed(f"{model}: every category, small"))
+    ep.close_pages()
+
+
+def test_grid_laid_out_again_draws_what_a_fresh_one_draws(tmp_path):
+    """A grid page whose title needs more lines than the previous one's is laid out like a fresh page."""
+    long = "a_student_model_with_a_rather_long_name_" * 3
+    ep.close_pages()
+    draw_one_grid(tmp_path / "fresh", 5, long)
+    ep.close_pages()
+    draw_one_grid(tmp_path / "reused", 5, "m")
+    short_lines = ep._PAGES[next(iter(ep._PAGES))].title_lines
+    page = draw_one_grid(tmp_path / "reused", 5, long)
+    assert page.title_lines > short_lines
+    for area in ("all", "small"):
+        assert (tmp_path / "fresh" / f"grid-{area}.png").read_bytes() == (
+            tmp_path / "reused" / f"grid-{area}.png"
+        ).read_bytes()
+    ep.close_pages()

@@ -71,7 +71,7 @@ def test_folder_gets_sorted_ids_a_coco_sidecar_and_pictures(loaded, val, tmp_pat
         shutil.copy(src, folder / f"{'cba'[i]}.png")  # c.png, b.png, a.png: ids follow the sorted names
     (folder / "notes.txt").write_text("not an image")
     (folder / ".DS_Store").write_bytes(b"\0")
-    summary = run(loaded, folder, tmp_path / "out" / "dets.json", draw_dir=tmp_path / "drawn")
+    summary = run(loaded, folder, tmp_path / "out" / "dets.json", draw_dir=tmp_path / "drawn", draw_thresh=0.0)
     sidecar = tmp_path / "out" / "dets.images.json"
     assert summary["images_file"] == str(sidecar) and summary["skipped"] == [str(folder / "notes.txt")]
     meta = json.loads(sidecar.read_text())
@@ -234,6 +234,32 @@ def test_bad_input_is_one_line_and_writes_nothing(loaded, val, tmp_path, case):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+def test_draw_thresh_thins_the_pictures_never_the_results(loaded, val, tmp_path):
+    """The pictures hold only the boxes scoring >= draw_thresh; the results JSON is the same whatever it is."""
+    _, images = val
+    every = run(loaded, images, tmp_path / "every.json", draw_dir=tmp_path / "every", draw_thresh=0.0)
+    dets = json.loads((tmp_path / "every.json").read_text())
+    scores = sorted(d["score"] for d in dets)
+    thresh = scores[len(scores) // 2]  # the median score: about half the boxes drawn
+    some = run(loaded, images, tmp_path / "some.json", draw_dir=tmp_path / "some", draw_thresh=thresh)
+    none = run(loaded, images, tmp_path / "none.json", draw_dir=tmp_path / "none", draw_thresh=1.5)
+    for name in ("some", "none"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()) == dets  # every detection >= score_thresh
+    assert every["detections"] == some["detections"] == none["detections"] == len(dets) > 1
+    assert every["boxes_drawn"] == len(dets) > some["boxes_drawn"] == sum(s >= thresh for s in scores) > 0
+    assert none["boxes_drawn"] == 0 and every["drawn"] == some["drawn"] == none["drawn"] == 4
+
+    def pixels(path):
+        with Image.open(path) as img:
+            return img.convert("RGB").tobytes()
+
+    names = sorted(p.name for p in images.iterdir())
+    assert all(pixels(tmp_path / "none" / n) == pixels(images / n) for n in names)  # no box above 1.5
+    assert any(pixels(tmp_path / "some" / n) != pixels(tmp_path / "every" / n) for n in names)  # fewer boxes
+    with pytest.raises(ValueError, match="draw_thresh must be >= 0"):
+        run(loaded, images, tmp_path / "bad.json", draw_dir=tmp_path / "bad", draw_thresh=-0.1)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
     _, images = val
@@ -257,6 +283,11 @@ def test_cli_predict(tiny_teacher, val, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'r.json'} and {tmp_path / 'r.images.json'}" in out and "on 4 images" in out
     assert "drew 4 images" in out and len(list((tmp_path / "draw").iterdir())) == 4
+    assert "boxes (score >= 0.3)" in out  # the pictures' default threshold, not --score-thresh's
+    drawn = int(out.split("drew 4 images with ")[1].split()[0])
+    assert drawn < len(json.loads((tmp_path / "r.json").read_text()))
+    assert main(args + ["--draw-thresh", "0", "--out", str(tmp_path / "r0.json")]) == 0
+    assert f"with {len(json.loads((tmp_path / 'r0.json').read_text()))} boxes (score >= 0.0)" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "nope"), "--checkpoint", str(tiny_teacher), "--out", "x.json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope: not found" in err

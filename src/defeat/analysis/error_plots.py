@@ -10,7 +10,8 @@ mmdetection's ``coco_error_analysis.py``:
 
 A figure is built once per worker process and kind, then reused: later categories only update the curves, bands,
 legend texts and titles (no new figure, axes or artists). :func:`render` runs a list of drawing jobs in worker
-processes. Legends sit outside the axes, so they never cover a curve.
+processes. Legends sit outside the axes, so they never cover a curve; the grid's title is wrapped to the page
+width, above its legend, above the cells (laid out in inches, for any category count).
 
 Tables: :func:`write_tables` -- every curve's value per model x category x area and the deltas between models (CSV,
 JSON, Markdown). Besides the curve values (``C75`` ... ``FN``) each row has the band widths (``band_Loc = Loc - C50``,
@@ -262,32 +263,110 @@ def draw_grid(
     (titled by ``labels``, with its C50 value) as a small multiple on one page, one band legend for the page."""
     K = len(labels)
     rows, cols = grid_shape(K)
-    page = _page(("grid", K, len(rec)), lambda: _grid_page(rows, cols, K, rec))
+    page = _page(("grid", K, len(rec)), lambda: _GridPage(rows, cols, K, rec))
     c50 = curves[1].mean(axis=0)  # [K, A]
     written = []
     for a in areas:
         for k, cell in enumerate(page.cells):
             cell.update(curves[:, :, k, a], f"{labels[k]} ({c50[k, a]:.2f})")
-        page.suptitle.set_text(
-            f"{model}: every category, {area_title(area_names[a])} "
-            f"(each cell: recall 0-1 across, precision 0-1 up; title: category (C50); every value in "
-            "errors_table.md)"
+        page.set_title(
+            f"{model}: every category, {area_title(area_names[a])}",
+            "each cell: recall 0-1 across, precision 0-1 up; title: category (C50); every value in errors_table.md",
         )
-        written += page.save(Path(out_dir) / f"{GRID}-{area_names[a]}", formats, rect=(0, 0, 1, 0.975))
+        written += page.save(Path(out_dir) / f"{GRID}-{area_names[a]}", formats)
     return written
 
 
-def _grid_page(rows: int, cols: int, used: int, rec: np.ndarray) -> _Page:
-    page = _Page(rows, cols, (1.7, 1.45), rec, 5, False, False, used=used)
-    for cell in page.cells:  # axes 0..1 x 0..1 without ticks: a frame per cell is enough at this size
-        cell.ax.set_xticks([])
-        cell.ax.set_yticks([])
-        cell.title.set_fontsize(6)
-    page.fig.legend(
-        band_handles(), BANDS, loc="upper right", ncol=len(BANDS), fontsize=7, frameon=False, bbox_to_anchor=(1, 1)
-    )
-    page.suptitle = page.fig.suptitle(" ", x=0.01, y=0.995, ha="left", fontsize=9)
-    return page
+#: the grid page, in inches: a small multiple's cell (its axes and title), the least page width (room for the band
+#: legend on one row), the page's margin, the gap between header parts, and a cell's axes inset (left, right, top,
+#: bottom; the top one holds the cell's title)
+GRID_CELL = (1.7, 1.45)
+GRID_MIN_WIDTH = 4.8
+GRID_MARGIN = 0.08
+GRID_GAP = 0.06
+GRID_INSET = (0.08, 0.08, 0.24, 0.05)
+
+
+class _GridPage(_Page):
+    """The grid: a header (the title, wrapped to the page width, then the band legend below it) above ``rows x cols``
+    small multiples. Laid out by hand in inches, so that header and cells never overlap whatever the category count;
+    the layout depends only on the count and on the title's number of lines (redone when that changes)."""
+
+    def __init__(self, rows: int, cols: int, used: int, rec: np.ndarray) -> None:
+        scale = max(1.0, GRID_MIN_WIDTH / (cols * GRID_CELL[0]))  # few categories: larger cells, not a tiny page
+        self.rows, self.cols, self.cell = rows, cols, (GRID_CELL[0] * scale, GRID_CELL[1] * scale)
+        super().__init__(rows, cols, self.cell, rec, 5, False, False, used=used)
+        self.fig.set_layout_engine(None)
+        for cell in self.cells:  # axes 0..1 x 0..1 without ticks: a frame per cell is enough at this size
+            cell.ax.set_xticks([])
+            cell.ax.set_yticks([])
+            cell.title.set_fontsize(6)
+        self.width = cols * self.cell[0] + 2 * GRID_MARGIN
+        self.fig.set_size_inches(self.width, rows * self.cell[1] + 2 * GRID_MARGIN)
+        self.renderer = self.fig.canvas.get_renderer()
+        self.suptitle = self.fig.text(GRID_MARGIN / self.width, 1, " ", ha="left", va="top", fontsize=9)
+        self.legend = self._band_legend()
+        self.title_lines = 0
+        self.laid_out = True  # by set_title, never by a layout engine
+
+    def _inches(self, artist: Any) -> tuple[float, float]:
+        box = artist.get_window_extent(self.renderer)
+        return box.width / self.fig.dpi, box.height / self.fig.dpi
+
+    def _band_legend(self) -> Any:
+        """The page's band legend, on as few rows as the page width allows."""
+        for ncol in range(len(BANDS), 0, -1):
+            legend = self.fig.legend(
+                band_handles(), BANDS, loc="upper left", ncol=ncol, fontsize=7, frameon=False, borderaxespad=0
+            )
+            if ncol == 1 or self._inches(legend)[0] <= self.width - 2 * GRID_MARGIN:
+                return legend
+            legend.remove()
+        raise AssertionError("unreachable")
+
+    def wrap(self, text: str) -> list[str]:
+        """``text`` cut into lines (at spaces, inside a word only when the word alone is too wide) that fit the page
+        width in the title's font."""
+        prop = self.suptitle.get_fontproperties()
+        room = (self.width - 2 * GRID_MARGIN) * self.fig.dpi * 0.97  # a little slack for other backends' metrics
+        fits = lambda s: self.renderer.get_text_width_height_descent(s, prop, ismath=False)[0] <= room
+        lines: list[str] = []
+        for word in text.split():
+            if lines and fits(f"{lines[-1]} {word}"):
+                lines[-1] = f"{lines[-1]} {word}"
+                continue
+            lines.append("")
+            for ch in word:
+                if lines[-1] and not fits(lines[-1] + ch):
+                    lines.append("")
+                lines[-1] += ch
+        return lines or [" "]
+
+    def set_title(self, *paragraphs: str) -> None:
+        """Show the title (each paragraph on its own line(s)), laying the page out again when its line count changed."""
+        lines = [line for p in paragraphs for line in self.wrap(p)]
+        if len(lines) != self.title_lines:
+            self._layout(len(lines))
+        self.suptitle.set_text("\n".join(lines))
+
+    def _layout(self, title_lines: int) -> None:
+        """Figure height and every position, from the title's line count (measured on a stand-in of that many lines
+        of tall and deep glyphs, so that the layout never depends on the text)."""
+        self.suptitle.set_text("\n".join(["ÅÉ|()[]{}bdgjpqy_"] * title_lines))  # the tallest ascents and descents
+        title_h, legend_h = self._inches(self.suptitle)[1], self._inches(self.legend)[1]
+        header = GRID_MARGIN + title_h + GRID_GAP + legend_h + GRID_GAP
+        (cw, ch), (left, right, top, bottom) = self.cell, GRID_INSET
+        W, H = self.width, header + self.rows * ch + GRID_MARGIN
+        self.fig.set_size_inches(W, H)
+        self.suptitle.set_position((GRID_MARGIN / W, 1 - GRID_MARGIN / H))
+        self.legend.set_bbox_to_anchor(
+            (GRID_MARGIN / W, 1 - (GRID_MARGIN + title_h + GRID_GAP) / H), self.fig.transFigure
+        )
+        for i, ax in enumerate(self.fig.axes[: self.rows * self.cols]):
+            r, c = divmod(i, self.cols)
+            x0, y1 = GRID_MARGIN + c * cw, H - header - r * ch  # the cell's upper left corner
+            ax.set_position([(x0 + left) / W, (y1 - ch + bottom) / H, (cw - left - right) / W, (ch - top - bottom) / H])
+        self.title_lines = title_lines
 
 
 # ----------------------------------------------------------------------------------------------- running jobs

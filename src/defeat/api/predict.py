@@ -55,6 +55,7 @@ def predict(
     images_dir: str | Path | None = None,
     score_thresh: float = 0.05,
     draw_dir: str | Path | None = None,
+    draw_thresh: float = 0.3,
     batch_size: int = 2,
     device: str = "cpu",
     precision: str | None = None,
@@ -73,6 +74,8 @@ def predict(
             ``categories``, empty ``annotations``) that the results refer to.
         score_thresh: keep detections scoring at least this (the model's ``box_score_thresh`` is a floor).
         draw_dir: also write every image with its labelled boxes there (same relative file names).
+        draw_thresh: draw only the detections scoring at least this (the pictures only: the results keep every
+            detection of at least ``score_thresh``, as an evaluation needs).
         batch_size, workers: images per forward pass; data-loader processes (0: decode in this process).
         device: ``cpu``, ``cuda`` or ``auto``. precision: ``auto|fp32|bf16|fp16``; None: the model config's.
 
@@ -81,14 +84,16 @@ def predict(
     dropped and counted (``dropped``, ``unmatched``), and no name in common is a one-line ValueError.
     Every input is checked (missing, not an image, corrupt, not on disk, size unlike the JSON's) before any file
     is written; files are written atomically, the results last. Returns a summary: ``results``, ``images_file``,
-    ``images``, ``detections``, ``dropped``, ``unmatched``, ``mapped_by_name``, ``skipped``, ``drawn``,
-    ``draw_dir``, ``precision`` (one line), ``seconds``.
+    ``images``, ``detections``, ``dropped``, ``unmatched``, ``mapped_by_name``, ``skipped``, ``drawn``
+    (images), ``boxes_drawn``, ``draw_dir``, ``precision`` (one line), ``seconds``.
     """
     start = time.perf_counter()
     out = Path(out)
     draw = Path(draw_dir) if draw_dir is not None else None
     if not score_thresh >= 0:
         raise ValueError(f"score_thresh must be >= 0, got {score_thresh}")
+    if not draw_thresh >= 0:
+        raise ValueError(f"draw_thresh must be >= 0, got {draw_thresh}")
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     images = list_inputs(inputs, images_dir)
@@ -119,13 +124,15 @@ def predict(
         detector.to("cpu")
     results, dropped = to_coco_results(outputs, [im["id"] for im in images.images], cmap.label_to_id, score_thresh)
 
-    drawn = 0
+    drawn = boxes_drawn = 0
     if draw is not None:
         names = {c["id"]: c["name"] for c in categories}
         colours = dict(zip(names, class_colours(len(names))))
         per_image: dict[int, list[dict]] = {}
         for det in results:
-            per_image.setdefault(det["image_id"], []).append(det)
+            if det["score"] >= draw_thresh:
+                per_image.setdefault(det["image_id"], []).append(det)
+                boxes_drawn += 1
         for im in images.images:
             draw_detections(images.path(im), per_image.get(im["id"], []), names, colours, draw / im["file_name"])
             drawn += 1
@@ -144,6 +151,7 @@ def predict(
         "mapped_by_name": cmap.by_name,
         "skipped": [str(p) for p in images.skipped or []],
         "drawn": drawn,
+        "boxes_drawn": boxes_drawn,
         "draw_dir": str(draw) if draw is not None else None,
         "precision": plan.notice,
         "seconds": round(time.perf_counter() - start, 3),

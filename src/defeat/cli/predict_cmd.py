@@ -1,4 +1,5 @@
-"""``defeat predict INPUT --checkpoint CKPT --out results.json [--draw DIR]``: a detector on your images.
+"""``defeat predict INPUT --checkpoint CKPT --out results.json [--draw DIR [--draw-thresh 0.3]]``: a detector on
+your images.
 
 INPUT is an image, a folder of images or a COCO JSON (with ``--images DIR``); the COCO results JSON is ready
 for ``defeat analyze errors`` (see :func:`defeat.api.predict`).
@@ -37,6 +38,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--score-thresh", type=float, default=0.05, help="keep detections scoring >= this (default 0.05)")
     p.add_argument("--draw", default=None, metavar="DIR", help="also write the images with labelled boxes to DIR")
+    p.add_argument(
+        "--draw-thresh",
+        type=float,
+        default=0.3,
+        help="with --draw: draw only boxes scoring >= this (default 0.3); the results JSON keeps every detection "
+        ">= --score-thresh",
+    )
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     p.add_argument("--workers", type=int, default=0, help="data-loader processes decoding images (default 0)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="default cpu")
@@ -88,6 +96,7 @@ def run_predict(args) -> int:
         images_dir=args.images,
         score_thresh=args.score_thresh,
         draw_dir=args.draw,
+        draw_thresh=args.draw_thresh,
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
@@ -118,5 +127,8 @@ def run_predict(args) -> int:
         f"on {summary['images']} images in {summary['seconds']:.1f} s; {summary['precision']}"
     )
     if summary["draw_dir"]:
-        print(f"drew {summary['drawn']} images with boxes in {summary['draw_dir']}")
+        print(
+            f"drew {summary['drawn']} images with {summary['boxes_drawn']} boxes (score >= {args.draw_thresh}) "
+            f"in {summary['draw_dir']}"
+        )
     return 0
