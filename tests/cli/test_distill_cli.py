@@ -80,7 +80,7 @@ def test_decoupled_distill_with_teacher_check_side_by_side_eval_and_export(tiny_
     assert len(evals) == 2 and all("teacher_AP" in r and "AP" in r for r in evals)
     # export -> a stock zoo model loads it strictly; the .json sidecar says how to build it
     exported = tmp_path / "student.pt"
-    assert main(["export", str(out / "model_final.pt"), "--out", str(exported)]) == 0
+    assert main(["export", "--checkpoint", str(out / "model_final.pt"), "--out", str(exported)]) == 0
     weights = torch.load(exported, weights_only=True)
     meta = json.loads((tmp_path / "student.pt.json").read_text())
     model = build_detector(ModelConfig(**meta["model"]), meta["num_classes"])
@@ -94,7 +94,7 @@ def test_onnx_export_matches_pytorch(tiny_coco, tiny_teacher, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     out = tmp_path / "student.pt"
-    assert main(["export", str(tiny_teacher), "--out", str(out), "--onnx"]) == 0
+    assert main(["export", "--checkpoint", str(tiny_teacher), "--out", str(out), "--onnx"]) == 0
     from defeat.engine.export import student_from_checkpoint
 
     model, _, _ = student_from_checkpoint(tiny_teacher)

@@ -437,7 +437,7 @@ def test_defeat_distill_command_runs_one_stage_modes(
         from defeat.models import build_detector
 
         exported = tmp_path / "student.pt"
-        assert main(["export", str(out / "model_final.pt"), "--out", str(exported)]) == 0
+        assert main(["export", "--checkpoint", str(out / "model_final.pt"), "--out", str(exported)]) == 0
         meta = json.loads((tmp_path / "student.pt.json").read_text())
         model = build_detector(ModelConfig(**meta["model"]), meta["num_classes"])
         model.load_state_dict(torch.load(exported, weights_only=True), strict=True)

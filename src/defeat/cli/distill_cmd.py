@@ -35,7 +35,7 @@ def run_distill(args) -> int:
         for note in result.notes:
             if note.startswith("warning:"):
                 print(note)
-        print(f"export the student with: defeat export {Path(result.final_checkpoint)} --out student.pt")
+        print(f"export the student with: defeat export --checkpoint {Path(result.final_checkpoint)} --out student.pt")
     return 0
 
 

@@ -23,13 +23,13 @@ fitted. Every function takes that spec (any object with ``family``, ``strides``,
 **Boxes at the training scale.** torchvision resizes an image of w×h by ``min(min_size / min(w, h),
 max_size / max(w, h))``; box sizes are scaled by the same factor before coverage is measured.
 
-**Fit.** Sizes per level form a geometric sequence ``s_k = s_0 · g^k`` (k = 0..L−1, so sizes grow with the
-levels' strides), with ``s_k`` ≥ the level's stride; a model that shares its sizes across levels (MobileNetV3-FPN:
-five on each of its three) gets one such sequence of its count, ≥ the finest stride, on every level; ratios are either the default (0.5, 1, 2) or the box
-aspect ratios' quantiles ``r_j = exp(Q_{(j+½)/R}(log(h/w)))``, j = 0..R−1. A grid over s_0 (log-spaced from the
-first stride to 32 strides), g ∈ {1.5, 1.75, 2, 2.25, 2.5, 3} and both ratio sets is searched; the winner has
-the highest coverage (grid IoU), ties broken by the mean best grid IoU. The given (default) anchors are a candidate
-too, so the fit never reports a lower coverage than them.
+**Fit.** Sizes per level form a geometric sequence ``s_k = s_0 · g^k`` (k = 0..L−1, so sizes grow with the levels'
+strides), with ``s_k`` ≥ the level's stride; a model that shares its sizes across levels (MobileNetV3-FPN: five on
+each of its three) gets one such sequence of its count, ≥ the finest stride, on every level; ratios are either the
+default (0.5, 1, 2) or the box aspect ratios' quantiles ``r_j = exp(Q_{(j+½)/R}(log(h/w)))``, j = 0..R−1. A grid
+over s_0 (log-spaced from the first stride to 32 strides), g ∈ {1.5, 1.75, 2, 2.25, 2.5, 3} and both ratio sets is
+searched; the winner has the highest coverage (grid IoU), ties broken by the mean best grid IoU. The given (default)
+anchors are a candidate too, so the fit never reports a lower coverage than them.
 """
 
 from __future__ import annotations
