@@ -10,7 +10,7 @@ import pytest
 from defeat import api
 from defeat.cli.main import main
 from defeat.engine import build_for_dataset, load_datasets
-from tests.conftest import VAL100, write_tiny_coco
+from tests.conftest import REPO, VAL100, write_tiny_coco
 
 
 def _accepts(path, overrides=()):
@@ -59,7 +59,12 @@ def test_init_on_the_tiny_data_writes_configs_that_train_accepts(tiny_coco, tmp_
     assert teacher.model.name == "faster_rcnn_r50_fpn" and teacher.schedule.max_steps == 3 * student.schedule.max_steps
     assert teacher.model.anchor_sizes == student.model.anchor_sizes  # the head term compares anchor by anchor
     assert distill.distill.teacher_checkpoint.endswith("tiny_teacher/model_final.pt")
-    assert distill.distill.baseline_checkpoint.endswith("tiny/model_final.pt") and distill.distill.weights == "auto"
+    assert distill.distill.baseline_checkpoint.endswith("tiny/model_final.pt")
+    # the defaults the project's measurements support, each comment naming its record (which exists)
+    assert (distill.distill.weights, distill.distill.proposal_mode) == ("fixed", "none")
+    text = paths[2].read_text()
+    for record in ("benchmarks/results/reproduce_full/results.json", "benchmarks/results/alpha_auto.json"):
+        assert record in text and (REPO / record).is_file(), record
     # and it trains: two steps of the written config
     run = tmp_path / "run"
     assert (
