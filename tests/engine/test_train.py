@@ -147,3 +147,30 @@ def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path, backbone)
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
         moved += not torch.equal(a[k], v)
     assert moved > 10  # training actually changed the weights
+
+
+def test_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_last_good_one(
+    tiny_coco, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from defeat import utils
+
+    out = tmp_path / "run"
+    real_write = utils._write_chunk
+
+    def write(handle, data):  # the volume fills up once the first checkpoint is on it
+        if (out / "checkpoint_last.pt").exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(handle, data)
+
+    monkeypatch.setattr(utils, "_write_chunk", write)
+    overrides = tiny_overrides(tiny_coco, out, steps=4) + ["output.checkpoint_every=2", "eval.every_steps=0"]
+    assert main(["train", *_sets(overrides)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    last = out / "checkpoint_last.pt"
+    assert err.startswith(f"defeat: error: {last}: cannot write it: no space left on the device; needs ")
+    assert "MB free in" in err or "GB free in" in err
+    assert err.endswith("the previous checkpoint_last.pt is kept unchanged")
+    assert load_checkpoint(last)["step"] == 2 and not (out / "model_final.pt").exists()
+    assert not list(out.glob(".*.tmp"))

@@ -254,7 +254,8 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
     stage = out / "models" / "decoupled_s1"
     for name in ("done.json", "model_final.pt", "metrics.jsonl"):
         (stage / name).unlink()
-    assert main(["distill", str(stage / "config.yaml"), "--set", "schedule.max_steps=1"]) == 0
+    # (--resume: the folder holds the stage's config.yaml, and a new run would be refused there)
+    assert main(["distill", str(stage / "config.yaml"), "--resume", "--set", "schedule.max_steps=1"]) == 0
     (stage / "model_final.pt").unlink()
     assert (stage / "checkpoint_last.pt").is_file()
     capsys.readouterr()

@@ -12,7 +12,16 @@ from tqdm import tqdm
 
 from defeat.config import Config, ModelConfig
 from defeat.data import CocoDetection, TrainSampler, collate
-from defeat.engine import DistInfo, LoadedModel, build_for_dataset, cleanup, init_distributed, load_datasets, load_model
+from defeat.engine import (
+    DistInfo,
+    LoadedModel,
+    build_for_dataset,
+    claim_output_dir,
+    cleanup,
+    init_distributed,
+    load_datasets,
+    load_model,
+)
 from defeat.engine import evaluate as evaluate_detector
 from defeat.engine import train as train_loop
 from defeat.engine.distributed import broadcast_from_main
@@ -38,16 +47,19 @@ def _say(message: str, info: DistInfo, verbose: bool) -> None:
         tqdm.write(message)
 
 
-def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: bool = True) -> RunResult:
     """Train the detector of ``cfg.model`` on ``cfg.data`` (under torchrun: DDP over every process).
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoint_last.pt`` and ``model_final.pt`` to ``cfg.output.dir``;
-    ``resume`` continues from its ``checkpoint_last.pt``.
+    ``resume`` continues from its ``checkpoint_last.pt``. A folder holding another run is refused unless
+    ``resume``, or ``force`` (the old run is moved to ``<dir>.old-<date-time>``). SIGTERM / SIGINT stop after the
+    current step with ``checkpoint_last.pt`` written and raise :class:`~defeat.engine.TrainingStopped`.
     """
     info = init_distributed(cfg.device)
     try:
-        train_set, val_set = load_datasets(cfg)
         notes: list[str] = []
+        _claim(cfg, info, resume, force, notes)
+        train_set, val_set = load_datasets(cfg)
         model = build_for_dataset(cfg.model, train_set.categories, cfg.seed, notes)
         for line in notes:
             _say(line, info, True)
@@ -57,6 +69,14 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> RunRes
         return RunResult(result.final_checkpoint, result.step, result.metrics, notes=notes)
     finally:
         cleanup(info)
+
+
+def _claim(cfg: Config, info: DistInfo, resume: bool, force: bool, notes: list[str]) -> None:
+    """One run per ``output.dir`` (:func:`~defeat.engine.claim_output_dir`), checked before anything is written."""
+    moved = claim_output_dir(cfg.output.dir, info, resume=resume, force=force)
+    if moved:
+        notes.append(moved)
+        _say(moved, info, True)
 
 
 def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the dataset") -> tuple[LoadedModel, str]:
@@ -231,16 +251,25 @@ def given_teacher(cfg: Config, teacher: nn.Module, categories: list[dict]) -> tu
 
 
 def distill(
-    cfg: Config, *, teacher: nn.Module | None = None, resume: bool = False, progress: bool = True, verbose: bool = True
+    cfg: Config,
+    *,
+    teacher: nn.Module | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
 ) -> RunResult:
     """Distil the teacher of ``cfg.distill`` into a fresh ``cfg.model`` student with DeFeat (under torchrun: DDP).
 
     Loads the teacher (:func:`load_teacher`), runs the teacher check (:func:`check_teacher`, with the baseline
     comparison when ``distill.baseline_checkpoint`` is set), then trains the
     :class:`~defeat.distill.DeFeatDistiller`; the checkpoints hold the student and the adapters, never the teacher.
+    ``resume``, ``force`` and signals as in :func:`train`.
     """
     info = init_distributed(cfg.device)
     try:
+        moved: list[str] = []
+        _claim(cfg, info, resume, force, moved)
         train_set, val_set = load_datasets(cfg)
         categories = train_set.categories
         if teacher is None:
@@ -251,6 +280,7 @@ def distill(
         student, distiller = _distiller_for(cfg, categories, teacher, built)
         distiller.to(info.device)
         notes = [
+            *moved,
             report,
             *built,
             f"DeFeat: feature_mode={cfg.distill.feature_mode} "

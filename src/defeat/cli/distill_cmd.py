@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defeat.cli.train_cmd import add_config_arguments, add_estimate_arguments, is_main_process, print_estimate
+from defeat.cli.train_cmd import (
+    FORCE_HELP,
+    add_config_arguments,
+    add_estimate_arguments,
+    is_main_process,
+    print_estimate,
+)
 
 
 def register(subparsers) -> None:
@@ -14,7 +20,7 @@ def register(subparsers) -> None:
     distill.add_argument(
         "--force",
         action="store_true",
-        help="start even when the teacher fails its sanity check (same as distill.force=true)",
+        help=f"{FORCE_HELP}; and start even when the teacher fails its sanity check (same as distill.force=true)",
     )
     add_estimate_arguments(distill)
     distill.set_defaults(func=run_distill)
@@ -27,7 +33,7 @@ def run_distill(args) -> int:
     cfg = api.load_config(args.config, overrides)
     if args.estimate:
         return print_estimate(api.estimate(cfg, distill=True, steps=args.estimate_steps))
-    result = api.distill(cfg, resume=args.resume)
+    result = api.distill(cfg, resume=args.resume, force=args.force)
     if is_main_process():
         print(f"final checkpoint: {result.final_checkpoint}")
         if result.metrics:

@@ -33,10 +33,14 @@ def print_estimate(timing) -> int:
     return 0
 
 
+FORCE_HELP = "start over in an output.dir that holds a run: the old run is moved to <dir>.old-<date-time>"
+
+
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a detector (runs under torchrun too)")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint_last.pt")
+    train.add_argument("--force", action="store_true", help=FORCE_HELP)
     add_estimate_arguments(train)
     train.set_defaults(func=run_train)
 
@@ -64,7 +68,7 @@ def run_train(args) -> int:
     cfg = api.load_config(args.config, args.overrides)
     if args.estimate:
         return print_estimate(api.estimate(cfg, steps=args.estimate_steps))
-    result = api.train(cfg, resume=args.resume)
+    result = api.train(cfg, resume=args.resume, force=args.force)
     if is_main_process():
         print(f"final checkpoint: {result.final_checkpoint}")
         if result.metrics:

@@ -11,7 +11,9 @@ from defeat.engine.checkpoint import (
 )
 from defeat.engine.distributed import DistInfo, cleanup, init_distributed
 from defeat.engine.evaluator import coco_stats, detections_to_coco, evaluate, format_stats, predict
+from defeat.engine.rundir import claim_output_dir
 from defeat.engine.setup import build_for_dataset, load_datasets
+from defeat.engine.stop import TrainingStopped
 from defeat.engine.trainer import FINAL_CHECKPOINT, LAST_CHECKPOINT, NonFiniteLossError, TrainResult, train
 
 __all__ = [
@@ -21,8 +23,10 @@ __all__ = [
     "LoadedModel",
     "NonFiniteLossError",
     "TrainResult",
+    "TrainingStopped",
     "build_for_dataset",
     "check_categories",
+    "claim_output_dir",
     "cleanup",
     "coco_stats",
     "detections_to_coco",

@@ -4,7 +4,8 @@ It trains any ``nn.Module`` whose ``forward(images, targets)`` returns a dict of
 torchvision detector, or the DeFeat distiller wrapping a student), evaluates ``detector`` (the model
 itself, or the student) and handles the rest: DDP under torchrun, LR schedule, gradient clipping,
 mixed precision (the fast path of :mod:`defeat.engine.precision`), JSONL/TensorBoard logs, atomic
-checkpoints, exact resume and non-finite-loss stops.
+checkpoints, exact resume, non-finite-loss stops and preemption (SIGTERM / SIGINT: finish the step, write
+``checkpoint_last.pt``, raise :class:`~defeat.engine.stop.TrainingStopped`; see :mod:`defeat.engine.stop`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.distill import is_kd_loss
 from defeat.engine.allocator import tune_cpu_allocator
 from defeat.engine.checkpoint import load_checkpoint, save_checkpoint
-from defeat.engine.distributed import DistInfo, barrier, gather_to_main
+from defeat.engine.distributed import DistInfo, broadcast_from_main, gather_to_main
 from defeat.engine.evaluator import evaluate, format_stats
 from defeat.engine.precision import Precision, clipped_step, config_precision, resolve_precision
 from defeat.engine.schedule import lr_factor
-from defeat.utils import atomic_write_json
+from defeat.engine.stop import StopSignals, TrainingStopped
+from defeat.utils import WRITE_ERRNOS, WriteError, atomic_write_json, atomic_write_text, write_error
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 FINAL_CHECKPOINT = "model_final.pt"
@@ -80,15 +82,54 @@ class MetricsLog:
                 ) from None
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
+    def restart(self, step: int) -> None:
+        """One run per log: a run from step 0 starts an empty log; a resumed one drops the records after its
+        checkpoint's ``step`` (written by the interrupted attempt, they would be repeated)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        if step == 0:
+            self.path.unlink()
+            return
+        kept = [line for line in self.path.read_text().splitlines(keepends=True) if _record_step(line) <= step]
+        atomic_write_text(self.path, "".join(kept))
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+        except OSError as err:
+            if err.errno in WRITE_ERRNOS:
+                raise write_error(self.path, err, len(line)) from None
+            raise
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self.writer.add_scalar(key, value, record["step"])
+
+
+def _record_step(line: str) -> float:
+    """The step of one metrics.jsonl line (a torn last line of a killed run counts as after every step)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _on_main(info: DistInfo, write: Callable[[], None]) -> None:
+    """Run ``write`` on rank 0 and share its :class:`WriteError` with every rank (it is also the barrier), so a
+    full disk stops all ranks with the same one-line error instead of leaving them waiting."""
+    failure = None
+    if info.is_main:
+        try:
+            write()
+        except WriteError as err:
+            failure = (err.errno, str(err))
+    failure = broadcast_from_main(failure, info)
+    if failure is not None:
+        raise WriteError(*failure)
 
 
 def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
@@ -415,6 +456,7 @@ def _train(
         if resume and info.is_main:
             print(f"no checkpoint at {last_path}; starting from scratch")
         torch.manual_seed(cfg.seed * 1000 + info.rank)
+    log.restart(start_step)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -423,23 +465,23 @@ def _train(
 
     def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
         rngs = gather_to_main(_rng_state(), info)
-        if info.is_main:
-            save_checkpoint(
-                {
-                    "kind": kind,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "rng": rngs,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "categories": categories,
-                    "config": config_to_dict(cfg),
-                    "metrics": metrics or {},
-                },
-                path,
-            )
-        barrier(info)
+
+        def write() -> None:
+            state = {
+                "kind": kind,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "rng": rngs,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "categories": categories,
+                "config": config_to_dict(cfg),
+                "metrics": metrics or {},
+            }
+            save_checkpoint(state, path)
+
+        _on_main(info, write)
 
     def run_eval(step: int) -> dict:
         if val_set is None:
@@ -476,57 +518,66 @@ def _train(
     window_start, window_steps = time.perf_counter(), 0
     metrics: dict = {}
     train_module.train()
-    batches = iter(loader)
-    for step in range(start_step, max_steps):
-        images, targets = next(batches)
-        losses, total = step_fn(images, targets, step, before_step, last_path)
+    with StopSignals() as signals:  # before the loader's workers start: they inherit the handlers
+        batches = iter(loader)
+        for step in range(start_step, max_steps):
+            images, targets = next(batches)
+            losses, total = step_fn(images, targets, step, before_step, last_path)
 
-        for k, v in [*losses.items(), ("loss", total)]:
-            running[k] = running.get(k, 0.0) + v.detach()
-        window_steps += 1
-        done = step + 1
-        bar.update(1)
-        if step == start_step and info.is_main:  # the first step: its cost, the ETA and each loss term's share
-            first = _first_step_record(done, max_steps, time.perf_counter() - window_start, losses, total)
-            log.write(first)
-            tqdm.write(format_first_step(first))
-        if done % cfg.output.log_every == 0 or done == max_steps:
-            seconds = (time.perf_counter() - window_start) / window_steps
-            record = {
-                "step": done,
-                "lr": optimizer.param_groups[0]["lr"],
-                "sec_per_step": round(seconds, 4),
-                "eta_s": round(seconds * (max_steps - done), 1),
-                **{k: round(float(v) / window_steps, 5) for k, v in running.items()},
-            }
-            if info.device.type == "cuda":
-                record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2**30, 3)
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
-            running, window_start, window_steps = {}, time.perf_counter(), 0
-        if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and done < max_steps:
-            metrics = run_eval(done)
-            train_module.train()
-        if cfg.output.checkpoint_every and done % cfg.output.checkpoint_every == 0 and done < max_steps:
-            checkpoint(done, last_path)
-    bar.close()
+            for k, v in [*losses.items(), ("loss", total)]:
+                running[k] = running.get(k, 0.0) + v.detach()
+            window_steps += 1
+            done = step + 1
+            bar.update(1)
+            if step == start_step and info.is_main:  # the first step: its cost, the ETA and each loss term's share
+                first = _first_step_record(done, max_steps, time.perf_counter() - window_start, losses, total)
+                log.write(first)
+                tqdm.write(format_first_step(first))
+            if done % cfg.output.log_every == 0 or done == max_steps:
+                seconds = (time.perf_counter() - window_start) / window_steps
+                record = {
+                    "step": done,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "sec_per_step": round(seconds, 4),
+                    "eta_s": round(seconds * (max_steps - done), 1),
+                    **{k: round(float(v) / window_steps, 5) for k, v in running.items()},
+                }
+                if info.device.type == "cuda":
+                    record["max_mem_gib"] = round(torch.cuda.max_memory_allocated(info.device) / 2**30, 3)
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
+                running, window_start, window_steps = {}, time.perf_counter(), 0
+            if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and done < max_steps:
+                metrics = run_eval(done)
+                train_module.train()
+            saved = cfg.output.checkpoint_every and done % cfg.output.checkpoint_every == 0 and done < max_steps
+            if saved:
+                checkpoint(done, last_path)
+            signum = signals.agreed(info)
+            if signum:  # the step (with its evaluation) is complete: a resume continues exactly from here
+                if not saved:
+                    checkpoint(done, last_path)
+                bar.close()
+                raise TrainingStopped(signum, done, last_path)
+        bar.close()
 
-    metrics = run_eval(max_steps) if val_set is not None else metrics
-    checkpoint(max_steps, last_path, metrics)
-    final_path = out_dir / FINAL_CHECKPOINT
-    if info.is_main:
-        save_checkpoint(
-            {
+        # a signal from here on is deferred: the run finishes (the final evaluation and checkpoints) and returns
+        metrics = run_eval(max_steps) if val_set is not None else metrics
+        checkpoint(max_steps, last_path, metrics)
+        final_path = out_dir / FINAL_CHECKPOINT
+
+        def write_final() -> None:
+            state = {
                 "kind": kind,
                 "model": model.state_dict(),
                 "step": max_steps,
                 "categories": categories,
                 "config": config_to_dict(cfg),
                 "metrics": metrics,
-            },
-            final_path,
-        )
-        if metrics:
-            atomic_write_json(out_dir / "metrics_final.json", metrics)
-    barrier(info)
+            }
+            save_checkpoint(state, final_path)
+            if metrics:
+                atomic_write_json(out_dir / "metrics_final.json", metrics)
+
+        _on_main(info, write_final)
     return TrainResult(max_steps, final_path, metrics)
