@@ -9,14 +9,15 @@ seconds per step. For each variant of the process settings:
   is <= 2.5x. ``cpu_share`` = the worker's CPU seconds ÷ (wall seconds × its threads): how much of the cores it
   asked for it got.
 
-Variants (``--variants``): ``default`` (torch's defaults: one thread per core, OpenMP's default wait policy) and
-``passive`` (``OMP_WAIT_POLICY=PASSIVE``: a thread that waits at a barrier sleeps instead of spinning — what the
-``defeat`` command sets unless the environment says otherwise), and ``one_thread`` (``torch.set_num_threads(1)``).
+Variants (``--variants``): ``openmp_default`` (torch's defaults: one thread per core, libgomp's default wait: spin
+300k iterations at a barrier before sleeping), ``toolkit_default`` (``GOMP_SPINCOUNT=10000``: what importing
+``defeat`` sets unless the environment sets an OpenMP wait policy), ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep
+at once), ``one_thread`` (the toolkit's default with ``torch.set_num_threads(1)``) and ``spin_100k``.
 Workers of a variant run in the same environment, so the competitor behaves like the run it competes with.
 
     # ~10 min on 2 cores; writes benchmarks/results/contention.json
     python benchmarks/contention.py
-    python benchmarks/contention.py --model faster_rcnn_tiny_fpn --steps 5 --warmup 1 --out /tmp/c.json   # smoke
+    python benchmarks/contention.py --models faster_rcnn_tiny_fpn --steps 5 --warmup 1 --out /tmp/c.json   # smoke
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ import sys
 import time
 from pathlib import Path
 
+#: environment of each variant's workers (None: unset; importing defeat sets GOMP_SPINCOUNT in this process)
 VARIANTS = {
-    "default": {},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "one_thread": {"DEFEAT_BENCH_THREADS": "1"},
+    "openmp_default": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None},
+    "toolkit_default": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
+    "one_thread": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000", "DEFEAT_BENCH_THREADS": "1"},
+    "spin_100k": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "100000"},
 }
 
 
@@ -78,7 +82,7 @@ def worker(args) -> None:
 
 def run_workers(count: int, env_extra: dict, args) -> list[dict]:
     """``count`` workers started together in the variant's environment; their JSON results."""
-    env = {**os.environ, **env_extra}
+    env = {k: v for k, v in {**os.environ, **env_extra}.items() if v is not None}
     cmd = [
         sys.executable,
         __file__,
@@ -117,7 +121,13 @@ def summary(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="faster_rcnn_r18_fpn")
+    parser.add_argument("--model", default="faster_rcnn_r18_fpn", help=argparse.SUPPRESS)  # a worker's model
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["faster_rcnn_r18_fpn", "faster_rcnn_tiny_fpn"],
+        help="models measured, one after another (large ops vs many small ones)",
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
@@ -131,17 +141,20 @@ def main() -> None:
 
     started = time.perf_counter()
     load_start = os.getloadavg()
-    variants = {}
-    for name in args.variants:
-        alone = summary(run_workers(1, VARIANTS[name], args))
-        shared = summary(run_workers(2, VARIANTS[name], args))
-        slowdown = shared["median_s_per_step"] / alone["median_s_per_step"]
-        variants[name] = {"env": VARIANTS[name], "alone": alone, "shared": shared, "slowdown": round(slowdown, 3)}
-        print(
-            f"{name:>10}: alone {alone['median_s_per_step']:.3f} s/step, beside one equal job "
-            f"{shared['median_s_per_step']:.3f} s/step: {slowdown:.2f}x (goal <= 2.5x; fair share 2x)",
-            flush=True,
-        )
+    runs = {}
+    for model in args.models:
+        args.model, variants = model, {}
+        for name in args.variants:
+            alone = summary(run_workers(1, VARIANTS[name], args))
+            shared = summary(run_workers(2, VARIANTS[name], args))
+            slowdown = shared["median_s_per_step"] / alone["median_s_per_step"]
+            variants[name] = {"env": VARIANTS[name], "alone": alone, "shared": shared, "slowdown": round(slowdown, 3)}
+            print(
+                f"{model} {name:>10}: alone {alone['median_s_per_step']:.3f} s/step, beside one equal job "
+                f"{shared['median_s_per_step']:.3f} s/step: {slowdown:.2f}x (goal <= 2.5x; fair share 2x)",
+                flush=True,
+            )
+        runs[model] = variants
     record = {
         "what": "median s/step of one training run alone vs two identical runs started together (one competitor), "
         "per process-settings variant; slowdown = shared / alone (fair share on 2 cores: 2x; goal <= 2.5x)",

@@ -31,6 +31,10 @@ def test_estimate_runs_a_few_steps_and_writes_nothing(command, tiny_coco, tiny_t
     printed = capsys.readouterr().out
     assert "s/step (median of 2 steps after 2 warm-up" in printed and "1000 steps ~" in printed
     assert "peak memory" in printed
+    from defeat import api
+
+    timing = api.estimate(api.load_config(None, overrides), steps=2, warmup=1) if command == "train" else None
+    assert timing is None or 0 < timing.cpu_share < 1.5  # measured on CPU runs
     assert not out.exists() and _files(tmp_path, tiny_coco["root"], tiny_teacher.parent) == before
 
 
@@ -66,3 +70,15 @@ def test_baseline_comparison_warns_on_a_teacher_equal_to_the_student(tiny_coco, 
     evals = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
     assert evals and all("baseline_AP" in r and "teacher_AP" in r for r in evals)
     assert evals[-1]["baseline_AP"] == evals[-1]["teacher_AP"]  # the same weights, the same images
+
+
+def test_an_estimate_on_busy_cores_says_so():
+    """The estimate compares the CPU time its threads got with what they could use; under 70 % it adds a note."""
+    from defeat.engine.trainer import StepTiming
+
+    quiet = StepTiming(2, [1.0, 1.0], 100, 0.5, "peak RSS", cpu_share=0.95, load_average=1.9, cores=2)
+    busy = StepTiming(2, [1.0, 1.0], 100, 0.5, "peak RSS", cpu_share=0.4, load_average=4.2, cores=2)
+    assert "busy" not in quiet.summary() and not quiet.machine_was_busy
+    assert busy.machine_was_busy and "the cores were busy while measuring" in busy.summary()
+    assert "40 %" in busy.summary() and "load average 4.2 on 2 cores" in busy.summary()
+    assert busy.as_dict()["machine_was_busy"] is True and busy.as_dict()["cpu_share"] == 0.4

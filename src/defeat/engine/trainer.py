@@ -11,6 +11,7 @@ checkpoints, exact resume, non-finite-loss stops and preemption (SIGTERM / SIGIN
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -242,6 +243,8 @@ def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: i
     )
 
 
+#: below this share of the CPU time its threads could use, an estimate says the cores were busy
+BUSY_CPU_SHARE = 0.7
 #: a KD term whose share of the first step's total loss exceeds this gets a note on what the measurements say
 KD_DOMINANT_SHARE = 0.5
 
@@ -293,6 +296,16 @@ class StepTiming:
     max_steps: int  # the schedule the projection is for
     peak_memory_gib: float
     memory_kind: str  # what the peak is: CUDA's max allocated, or the process's peak resident set (CPU)
+    # CPU runs: this process's CPU seconds / (wall seconds x its torch threads) over the timed steps; low when other
+    # jobs share the cores (the estimate is then pessimistic)
+    cpu_share: float | None = None
+    load_average: float | None = None  # the 1-minute load average when the measurement ended (CPU runs)
+    cores: int | None = None
+
+    @property
+    def machine_was_busy(self) -> bool:
+        """Whether this process got under :data:`BUSY_CPU_SHARE` of the CPU time its threads could use."""
+        return self.cpu_share is not None and self.cpu_share < BUSY_CPU_SHARE
 
     @property
     def sec_per_step(self) -> float:
@@ -310,12 +323,19 @@ class StepTiming:
         low, high = min(self.step_seconds), max(self.step_seconds)
         total = self.projected_seconds
         span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
-        return (
+        line = (
             f"estimate: {self.sec_per_step:.3f} s/step (median of {len(self.step_seconds)} steps after "
             f"{self.warmup_steps} warm-up; {low:.3f}-{high:.3f}) -> {self.max_steps} steps ~ {span} of training "
             f"(evaluations and checkpoints not included); peak memory {self.peak_memory_gib:.2f} GiB "
             f"({self.memory_kind})"
         )
+        if self.machine_was_busy:
+            line += (
+                f"\nnote: the cores were busy while measuring: this process got {100 * self.cpu_share:.0f} % of the "
+                f"CPU time its threads could use (load average {self.load_average:.1f} on {self.cores} cores), so "
+                "alone it runs faster than this; measure again on a quiet machine for the real figure"
+            )
+        return line
 
     def as_dict(self) -> dict:
         return {
@@ -326,6 +346,9 @@ class StepTiming:
             "projected_seconds": round(self.projected_seconds, 1),
             "peak_memory_gib": round(self.peak_memory_gib, 3),
             "memory_kind": self.memory_kind,
+            "cpu_share": None if self.cpu_share is None else round(self.cpu_share, 3),
+            "load_average": self.load_average,
+            "machine_was_busy": self.machine_was_busy,
         }
 
 
@@ -359,8 +382,10 @@ def estimate_steps(
     with step_fn.precision.applied(model):
         step_fn.wrap().train()
         batches = iter(_loader(cfg, train_set, info, 0))
-        seconds = []
+        seconds, cpu_start = [], 0.0
         for step in range(warmup + steps):  # timed from the batch's loading to the end of its update
+            if step == warmup:
+                cpu_start = time.process_time()
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
             start = time.perf_counter()
@@ -371,7 +396,11 @@ def estimate_steps(
             if step >= warmup:
                 seconds.append(time.perf_counter() - start)
     peak, kind = _peak_memory(info)
-    return StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
+    timing = StepTiming(warmup, seconds, cfg.schedule.max_steps, peak, kind)
+    if info.device.type == "cpu":
+        timing.cpu_share = (time.process_time() - cpu_start) / (sum(seconds) * torch.get_num_threads())
+        timing.load_average, timing.cores = round(os.getloadavg()[0], 2), os.cpu_count()
+    return timing
 
 
 def train(
