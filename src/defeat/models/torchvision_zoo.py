@@ -50,18 +50,13 @@ def torchvision_defaults(name: str) -> dict:
     return values
 
 
-def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: int, pretrained: bool) -> nn.Module:
-    """torchvision's official detector ``spec`` with ``num_outputs`` class outputs (background included).
-
-    ``pretrained``: build it as torchvision does when weights are loaded (FrozenBatchNorm body, frozen early
-    stages); the weights themselves are loaded by the caller. The model section's sizes (``min_size``, the RPN and
-    box sampling numbers, score threshold) apply as to the zoo's models; ``anchor_sizes`` / ``anchor_ratios``
-    replace the builder's anchors only when changed from the defaults (same number of anchors per location, so
-    weights still fit).
-    """
+def detector_kwargs(cfg: ModelConfig, family: str) -> dict:
+    """The model section's transform sizes, RPN / box sampling numbers and thresholds as the keyword arguments of
+    torchvision's ``FasterRCNN`` (or ``RetinaNet`` / ``FCOS``): every builder passes them the same way."""
     kwargs = dict(min_size=cfg.min_size, max_size=cfg.max_size)
-    if spec.family == "faster_rcnn":
-        kwargs.update(
+    if family == "faster_rcnn":
+        return dict(
+            kwargs,
             rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
             rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
@@ -71,8 +66,19 @@ def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: i
             box_detections_per_img=cfg.box_detections_per_img,
             box_score_thresh=cfg.box_score_thresh,
         )
-    else:
-        kwargs.update(score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img)
+    return dict(kwargs, score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img)
+
+
+def build_torchvision_detector(cfg: ModelConfig, spec: ModelSpec, num_outputs: int, pretrained: bool) -> nn.Module:
+    """torchvision's official detector ``spec`` with ``num_outputs`` class outputs (background included).
+
+    ``pretrained``: build it as torchvision does when weights are loaded (FrozenBatchNorm body, frozen early
+    stages); the weights themselves are loaded by the caller. The model section's sizes (``min_size``, the RPN and
+    box sampling numbers, score threshold) apply as to the zoo's models; ``anchor_sizes`` / ``anchor_ratios``
+    replace the builder's anchors only when changed from the defaults (same number of anchors per location, so
+    weights still fit).
+    """
+    kwargs = detector_kwargs(cfg, spec.family)
     if spec.builder != "torchvision":
         raise ValueError(f"model.name: {cfg.name!r} is not one of torchvision's builders ({', '.join(OFFICIAL)})")
     builder = getattr(detection, spec.canonical)

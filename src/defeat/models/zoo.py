@@ -28,7 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from defeat.config import ModelConfig
 from defeat.models.spec import DEPTHS, ModelSpec, model_spec
-from defeat.models.torchvision_zoo import build_torchvision_detector
+from defeat.models.torchvision_zoo import build_torchvision_detector, detector_kwargs
 
 __all__ = ["DEPTHS", "build_detector", "count_parameters", "norm_in_state", "norm_layer_for", "uses_pretrained_weights"]
 #: channels of the tiny backbone's four stages (strides 4, 8, 16, 32)
@@ -124,48 +124,21 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> nn.Module:
 def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
     backbone = build_backbone(spec, cfg)
     anchors = anchor_generator(spec, cfg)
-    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, num_classes=outputs)
+    common = dict(detector_kwargs(cfg, spec.family), num_classes=outputs)
     if spec.family == "faster_rcnn":
-        narrow = {}
         if spec.box_head_size != 1024:  # torchvision's TwoMLPHead is 1024 wide; the tiny model's is narrow
-            narrow = dict(
+            common.update(
                 box_head=TwoMLPHead(spec.fpn_channels * 7 * 7, spec.box_head_size),
                 box_predictor=FastRCNNPredictor(spec.box_head_size, outputs),
                 num_classes=None,
             )
-        return FasterRCNN(
-            backbone,
-            rpn_anchor_generator=anchors,
-            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-            box_batch_size_per_image=cfg.box_batch_size_per_image,
-            box_detections_per_img=cfg.box_detections_per_img,
-            box_score_thresh=cfg.box_score_thresh,
-            **{**common, **narrow},
-        )
+        return FasterRCNN(backbone, rpn_anchor_generator=anchors, **common)
     if spec.family == "retinanet":
         norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
         head_norm = norm_layer_for("gn") if norm == "gn" else None
         head = RetinaNetHead(spec.fpn_channels, anchors.num_anchors_per_location()[0], outputs, norm_layer=head_norm)
-        return RetinaNet(
-            backbone,
-            anchor_generator=anchors,
-            head=head,
-            score_thresh=cfg.box_score_thresh,
-            detections_per_img=cfg.box_detections_per_img,
-            **common,
-        )
-    # FCOSHead already uses GroupNorm(32) in its towers
-    return FCOS(
-        backbone,
-        anchor_generator=anchors,
-        score_thresh=cfg.box_score_thresh,
-        detections_per_img=cfg.box_detections_per_img,
-        **common,
-    )
+        return RetinaNet(backbone, anchor_generator=anchors, head=head, **common)
+    return FCOS(backbone, anchor_generator=anchors, **common)  # FCOSHead already has GroupNorm(32) in its towers
 
 
 def uses_pretrained_weights(cfg: ModelConfig) -> bool:
