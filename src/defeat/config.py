@@ -104,7 +104,8 @@ class OutputConfig:
     tensorboard: bool = False
 
 
-FeatureMode = Literal["none", "object", "background", "all", "decoupled", "fgfi"]
+#: DeFeat's region modes, then other feature-KD methods on the same levels (defeat.distill.methods)
+FeatureMode = Literal["none", "object", "background", "all", "decoupled", "fgfi", "cwd", "pkd", "score_weighted"]
 ProposalMode = Literal["none", "positive", "negative", "all", "decoupled"]
 FeatureNorm = Literal["per_level", "all_levels"]
 KDSchedule = Literal["constant", "linear", "cosine"]
@@ -168,6 +169,15 @@ class DistillSettings:
     temperature_all: float = 1.0  # ... on all proposals in proposal_mode=all
     fgfi_phi: float = 0.5  # feature_mode=fgfi: cells whose anchors have IoU > phi * (best IoU of the box)
     fgfi_assign: FgfiAssign = "level"  # level: each box on its one level, best IoU there (official) | global: one max
+    # feature_mode=cwd (channel-wise distillation): open-mmlab/mmrazor configs/distill/mmdet/cwd/
+    # cwd_fpn_frcnn_r101_frcnn_r50_1x_coco.py and cwd_fpn_retina_r101_retina_r50_1x_coco.py: tau=1, loss_weight=10
+    cwd_tau: float = 1.0  # softmax temperature over each channel's positions
+    cwd_weight: float = 10.0  # weight of the CWD sum over the levels
+    # feature_mode=pkd: mmrazor configs/distill/mmdet/pkd/pkd_fpn_faster-rcnn_r101_faster-rcnn_r50_2x_coco.py:
+    # loss_weight=6 (their RetinaNet config pkd_fpn_retina_x101_retina_r50_2x_coco.py uses 10)
+    pkd_weight: float = 6.0  # weight of the PKD sum over the levels
+    # feature_mode=score_weighted: ultralytics/ultralytics ultralytics/cfg/default.yaml: dis=6.0
+    score_weight: float = 6.0  # weight of the teacher-score-weighted MSE sum over the levels
     level_k0: int | None = None  # box of side s -> level floor(k0 + log2(s / 224)); null: 4 / from the anchors
     proposal_sampling: ProposalSampling = "student"  # proposal term on the student's samples | the teacher's RPN's
     backbone_stages: list[int | str] = field(default_factory=list)  # backbone KD on these ResNet stages ([] = off)
@@ -201,10 +211,13 @@ class DistillSettings:
             "stop_step",
             "alpha_bb_obj",
             "alpha_bb_bg",
+            "cwd_weight",
+            "pkd_weight",
+            "score_weight",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi"):
+        for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi", "cwd_tau"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if not isinstance(self.backbone_stages, list):

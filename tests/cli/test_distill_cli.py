@@ -60,6 +60,32 @@ def test_distill_runs_every_mode(tiny_coco, tiny_teacher, tmp_path, feature_mode
     assert expected <= keys and not ({k for k in keys if k.startswith(("loss_feat", "loss_kd"))} - expected)
 
 
+@pytest.mark.parametrize(
+    "feature_mode,key,prefixes",
+    [
+        ("cwd", "loss_feat_cwd", {"student"}),  # same FPN channels: no adapter (as mmrazor's configs)
+        ("pkd", "loss_feat_pkd", {"student"}),
+        ("score_weighted", "loss_feat_score", {"student", "adapters"}),  # Ultralytics' projector
+    ],
+)
+def test_distill_runs_the_other_feature_methods(tiny_coco, tiny_teacher, tmp_path, feature_mode, key, prefixes):
+    from defeat import api
+    from defeat.distill.adapters import Projector
+
+    out = tmp_path / "run"
+    args = distill_overrides(tiny_coco, tiny_teacher, out, feature_mode=feature_mode, proposal_mode="none")
+    assert main(["distill", *_sets(args)]) == 0
+    state = load_checkpoint(out / "model_final.pt", kind="distill")
+    assert {k.split(".")[0] for k in state["model"]} == prefixes
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*(r.keys() for r in logged))
+    assert {k for k in keys if k.startswith(("loss_feat", "loss_kd"))} == {key}
+    loaded = api.load_detector(out / "model_final.pt")
+    assert (loaded.adapters is None) == ("adapters" not in prefixes)
+    if loaded.adapters is not None:
+        assert all(isinstance(m, Projector) for m in loaded.adapters.convs.values())
+
+
 def test_decoupled_distill_with_teacher_check_side_by_side_eval_and_export(tiny_coco, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "run"
     args = distill_overrides(

@@ -1,5 +1,7 @@
 """DeFeat distillation: masks, losses, adapters and the distiller; usable in your own loop.
 
+Other feature-KD methods (CWD, PKD, Ultralytics' score-weighted MSE) as feature modes: :mod:`defeat.distill.methods`.
+
     from defeat.config import DistillSettings
     from defeat.distill import DeFeatDistiller, decoupled_feature_loss, object_masks
 
@@ -20,6 +22,7 @@ from defeat.distill.heads import (
     check_roi_heads_align,
     matched_idxs,
     rpn_proposals,
+    teacher_scores,
 )
 from defeat.distill.losses import (
     KD_LOSS_KEYS,
@@ -36,9 +39,28 @@ from defeat.distill.losses import (
     squared_distance,
 )
 from defeat.distill.masks import assign_levels, box_cells, fgfi_masks, object_masks, split_anchors, stage_masks
+from defeat.distill.methods import (
+    METHOD_LOSSES,
+    channel_wise_divergence,
+    cwd_loss,
+    pearson_feature_loss,
+    pkd_loss,
+    score_loss,
+    score_weighted_mse,
+    teacher_confidence,
+)
 
 __all__ = [
     "KD_LOSS_KEYS",
+    "METHOD_LOSSES",
+    "channel_wise_divergence",
+    "cwd_loss",
+    "pearson_feature_loss",
+    "pkd_loss",
+    "score_loss",
+    "score_weighted_mse",
+    "teacher_confidence",
+    "teacher_scores",
     "AnchorHead",
     "DeFeatDistiller",
     "DistillSettings",

@@ -8,12 +8,12 @@ start (or a negligible fraction of it). Calibration measures, on a few training 
     m_k = each KD term k with weight 1 (unweighted), averaged over the batches,
 
 and sets the weights so that every KD *term* starts at ``auto_target * D``. A term is a group of loss keys that
-share one purpose: the FPN feature term (``loss_feat_obj`` + ``loss_feat_bg``, or ``loss_feat_all``), the
-backbone term (``loss_bb_obj`` + ``loss_bb_bg``) and the head term (``loss_kd_pos`` + ``loss_kd_neg``, or
-``loss_kd_all``). With ``auto_keep_ratio`` (default) the weights inside a term keep their given ratio
-(alpha_bg / alpha_obj = 4 for the authors' values) and are scaled by one factor so the term's weighted sum is the
-target; without it every key on its own starts at the target. A weight of 0 stays 0 (the key is off); a term
-whose measured magnitude is 0 keeps its weights.
+share one purpose: the FPN feature term (``loss_feat_obj`` + ``loss_feat_bg``, or ``loss_feat_all``, or the one key
+of ``cwd`` / ``pkd`` / ``score_weighted``), the backbone term (``loss_bb_obj`` + ``loss_bb_bg``) and the head term
+(``loss_kd_pos`` + ``loss_kd_neg``, or ``loss_kd_all``). With ``auto_keep_ratio`` (default) the weights inside a
+term keep their given ratio (alpha_bg / alpha_obj = 4 for the authors' values) and are scaled by one factor so the
+term's weighted sum is the target; without it every key on its own starts at the target. A weight of 0 stays 0 (the
+key is off); a term whose measured magnitude is 0 keeps its weights.
 
 Pure: no file I/O; the caller (``defeat.api.distill``) logs the result and writes it into the run's config.
 """
@@ -34,6 +34,9 @@ WEIGHT_OF = {
     "loss_feat_obj": "alpha_obj",
     "loss_feat_bg": "alpha_bg",
     "loss_feat_all": "alpha_all",
+    "loss_feat_cwd": "cwd_weight",
+    "loss_feat_pkd": "pkd_weight",
+    "loss_feat_score": "score_weight",
     "loss_bb_obj": "alpha_bb_obj",
     "loss_bb_bg": "alpha_bb_bg",
     "loss_kd_pos": "beta_obj",
@@ -42,7 +45,7 @@ WEIGHT_OF = {
 }
 #: the KD terms whose keys share one scale factor under ``auto_keep_ratio``
 TERMS = {
-    "feature": ("loss_feat_obj", "loss_feat_bg", "loss_feat_all"),
+    "feature": ("loss_feat_obj", "loss_feat_bg", "loss_feat_all", "loss_feat_cwd", "loss_feat_pkd", "loss_feat_score"),
     "backbone": ("loss_bb_obj", "loss_bb_bg"),
     "head": ("loss_kd_pos", "loss_kd_neg", "loss_kd_all"),
 }

@@ -18,6 +18,10 @@ One training step, top to bottom (:meth:`DeFeatDistiller.forward`), the same for
    negative samples (:func:`~defeat.distill.losses.decoupled_proposal_loss`). With ``proposal_sampling: teacher``
    (Faster R-CNN) the samples are the teacher's RPN proposals drawn by the student's sampler instead.
 
+Other feature-KD methods replace step 4 (``feature_mode``: ``cwd``, ``pkd``, ``score_weighted``;
+:mod:`defeat.distill.methods`): every common level, no GT masks, the adapters their reference uses (none for
+CWD / PKD when the channel counts match).
+
 Optional: ``backbone_stages`` adds the decoupled feature term on ResNet stages (recorded by forward hooks during
 step 2; every box on every stage; conv + ReLU adapters, ``backbone_adapters``).
 
@@ -39,7 +43,7 @@ from torchvision.models.detection.image_list import ImageList
 from defeat.config import DistillSettings
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.base import TeacherStudentModule
-from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for
+from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for, teacher_scores
 from defeat.distill.losses import (
     BACKBONE_LOSS_KEYS,
     backbone_feature_loss,
@@ -49,6 +53,7 @@ from defeat.distill.losses import (
     proposal_loss_keys,
 )
 from defeat.distill.masks import fgfi_masks, object_masks, split_anchors, stage_masks
+from defeat.distill.methods import METHOD_ADAPTERS, METHOD_LOSSES
 from defeat.models.families import (
     anchor_generator_of,
     backbone_stage_channels,
@@ -105,10 +110,8 @@ class DeFeatDistiller(TeacherStudentModule):
                 note += f"; head KD is off ({why_off})"
             self.notes.append(note)
             warnings.warn(note, stacklevel=2)
-        self.adapters = (
-            FeatureAdapters(self.levels, student.backbone.out_channels, teacher.backbone.out_channels)
-            if settings.feature_mode != "none"
-            else None
+        self.adapters = feature_adapters(
+            settings.feature_mode, self.levels, student.backbone.out_channels, teacher.backbone.out_channels
         )
         if settings.proposal_sampling == "teacher" and self.proposal_mode != "none" and not self.head.teacher_sampling:
             raise ValueError(
@@ -176,7 +179,8 @@ class DeFeatDistiller(TeacherStudentModule):
             feature_losses = self.feature_loss(images, targets, s_feats, t_feats, samples)
             losses.update({k: scale * v for k, v in feature_losses.items()})
         elif s.feature_mode != "none":  # schedule at 0: same keys, and the adapters stay in the graph for DDP
-            zero = sum(p.sum() for p in self.adapters.parameters()) * 0.0
+            params = self.adapters.parameters() if self.adapters is not None else ()
+            zero = sum((p.sum() for p in params), images.tensors.new_zeros(())) * 0.0
             losses.update({k: zero for k in feature_loss_keys(s.feature_mode)})
 
         # 4b. decoupled backbone stages
@@ -248,17 +252,41 @@ class DeFeatDistiller(TeacherStudentModule):
         t_feats: dict[str, Tensor],
         samples: HeadSamples | None = None,
     ) -> dict[str, Tensor]:
-        """The (unscaled) feature term on the distilled levels: adapters(student) vs teacher, under the masks."""
+        """The (unscaled) feature term on the distilled levels: adapters(student) vs teacher, under the masks (or
+        the method of :data:`~defeat.distill.methods.METHOD_LOSSES` for its mode)."""
         named_student = dict(zip(self.student_strides, s_feats.values()))
         named_teacher = dict(zip(self.teacher_strides, t_feats.values()))
-        adapted = self.adapters({name: named_student[name] for name in self.levels})
+        adapted = {name: named_student[name] for name in self.levels}
+        if self.adapters is not None:
+            adapted = self.adapters(adapted)
         teacher_maps = [named_teacher[self.pairs[name]] for name in self.levels]
+        method = METHOD_LOSSES.get(self.settings.feature_mode)
+        if method is not None:  # CWD, PKD, score-weighted MSE: every level, no masks
+            scores = None
+            if self.settings.feature_mode == "score_weighted":
+                with torch.no_grad():
+                    per_level = teacher_scores(self.teacher, {t: named_teacher[t] for t in self.mask_levels})
+                scores = [per_level[self.pairs[name]] for name in self.levels]
+            return method([adapted[name] for name in self.levels], teacher_maps, self.settings, scores)
         if self.settings.feature_mode == "all":  # one uniform term: every pixel counts
             masks = [torch.ones(t.shape[0], *t.shape[-2:], dtype=torch.bool, device=t.device) for t in teacher_maps]
         else:
             level_masks = self.feature_masks(images, targets, s_feats, samples)
             masks = [level_masks[self.pairs[name]] for name in self.levels]
         return decoupled_feature_loss([adapted[name] for name in self.levels], teacher_maps, masks, self.settings)
+
+
+def feature_adapters(
+    mode: str, levels: list[str], student_channels: int, teacher_channels: int
+) -> FeatureAdapters | None:
+    """The FPN adapters of feature mode ``mode``: DeFeat's 3x3 convs for its region modes; for another method
+    the adapter of its reference (:data:`~defeat.distill.methods.METHOD_ADAPTERS`): ``align`` = 1x1 convs where
+    the channel counts differ and none where they match (CWD, PKD), ``projector`` = Ultralytics' projector. None
+    for mode ``none`` and where no adapter is needed."""
+    kind = METHOD_ADAPTERS.get(mode, "conv3x3")
+    if mode == "none" or (kind == "align" and student_channels == teacher_channels):
+        return None
+    return FeatureAdapters(levels, student_channels, teacher_channels, kind="conv1x1" if kind == "align" else kind)
 
 
 def check_boxes(targets: list[dict[str, Tensor]]) -> None:

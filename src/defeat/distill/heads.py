@@ -16,6 +16,7 @@ class               detection losses                             head term: samp
 
 The head term needs both models of one family (and, for anchors, the same anchor layout); :func:`head_term_for`
 checks that and says why the term is off otherwise. Adding a family means adding one class here.
+:func:`teacher_scores` is the family part of feature mode ``score_weighted``: the teacher's dense confidence.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from defeat.distill.losses import sigmoid_kl, softmax_kl
+from defeat.distill.methods import teacher_confidence
 from defeat.models.families import anchor_generator_of, family_of, fpn_output_keys, num_classes_of, strides_of
 
 
@@ -170,6 +172,29 @@ class AnchorHead(HeadTerm):
                 "student anchors; the anchors or classes do not align"
             )
         return logits[samples.context][:, 1:]
+
+
+def teacher_scores(teacher: nn.Module, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per teacher level, the teacher's confidence at each position (feature mode ``score_weighted``):
+    ``(N, H, W)``, the highest sigmoid probability over the anchors and classes of its dense head there
+    (:func:`~defeat.distill.methods.teacher_confidence`).
+
+    RetinaNet / FCOS: the classification head's logits of each level (classes 1..K; the zoo heads' class 0 is
+    never a target). Faster R-CNN has no dense class head: its RPN's objectness, max over the anchors. Call under
+    ``no_grad``. ``features``: level name -> ``(N, C, H, W)`` teacher map (any subset of its levels).
+    """
+    family = family_of(teacher, "teacher")
+    out = {}
+    for name, feature in features.items():
+        n, _, h, w = feature.shape
+        if family == "faster_rcnn":
+            (objectness,), _ = teacher.rpn.head([feature])  # (N, A, H, W)
+            logits = objectness.unsqueeze(2)
+        else:  # (N, H*W*A, K + 1), torchvision's layout: positions, then anchors
+            flat = teacher.head.classification_head([feature])
+            logits = flat.view(n, h, w, -1, flat.shape[-1])[..., 1:].permute(0, 3, 4, 1, 2)
+        out[name] = teacher_confidence(logits)
+    return out
 
 
 def head_for(student: nn.Module) -> HeadTerm:

@@ -6,6 +6,9 @@
 * :func:`sigmoid_kl` - the per-class binary counterpart of :func:`softmax_kl` for sigmoid classifiers
   (one-stage detectors).
 
+The loss-key vocabulary (:data:`FEATURE_LOSS_KEYS`, :data:`KD_LOSS_KEYS`, :func:`is_kd_loss`) also covers the
+other feature-KD methods of :mod:`defeat.distill.methods` (``loss_feat_cwd``, ``loss_feat_pkd``, ``loss_feat_score``).
+
 The two DeFeat terms read their modes, weights and temperatures from one :class:`~defeat.config.DistillSettings`
 (validated when it is made) and return a dict of already-weighted scalar losses containing exactly the terms
 their mode uses, so they can be added to a detector's loss dict as they are.
@@ -30,7 +33,13 @@ FEATURE_LOSS_KEYS = {
     "all": ("loss_feat_all",),
     "decoupled": ("loss_feat_obj", "loss_feat_bg"),
     "fgfi": ("loss_feat_obj",),
+    # other feature-KD methods on the same levels (defeat.distill.methods)
+    "cwd": ("loss_feat_cwd",),
+    "pkd": ("loss_feat_pkd",),
+    "score_weighted": ("loss_feat_score",),
 }
+#: the modes :func:`decoupled_feature_loss` computes (the others: :data:`defeat.distill.methods.METHOD_LOSSES`)
+REGION_MODES = ("none", "object", "background", "all", "decoupled", "fgfi")
 #: the backbone term's keys (``backbone_stages`` set): object and background regions of the ResNet stages
 BACKBONE_LOSS_KEYS = ("loss_bb_obj", "loss_bb_bg")
 PROPOSAL_LOSS_KEYS = {
@@ -162,6 +171,8 @@ def decoupled_feature_loss(
             f"decoupled_feature_loss: got {len(students)} student, {len(teachers)} teacher and "
             f"{len(object_masks)} mask levels"
         )
+    if mode not in REGION_MODES:
+        raise ValueError(f"decoupled_feature_loss: feature_mode {mode!r} is not a DeFeat region mode (see methods.py)")
     if mode == "none":
         return {}
     distances = [squared_distance(s, t) for s, t in zip(students, teachers)]

@@ -80,7 +80,7 @@ class LoadedModel:
     categories: list[dict]  # COCO categories in label order
     path: str
     step: int | None = None
-    adapters: nn.Module | None = None  # a distillation's FeatureAdapters (eval mode), else None
+    adapters: nn.Module | None = None  # a distillation's FeatureAdapters (eval mode), else None (or none used)
     missing: list[str] = field(default_factory=list)  # keys the weights lacked (only with strict=False)
     unexpected: list[str] = field(default_factory=list)  # keys the model lacked (only with strict=False)
 
@@ -115,7 +115,7 @@ def load_model(
             ``False`` they load partially and the mismatches are in ``missing`` / ``unexpected``.
         role: prefix of the messages (e.g. ``"--teacher"``).
     """
-    from defeat.distill.adapters import FeatureAdapters
+    from defeat.distill.adapters import adapters_from_state
     from defeat.models import build_detector, model_spec
     from defeat.models.zoo import norm_in_state
 
@@ -146,11 +146,7 @@ def load_model(
     adapters = None
     adapter_weights = {k[len("adapters.") :]: v for k, v in state["model"].items() if k.startswith("adapters.")}
     if adapter_weights:
-        levels = [k.split(".")[1] for k in adapter_weights if k.endswith(".weight")]
-        out_ch, in_ch = adapter_weights[f"convs.{levels[0]}.weight"].shape[:2]
-        adapters = FeatureAdapters(levels, in_ch, out_ch)
-        adapters.load_state_dict(adapter_weights)
-        adapters.eval()
+        adapters = adapters_from_state(adapter_weights).eval()
     return LoadedModel(
         model.eval(),
         cfg,
