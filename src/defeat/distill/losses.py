@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from defeat.config import FEATURE_NORMS, DistillSettings
+from defeat.distill.learned_methods import LEARNED_LOSS_KEYS
 
 #: the loss keys each mode returns (the feature term, then the proposal / head term)
 FEATURE_LOSS_KEYS = {
@@ -30,6 +31,7 @@ FEATURE_LOSS_KEYS = {
     "all": ("loss_feat_all",),
     "decoupled": ("loss_feat_obj", "loss_feat_bg"),
     "fgfi": ("loss_feat_obj",),
+    **LEARNED_LOSS_KEYS,  # fgd, mgd (learned_methods.py)
 }
 #: the backbone term's keys (``backbone_stages`` set): object and background regions of the ResNet stages
 BACKBONE_LOSS_KEYS = ("loss_bb_obj", "loss_bb_bg")
