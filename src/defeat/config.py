@@ -180,7 +180,7 @@ class DistillSettings:
     weight_decay_policy: KDSchedule = "constant"  # KD weight over training
     stop_step: int = 0  # 0 = distil for the whole schedule
     # feature_mode=fgd / mgd (defeat.distill.learned_methods). null: the authors' value for the student's family, from
-    # their COCO R50-student configs (learned_methods.FGD_DEFAULTS / MGD_DEFAULTS name each file): yzd-v/FGD
+    # their COCO R50-student configs (models.families.LEARNED_KD_DEFAULTS names each file): yzd-v/FGD
     # configs/distillers/fgd/fgd_retina_r101_fpn_2x_distill_retina_r50_fpn_2x_coco.py,
     # fgd_faster_rcnn_r101_fpn_2x_distill_faster_rcnn_r50_fpn_2x_coco.py, fgd_fcos_r101_distill_fcos_r50_2x_coco.py;
     # yzd-v/MGD det/configs/distillers/mgd/retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py,

@@ -10,8 +10,6 @@ from defeat.config import Config, ConfigError, DistillConfig, DistillSettings, M
 from defeat.distill import DeFeatDistiller, build_distiller, feature_loss_keys, is_kd_loss
 from defeat.distill.calibrate import measure_terms
 from defeat.distill.learned_methods import (
-    FGD_DEFAULTS,
-    MGD_DEFAULTS,
     ContextBlock,
     FGDLevel,
     LearnedFeatureKD,
@@ -25,6 +23,7 @@ from defeat.distill.learned_methods import (
     mgd_mask,
 )
 from defeat.distill.losses import KD_LOSS_KEYS
+from defeat.models.families import LEARNED_KD_DEFAULTS
 
 from .conftest import batch, tiny_faster_rcnn
 from .reference_learned import fgd_reference, mgd_reference
@@ -206,7 +205,9 @@ def test_settings_defaults_and_validation():
     for bad in ({"fgd_alpha": -1.0}, {"fgd_temp": 0.0}, {"mgd_lambda": 1.5}, {"mgd_alpha": -1e-3}):
         with pytest.raises(ConfigError):
             DistillSettings(**bad)
-    assert set(FGD_DEFAULTS) == set(MGD_DEFAULTS) == {"faster_rcnn", "retinanet", "fcos"}
+    assert set(LEARNED_KD_DEFAULTS) == {"faster_rcnn", "retinanet", "fcos"}
+    fields = {f.name for f in dataclasses.fields(DistillSettings) if f.name.startswith(("fgd_", "mgd_"))}
+    assert all(set(table) == fields - {"mgd_seed"} for table in LEARNED_KD_DEFAULTS.values())
     assert FGD_KEYS | {"loss_feat_mgd"} <= KD_LOSS_KEYS and all(is_kd_loss(k) for k in FGD_KEYS)
 
 
@@ -231,8 +232,8 @@ def test_one_step_keys_and_gradients(family, mode):
     params = {id(p) for p in d.parameters()}
     assert all(id(p) in params for p in d.feature_kd.parameters())  # the optimizer sees them
     assert not any(id(p) in params for p in d.teacher.parameters())
-    assert d.settings.mgd_alpha == MGD_DEFAULTS[family]["mgd_alpha"]  # the family's defaults, resolved
-    assert d.settings.fgd_alpha == FGD_DEFAULTS[family]["fgd_alpha"]
+    defaults = LEARNED_KD_DEFAULTS[family]  # the family's defaults, resolved
+    assert all(getattr(d.settings, k) == v for k, v in defaults.items())
     losses = d(*batch())
     kd = set(feature_loss_keys(mode))
     assert set(losses) == DETECTION_KEYS[family] | kd

@@ -86,7 +86,7 @@ class DeFeatDistiller(TeacherStudentModule):
         settings = settings or DistillSettings()
         family_of(student, "student"), family_of(teacher, where)  # a clear error for anything else
         check_same_input(student, teacher, where)
-        settings = resolve_learned_defaults(settings, family_of(student))  # fgd / mgd: unset -> the authors' values
+        settings = resolve_learned_defaults(settings, student)  # fgd / mgd: unset -> the authors' values
         super().__init__(student, teacher, settings, max_steps)
         self.head = head_for(student)
         self.student_strides = strides_of(student, "student")

@@ -17,7 +17,8 @@ channel counts differ, as the authors' code) instead of DeFeat's adapters. Each 
 the distilled levels (the authors' configs give every FPN level its own, equally weighted loss).
 
 Defaults (``None`` in :class:`~defeat.config.DistillSettings`) follow the student's family, from the authors'
-COCO configs for R50 students (:data:`FGD_DEFAULTS`, :data:`MGD_DEFAULTS`; :func:`resolve_learned_defaults`).
+COCO configs for R50 students (:data:`defeat.models.families.LEARNED_KD_DEFAULTS` names the files;
+:func:`resolve_learned_defaults`).
 """
 
 from __future__ import annotations
@@ -29,29 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from defeat.models.families import learned_kd_defaults
+
 #: feature modes implemented here
 LEARNED_MODES = ("fgd", "mgd")
 
-#: student family -> the authors' (temp, alpha, beta, gamma, lambda) of FGD; yzd-v/FGD at commit
-#: c03a6cf3b3cb3cbfd5554dbf4766e7135747d22d, configs/distillers/fgd/:
-#: faster_rcnn: fgd_faster_rcnn_r101_fpn_2x_distill_faster_rcnn_r50_fpn_2x_coco.py
-#: retinanet:   fgd_retina_r101_fpn_2x_distill_retina_r50_fpn_2x_coco.py
-#: fcos:        fgd_fcos_r101_distill_fcos_r50_2x_coco.py
-FGD_DEFAULTS = {
-    "faster_rcnn": {"fgd_temp": 0.5, "fgd_alpha": 5e-5, "fgd_beta": 2.5e-5, "fgd_gamma": 5e-5, "fgd_lambda": 5e-7},
-    "retinanet": {"fgd_temp": 0.5, "fgd_alpha": 1e-3, "fgd_beta": 5e-4, "fgd_gamma": 5e-4, "fgd_lambda": 5e-6},
-    "fcos": {"fgd_temp": 0.8, "fgd_alpha": 1.6e-3, "fgd_beta": 8e-4, "fgd_gamma": 8e-4, "fgd_lambda": 8e-6},
-}
-#: student family -> the authors' (alpha, lambda) of MGD; yzd-v/MGD at commit
-#: 2c9da0b28625eb948db57afc02c824452c3910fe, det/configs/distillers/mgd/:
-#: faster_rcnn: cascade_mask_rcnn_rx101_32x4d_distill_faster_rcnn_r50_fpn_2x_coco.py
-#: retinanet:   retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py
-#: fcos:        no FCOS config there; the one-stage values (RetinaNet's, also RepPoints' and SOLO's)
-MGD_DEFAULTS = {
-    "faster_rcnn": {"mgd_alpha": 5e-7, "mgd_lambda": 0.45},
-    "retinanet": {"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
-    "fcos": {"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
-}
 #: the loss keys of each mode (FGD's four parts apart, each already weighted; their sum is the authors' loss)
 LEARNED_LOSS_KEYS = {
     "fgd": ("loss_feat_fgd_fg", "loss_feat_fgd_bg", "loss_feat_fgd_mask", "loss_feat_fgd_global"),
@@ -67,16 +50,13 @@ LEARNED_WEIGHT_OF = {
 }
 
 
-def resolve_learned_defaults(settings, family: str):
+def resolve_learned_defaults(settings, student: nn.Module):
     """In the ``fgd`` / ``mgd`` feature modes, ``settings`` with every unset (``None``) FGD / MGD field set to the
-    authors' value for the student's ``family`` (:data:`FGD_DEFAULTS`, :data:`MGD_DEFAULTS`); otherwise (or when
-    nothing is unset) the same object."""
+    authors' value for the ``student``'s family (:func:`defeat.models.families.learned_kd_defaults`, which names
+    the source configs); otherwise (or when nothing is unset) the same object."""
     if settings.feature_mode not in LEARNED_MODES:
         return settings
-    table = {
-        **FGD_DEFAULTS.get(family, FGD_DEFAULTS["retinanet"]),
-        **MGD_DEFAULTS.get(family, MGD_DEFAULTS["retinanet"]),
-    }
+    table = learned_kd_defaults(student, "student")
     unset = {key: value for key, value in table.items() if getattr(settings, key) is None}
     return dataclasses.replace(settings, **unset) if unset else settings
 
