@@ -342,3 +342,51 @@ def test_checkpoint_round_trip(tmp_path):
 def test_learned_feature_kd_rejects_other_modes():
     with pytest.raises(ValueError, match="unknown mode"):
         LearnedFeatureKD("decoupled", ["P3"], 8, 8)
+
+
+@pytest.mark.parametrize("mode", ["fgd", "mgd"])
+def test_few_steps_through_the_training_loop(tiny_coco, tmp_path, mode):
+    """The trainer's optimizer updates the method's modules, its checkpoint holds them, and they reload."""
+    import json
+
+    from defeat.config import load_config
+    from defeat.engine import build_for_dataset, load_checkpoint, load_datasets, train
+    from defeat.engine.checkpoint import load_model
+    from defeat.engine.distributed import DistInfo
+    from defeat.models import build_detector
+    from tests.conftest import tiny_overrides
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_coco, out, name="retinanet_tiny_fpn", steps=2)
+    cfg = load_config(
+        None,
+        overrides
+        + ["output.checkpoint_every=0", "data.val_max_images=2", f"distill.feature_mode={mode}", "distill.mgd_seed=1"],
+    )
+    train_set, val_set = load_datasets(cfg)
+    student = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
+    torch.manual_seed(5)
+    teacher = build_detector(cfg.model, len(train_set.categories))
+    distiller = build_distiller(student, teacher, cfg.distill, max_steps=cfg.schedule.max_steps)
+    before = {k: v.clone() for k, v in distiller.feature_kd.state_dict().items()}
+    result = train(
+        cfg,
+        distiller,
+        distiller.student,
+        train_set,
+        val_set,
+        DistInfo(),
+        kind="distill",
+        before_step=distiller.before_step,
+        progress=False,
+    )
+    state = load_checkpoint(result.final_checkpoint, kind="distill")
+    assert {k.split(".")[0] for k in state["model"]} == {"student", "feature_kd"}
+    saved = {k[len("feature_kd.") :]: v for k, v in state["model"].items() if k.startswith("feature_kd.")}
+    assert saved.keys() == before.keys() and any(not torch.equal(saved[k], before[k]) for k in before)  # trained
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(feature_loss_keys(mode)) <= set().union(*(r.keys() for r in logged))
+    classes = len(train_set.categories)
+    fresh = build_distiller(build_detector(cfg.model, classes), build_detector(cfg.model, classes), cfg.distill)
+    fresh.load_state_dict(state["model"])
+    assert load_model(result.final_checkpoint).adapters is None
