@@ -250,6 +250,19 @@ def test_one_step_keys_and_gradients(family, mode):
 
 
 @pytest.mark.parametrize("mode", ["fgd", "mgd"])
+def test_with_the_head_term_and_on_a_mixed_pair(mode):
+    settings = DistillConfig(feature_mode=mode)  # proposal_mode: decoupled
+    d = build_distiller(tiny_faster_rcnn(seed=1), tiny_faster_rcnn(seed=2), settings).train()
+    keys = set(d(*batch()))
+    assert keys == DETECTION_KEYS["faster_rcnn"] | set(feature_loss_keys(mode)) | {"loss_kd_pos", "loss_kd_neg"}
+    with pytest.warns(UserWarning, match="mixed pair"):  # FCOS student, RetinaNet teacher: common levels, no head KD
+        mixed = build_distiller(tiny_one_stage("fcos", 1), tiny_one_stage("retinanet", 2), settings).train()
+    assert mixed.settings.fgd_temp == 0.8  # the student's (FCOS) defaults
+    losses = mixed(*batch())
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"} | set(feature_loss_keys(mode))
+
+
+@pytest.mark.parametrize("mode", ["fgd", "mgd"])
 def test_align_when_channels_differ(mode):
     d = make("faster_rcnn", mode, teacher_channels=24)
     level = next(iter(d.feature_kd.levels.values()))
