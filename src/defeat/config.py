@@ -105,7 +105,9 @@ class OutputConfig:
 
 
 #: DeFeat's region modes, then other feature-KD methods on the same levels (defeat.distill.methods)
-FeatureMode = Literal["none", "object", "background", "all", "decoupled", "fgfi", "cwd", "pkd", "score_weighted"]
+FeatureMode = Literal[
+    "none", "object", "background", "all", "decoupled", "fgfi", "cwd", "pkd", "score_weighted", "fgd", "mgd"
+]
 ProposalMode = Literal["none", "positive", "negative", "all", "decoupled"]
 FeatureNorm = Literal["per_level", "all_levels"]
 KDSchedule = Literal["constant", "linear", "cosine"]
@@ -189,6 +191,20 @@ class DistillSettings:
     auto_keep_ratio: bool = True  # weights=auto: keep alpha_bg/alpha_obj (and beta_bg/beta_obj) as given
     weight_decay_policy: KDSchedule = "constant"  # KD weight over training
     stop_step: int = 0  # 0 = distil for the whole schedule
+    # feature_mode=fgd / mgd (defeat.distill.learned_methods). null: the authors' value for the student's family, from
+    # their COCO R50-student configs (models.families.LEARNED_KD_DEFAULTS names each file): yzd-v/FGD
+    # configs/distillers/fgd/fgd_retina_r101_fpn_2x_distill_retina_r50_fpn_2x_coco.py,
+    # fgd_faster_rcnn_r101_fpn_2x_distill_faster_rcnn_r50_fpn_2x_coco.py, fgd_fcos_r101_distill_fcos_r50_2x_coco.py;
+    # yzd-v/MGD det/configs/distillers/mgd/retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py,
+    # cascade_mask_rcnn_rx101_32x4d_distill_faster_rcnn_r50_fpn_2x_coco.py
+    fgd_temp: float | None = None  # FGD: attention temperature T (0.5; FCOS 0.8)
+    fgd_alpha: float | None = None  # FGD: foreground weight (RetinaNet 1e-3, Faster R-CNN 5e-5, FCOS 1.6e-3)
+    fgd_beta: float | None = None  # FGD: background weight (5e-4, 2.5e-5, 8e-4)
+    fgd_gamma: float | None = None  # FGD: attention-loss weight (5e-4, 5e-5, 8e-4)
+    fgd_lambda: float | None = None  # FGD: global (context) loss weight (5e-6, 5e-7, 8e-6)
+    mgd_alpha: float | None = None  # MGD: generation-loss weight (one-stage 2e-5, Faster R-CNN 5e-7)
+    mgd_lambda: float | None = None  # MGD: share of the student's pixels masked out (0.65, 0.45)
+    mgd_seed: int | None = None  # MGD: seed of the mask generator; null: drawn from torch's RNG with the distiller
 
     def __post_init__(self) -> None:
         for key, allowed in (
@@ -220,6 +236,13 @@ class DistillSettings:
         for key in ("temperature_obj", "temperature_bg", "temperature_all", "fgfi_phi", "cwd_tau"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("fgd_alpha", "fgd_beta", "fgd_gamma", "fgd_lambda", "mgd_alpha"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.fgd_temp is not None and self.fgd_temp <= 0:
+            raise ConfigError(f"fgd_temp: must be > 0, got {self.fgd_temp}")
+        if self.mgd_lambda is not None and not 0 <= self.mgd_lambda <= 1:
+            raise ConfigError(f"mgd_lambda: the masked share must be in [0, 1], got {self.mgd_lambda}")
         if not isinstance(self.backbone_stages, list):
             raise ConfigError(f"backbone_stages: expected a list such as [3, 4], got {self.backbone_stages!r}")
         backbone_stage_names(self.backbone_stages)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from defeat.config import DistillSettings
+from defeat.distill.learned_methods import LEARNED_WEIGHT_OF
 
 #: loss key -> the settings field that weights it
 WEIGHT_OF = {
@@ -42,10 +43,19 @@ WEIGHT_OF = {
     "loss_kd_pos": "beta_obj",
     "loss_kd_neg": "beta_bg",
     "loss_kd_all": "beta_all",
+    **LEARNED_WEIGHT_OF,  # fgd, mgd
 }
 #: the KD terms whose keys share one scale factor under ``auto_keep_ratio``
 TERMS = {
-    "feature": ("loss_feat_obj", "loss_feat_bg", "loss_feat_all", "loss_feat_cwd", "loss_feat_pkd", "loss_feat_score"),
+    "feature": (
+        "loss_feat_obj",
+        "loss_feat_bg",
+        "loss_feat_all",
+        "loss_feat_cwd",
+        "loss_feat_pkd",
+        "loss_feat_score",
+        *LEARNED_WEIGHT_OF,
+    ),
     "backbone": ("loss_bb_obj", "loss_bb_bg"),
     "head": ("loss_kd_pos", "loss_kd_neg", "loss_kd_all"),
 }

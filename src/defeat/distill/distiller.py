@@ -2,9 +2,10 @@
 
 The distiller is what the training loop trains: ``forward(images, targets)`` in train mode returns the
 student's own detection losses plus the weighted distillation terms as one dict; in eval mode the student's
-detections. Its registered submodules are only ``student`` and ``adapters``, so its ``state_dict``, its
-optimizer and DDP never see the teacher (held outside the module tree, frozen, in eval mode, moved along by
-``.to()``; see :class:`~defeat.distill.base.TeacherStudentModule`).
+detections. Its registered submodules are only ``student`` and ``adapters`` (or, in the ``fgd`` / ``mgd`` feature
+modes, ``feature_kd``: those methods' own learnable modules, :mod:`defeat.distill.learned_methods`), so its
+``state_dict``, its optimizer and DDP never see the teacher (held outside the module tree, frozen, in eval mode,
+moved along by ``.to()``; see :class:`~defeat.distill.base.TeacherStudentModule`).
 
 One training step, top to bottom (:meth:`DeFeatDistiller.forward`), the same for every pair:
 
@@ -44,6 +45,7 @@ from defeat.config import DistillSettings
 from defeat.distill.adapters import FeatureAdapters
 from defeat.distill.base import TeacherStudentModule
 from defeat.distill.heads import HeadSamples, check_same_input, head_for, head_term_for, teacher_scores
+from defeat.distill.learned_methods import LEARNED_MODES, LearnedFeatureKD, resolve_learned_defaults
 from defeat.distill.losses import (
     BACKBONE_LOSS_KEYS,
     backbone_feature_loss,
@@ -89,6 +91,7 @@ class DeFeatDistiller(TeacherStudentModule):
         settings = settings or DistillSettings()
         family_of(student, "student"), family_of(teacher, where)  # a clear error for anything else
         check_same_input(student, teacher, where)
+        settings = resolve_learned_defaults(settings, student)  # fgd / mgd: unset -> the authors' values
         super().__init__(student, teacher, settings, max_steps)
         self.head = head_for(student)
         self.student_strides = strides_of(student, "student")
@@ -112,6 +115,18 @@ class DeFeatDistiller(TeacherStudentModule):
             warnings.warn(note, stacklevel=2)
         self.adapters = feature_adapters(
             settings.feature_mode, self.levels, student.backbone.out_channels, teacher.backbone.out_channels
+        )
+        #: fgd / mgd: the method's own learnable modules per level (align, context blocks / generator)
+        self.feature_kd = (
+            LearnedFeatureKD(
+                settings.feature_mode,
+                self.levels,
+                student.backbone.out_channels,
+                teacher.backbone.out_channels,
+                seed=settings.mgd_seed,
+            )
+            if settings.feature_mode in LEARNED_MODES
+            else None
         )
         if settings.proposal_sampling == "teacher" and self.proposal_mode != "none" and not self.head.teacher_sampling:
             raise ValueError(
@@ -179,7 +194,8 @@ class DeFeatDistiller(TeacherStudentModule):
             feature_losses = self.feature_loss(images, targets, s_feats, t_feats, samples)
             losses.update({k: scale * v for k, v in feature_losses.items()})
         elif s.feature_mode != "none":  # schedule at 0: same keys, and the adapters stay in the graph for DDP
-            params = self.adapters.parameters() if self.adapters is not None else ()
+            learned = self.adapters if self.adapters is not None else self.feature_kd
+            params = learned.parameters() if learned is not None else ()
             zero = sum((p.sum() for p in params), images.tensors.new_zeros(())) * 0.0
             losses.update({k: zero for k in feature_loss_keys(s.feature_mode)})
 
@@ -256,6 +272,14 @@ class DeFeatDistiller(TeacherStudentModule):
         the method of :data:`~defeat.distill.methods.METHOD_LOSSES` for its mode)."""
         named_student = dict(zip(self.student_strides, s_feats.values()))
         named_teacher = dict(zip(self.teacher_strides, t_feats.values()))
+        if self.feature_kd is not None:  # fgd / mgd: every box on every level, the method's own modules
+            return self.feature_kd(
+                [named_student[name] for name in self.levels],
+                [named_teacher[self.pairs[name]] for name in self.levels],
+                [t["boxes"] for t in targets],
+                tuple(images.tensors.shape[-2:]),
+                self.settings,
+            )
         adapted = {name: named_student[name] for name in self.levels}
         if self.adapters is not None:
             adapted = self.adapters(adapted)
@@ -282,9 +306,9 @@ def feature_adapters(
     """The FPN adapters of feature mode ``mode``: DeFeat's 3x3 convs for its region modes; for another method
     the adapter of its reference (:data:`~defeat.distill.methods.METHOD_ADAPTERS`): ``align`` = 1x1 convs where
     the channel counts differ and none where they match (CWD, PKD), ``projector`` = Ultralytics' projector. None
-    for mode ``none`` and where no adapter is needed."""
+    for mode ``none``, where no adapter is needed, and for FGD / MGD (their own modules: ``feature_kd``)."""
     kind = METHOD_ADAPTERS.get(mode, "conv3x3")
-    if mode == "none" or (kind == "align" and student_channels == teacher_channels):
+    if mode in ("none", *LEARNED_MODES) or (kind == "align" and student_channels == teacher_channels):
         return None
     return FeatureAdapters(levels, student_channels, teacher_channels, kind="conv1x1" if kind == "align" else kind)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from defeat.config import FEATURE_NORMS, DistillSettings
+from defeat.distill.learned_methods import LEARNED_LOSS_KEYS
 
 #: the loss keys each mode returns (the feature term, then the proposal / head term)
 FEATURE_LOSS_KEYS = {
@@ -37,6 +38,7 @@ FEATURE_LOSS_KEYS = {
     "cwd": ("loss_feat_cwd",),
     "pkd": ("loss_feat_pkd",),
     "score_weighted": ("loss_feat_score",),
+    **LEARNED_LOSS_KEYS,  # fgd, mgd (learned_methods.py)
 }
 #: the modes :func:`decoupled_feature_loss` computes (the others: :data:`defeat.distill.methods.METHOD_LOSSES`)
 REGION_MODES = ("none", "object", "background", "all", "decoupled", "fgfi")

@@ -201,3 +201,34 @@ def default_level_k0(model: nn.Module, where: str = "model") -> int:
     size = float(min(anchor_generator_of(model).sizes[0]))
     made_for = size if family == "retinanet" else 8.0 * size
     return math.floor(first_level + math.log2(224.0 / made_for) + 1e-9)
+
+
+#: the authors' COCO values (R50 students) of the learned feature-KD methods (``distill.feature_mode`` fgd / mgd,
+#: :mod:`defeat.distill.learned_methods`) by student family. FGD: yzd-v/FGD at c03a6cf3, configs/distillers/fgd/
+#:   faster_rcnn  fgd_faster_rcnn_r101_fpn_2x_distill_faster_rcnn_r50_fpn_2x_coco.py
+#:   retinanet    fgd_retina_r101_fpn_2x_distill_retina_r50_fpn_2x_coco.py
+#:   fcos         fgd_fcos_r101_distill_fcos_r50_2x_coco.py
+#: MGD: yzd-v/MGD at 2c9da0b2, det/configs/distillers/mgd/
+#:   faster_rcnn  cascade_mask_rcnn_rx101_32x4d_distill_faster_rcnn_r50_fpn_2x_coco.py
+#:   retinanet    retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py
+#:   fcos         (no FCOS config there: the one-stage values, RetinaNet's, also RepPoints' and SOLO's)
+LEARNED_KD_DEFAULTS = {
+    "faster_rcnn": {
+        **{"fgd_temp": 0.5, "fgd_alpha": 5e-5, "fgd_beta": 2.5e-5, "fgd_gamma": 5e-5, "fgd_lambda": 5e-7},
+        **{"mgd_alpha": 5e-7, "mgd_lambda": 0.45},
+    },
+    "retinanet": {
+        **{"fgd_temp": 0.5, "fgd_alpha": 1e-3, "fgd_beta": 5e-4, "fgd_gamma": 5e-4, "fgd_lambda": 5e-6},
+        **{"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
+    },
+    "fcos": {
+        **{"fgd_temp": 0.8, "fgd_alpha": 1.6e-3, "fgd_beta": 8e-4, "fgd_gamma": 8e-4, "fgd_lambda": 8e-6},
+        **{"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
+    },
+}
+
+
+def learned_kd_defaults(model: nn.Module, where: str = "model") -> dict[str, float]:
+    """The FGD / MGD settings fields (``fgd_*``, ``mgd_alpha``, ``mgd_lambda``) at the authors' values for
+    ``model``'s family (:data:`LEARNED_KD_DEFAULTS`)."""
+    return dict(LEARNED_KD_DEFAULTS[family_of(model, where)])
