@@ -34,10 +34,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from defeat import api
-    from defeat.study.compare import compare
+    from defeat.study.compare import run_compare
 
     cfg = api.load_config(args.config, args.overrides)
-    summary = compare(
+    summary = run_compare(
         cfg,
         args.out,
         methods=args.methods,

@@ -412,7 +412,7 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def compare(
+def run_compare(
     cfg: Config,
     out: str | Path,
     *,
