@@ -42,13 +42,20 @@ from defeat.config import FEATURE_MODES, Config, config_from_dict, config_to_dic
 from defeat.study.compare_report import BASELINE, decide, method_rows, write_report_files
 from defeat.study.estimate import minutes, step_seconds
 from defeat.study.plan import Stage
-from defeat.study.report import eval_curve, say
+from defeat.study.report import eval_curve
 from defeat.study.runner import StaleStageError, execute_stage, run_stage
 from defeat.utils import atomic_write_json, read_json
 
 #: named methods beyond the feature modes: name -> (feature_mode, proposal_mode)
 EXTRA_METHODS = {"decoupled_proposals": ("decoupled", "decoupled")}
 DEFAULT_METHODS = "baseline,decoupled"
+
+
+def say(message: str) -> None:
+    """A progress line of the compare (printed above any progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[compare] {message}")
 
 
 def known_methods() -> list[str]:
@@ -342,7 +349,7 @@ def _measure_latency(cfg: Config, params: dict, out: Path) -> None:
 
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     _, val_set = load_datasets(cfg, train=False)
-    n = min(int(params["images"]), len(val_set))
+    n = min(int(params["images"]), cfg.data.val_max_images or len(val_set), len(val_set))  # of the evaluated ones
     images = [val_set[i][0].to(device) for i in range(n)]
     repeats = int(params["repeats"])
     sync = torch.cuda.synchronize if device.type == "cuda" else None

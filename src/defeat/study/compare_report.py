@@ -133,6 +133,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"[95 % CI {_pct(ci[0], True, 2)}, {_pct(ci[1], True, 2)}], one-sided p = "
             f"{_num(best.get('p_vs_baseline'), '.3g')}"
         )
+    if best and best["method"] == BASELINE:
+        lines.append("- no method has a higher mean AP than the baseline on these seeds")
     cost = {c["method"]: c for c in r["cost"]}
     if best and best["method"] in cost and best["method"] != BASELINE:
         c = cost[best["method"]]
