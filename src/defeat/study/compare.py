@@ -299,46 +299,45 @@ def _evaluate_teacher(cfg: Config, out: Path) -> None:
         cleanup(info)
 
 
-def _median_ms(run, inputs: list, warmup: int, repeats: int, sync=None) -> float:
-    for _ in range(warmup):
-        run(inputs[0])
-    times = []
+def _median_ms(runs: dict, inputs: list, warmup: int, repeats: int, sync=None) -> dict[str, float]:
+    """Median milliseconds of each callable of ``runs`` over ``inputs`` x ``repeats``, after ``warmup`` calls each;
+    the callables take turns on every input, so that a busy moment of the machine costs them alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run(inputs[0])
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for x in inputs:
         for _ in range(repeats):
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            run(x)
-            if sync:
-                sync()
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+            for key, run in runs.items():
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                run(x)
+                if sync:
+                    sync()
+                times[key].append(time.perf_counter() - t0)
+    return {key: 1000 * statistics.median(values) for key, values in times.items()}
 
 
-def _onnx_latency(model, images: list, out: Path, size: int, repeats: int) -> dict:
-    """The student's ONNX Runtime latency (CPU provider), or why there is none."""
+def _onnx_session(model, out: Path, size: int):
+    """The student as an ONNX Runtime session (CPU provider) and a note; ``(None, why)`` where there is none."""
     try:
         import onnx  # noqa: F401  (torch.onnx needs it)
         import onnxruntime as ort
     except ImportError:
-        return {"student_onnx_ms": None, "onnx_note": "not measured: onnxruntime or onnx is not installed"}
+        return None, "not measured: onnxruntime or onnx is not installed"
     from defeat.engine.export import export_onnx
 
     path = out / "student.onnx"
     try:
         export_onnx(copy.deepcopy(model).cpu(), path, image_size=size)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        arrays = [im.cpu().numpy() for im in images]
-        ms = _median_ms(lambda a: session.run(None, {"image": a}), arrays, 2, repeats)
-        return {"student_onnx_ms": ms, "onnx_note": f"onnxruntime {ort.__version__}, CPUExecutionProvider"}
+        return session, f"onnxruntime {ort.__version__}, CPUExecutionProvider"
     except Exception as err:  # an optional measurement: the report says why it is missing
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return {
-            "student_onnx_ms": None,
-            "onnx_note": f"not measured: export or run failed ({type(err).__name__}: {first})",
-        }
+        return None, f"not measured: the export failed ({type(err).__name__}: {first})"
     finally:
-        path.unlink(missing_ok=True)  # `defeat export --onnx` remakes it
+        path.unlink(missing_ok=True)  # `defeat export --onnx` remakes it; the session holds the model
 
 
 def _measure_latency(cfg: Config, params: dict, out: Path) -> None:
@@ -350,18 +349,27 @@ def _measure_latency(cfg: Config, params: dict, out: Path) -> None:
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     _, val_set = load_datasets(cfg, train=False)
     n = min(int(params["images"]), cfg.data.val_max_images or len(val_set), len(val_set))  # of the evaluated ones
-    images = [val_set[i][0].to(device) for i in range(n)]
-    repeats = int(params["repeats"])
+    images = [val_set[i][0] for i in range(n)]
+    student = api.load_detector(params["student"]).model.eval()
+    teacher = api.load_teacher(cfg, val_set.categories, cfg.data.val_annotations)[0].model.eval()
+    session, note = _onnx_session(student, out, cfg.model.min_size)
+    inputs = [(im.to(device), im.numpy()) for im in images]
+    student, teacher = student.to(device), teacher.to(device)
+    runs = {"student_ms": lambda x: student([x[0]]), "teacher_ms": lambda x: teacher([x[0]])}
+    if session is not None:
+        runs["student_onnx_ms"] = lambda x: session.run(None, {"image": x[1]})
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    student = api.load_detector(params["student"]).model
-    teacher, _ = api.load_teacher(cfg, val_set.categories, cfg.data.val_annotations)
-    record = {"device": str(device), "threads": torch.get_num_threads(), "images": n, "timed": n * repeats}
     with torch.inference_mode():
-        for key, model in (("student_ms", student), ("teacher_ms", teacher.model)):
-            model = model.eval().to(device)
-            record[key] = _median_ms(lambda x, m=model: m([x]), images, 2, repeats, sync)
-            model.cpu()
-    record.update(_onnx_latency(student, images, out, cfg.model.min_size, repeats))
+        record = _median_ms(runs, inputs, 3, int(params["repeats"]), sync)
+    record = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "images": n,
+        "timed": n * int(params["repeats"]),
+        "student_onnx_ms": None,
+        **record,
+        "onnx_note": note,
+    }
     atomic_write_json(out / "latency.json", record)
 
 

@@ -66,7 +66,7 @@ def decide(aps: Mapping[str, Sequence[float]], alpha: float = stats.ALPHA) -> di
         why = test["note"] or f"one-sided Welch p = {test['p_value']:.3g} >= {alpha}"
         out["outcome"] = "undecided"
         out["sentence"] = (
-            f"undecided: {best} and {second} are not distinguishable ({gap}, {why}); their order here is not a "
+            f"{best} and {second} are not distinguishable ({gap}, {why}); their order here is not a "
             "result -- add seeds or train longer"
         )
     return out
