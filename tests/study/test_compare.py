@@ -175,3 +175,38 @@ def test_report_renders_an_undecided_verdict():
     }
     text = render_markdown(results)
     assert "**undecided**" in text and "1.50×" in text and "(reference)" in text
+
+
+def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
+    """A real SIGTERM in the middle of a distillation run: the CLI stops with 143 and prints the command that
+    continues; that command resumes the run from its checkpoint and reruns no finished stage."""
+    import os
+    import signal
+
+    from defeat.distill.base import TeacherStudentModule
+
+    out = tmp_path / "cmp"
+    args = ["compare", *compare_args(tiny_coco, tiny_teacher, tmp_path, "--seeds", "1", "--out", str(out))]
+    real = TeacherStudentModule.before_step
+
+    def kill_at_first_step(self, step):
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the training loop: it stops after this step
+        return real(self, step)
+
+    monkeypatch.setattr(TeacherStudentModule, "before_step", kill_at_first_step)
+    assert main(args) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at step 1" in err and "resume with: defeat compare" in err
+    stage = out / "runs" / "decoupled_s0"
+    assert (stage / "checkpoint_last.pt").is_file() and not (stage / "done.json").exists()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} | {
+        p: p.stat().st_mtime_ns for p in out.glob("runs/baseline_s0/*.pt")
+    }
+    monkeypatch.setattr(TeacherStudentModule, "before_step", real)
+    assert main(args) == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "baseline_s0": "cached", "latency": "cached", "decoupled_s0": "resumed"}
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
+    assert logged == [1, 2]
