@@ -210,3 +210,28 @@ def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_te
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
     logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
     assert logged == [1, 2]
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
+    import defeat.study.compare as compare_module
+
+    real = compare_module.run_stage
+
+    def fail_decoupled(stage):
+        if stage.name == "decoupled_s0":
+            raise FloatingPointError("loss is nan at step 1")
+        return real(stage)
+
+    monkeypatch.setattr(compare_module, "run_stage", fail_decoupled)
+    out = tmp_path / "cmp"
+    args = compare_args(tiny_coco, tiny_teacher, tmp_path, "--methods", "decoupled,all", "--seeds", "1")
+    assert main(["compare", *args, "--out", str(out)]) == 1  # the report is written; the exit code says a run failed
+    results = json.loads((out / "results.json").read_text())
+    stages = {s["name"]: s for s in results["stages"]}
+    assert stages["decoupled_s0"]["status"] == "failed" and "loss is nan" in stages["decoupled_s0"]["note"]
+    assert stages["all_s0"]["status"] == "ran"
+    rows = {r["method"]: r for r in results["methods"]}
+    assert rows["decoupled"]["AP"] is None and rows["decoupled"]["AP_per_seed"] == []
+    assert results["verdict"]["outcome"] == "undecided" and "needs >= 2 seeds" in results["verdict"]["sentence"]
+    report = (out / "report.md").read_text()
+    assert "failed (FloatingPointError: loss is nan at step 1)" in report
