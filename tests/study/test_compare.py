@@ -153,6 +153,9 @@ def test_compare_resumes_an_interrupted_run_and_skips_finished_ones(tiny_compare
     assert "resumed from" in capsys.readouterr().out
     logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
     assert logged == [1, 2]  # step 2 ran after the resume, step 1 did not run twice
+    # other settings in the same folder: refused (not mixed with the finished runs)
+    assert main(["compare", *args, "--set", "schedule.max_steps=3"]) == 2
+    assert "was made with other settings than config" in capsys.readouterr().err
     assert all(p.stat().st_mtime_ns == t for p, t in finals.items() if p.parent != stage)
 
 

@@ -474,7 +474,10 @@ def run_compare(
         try:
             record = execute_stage(stage, run_dir, keep_checkpoints=keep_checkpoints, run=run_compare_stage)
         except StaleStageError:
-            raise
+            raise StaleStageError(
+                f"{stage.folder}: stage {stage.name} was made with other settings than {source} (with these --set) "
+                "asks for now; use a new --out, or delete that folder to redo the stage"
+            ) from None
         except Exception as err:  # a run that fails (diverged, ...) is reported; the other runs go on
             if stage.kind == "teacher":
                 raise
