@@ -14,7 +14,17 @@ import os
 import shlex
 import sys
 
-from defeat.cli import analyze_cmd, data_cmd, distill_cmd, export_cmd, init_cmd, predict_cmd, reproduce_cmd, train_cmd
+from defeat.cli import (
+    analyze_cmd,
+    compare_cmd,
+    data_cmd,
+    distill_cmd,
+    export_cmd,
+    init_cmd,
+    predict_cmd,
+    reproduce_cmd,
+    train_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="defeat", description="Distil object detectors with DeFeat (decoupled features and proposals)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (data_cmd, init_cmd, train_cmd, analyze_cmd, distill_cmd, export_cmd, predict_cmd, reproduce_cmd):
+    for module in (
+        data_cmd,
+        init_cmd,
+        train_cmd,
+        analyze_cmd,
+        distill_cmd,
+        export_cmd,
+        predict_cmd,
+        reproduce_cmd,
+        compare_cmd,
+    ):
         module.register(subparsers)
     return parser
 
 
 def resume_command(argv: list[str]) -> str:
     """The command line that continues a stopped run: ``train``/``distill`` with ``--resume``; ``reproduce`` as it
-    was (it resumes by itself); under torchrun inside the same launcher."""
+    was (it resumes by itself), as ``compare``; under torchrun inside the same launcher."""
     args = list(argv)
     if args and args[0] in ("train", "distill") and "--resume" not in args:
         args.append("--resume")

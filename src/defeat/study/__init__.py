@@ -6,13 +6,15 @@ configs derived from them), :mod:`~defeat.study.plan` (the stages), :mod:`~defea
 :mod:`~defeat.study.runner` (running with cache/resume), :mod:`~defeat.study.claims` (the numbers and claims, pure),
 :mod:`~defeat.study.stats` (the tests that decide them: Welch, TOST; scipy.stats), :mod:`~defeat.study.regime`
 (AP at 50/75/100 % of the schedule, plateau check, pure), :mod:`~defeat.study.render` (Markdown/HTML),
-:mod:`~defeat.study.report` (files), :mod:`~defeat.study.coco`.
+:mod:`~defeat.study.report` (files), :mod:`~defeat.study.coco`; :mod:`~defeat.study.compare` (``defeat compare``:
+methods x seeds on the user's own config, with :mod:`~defeat.study.compare_report`).
 
     from defeat.study import load_preset, run_reproduce
     summary = run_reproduce(load_preset("tiny"), "runs/reproduce_tiny")
 """
 
 from defeat.study.claims import CLAIM_IDS, claims_by_id, compute_claims
+from defeat.study.compare import known_methods, run_compare
 from defeat.study.plan import Stage, build_plan
 from defeat.study.presets import PRESETS, STUDENT_MODES, derive_config, load_preset
 from defeat.study.runner import StageError, StaleStageError, execute_stage, run_reproduce
@@ -29,6 +31,8 @@ __all__ = [
     "compute_claims",
     "derive_config",
     "execute_stage",
+    "known_methods",
     "load_preset",
+    "run_compare",
     "run_reproduce",
 ]

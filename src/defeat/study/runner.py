@@ -73,8 +73,11 @@ def execute_stage(
     estimator: Estimator | None = None,
     on_measure: Callable[[], None] | None = None,
     keep_checkpoints: bool = False,
+    run: Callable[[Stage], None] | None = None,
 ) -> dict:
     """Run one stage unless it is done; returns its ``done.json`` record (``status``: cached, ran or resumed).
+
+    ``run`` calls the stage (default :func:`run_stage`; ``defeat compare`` passes its own for its extra kinds).
 
     Once a training stage is done its ``checkpoint_last.pt`` (weights + optimizer state, only needed to resume) is
     deleted unless ``keep_checkpoints``; ``model_final.pt`` stays. The same goes for the short distillation run of
@@ -121,7 +124,7 @@ def execute_stage(
             watcher.start()
     t0 = time.perf_counter()
     try:
-        run_stage(stage)
+        (run or run_stage)(stage)
     finally:
         if watcher is not None:
             watcher.stop.set()

@@ -1,0 +1,240 @@
+"""``defeat compare``: the decided/undecided logic on hand-made AP lists (pure), the methods it knows, and the
+whole compare end to end on the tiny data (2 methods x 2 seeds besides the baseline), its report, and its resume
+after an interruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from defeat.cli.main import main
+from defeat.config import FEATURE_MODES, load_config
+from defeat.study.compare import known_methods, parse_methods
+from defeat.study.compare_report import decide, method_rows, render_markdown
+from tests.conftest import tiny_overrides
+
+
+# ------------------------------------------------------------------------------------------ pure: the verdict
+def test_a_clear_winner_is_decided():
+    aps = {"baseline": [0.30, 0.31, 0.29], "decoupled": [0.40, 0.41, 0.39], "all": [0.33, 0.34, 0.32]}
+    verdict = decide(aps)
+    assert verdict["ranking"] == ["decoupled", "all", "baseline"]
+    assert (verdict["best"], verdict["runner_up"], verdict["outcome"]) == ("decoupled", "all", "decided")
+    assert verdict["test"]["p_value"] < 0.05 and verdict["test"]["diff"] == pytest.approx(0.07)
+    assert "ahead of the runner-up all" in verdict["sentence"]
+
+
+def test_overlapping_arms_are_undecided_never_a_silent_ranking():
+    aps = {"baseline": [0.30, 0.32, 0.31], "decoupled": [0.315, 0.33, 0.30], "all": [0.29, 0.33, 0.31]}
+    verdict = decide(aps)
+    assert verdict["best"] == "decoupled" and verdict["outcome"] == "undecided"
+    assert verdict["test"]["p_value"] >= 0.05
+    assert "not distinguishable" in verdict["sentence"] and "not a result" in verdict["sentence"]
+
+
+@pytest.mark.parametrize(
+    ("aps", "why"),
+    [
+        ({"baseline": [0.30], "decoupled": [0.40]}, "needs >= 2 seeds"),  # one seed: no variance, no test
+        ({"baseline": [0.30, 0.30], "decoupled": [0.30, 0.30]}, "zero variance"),  # a tie is never decided
+    ],
+)
+def test_too_few_seeds_or_a_tie_is_undecided(aps, why):
+    verdict = decide(aps)
+    assert verdict["outcome"] == "undecided" and why in verdict["sentence"]
+
+
+def test_the_baseline_can_win_and_a_single_arm_has_no_verdict():
+    verdict = decide({"baseline": [0.40, 0.41, 0.42], "fgfi": [0.30, 0.31, 0.29]})
+    assert (verdict["best"], verdict["outcome"]) == ("baseline", "decided")
+    assert decide({"baseline": [0.3, 0.31], "all": []})["outcome"] == "single arm"
+
+
+def test_rows_carry_the_welch_ci_and_p_against_the_baseline():
+    rows = {r["method"]: r for r in method_rows({"baseline": [0.30, 0.31, 0.29], "all": [0.33, 0.35, 0.34]})}
+    assert "dAP" not in rows["baseline"] and rows["baseline"]["AP_sd"] == pytest.approx(0.01)
+    row = rows["all"]
+    assert row["AP_per_seed"] == [0.33, 0.35, 0.34] and row["dAP"] == pytest.approx(0.04)
+    assert row["dAP_ci"][0] < row["dAP"] < row["dAP_ci"][1] and row["dAP_ci"][0] > 0
+    assert row["p_vs_baseline"] < 0.05 and row["beats_baseline"] is True
+
+
+# ------------------------------------------------------------------------------------------ methods
+def test_known_methods_follow_the_config_feature_modes():
+    assert set(known_methods()) == {"baseline", "decoupled_proposals", *FEATURE_MODES} - {"none"}
+    assert parse_methods("decoupled, all,decoupled,baseline") == ["baseline", "decoupled", "all"]
+    with pytest.raises(ValueError, match="unknown method 'magic' \\(known: baseline, object"):
+        parse_methods("baseline,magic")
+    with pytest.raises(ValueError, match="at least one distillation method"):
+        parse_methods("baseline")
+
+
+# ------------------------------------------------------------------------------------------ end to end (tiny)
+def compare_args(tiny_coco, tiny_teacher, tmp_path, *extra: str) -> list[str]:
+    overrides = tiny_overrides(tiny_coco, tmp_path / "unused", steps=2) + [
+        f"distill.teacher_checkpoint={tiny_teacher}",
+        "distill.teacher_min_ap=0",
+        "data.val_max_images=2",
+        "eval.every_steps=1",
+        "output.checkpoint_every=0",
+    ]
+    return [*(a for o in overrides for a in ("--set", o)), *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tiny_coco, tiny_teacher, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    out = root / "cmp"
+    args = compare_args(tiny_coco, tiny_teacher, root, "--methods", "decoupled,all", "--seeds", "2", "--out", str(out))
+    assert main(["compare", *args]) == 0
+    yield out, args
+    shutil.rmtree(root, ignore_errors=True)
+
+
+STAGES = ["teacher", "baseline_s0", "latency", "decoupled_s0", "all_s0", "baseline_s1", "decoupled_s1", "all_s1"]
+
+
+def test_compare_end_to_end_writes_every_run_and_the_report(tiny_compare, capsys):
+    out, _ = tiny_compare
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["stages"]] == STAGES
+    for stage in results["stages"]:
+        folder = out / stage["name"] if stage["name"] in ("teacher", "latency") else out / "runs" / stage["name"]
+        done = json.loads((folder / "done.json").read_text())
+        assert done["status"] == "ran" and done["command"] == stage["command"]
+    assert results["stages"][1]["command"].startswith("defeat train ") and "--resume" in results["stages"][1]["command"]
+    # the same seeds for every method; the method's modes in its run config
+    for method, modes in (("baseline", None), ("decoupled", ("decoupled", "none")), ("all", ("all", "none"))):
+        for seed in (0, 1):
+            cfg = load_config(out / "runs" / f"{method}_s{seed}" / "config.yaml")
+            assert cfg.seed == seed and cfg.schedule.max_steps == 2
+            if modes:
+                assert (cfg.distill.feature_mode, cfg.distill.proposal_mode) == modes
+    rows = {r["method"]: r for r in results["methods"]}
+    assert list(rows) == ["baseline", "decoupled", "all"]
+    assert all(len(r["AP_per_seed"]) == 2 and r["AP"] is not None for r in rows.values())
+    assert "dAP_ci" in rows["decoupled"] and "p_vs_baseline" in rows["all"]
+    assert results["verdict"]["outcome"] in ("decided", "undecided")
+    cost = {c["method"]: c for c in results["cost"]}
+    assert all(c["sec_per_step"] > 0 and c["peak_memory_gib"] > 0 for c in cost.values())
+    lat = results["latency"]
+    assert lat["student_ms"] > 0 and lat["teacher_ms"] > 0 and lat["images"] == 2
+    assert lat["student_onnx_ms"] is None or lat["student_onnx_ms"] > 0, lat["onnx_note"]
+    assert not (out / "latency" / "student.onnx").exists()
+    assert [p["step"] for p in results["curves"]["decoupled"]] == [1, 2]  # AP against steps (eval.every_steps=1)
+    # a one-step teacher is not ahead of the baseline: the compare warns and goes on
+    assert results["warnings"] and "not ahead of the baseline" in results["warnings"][0]
+    report = (out / "report.md").read_text()
+    for heading in ("## Verdict", "## AP per method", "## Cost", "## AP against latency", "## AP against steps"):
+        assert heading in report
+    assert "ONNX Runtime" in report and (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert set(results["figures"]) == {"ap.png", "ap_latency.png", "ap_steps.png"}
+    assert all((out / "figures" / f).stat().st_size > 0 for f in results["figures"])
+    assert not list(out.glob("runs/*/checkpoint_last.pt"))
+
+
+def test_compare_resumes_an_interrupted_run_and_skips_finished_ones(tiny_compare, capsys):
+    out, args = tiny_compare
+    finals = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model_final.pt")}
+    # the last run interrupted after step 1 of 2: its checkpoint at step 1, no final model, no done marker
+    stage = out / "runs" / "all_s1"
+    for name in ("done.json", "model_final.pt", "metrics_final.json", "metrics.jsonl"):
+        (stage / name).unlink()
+    assert main(["distill", str(stage / "config.yaml"), "--resume", "--set", "schedule.max_steps=1"]) == 0
+    (stage / "model_final.pt").unlink()
+    (stage / "metrics_final.json").unlink()
+    assert (stage / "checkpoint_last.pt").is_file()
+    capsys.readouterr()
+    assert main(["compare", *args]) == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
+    assert statuses.pop("all_s1") == "resumed" and set(statuses.values()) == {"cached"}
+    assert "resumed from" in capsys.readouterr().out
+    logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
+    assert logged == [1, 2]  # step 2 ran after the resume, step 1 did not run twice
+    # other settings in the same folder: refused (not mixed with the finished runs)
+    assert main(["compare", *args, "--set", "schedule.max_steps=3"]) == 2
+    assert "was made with other settings than config" in capsys.readouterr().err
+    assert all(p.stat().st_mtime_ns == t for p, t in finals.items() if p.parent != stage)
+
+
+def test_report_renders_an_undecided_verdict():
+    aps = {"baseline": [0.30, 0.32], "decoupled": [0.31, 0.315]}
+    results = {
+        "config": "c.yaml",
+        "student": "s",
+        "teacher": "t",
+        "seeds": [0, 1],
+        "steps": 10,
+        "val_annotations": "val.json",
+        "device": "cpu",
+        "alpha": 0.05,
+        "what": {"baseline": "the student alone", "decoupled": "feature_mode=decoupled"},
+        "methods": method_rows(aps),
+        "verdict": decide(aps),
+        "cost": [{"method": "baseline", "sec_per_step": 1.0}, {"method": "decoupled", "sec_per_step": 1.5}],
+        "stages": [],
+    }
+    text = render_markdown(results)
+    assert "**undecided**" in text and "1.50×" in text and "(reference)" in text
+
+
+def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
+    """A real SIGTERM in the middle of a distillation run: the CLI stops with 143 and prints the command that
+    continues; that command resumes the run from its checkpoint and reruns no finished stage."""
+    import os
+    import signal
+
+    from defeat.distill.base import TeacherStudentModule
+
+    out = tmp_path / "cmp"
+    args = ["compare", *compare_args(tiny_coco, tiny_teacher, tmp_path, "--seeds", "1", "--out", str(out))]
+    real = TeacherStudentModule.before_step
+
+    def kill_at_first_step(self, step):
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the training loop: it stops after this step
+        return real(self, step)
+
+    monkeypatch.setattr(TeacherStudentModule, "before_step", kill_at_first_step)
+    assert main(args) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at step 1" in err and "resume with: defeat compare" in err
+    stage = out / "runs" / "decoupled_s0"
+    assert (stage / "checkpoint_last.pt").is_file() and not (stage / "done.json").exists()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} | {
+        p: p.stat().st_mtime_ns for p in out.glob("runs/baseline_s0/*.pt")
+    }
+    monkeypatch.setattr(TeacherStudentModule, "before_step", real)
+    assert main(args) == 0
+    statuses = {s["name"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
+    assert statuses == {"teacher": "cached", "baseline_s0": "cached", "latency": "cached", "decoupled_s0": "resumed"}
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
+    assert logged == [1, 2]
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
+    import defeat.study.compare as compare_module
+
+    real = compare_module.run_stage
+
+    def fail_decoupled(stage):
+        if stage.name == "decoupled_s0":
+            raise FloatingPointError("loss is nan at step 1")
+        return real(stage)
+
+    monkeypatch.setattr(compare_module, "run_stage", fail_decoupled)
+    out = tmp_path / "cmp"
+    args = compare_args(tiny_coco, tiny_teacher, tmp_path, "--methods", "decoupled,all", "--seeds", "1")
+    assert main(["compare", *args, "--out", str(out)]) == 1  # the report is written; the exit code says a run failed
+    results = json.loads((out / "results.json").read_text())
+    stages = {s["name"]: s for s in results["stages"]}
+    assert stages["decoupled_s0"]["status"] == "failed" and "loss is nan" in stages["decoupled_s0"]["note"]
+    assert stages["all_s0"]["status"] == "ran"
+    rows = {r["method"]: r for r in results["methods"]}
+    assert rows["decoupled"]["AP"] is None and rows["decoupled"]["AP_per_seed"] == []
+    assert results["verdict"]["outcome"] == "undecided" and "needs >= 2 seeds" in results["verdict"]["sentence"]
+    report = (out / "report.md").read_text()
+    assert "failed (FloatingPointError: loss is nan at step 1)" in report
