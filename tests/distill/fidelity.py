@@ -47,6 +47,18 @@ SOURCES = {
         "file": "mmrazor/models/losses/pkd_loss.py",
         "config": "configs/distill/mmdet/pkd/pkd_fpn_faster-rcnn_r101_faster-rcnn_r50_2x_coco.py (loss_weight=6)",
     },
+    "fgd": {
+        "repository": "yzd-v/FGD",
+        "commit": "c03a6cf3b3cb3cbfd5554dbf4766e7135747d22d",
+        "file": "mmdet/distillation/losses/fgd.py (port: tests/distill/reference_learned.py::fgd_reference)",
+        "config": "configs/distillers/fgd/fgd_retina_r101_fpn_2x_distill_retina_r50_fpn_2x_coco.py (RetinaNet values)",
+    },
+    "mgd": {
+        "repository": "yzd-v/MGD",
+        "commit": "2c9da0b28625eb948db57afc02c824452c3910fe",
+        "file": "det/mmdet/distillation/losses/mgd.py (port: tests/distill/reference_learned.py::mgd_reference)",
+        "config": "det/configs/distillers/mgd/retina_rx101_64x4d_distill_retina_r50_fpn_2x_coco.py (alpha 2e-5, 0.65)",
+    },
     "score_weighted": {
         "repository": ULTRALYTICS,
         "commit": "main as of the API reference page (not pinned: the index holds no commit of this version)",
@@ -190,11 +202,42 @@ def compare_score_weighted(seed: int) -> dict:
     return _result(ours, reference, inputs)
 
 
+def _learned(compare: Callable[..., dict], name: str) -> Callable[[int], dict]:
+    """FGD / MGD (tests/distill/test_learned_methods.py): one level with and without the align conv (student 6 or
+    8 channels, teacher 8); rel_diff is the larger of the two (for FGD the largest over its four parts)."""
+
+    def run(seed: int) -> dict:
+        from tests.distill.test_learned_methods import fgd_inputs
+
+        runs = {channels: compare(seed, channels) for channels in (6, 8)}
+        worst = max(runs.values(), key=lambda r: r["max_rel_diff"])
+        student, teacher, boxes, image = fgd_inputs(seed, 6)
+        inputs = {
+            "seed": seed,
+            "student": [list(student.shape), "and 8 channels"],
+            "teacher": list(teacher.shape),
+            "boxes_per_image": [len(b) for b in boxes],
+            "image_size": list(image),
+            "weights": "module weights N(0, 0.2^2) from seed + 1, shared by both sides",
+        }
+        return {"ours": worst["ours"], "reference": worst["loss"], "rel_diff": worst["max_rel_diff"], "inputs": inputs}
+
+    run.__name__ = f"compare_{name}"
+    return run
+
+
+def _learned_comparisons() -> dict[str, Callable[[int], dict]]:
+    from tests.distill.test_learned_methods import compare_fgd, compare_mgd
+
+    return {"fgd": _learned(compare_fgd, "fgd"), "mgd": _learned(compare_mgd, "mgd")}
+
+
 #: method -> comparison ``(seed) -> {"ours", "reference", "rel_diff", "inputs"}``
 COMPARISONS: dict[str, Callable[[int], dict]] = {
     "cwd": compare_cwd,
     "pkd": compare_pkd,
     "score_weighted": compare_score_weighted,
+    **_learned_comparisons(),
 }
 #: the seeds every comparison runs with
 SEEDS = (0, 1, 2)

@@ -157,7 +157,8 @@ def compare_fgd(seed: int = 0, student_channels: int = 6) -> dict:
         **weights,
     )
     diffs = {k: rel_diff(ours[k], ref[k]) for k in ref}
-    return {"max_rel_diff": max(diffs.values()), "parts": diffs, "loss": float(ref["loss"].detach())}
+    loss, reference = float(ours["loss"].detach()), float(ref["loss"].detach())
+    return {"max_rel_diff": max(diffs.values()), "parts": diffs, "loss": reference, "ours": loss}
 
 
 def compare_mgd(seed: int = 0, student_channels: int = 6, ratio: float = 0.65) -> dict:
@@ -171,7 +172,7 @@ def compare_mgd(seed: int = 0, student_channels: int = 6, ratio: float = 0.65) -
     ours = 2e-5 * level(student, teacher, mask)
     align = level.align if isinstance(level.align, torch.nn.Conv2d) else None
     ref = mgd_reference(student, teacher, uniform, align, level.generation, 2e-5, ratio)
-    return {"max_rel_diff": rel_diff(ours, ref), "loss": float(ref.detach())}
+    return {"max_rel_diff": rel_diff(ours, ref), "loss": float(ref.detach()), "ours": float(ours.detach())}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
