@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from defeat.config import FEATURE_MODES
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOSSES = ("detection", "distillation", "sum")
 
@@ -160,8 +162,7 @@ def register_grad_norm(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="all",
-        help="feature_mode of the distiller whose loss is back-propagated: none, object, background, all, "
-        "decoupled or fgfi (default all)",
+        help=f"feature_mode of the distiller whose loss is back-propagated: {', '.join(FEATURE_MODES)} (default all)",
     )
     p.add_argument(
         "--proposal-mode",
