@@ -12,7 +12,8 @@ import pytest
 from defeat.cli.main import main
 from defeat.config import FEATURE_MODES, load_config
 from defeat.study.compare import known_methods, parse_methods
-from defeat.study.compare_report import decide, method_rows, render_markdown
+from defeat.study import stats
+from defeat.study.compare_report import decide, holm, method_rows, render_markdown, rerender
 from tests.conftest import tiny_overrides
 
 
@@ -59,6 +60,82 @@ def test_rows_carry_the_welch_ci_and_p_against_the_baseline():
     assert row["AP_per_seed"] == [0.33, 0.35, 0.34] and row["dAP"] == pytest.approx(0.04)
     assert row["dAP_ci"][0] < row["dAP"] < row["dAP_ci"][1] and row["dAP_ci"][0] > 0
     assert row["p_vs_baseline"] < 0.05 and row["beats_baseline"] is True
+
+
+# ------------------------------------------------------------------------------------------ pure: multiplicity
+def test_holm_matches_a_hand_computed_family():
+    # sorted: a 0.01, c 0.03, b 0.04, d 0.20; m = 4 -> 4*0.01 = 0.04, 3*0.03 = 0.09, max(0.09, 2*0.04) = 0.09,
+    # max(0.09, 1*0.20) = 0.20; e has no test and is not in the family
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.20, "e": None})
+    assert adjusted == pytest.approx({"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.20, "e": None})
+    assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1
+    assert holm({"only": 0.03}) == {"only": 0.03}  # a family of one is the raw test
+
+
+def test_a_raw_p_below_alpha_is_undecided_after_holm():
+    aps = {
+        "baseline": [0.30, 0.32, 0.31],
+        "a": [0.33, 0.34, 0.325],
+        "b": [0.32, 0.335, 0.33],
+        "c": [0.30, 0.33, 0.31],
+    }
+    rows = {r["method"]: r for r in method_rows(aps)}
+    a = rows["a"]
+    assert a["p_vs_baseline"] < 0.05 and a["dAP_ci"][0] > 0  # alone, a would beat the baseline ...
+    assert a["holm_family"] == 3 and a["p_vs_baseline_holm"] >= 0.05 and a["beats_baseline"] is False  # not here
+    assert a["p_vs_baseline_holm"] == pytest.approx(3 * a["p_vs_baseline"])  # the smallest p of three
+    alone = method_rows({"baseline": aps["baseline"], "a": aps["a"]})[1]
+    assert alone["beats_baseline"] is True and alone["p_vs_baseline_holm"] == alone["p_vs_baseline"]
+
+
+@pytest.mark.parametrize(
+    "arm", [[0.33, 0.34, 0.325], [0.32, 0.335, 0.33], [0.30, 0.33, 0.31], [0.31, 0.36, 0.30], [0.29, 0.30, 0.28]]
+)
+def test_the_ci_is_the_90_percent_welch_ci_that_matches_the_one_sided_test(arm):
+    base = [0.30, 0.32, 0.31]
+    row = method_rows({"baseline": base, "m": arm})[1]
+    assert row["dAP_ci_level"] == pytest.approx(0.90)
+    assert row["dAP_ci"] == pytest.approx(stats.welch(arm, base, 0.90)["ci"])
+    assert (row["dAP_ci"][0] > 0) == (row["p_vs_baseline"] < 0.05)
+
+
+def test_rerender_recomputes_the_statistics_from_the_stored_aps(tmp_path):
+    aps = {
+        "baseline": [0.30, 0.32, 0.31],
+        "a": [0.33, 0.34, 0.325],
+        "b": [0.32, 0.335, 0.33],
+        "c": [0.30, 0.33, 0.31],
+    }
+    old_rows = [dict(r, dAP_ci=[0.0, 0.0], beats_baseline=True) for r in method_rows(aps)]
+    for r in old_rows:
+        for key in ("p_vs_baseline_holm", "holm_family", "dAP_ci_level"):
+            r.pop(key, None)
+    stored = {
+        "command": "defeat compare c.yaml --seeds 3",
+        "config": "c.yaml",
+        "student": "s",
+        "teacher": "t",
+        "seeds": [0, 1, 2],
+        "steps": 10,
+        "val_annotations": "val.json",
+        "device": "cpu",
+        "alpha": 0.05,
+        "what": {},
+        "methods": old_rows,
+        "verdict": {"outcome": "decided", "sentence": "stale", "best": "a"},
+        "cost": [{"method": "baseline", "sec_per_step": 1.0}],
+        "latency": {"student_ms": 5.0},
+        "stages": [],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    rerender(tmp_path)
+    again = rerender(tmp_path)
+    rows = {r["method"]: r for r in again["methods"]}
+    assert rows["a"]["beats_baseline"] is False and rows["a"]["holm_family"] == 3
+    assert again["verdict"]["sentence"] != "stale" and again["latency"] == {"student_ms": 5.0}
+    assert again["command"].count("re-rendered") == 1 and "nothing retrained" in again["rendered"]
+    text = (tmp_path / "report.md").read_text()
+    assert "p Holm" in text and "90 % CI" in text and "undecided" in text
 
 
 # ------------------------------------------------------------------------------------------ methods

@@ -55,17 +55,26 @@ def run(args) -> int:
 
 
 def format_summary(summary: dict) -> list[str]:
-    """The AP table (× 100: mean ± sd, Δ vs baseline with its 95 % CI, p) and the verdict as text lines."""
+    """The AP table (× 100: mean ± sd, Δ vs baseline with Welch's 90 % CI, raw and Holm-adjusted one-sided p, the
+    decision on the adjusted p) and the verdict as text lines."""
 
     def pct(v, sign=False):
         return "n/a" if v is None else (f"{100 * v:+.1f}" if sign else f"{100 * v:.1f}")
 
-    lines = [f"  {'method':<22}{'seeds':>6}{'AP':>14}{'dAP [95 % CI]':>24}{'p':>8}"]
+    def p_text(v):
+        return "" if v is None else f"{v:.3g}"
+
+    level = next((round(100 * r["dAP_ci_level"]) for r in summary["methods"] if r.get("dAP_ci_level")), 90)
+    header = f"dAP [{level} % CI]"
+    lines = [f"  {'method':<22}{'seeds':>6}{'AP':>14}{header:>24}{'p':>8}{'p Holm':>8}  beats baseline"]
     for row in summary["methods"]:
         ap = pct(row["AP"]) + (f" ± {pct(row['AP_sd'])}" if row.get("AP_sd") is not None else "")
         ci = row.get("dAP_ci")
         delta = f"{pct(row.get('dAP'), True)} [{pct(ci[0], True)}, {pct(ci[1], True)}]" if ci else ""
-        p = "" if row.get("p_vs_baseline") is None else f"{row['p_vs_baseline']:.3g}"
-        lines.append(f"  {row['method']:<22}{row['seeds']:>6}{ap:>14}{delta:>24}{p:>8}")
+        decision = {True: "yes", False: "undecided", None: ""}[row.get("beats_baseline")]
+        lines.append(
+            f"  {row['method']:<22}{row['seeds']:>6}{ap:>14}{delta:>24}{p_text(row.get('p_vs_baseline')):>8}"
+            f"{p_text(row.get('p_vs_baseline_holm')):>8}  {decision}"
+        )
     lines.append(f"  [{summary['verdict']['outcome']}] {summary['verdict']['sentence']}")
     return lines + [f"  {w}" for w in summary.get("warnings", [])]

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from defeat.config import FEATURE_MODES, Config, config_from_dict, config_to_dict, save_config
-from defeat.study.compare_report import BASELINE, decide, method_rows, write_report_files
+from defeat.study.compare_report import BASELINE, decide, method_rows, statistics_note, write_report_files
 from defeat.study.estimate import minutes, step_seconds
 from defeat.study.plan import Stage
 from defeat.study.report import eval_curve
@@ -580,9 +580,10 @@ def collect(
         "val_max_images": cfg.data.val_max_images,
         "device": "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu",
         "alpha": 0.05,
+        "statistics": statistics_note(0.05),
         "what": {m: describe_method(m) for m in methods},
-        "methods": method_rows(aps),
-        "verdict": decide(aps),
+        "methods": method_rows(aps, 0.05),
+        "verdict": decide(aps, 0.05),
         "cost": cost,
         "memory_kind": memory_kind,
         "latency": _read(run_dir / "latency" / "latency.json"),

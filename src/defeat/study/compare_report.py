@@ -1,13 +1,26 @@
 """The report of ``defeat compare``: the statistics (pure functions of AP lists), ``results.json``, ``report.md`` /
 ``report.html`` and their figures.
 
-Every number is a COCO AP (fraction; shown × 100). Tests over seeds (:mod:`defeat.study.stats`):
+Every number is a COCO AP (fraction; shown × 100). Tests over seeds (:mod:`defeat.study.stats`), alpha = 0.05:
 
-* each method against the baseline: Welch's 95 % CI of ``mean(method) - mean(baseline)`` and the one-sided p of
-  "the method beats the baseline" (:func:`~defeat.study.stats.beats`);
-* the best arm (highest mean AP, the baseline included) against the runner-up: the same one-sided Welch test at
-  ``alpha`` = 0.05; ``decided`` when p < alpha, else ``undecided`` -- the ranking of the two is not shown as a
-  result then (:func:`decide`).
+* **each method against the baseline** (:func:`method_rows`): the one-sided Welch test of "the method beats the
+  baseline" (:func:`~defeat.study.stats.beats`, raw p). The m methods tested form one family: the decision
+  (``beats_baseline``) is made on the Holm–Bonferroni adjusted p (:func:`holm`), so that the chance of calling
+  any method better when none is stays <= alpha. The CI beside it is Welch's two-sided 90 % CI
+  (``1 - 2 alpha``) of ``mean(method) - mean(baseline)``: its lower end is the one-sided 95 % lower bound, which
+  is above 0 exactly when the raw one-sided p < alpha. A CI above 0 with an adjusted p >= alpha is "undecided".
+* **the best arm against the runner-up** (:func:`decide`; highest mean AP, the baseline included): one more
+  one-sided Welch test at alpha, outside that family, with the same 90 % CI; ``decided`` when p < alpha, else
+  ``undecided`` -- the ranking of the two is not shown as a result then. The two arms are chosen by their means,
+  after the fact; a "decided" is read with that in mind.
+
+Holm (1979), with the m raw p-values sorted ascending, p_(1) <= ... <= p_(m)::
+
+    p_adj_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))
+
+and H_(i) rejected when p_adj_(i) < alpha (equivalently: reject while p_(j) < alpha / (m - j + 1), stop at the
+first that is not). statsmodels' ``multipletests(method="holm")`` computes the same; it is not a dependency here.
+Methods without a p (fewer than 2 seeds on a side) are not in the family.
 """
 
 from __future__ import annotations
@@ -34,6 +47,56 @@ def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
 
 
+def ci_level(alpha: float = stats.ALPHA) -> float:
+    """The level of the two-sided CI that matches a one-sided test at ``alpha``: ``1 - 2 alpha`` (0.90)."""
+    return 1 - 2 * alpha
+
+
+def holm(p_values: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm–Bonferroni adjusted p-values of a family of tests (name -> raw p; None: no test, not in the family).
+
+    Sorted ascending, ``p_adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``; a hypothesis is rejected at level
+    alpha when its adjusted p < alpha. Ties are ordered by name (the adjusted values do not depend on it)."""
+    ranked = sorted((p, name) for name, p in p_values.items() if p is not None)
+    adjusted: dict[str, float | None] = {name: None for name in p_values}
+    running = 0.0
+    for i, (p, name) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+def _one_sided(a: Sequence[float], b: Sequence[float], alpha: float) -> dict:
+    """:func:`stats.beats` with the CI that matches it: Welch's two-sided ``1 - 2 alpha`` CI (90 %)."""
+    test = stats.beats(a, b, alpha)
+    if test["decided"]:
+        w = stats.welch(a, b, ci_level(alpha))
+        test.update(ci=w["ci"], ci_level=w["ci_level"])
+    return test
+
+
+def statistics_note(alpha: float = stats.ALPHA) -> dict:
+    """How the report's tests are made (``results.json`` → ``statistics``)."""
+    level = round(100 * ci_level(alpha))
+    return {
+        "alpha": alpha,
+        "ci_level": ci_level(alpha),
+        "vs_baseline": (
+            "one-sided Welch t-test per method (H1: the method's mean AP > the baseline's); the methods tested form "
+            f"one family, decided on Holm-Bonferroni adjusted p < {alpha}"
+        ),
+        "best_vs_runner_up": (
+            f"one-sided Welch t-test best > runner-up at {alpha}, a single test outside the Holm family; the two "
+            "arms are chosen by their means"
+        ),
+        "ci": (
+            f"Welch's two-sided {level} % CI of the difference; its lower end is the one-sided "
+            f"{round(100 * (1 - alpha))} % lower bound, above 0 exactly when the raw one-sided p < {alpha}"
+        ),
+        "holm": "p_adj_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)), raw p sorted ascending, m = methods tested",
+    }
+
+
 def decide(aps: Mapping[str, Sequence[float]], alpha: float = stats.ALPHA) -> dict:
     """The best arm of ``aps`` (arm -> one AP per seed; the baseline is an arm like the others) and whether it is
     distinguishable from the runner-up: a one-sided Welch test "best > runner-up" at ``alpha``.
@@ -54,7 +117,7 @@ def decide(aps: Mapping[str, Sequence[float]], alpha: float = stats.ALPHA) -> di
         out.update(outcome="single arm", sentence="fewer than two arms with results: nothing to compare")
         return out
     best, second = ranking[0], ranking[1]
-    test = stats.beats(aps[best], aps[second], alpha)
+    test = _one_sided(aps[best], aps[second], alpha)
     out["test"] = test
     gap = f"{100 * test['diff']:+.2f} AP" if test["diff"] is not None else "n/a"
     if test["pass"]:
@@ -73,18 +136,36 @@ def decide(aps: Mapping[str, Sequence[float]], alpha: float = stats.ALPHA) -> di
 
 
 def method_rows(aps: Mapping[str, Sequence[float]], alpha: float = stats.ALPHA) -> list[dict]:
-    """One row per arm: seeds, per-seed AP, mean ± sd, and against the baseline Welch's 95 % CI of the difference
-    and the one-sided p of "beats the baseline" (None for the baseline itself or with < 2 seeds on a side)."""
+    """One row per arm: seeds, per-seed AP, mean ± sd, and against the baseline the difference with Welch's
+    two-sided 90 % CI (``dAP_ci``, level ``dAP_ci_level``), the raw one-sided p of "beats the baseline"
+    (``p_vs_baseline``), its Holm-adjusted p over the methods tested (``p_vs_baseline_holm``, family size
+    ``holm_family``) and the decision on the adjusted p (``beats_baseline``). None for the baseline itself; p and
+    decision None with < 2 seeds on a side (``note``)."""
     base = list(aps.get(BASELINE, []))
     rows = []
     for name, values in aps.items():
         mean, sd = _mean_sd(values)
         row = {"method": name, "seeds": len(values), "AP": mean, "AP_sd": sd, "AP_per_seed": list(values)}
         if name != BASELINE and base:
-            test = stats.beats(values, base, alpha)
-            row.update(dAP=test["diff"], dAP_ci=test["ci"], p_vs_baseline=test["p_value"], note=test["note"])
-            row["beats_baseline"] = test["pass"]
+            test = _one_sided(values, base, alpha)
+            row.update(
+                dAP=test["diff"],
+                dAP_ci=test["ci"],
+                dAP_ci_level=test["ci_level"],
+                p_vs_baseline=test["p_value"],
+                note=test["note"],
+            )
         rows.append(row)
+    adjusted = holm({row["method"]: row["p_vs_baseline"] for row in rows if "p_vs_baseline" in row})
+    family = sum(p is not None for p in adjusted.values())
+    for row in rows:
+        if row["method"] in adjusted:
+            p_adj = adjusted[row["method"]]
+            row.update(
+                p_vs_baseline_holm=p_adj,
+                holm_family=family,
+                beats_baseline=None if p_adj is None else p_adj < alpha,
+            )
     return rows
 
 
@@ -108,6 +189,13 @@ def _figure(results: Mapping[str, Any], name: str, alt: str) -> list[str]:
     return [f"![{alt}](figures/{name})", ""] if name in results.get("figures", ()) else []
 
 
+def _level(results: Mapping[str, Any]) -> int:
+    """The CI level of the rows, in percent (older results.json files: 95)."""
+    levels = {row.get("dAP_ci_level") for row in results["methods"] if row.get("dAP_ci")}
+    level = levels.pop() if len(levels) == 1 else ci_level(results.get("alpha", stats.ALPHA))
+    return round(100 * (level or 0.95))
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """``report.md`` from the content of ``results.json``."""
     r = results
@@ -125,13 +213,23 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     verdict = r["verdict"]
     lines.append(f"- **{verdict['outcome']}**: {verdict['sentence']}")
     best = next((row for row in r["methods"] if row["method"] == verdict.get("best")), None)
+    level = _level(r)
     if best and best["method"] != BASELINE and best.get("dAP") is not None:
         ci = best.get("dAP_ci") or [None, None]
         ok = "beats" if best.get("beats_baseline") else "is not shown to beat"
         lines.append(
             f"- {best['method']} {ok} the baseline: {_pct(best['dAP'], True, 2)} AP "
-            f"[95 % CI {_pct(ci[0], True, 2)}, {_pct(ci[1], True, 2)}], one-sided p = "
-            f"{_num(best.get('p_vs_baseline'), '.3g')}"
+            f"[{level} % CI {_pct(ci[0], True, 2)}, {_pct(ci[1], True, 2)}], one-sided p = "
+            f"{_num(best.get('p_vs_baseline'), '.3g')}, Holm-adjusted over {best.get('holm_family', '–')} "
+            f"methods {_num(best.get('p_vs_baseline_holm'), '.3g')}"
+        )
+    tested = [row for row in r["methods"] if row.get("beats_baseline") is not None]
+    if tested:
+        ahead = [row["method"] for row in tested if row["beats_baseline"]]
+        open_ = [row["method"] for row in tested if not row["beats_baseline"]]
+        lines.append(
+            f"- against the baseline (Holm over {len(tested)} methods, alpha {r['alpha']}): "
+            f"beat it: {', '.join(ahead) or 'none'}; undecided: {', '.join(open_) or 'none'}"
         )
     if best and best["method"] == BASELINE:
         lines.append("- no method has a higher mean AP than the baseline on these seeds")
@@ -148,11 +246,15 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         "## AP per method",
         "",
-        "COCO AP × 100, mean ± sample sd over seeds. Δ: method − baseline with Welch's 95 % CI; p: one-sided Welch "
-        f"test of 'the method beats the baseline' (alpha {r['alpha']}).",
+        f"COCO AP × 100, mean ± sample sd over seeds. Δ: method − baseline with Welch's two-sided {level} % CI "
+        f"(its lower end is the one-sided {round(100 * (1 - r['alpha']))} % lower bound). p: one-sided Welch test "
+        "of 'the method beats the baseline', raw and Holm–Bonferroni adjusted over the methods tested "
+        "(adjusted p_(i) = max_{j≤i} min(1, (m − j + 1) p_(j)), raw p sorted ascending); a method beats the "
+        f"baseline when its adjusted p < {r['alpha']}, so a CI above 0 can still be undecided. The best-vs-runner-up "
+        "test of the verdict is a single test outside this family.",
         "",
-        "| method | what | seeds | AP | per seed | Δ AP vs baseline [95 % CI] | p |",
-        "|---|---|---:|---:|---|---:|---:|",
+        f"| method | what | seeds | AP | per seed | Δ AP vs baseline [{level} % CI] | p | p Holm | beats baseline |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for row in r["methods"]:
         ci = row.get("dAP_ci")
@@ -166,9 +268,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         per_seed = ", ".join(_pct(v) for v in row["AP_per_seed"]) or "–"
         ap = _pct(row["AP"]) + (f" ± {_pct(row['AP_sd'])}" if row.get("AP_sd") is not None else "")
         name = f"**{row['method']}**" if row["method"] == verdict.get("best") else row["method"]
+        decision = {True: "yes", False: "undecided", None: "–"}[row.get("beats_baseline")]
         lines.append(
             f"| {name} | {r['what'].get(row['method'], '')} | {row['seeds']} | {ap} | {per_seed} | {delta} | "
-            f"{_num(row.get('p_vs_baseline'), '.3g')} |"
+            f"{_num(row.get('p_vs_baseline'), '.3g')} | {_num(row.get('p_vs_baseline_holm'), '.3g')} | {decision} |"
         )
     lines += ["", *_figure(r, "ap.png", "AP per method")]
     base_cost = cost.get(BASELINE, {})
@@ -331,3 +434,43 @@ def write_report_files(results: Mapping[str, Any], out: Path) -> dict:
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.html", markdown_to_html(markdown, f"defeat compare: {results['config']}"))
     return results
+
+
+RERENDER_COMMAND = "python benchmarks/compare_rerender.py"
+
+
+def rerender(folder: str | Path) -> dict:
+    """Recompute the statistics of ``folder/results.json`` from its stored per-seed APs (``methods`` →
+    ``AP_per_seed``) with this version's tests and rewrite the report files; nothing is trained. Every other field
+    (cost, latency, curves, stages, ...) is kept as stored. A ``command`` field, where the file has one, gets the
+    re-rendering appended once, and ``rendered`` says what was recomputed."""
+    from defeat.utils import read_json
+
+    folder = Path(folder)
+    results = dict(read_json(folder / "results.json"))
+    alpha = results.get("alpha", stats.ALPHA)
+    aps = {row["method"]: list(row["AP_per_seed"]) for row in results["methods"]}
+    by = f"{RERENDER_COMMAND} {folder.as_posix()}"
+    results.update(methods=method_rows(aps, alpha), verdict=decide(aps, alpha), statistics=statistics_note(alpha))
+    results["rendered"] = (
+        f"{by}: statistics recomputed from the stored per-seed APs (Holm over the methods vs the baseline, "
+        f"{round(100 * ci_level(alpha))} % CIs); nothing retrained, every other field as recorded"
+    )
+    if isinstance(results.get("command"), str) and RERENDER_COMMAND not in results["command"]:
+        results["command"] += f"; report re-rendered from the stored per-seed APs, nothing retrained: {by}"
+    return write_report_files(results, folder)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=RERENDER_COMMAND,
+        description="Re-render a defeat compare report (results.json, report.md, report.html, figures/) from the "
+        "per-seed APs its results.json stores, with the current statistics; trains nothing.",
+    )
+    parser.add_argument("folder", help="the compare's output folder (holds results.json)")
+    args = parser.parse_args(argv)
+    results = rerender(args.folder)
+    print(f"{Path(args.folder) / 'report.md'}: {results['verdict']['outcome']}: {results['verdict']['sentence']}")
+    return 0
