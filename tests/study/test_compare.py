@@ -11,8 +11,8 @@ import pytest
 
 from defeat.cli.main import main
 from defeat.config import FEATURE_MODES, load_config
-from defeat.study.compare import known_methods, parse_methods
 from defeat.study import stats
+from defeat.study.compare import known_methods, parse_methods
 from defeat.study.compare_report import decide, holm, method_rows, render_markdown, rerender
 from tests.conftest import tiny_overrides
 

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         help="train the baseline and distillation methods over seeds on your data and report which helps",
         description="Train the student alone (baseline) and with each distillation method, with the same seeds, "
         "data order and schedule; evaluate each on the config's val split; report AP +- sd per method, the "
-        "difference to the baseline (Welch 95 % CI, p), the best method and whether it is distinguishable "
+        "difference to the baseline (Welch 90 % CI, one-sided p raw and Holm-adjusted over the methods), the best "
+        "method and whether it is distinguishable "
         "from the runner-up, the cost per method and the inference latency. Resumable: rerun the same command "
         "to continue. CONFIG is a distillation config (the student plus distill.teacher_checkpoint or "
         "distill.teacher_model/teacher_weights).",

@@ -1,0 +1,304 @@
+"""README's results table against the JSON records it cites: every number of a row's result must be one that the
+row's record gives (rounded as printed), so a re-recorded JSON or an edited README that drift apart fail here.
+
+Each row of the table has a checker below (keyed by the start of its "what" cell) that computes, from the JSON,
+the strings the row must contain; the numbers of the "result" cell must all come from those strings. A new row
+needs a checker (the test says so), a row whose record changed needs its README text updated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e-\d+)?")
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def readme_rows() -> dict[str, tuple[str, str]]:
+    """The results table of README.md: what -> (result, record)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Results") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("what", "---"):
+            rows[cells[0]] = (cells[1], cells[2])
+    return rows
+
+
+def results_intro() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Results") :]
+    return section[: section.index("| what |")]
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def ap(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def signed(x: float, digits: int = 1) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def ci(bounds: list[float], scale: float = 100, digits: int = 1) -> str:
+    return f"[{signed(scale * bounds[0], digits)}, {signed(scale * bounds[1], digits)}]"
+
+
+def level(test: dict) -> str:
+    return f"{round(100 * test['ci_level'])} %"
+
+
+# ------------------------------------------------------------------------------------------ one checker per row
+def _full() -> tuple[dict, dict, dict]:
+    r = load("reproduce_full/results.json")
+    return r, {row["model"]: row for row in r["table"]}, {c["id"]: c for c in r["claims"]}
+
+
+def row_defeat() -> list[str]:
+    _, table, claims = _full()
+    t = claims["defeat_lifts_student"]["tests"][0]
+    dec, base = table["decoupled"], table["baseline"]
+    return [
+        f"**{ap(dec['AP'])} ± {ap(dec['AP_std'])}**",
+        f"vs {ap(base['AP'])} ± {ap(base['AP_std'])} AP",
+        f"teacher {ap(table['teacher']['AP'])}",
+        f"{signed(100 * t['diff'])} AP",
+        f"{level(t)} CI {ci(t['ci'])}",
+        f"p = {t['p_value']:.1g}",
+    ]
+
+
+def row_others() -> list[str]:
+    _, table, _ = _full()
+    names = {
+        "object-only": "object",
+        "background-only": "background",
+        "all regions": "all",
+        "FGFI": "fgfi",
+        "decoupled + proposals": "defeat",
+    }
+    return [f"{label} {ap(table[m]['AP'])} ± {ap(table[m]['AP_std'])}" for label, m in names.items()]
+
+
+def row_beats_all() -> list[str]:
+    _, _, claims = _full()
+    c = claims["decoupled_beats_all"]
+    t = c["tests"][0]
+    return [
+        f"{signed(100 * t['diff'])} AP",
+        f"{level(t)} CI {ci(t['ci'])}",
+        f"p = {t['p_value']:.3g}",
+        "**not established**" if not c["pass"] else "**established**",
+    ]
+
+
+def row_background() -> list[str]:
+    _, _, claims = _full()
+    c = claims["background_carries_knowledge"]
+    t = next(t for t in c["tests"] if t["margin"] is not None)
+    return [
+        f"{signed(100 * t['diff'])} AP",
+        f"{level(t)} CI {ci(t['ci'])}",
+        ("**not** within" if not t["pass"] else "within") + f" ±{100 * t['margin']:.0f} AP",
+    ]
+
+
+def row_fig1() -> list[str]:
+    _, _, claims = _full()
+    c = claims["fig1_channel_distance"]
+    v = c["value"]
+    return [
+        f"object {v['object']['decoupled']:.3f} vs {v['object']['best_other_distance']:.3f} "
+        f"({v['object']['best_other']})",
+        f"background {v['background']['decoupled']:.3f} vs {v['background']['best_other_distance']:.3f} "
+        f"({v['background']['best_other']}-only)",
+        "**reproduces**" if c["pass"] else "**does not reproduce**",
+    ]
+
+
+def row_claims() -> list[str]:
+    r, _, _ = _full()
+    return [f"{sum(bool(c['pass']) for c in r['claims'])} of {len(r['claims'])}"]
+
+
+def row_fast_path() -> list[str]:
+    s = load("train_speed.json")
+    x = s["speedup_vs_fp32_plain"]
+    return [
+        f"student step {x['student']:.2f}×",
+        f"DeFeat step {x['distill_step']:.2f}×",
+        f"evaluation {s['eval_speedup_vs_fp32']:.2f}×",
+    ]
+
+
+def row_fast_path_ap() -> list[str]:
+    s = load("train_speed_ap24.json")
+    t, multi = s["ap_equivalence"], s["multiplicity"]
+    looks = round(t["alpha"] / multi["bonferroni_alpha"])
+    out = [
+        f"{signed(t['diff'], 2)} AP",
+        f"{level(t)} CI {ci(t['ci'], 1, 2)}",
+        ("equivalent" if t["pass"] else "not shown equivalent") + f" within ±{t['margin']:.0f} AP",
+    ]
+    if not multi["bonferroni_pass"]:
+        out.append(f"not at α/{looks} for {('two', 'three', 'four')[looks - 2]} looks")
+    return out
+
+
+def row_overhead() -> list[str]:
+    d = load("distill_overhead.json")
+    r = d["timing_wall"]["ratios"]["step_ratio"]
+    return [
+        f"`step_ratio` {r['median']:.3f}",
+        f"quartiles {r['q25']:.3f}–{r['q75']:.3f} over {len(r['per_repeat'])} repeats",
+        f"(goal ≤ {d['goals']['step_ratio']})",
+        f"`memory_ratio` {d['memory_ratio']:.2f} (goal ≤ {d['goals']['memory_ratio']})",
+    ]
+
+
+def row_compare() -> list[str]:
+    r = load("compare_quick/results.json")
+    rows = {row["method"]: row for row in r["methods"]}
+    base = rows.pop("baseline")
+    gains = [row["dAP"] for row in rows.values()]
+    best = r["verdict"]["best"]
+    cost = {c["method"]: c["sec_per_step"] for c in r["cost"]}
+    ratios = [cost[m] / cost["baseline"] for m in rows]
+    ahead = [m for m, row in rows.items() if row["beats_baseline"]]
+    family = rows[best]["holm_family"]
+    out = [
+        f"baseline {ap(base['AP'])} ± {ap(base['AP_sd'])} AP",
+        ("every method's mean above it" if min(gains) > 0 else "not every method's mean above it")
+        + f" ({signed(100 * min(gains))} to {signed(100 * max(gains))} AP, "
+        f"{best} {ap(rows[best]['AP'])} ± {ap(rows[best]['AP_sd'])} best)",
+        f"after Holm over the {family} methods",
+        f"the other {family - len(ahead)} **undecided**",
+        f"best vs runner-up **{r['verdict']['outcome']}** (p = {r['verdict']['test']['p_value']:.2g})",
+        f"{min(ratios):.2f}–{max(ratios):.2f}× the baseline's s/step",
+    ]
+    for m in ahead:
+        row = rows[m]
+        out.append(
+            f"{m} **beats** it ({signed(100 * row['dAP'])} AP, {round(100 * row['dAP_ci_level'])} % CI "
+            f"{ci(row['dAP_ci'])}, adjusted p = {row['p_vs_baseline_holm']:.2g})"
+        )
+    return out
+
+
+def row_contention() -> list[str]:
+    d = load("contention.json")
+    v = d["variants"]
+    fair, goal = re.search(r"fair share on 2 cores: ([\d.]+)x; goal <= ([\d.]+)x", d["what"]).groups()
+    return [
+        f"{v['toolkit_default']['slowdown']:.1f}× its step time alone with the toolkit's OpenMP default",
+        f"{v['openmp_default']['slowdown']:.1f}× with libgomp's",
+        f"(fair share {fair}×, goal ≤ {goal}×)",
+    ]
+
+
+def row_errors() -> list[str]:
+    d = load("error_analysis_speed.json")
+    large, small = d["sets"]["large"], d["sets"]["small"]
+
+    def ours(s: dict) -> float:
+        runs = s["ours"]["same_figures"]
+        return sum(x["wall_s"] for x in runs) / len(runs)
+
+    return [
+        f"{large['speedup_same_figures']:.1f}× faster on {large['data']['images']:,} generated images "
+        f"({large['reference']['wall_s']:,.0f} s vs {ours(large):.1f} s)",
+        f"{small['speedup_same_figures']:.1f}× on {small['data']['images']} COCO images "
+        f"({small['reference']['wall_s']:.1f} s vs {ours(small):.1f} s)",
+        f"arrays equal to {d['max_abs_diff']:.1e}",
+    ]
+
+
+CHECKERS: dict[str, Callable[[], list[str]]] = {
+    # start of the row's "what" cell -> its checker
+    "DeFeat features (decoupled) vs the student alone": row_defeat,
+    "other students": row_others,
+    "decoupled beats all regions alike?": row_beats_all,
+    "background-only as good as object-only?": row_background,
+    "Fig. 1: decoupled closest": row_fig1,
+    "paper's claims that pass": row_claims,
+    "fast path (`precision: auto`": row_fast_path,
+    "does the fast path change AP?": row_fast_path_ap,
+    "DeFeat's overhead": row_overhead,
+    "`defeat compare`": row_compare,
+    "a run beside one equal job": row_contention,
+    "`analyze errors --per-category`": row_errors,
+}
+
+
+def check_row(start: str, rows: dict[str, tuple[str, str]]) -> None:
+    """The row starting with ``start`` contains every string its checker computes, and no other number."""
+    matching = {what: cells for what, cells in rows.items() if what.startswith(start)}
+    assert len(matching) == 1, f"no single README results row starts with {start!r}"
+    ((what, (result, _)),) = matching.items()
+    expected = CHECKERS[start]()
+    for text in expected:
+        assert text in result, f"{what!r}: expected {text!r} (from its JSON) in {result!r}"
+    allowed = {n for text in expected for n in NUMBER.findall(text)}
+    stray = [n for n in NUMBER.findall(result) if n not in allowed]
+    assert not stray, f"{what!r}: numbers {stray} are not from its JSON (expected strings: {expected})"
+
+
+def test_every_results_row_has_a_checker_and_an_existing_record():
+    rows = readme_rows()
+    assert len(rows) >= len(CHECKERS)
+    for what, (_, record) in rows.items():
+        if not any(what.startswith(start) for start in CHECKERS):
+            pytest.fail(f"README results row {what!r} has no checker in tests/test_docs_numbers.py")
+        links = re.findall(r"\]\(([^)#]+)", record)
+        assert links, what
+        for link in links:
+            assert (ROOT / link).exists(), f"{what}: {link} does not exist"
+
+
+@pytest.mark.parametrize("start", list(CHECKERS))
+def test_a_results_row_says_what_its_json_says(start):
+    check_row(start, readme_rows())
+
+
+def test_the_setup_numbers_of_the_rows_match_their_json():
+    rows = readme_rows()
+    contention = load("contention.json")["settings"]
+    what = next(w for w in rows if w.startswith("a run beside one equal job"))
+    assert f"{contention['size']} px" in what and contention["precision"] in what
+    assert ("tiny detector" in what) == ("tiny" in contention["model"])
+    compare = load("compare_quick/results.json")
+    what = next(w for w in rows if w.startswith("`defeat compare`"))
+    assert f"× {len(compare['seeds'])} seeds" in what and f"{compare['steps']} steps" in what
+    assert f"teacher {ap(compare['teacher_AP'])} AP" in what
+    stages = load("reproduce_full/results.json")["stages"]
+    minutes = sum(s["seconds"] for s in stages.values()) / 60
+    assert f"~{minutes:.0f} min on 2 CPU cores" in results_intro()
+
+
+@pytest.mark.parametrize(
+    ("start", "old", "new"),
+    [
+        ("decoupled beats all regions alike?", "[−1.3,", "[−1.4,"),  # a number the JSON does not give
+        ("Fig. 1: decoupled closest", "0.533", "0.534"),
+        ("`defeat compare`", "p = 0.25)", "p = 0.25, n = 7)"),  # an extra number with no source
+    ],
+)
+def test_the_check_catches_a_stale_number(start, old, new):
+    rows = readme_rows()
+    what, (result, record) = next((w, c) for w, c in rows.items() if w.startswith(start))
+    assert old in result
+    check_row(start, {what: (result, record)})  # as recorded: passes
+    with pytest.raises(AssertionError):
+        check_row(start, {what: (result.replace(old, new), record)})
