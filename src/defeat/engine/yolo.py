@@ -267,7 +267,7 @@ class _StepLog:
                 "step": self.step,
                 "lr": trainer.optimizer.param_groups[0]["lr"],
                 "sec_per_step": round(sum(self.seconds[-self.window :]) / self.window, 4),
-                **{key: round(value / self.window, 5) for key, value in self.sums.items()},
+                **{key: float(f"{value / self.window:.6g}") for key, value in self.sums.items()},  # 6 digits
             }
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
