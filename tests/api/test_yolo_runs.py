@@ -2,9 +2,11 @@
 baseline, DeFeat in Ultralytics' loop (YOLO teacher and torchvision teacher), Ultralytics' own distillation; the
 student a plain Ultralytics checkpoint that ``YOLO(path)`` predicts with; the bad inputs refused in one line."""
 
+# ruff: noqa: E402  (the imports after the skip need Ultralytics, imported offline first)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -12,7 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("ultralytics", reason="the yolo extra (pip install 'defeat[yolo]') is not installed")
+from defeat.models.yolo import ultralytics_module
+
+if importlib.util.find_spec("ultralytics") is None:
+    pytest.skip("the yolo extra (pip install 'defeat[yolo]') is not installed", allow_module_level=True)
+ultralytics_module()  # imports Ultralytics offline, PIL.Image.open restored (before any ultralytics import)
 
 from defeat import api
 from defeat.cli.main import main

@@ -1,12 +1,19 @@
 """The YOLO distiller: object masks on YOLO strides against a hand count, every feature mode that applies through
 one training step (loss, gradients), a torchvision teacher paired by stride, and the pairs and modes it refuses."""
 
+# ruff: noqa: E402  (the imports after the skip need Ultralytics, imported offline first)
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 
-pytest.importorskip("ultralytics", reason="the yolo extra (pip install 'defeat[yolo]') is not installed")
+from defeat.models.yolo import ultralytics_module
+
+if importlib.util.find_spec("ultralytics") is None:
+    pytest.skip("the yolo extra (pip install 'defeat[yolo]') is not installed", allow_module_level=True)
+ultralytics_module()  # imports Ultralytics offline, PIL.Image.open restored (before any ultralytics import)
 
 from ultralytics.cfg import get_cfg
 

@@ -3,14 +3,18 @@ weights files of the wrong task refused, and the one line a missing extra gives.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
 import torch
 
 from defeat.models.spec import is_yolo_name, model_names, model_spec, yolo_model_names
+from defeat.models.yolo import ultralytics_module
 
-ultralytics = pytest.importorskip("ultralytics", reason="the yolo extra (pip install 'defeat[yolo]') is not installed")
+if importlib.util.find_spec("ultralytics") is None:
+    pytest.skip("the yolo extra (pip install 'defeat[yolo]') is not installed", allow_module_level=True)
+ultralytics_module()  # imports Ultralytics offline, PIL.Image.open restored (before any ultralytics import)
 
 from defeat.models import yolo  # noqa: E402  (after the skip: the module's functions import ultralytics)
 
@@ -79,3 +83,12 @@ def test_torchvision_builder_refuses_a_yolo_name():
 
     with pytest.raises(ValueError, match="yolo26n is an Ultralytics YOLO model"):
         build_detector(ModelConfig(name="yolo26n"), num_classes=3)
+
+
+def test_importing_ultralytics_leaves_pil_alone():
+    """Ultralytics patches PIL.Image.open (a pip install of pi-heif on an unreadable image); the module undoes it, so
+    a corrupt image keeps PIL's own error (the project's one-line image checks rely on it)."""
+    from PIL import Image
+
+    ultralytics_module()
+    assert Image.open.__module__ == "PIL.Image"

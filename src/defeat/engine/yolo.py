@@ -13,6 +13,8 @@ What Ultralytics would fetch, and how each is avoided (docs/yolo.md "Offline"):
   a run lasts (:func:`offline`); plots, which draw with it, are off (``plots=False``);
 * the ``yolo26n.pt`` its AMP check downloads on a GPU (``check_amp``): replaced by "AMP on CUDA" while a run lasts;
   ``precision: fp32`` turns AMP off;
+* ``pi-heif``, pip-installed by the ``PIL.Image.open`` Ultralytics puts in place for the whole process when an image
+  cannot be identified: the original ``Image.open`` is put back when Ultralytics is imported;
 * pretrained weights named by a bare model stem (``yolo26n`` -> ``yolo26n.pt``): models are built from the
   package's YAML config (``yolo26n.yaml``) or from the local ``model.weights`` file, never from a stem.
 """

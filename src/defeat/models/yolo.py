@@ -15,6 +15,7 @@ those maps (8, 16, 32), named ``P3..P5`` here as the FPN levels of the same stri
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +37,27 @@ YOLO_LEVEL_K0 = 5
 def ultralytics_module(what: str = "model.name"):
     """The ``ultralytics`` package, imported on first use with its network checks off (``YOLO_OFFLINE=1`` unless the
     environment says otherwise: no telemetry, no update check; docs/yolo.md); a one-line ValueError naming the extra
-    when it is not installed."""
+    when it is not installed.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` for the whole process with a wrapper that, on an image PIL
+    cannot identify, pip-installs ``pi-heif`` (HEIC support) and retries: a download, and on an offline machine a
+    ``ModuleNotFoundError`` where PIL would raise its own error (which the project's image checks report in one
+    line). The original ``Image.open`` is put back here."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
         import ultralytics
     except ImportError:
         raise ValueError(f"{what}: Ultralytics YOLO needs the yolo extra: {INSTALL}") from None
+    _restore_pil_open()
     return ultralytics
+
+
+def _restore_pil_open() -> None:
+    from PIL import Image
+
+    original = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
 
 
 def build_yolo(name: str, num_classes: int, weights: str | Path | None = None, verbose: bool = False) -> nn.Module:
