@@ -48,11 +48,11 @@ def ultralytics_module(what: str = "model.name"):
         import ultralytics
     except ImportError:
         raise ValueError(f"{what}: Ultralytics YOLO needs the yolo extra: {INSTALL}") from None
-    _restore_pil_open()
+    _put_back_pil_image_loader()
     return ultralytics
 
 
-def _restore_pil_open() -> None:
+def _put_back_pil_image_loader() -> None:
     from PIL import Image
 
     original = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None)
