@@ -6,11 +6,13 @@ DEFEAT ?= $(PYTHON) -m defeat
 # reinstall only when the package's metadata changes (an editable install sees source edits by itself)
 INSTALLED := build/.installed
 INSTALLED_DEV := build/.installed-dev
+INSTALLED_ALL := build/.installed-all
 
-.PHONY: install install-dev demo demo-train test test-all lint format clean
+.PHONY: install install-dev install-all demo demo-train test test-all lint format clean
 
 install: $(INSTALLED)
 install-dev: $(INSTALLED_DEV)
+install-all: $(INSTALLED_ALL)
 
 $(INSTALLED): pyproject.toml
 	$(PIP) install -q -e .
@@ -19,6 +21,11 @@ $(INSTALLED): pyproject.toml
 $(INSTALLED_DEV): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	@mkdir -p build && touch $@ $(INSTALLED)
+
+# CI: the dev extras plus every optional integration the tests cover (the yolo extra: Ultralytics)
+$(INSTALLED_ALL): pyproject.toml
+	$(PIP) install -q -e ".[dev,yolo]"
+	@mkdir -p build && touch $@ $(INSTALLED_DEV) $(INSTALLED)
 
 # The main job on the embedded default: the DeFeat study in small (`defeat reproduce --preset quick`): generates
 # the embedded benchmark, trains the teacher and the students, runs the analyses, writes report.md (<= 15 min).
@@ -36,8 +43,9 @@ demo-train: install
 test: install-dev
 	$(PYTHON) -m pytest -q -m "not slow"
 
-# Everything CI runs: the linter, the formatter's check, then both tiers (full-size training included).
-test-all: install-dev lint
+# Everything CI runs: the linter, the formatter's check, then both tiers (full-size training included), with the
+# optional extras installed so that no test skips for a missing one (the YOLO tests need the yolo extra).
+test-all: install-all lint
 	$(PYTHON) -m pytest -q
 
 lint: install-dev

@@ -63,3 +63,21 @@ def test_anchor_sizes_take_a_list_of_sizes_per_level():
     assert cfg.model.anchor_sizes == sizes
     with pytest.raises(ConfigError, match="model.anchor_sizes"):
         config_from_dict({}, ["model.anchor_sizes=[[16, 'a']]"])
+
+
+def test_yolo_section_and_yolo_data():
+    from defeat.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"yolo": {"imgsz": 128, "args": {"mosaic": 0.0}, "distill": "ultralytics"}})
+    assert (cfg.yolo.imgsz, cfg.yolo.args, cfg.yolo.distill, cfg.data.yolo_data) == (
+        128,
+        {"mosaic": 0.0},
+        "ultralytics",
+        "",
+    )
+    with pytest.raises(ConfigError, match="yolo.args: expected a mapping"):
+        config_from_dict({"yolo": {"args": [1]}})
+    with pytest.raises(ConfigError, match="yolo.imgsz: must be > 0"):
+        config_from_dict({"yolo": {"imgsz": 0}})
+    with pytest.raises(ConfigError, match="yolo.distill: unknown value 'mmdet'"):
+        config_from_dict({"yolo": {"distill": "mmdet"}})

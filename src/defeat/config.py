@@ -58,7 +58,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """COCO-format data: an image folder and an instances JSON per split."""
+    """COCO-format data: an image folder and an instances JSON per split (YOLO models: or ``yolo_data``)."""
 
     train_images: str = "runs/synth/train"
     train_annotations: str = "runs/synth/train.json"
@@ -68,6 +68,9 @@ class DataConfig:
     workers: int = 2
     hflip_prob: float = 0.5
     val_max_images: int = 0  # 0 = the whole split
+    # Ultralytics YOLO models only: a YOLO-format dataset's data.yaml, used as it is (instead of the COCO splits
+    # above, which a YOLO run otherwise converts to Ultralytics' layout in output.dir/yolo_data); docs/yolo.md
+    yolo_data: str = ""
 
 
 @dataclass
@@ -94,6 +97,24 @@ class EvalConfig:
     every_steps: int = 0  # 0 = only at the end
     score_thresh: float = 0.0  # drop detections below this score before COCO evaluation
     batch_size: int = 4
+
+
+@dataclass
+class YoloConfig:
+    """Ultralytics YOLO runs (``model.name: yolo26n`` ...): Ultralytics' trainer with its own defaults (data pipeline,
+    augmentation, optimizer, loss) except these; docs/yolo.md."""
+
+    imgsz: int = 640  # training and evaluation image size (Ultralytics' imgsz)
+    # 0: the run is schedule.max_steps training batches (Ultralytics' epochs = as many as they need, its schedule
+    # over them); > 0: this many epochs, schedule.max_steps unused
+    epochs: int = 0
+    # any other Ultralytics training argument, passed as it is (e.g. {mosaic: 0.0, lr0: 0.01, optimizer: SGD});
+    # Ultralytics checks the keys and values. The project sets model, data, epochs, batch, workers, seed, device,
+    # deterministic, amp, imgsz, project/name, plots (false), val (false: validation only at the end)
+    args: dict[str, Any] = field(default_factory=dict)
+    # defeat distill with a YOLO student: defeat = the distiller in Ultralytics' loop (distill.feature_mode);
+    # ultralytics = Ultralytics' own distillation (distill_model=, a YOLO teacher), the study's reference arm
+    distill: Literal["defeat", "ultralytics"] = "defeat"
 
 
 @dataclass
@@ -291,6 +312,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    yolo: YoloConfig = field(default_factory=YoloConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms; needed for bit-exact resume on GPU
@@ -328,6 +350,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{where}: unknown value {value!r} (choose from {', '.join(map(str, allowed))})")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
@@ -453,6 +479,7 @@ def validate(cfg: Config) -> None:
         "model.max_size": cfg.model.max_size,
         "eval.batch_size": cfg.eval.batch_size,
         "optim.lr": cfg.optim.lr,
+        "yolo.imgsz": cfg.yolo.imgsz,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -465,6 +492,7 @@ def validate(cfg: Config) -> None:
         "output.checkpoint_every": cfg.output.checkpoint_every,
         "eval.every_steps": cfg.eval.every_steps,
         "data.val_max_images": cfg.data.val_max_images,
+        "yolo.epochs": cfg.yolo.epochs,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -206,7 +206,8 @@ def test_settings_defaults_and_validation():
     for bad in ({"fgd_alpha": -1.0}, {"fgd_temp": 0.0}, {"mgd_lambda": 1.5}, {"mgd_alpha": -1e-3}):
         with pytest.raises(ConfigError):
             DistillSettings(**bad)
-    assert set(LEARNED_KD_DEFAULTS) == {"faster_rcnn", "retinanet", "fcos"}
+    assert set(LEARNED_KD_DEFAULTS) == {"faster_rcnn", "retinanet", "fcos", "yolo"}
+    assert LEARNED_KD_DEFAULTS["yolo"] == LEARNED_KD_DEFAULTS["retinanet"]  # no YOLO config: the one-stage values
     fields = {f.name for f in dataclasses.fields(DistillSettings) if f.name.startswith(("fgd_", "mgd_"))}
     assert all(set(table) == fields - {"mgd_seed"} for table in LEARNED_KD_DEFAULTS.values())
     assert FGD_KEYS | {"loss_feat_mgd"} <= KD_LOSS_KEYS and all(is_kd_loss(k) for k in FGD_KEYS)

@@ -18,8 +18,8 @@ Runs (``defeat train / distill / eval``)::
 Models: :func:`load_detector` (any checkpoint, or a torchvision detector by name with its weight file -> model,
 config, classes, adapters), :func:`export`, :func:`predict` (a detector on an image, a folder or a COCO JSON's
 images -> COCO results, pictures).
-Data: :func:`synth`, :func:`import_yolo`, :func:`import_voc`, :func:`dataset_stats`, :func:`init_config`
-(``defeat init``). Cost before a run: :func:`estimate` (``--estimate``).
+Data: :func:`synth`, :func:`import_yolo`, :func:`export_yolo`, :func:`import_voc`, :func:`dataset_stats`,
+:func:`init_config` (``defeat init``). Cost before a run: :func:`estimate` (``--estimate``).
 Analyses: :func:`channel_distance` (Fig. 1), :func:`grad_norm` (Fig. 2-3), :func:`analyze_errors` (Fig. 4-9).
 
 The method itself (masks, losses, the distiller) is in :mod:`defeat.distill`, usable in a plain PyTorch loop.
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "DatasetReport": "defeat.api.data",
     "dataset_stats": "defeat.api.data",
+    "export_yolo": "defeat.api.data",
     "import_voc": "defeat.api.data",
     "import_yolo": "defeat.api.data",
     "synth": "defeat.api.data",
@@ -78,7 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from defeat.api.data import DatasetReport, dataset_stats, import_voc, import_yolo, synth
+    from defeat.api.data import DatasetReport, dataset_stats, export_yolo, import_voc, import_yolo, synth
     from defeat.api.errors import analyze_errors
     from defeat.api.features import channel_distance, grad_norm
     from defeat.api.init import InitResult, init_config

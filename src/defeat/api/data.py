@@ -11,6 +11,7 @@ from defeat.data.anchors import AnchorFit, fit_anchors, training_scale
 from defeat.data.coco import CocoIndex, load_coco_index
 from defeat.data.importers import import_voc, import_yolo
 from defeat.data.stats import DatasetStats, box_arrays, choose_image_size, dataset_statistics
+from defeat.data.yolo_export import export_yolo as _export_yolo
 from defeat.models.spec import model_spec
 
 
@@ -41,6 +42,24 @@ def synth(
         if value < (0 if name in ("num_train", "num_val") else 1):
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {value}")
     return generate_synthetic_dataset(out, seed=seed, **sizes)
+
+
+def export_yolo(
+    out: str | Path,
+    images: str | Path,
+    annotations: str | Path,
+    val_images: str | Path | None = None,
+    val_annotations: str | Path | None = None,
+) -> dict:
+    """COCO JSON -> the Ultralytics dataset layout in ``out`` (``defeat data export-yolo``): images linked, labels
+    ``.txt``, ``data.yaml``, ``categories.json`` (class index -> COCO category id). Written whole or not at all;
+    see :mod:`defeat.data.yolo_export`. Returns a summary (counts per split, the data.yaml path)."""
+    splits = {"train": (images, annotations)}
+    if (val_images is None) != (val_annotations is None):
+        raise ValueError("--val-images and --val-annotations: give both or neither")
+    if val_images is not None:
+        splits["val"] = (val_images, val_annotations)
+    return _export_yolo(out, splits)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from defeat.engine.distributed import broadcast_from_main
 from defeat.engine.precision import config_precision, resolve_precision
 from defeat.engine.trainer import StepTiming, estimate_steps
 from defeat.engine.weights import load_pretrained
+from defeat.models.spec import is_yolo_name, model_spec
 from defeat.utils import atomic_write_json
 
 
@@ -54,7 +55,14 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: b
     ``resume`` continues from its ``checkpoint_last.pt``. A folder holding another run is refused unless
     ``resume``, or ``force`` (the old run is moved to ``<dir>.old-<date-time>``). SIGTERM / SIGINT stop after the
     current step with ``checkpoint_last.pt`` written and raise :class:`~defeat.engine.TrainingStopped`.
+
+    A YOLO ``model.name`` trains with Ultralytics' own trainer instead (:func:`defeat.api.yolo.train_yolo`).
     """
+    if model_spec(cfg.model.name).is_yolo:
+        from defeat.api.yolo import train_yolo
+
+        run, notes = train_yolo(cfg, resume=resume, force=force)
+        return RunResult(run.student, run.steps, run.metrics, notes=notes)
     info = init_distributed(cfg.device)
     try:
         notes: list[str] = []
@@ -265,7 +273,21 @@ def distill(
     comparison when ``distill.baseline_checkpoint`` is set), then trains the
     :class:`~defeat.distill.DeFeatDistiller`; the checkpoints hold the student and the adapters, never the teacher.
     ``resume``, ``force`` and signals as in :func:`train`.
+
+    A YOLO student distils inside Ultralytics' training loop (:func:`defeat.api.yolo.distill_yolo`).
     """
+    if model_spec(cfg.model.name).is_yolo:
+        if teacher is not None:
+            raise ValueError("distill(teacher=...): a YOLO student takes its teacher from cfg.distill")
+        from defeat.api.yolo import distill_yolo
+
+        run, notes = distill_yolo(cfg, load_teacher, resume=resume, force=force)
+        return RunResult(run.student, run.steps, run.metrics, notes=notes)
+    if is_yolo_name(cfg.distill.teacher_model):
+        raise ValueError(
+            f"distill.teacher_model={cfg.distill.teacher_model}: a YOLO teacher distils into a YOLO student only "
+            f"(model.name={cfg.model.name} is a torchvision detector)"
+        )
     info = init_distributed(cfg.device)
     try:
         moved: list[str] = []

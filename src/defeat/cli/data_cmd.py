@@ -1,4 +1,5 @@
-"""``defeat data synth | import-yolo | import-voc | stats``: make, convert or measure COCO-format datasets."""
+"""``defeat data synth | import-yolo | export-yolo | import-voc | stats``: make, convert or measure COCO-format
+datasets."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def register(subparsers) -> None:
     yolo.add_argument("--classes", required=True, help="class names, one per line (line i = class i)")
     yolo.add_argument("--out", required=True, help="output COCO JSON")
     yolo.set_defaults(func=run_import_yolo)
+
+    export = commands.add_parser(
+        "export-yolo", help="COCO JSON to the Ultralytics layout (images linked, labels .txt, data.yaml)"
+    )
+    export.add_argument("--images", required=True, help="train image folder")
+    export.add_argument("--annotations", required=True, help="train COCO instances JSON")
+    export.add_argument("--val-images", help="val image folder")
+    export.add_argument("--val-annotations", help="val COCO instances JSON")
+    export.add_argument("--out", required=True, help="dataset folder to create (images/, labels/, data.yaml)")
+    export.set_defaults(func=run_export_yolo)
 
     voc = commands.add_parser("import-voc", help="convert Pascal VOC xml annotations to a COCO instances JSON")
     voc.add_argument("--annotations", required=True, help="folder of VOC .xml files")
@@ -65,6 +76,14 @@ def run_import_yolo(args) -> int:
     from defeat import api
 
     print(json.dumps(api.import_yolo(args.images, args.labels, args.classes, args.out), default=str))
+    return 0
+
+
+def run_export_yolo(args) -> int:
+    from defeat import api
+
+    summary = api.export_yolo(args.out, args.images, args.annotations, args.val_images, args.val_annotations)
+    print(json.dumps(summary, default=str))
     return 0
 
 

@@ -12,6 +12,8 @@ from defeat.cli.train_cmd import (
     print_estimate,
 )
 
+YOLO_STUDENT = "student.pt"  # what a YOLO run leaves (defeat.engine.yolo.STUDENT_FILE; not imported: no ultralytics)
+
 
 def register(subparsers) -> None:
     distill = subparsers.add_parser("distill", help="distil a teacher into a student with DeFeat (runs under torchrun)")
@@ -41,7 +43,11 @@ def run_distill(args) -> int:
         for note in result.notes:
             if note.startswith("warning:"):
                 print(note)
-        print(f"export the student with: defeat export --checkpoint {Path(result.final_checkpoint)} --out student.pt")
+        final = Path(result.final_checkpoint)
+        if final.name == YOLO_STUDENT:
+            print(f"{final} is a plain Ultralytics checkpoint: YOLO(path) loads it, its own export converts it")
+        else:
+            print(f"export the student with: defeat export --checkpoint {final} --out student.pt")
     return 0
 
 

@@ -24,7 +24,7 @@ COCO configs for R50 students (:data:`defeat.models.families.LEARNED_KD_DEFAULTS
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,11 @@ LEARNED_WEIGHT_OF = {
 }
 
 
-def resolve_learned_defaults(settings, student: nn.Module):
+def resolve_learned_defaults(settings, student: nn.Module | str):
     """In the ``fgd`` / ``mgd`` feature modes, ``settings`` with every unset (``None``) FGD / MGD field set to the
-    authors' value for the ``student``'s family (:func:`defeat.models.families.learned_kd_defaults`, which names
-    the source configs); otherwise (or when nothing is unset) the same object."""
+    authors' value for the ``student``'s family (a model, or its family's name; see
+    :func:`defeat.models.families.learned_kd_defaults`, which names the source configs); otherwise (or when nothing
+    is unset) the same object."""
     if settings.feature_mode not in LEARNED_MODES:
         return settings
     table = learned_kd_defaults(student, "student")
@@ -243,20 +244,28 @@ class LearnedFeatureKD(nn.Module):
     Args:
         mode: ``"fgd"`` or ``"mgd"``.
         levels: the distilled (student) level names.
-        student_channels / teacher_channels: the FPNs' channel counts.
+        student_channels / teacher_channels: the FPNs' channel counts: one for every level, or level -> count
+            (a YOLO neck's maps differ in width).
         seed: seed of MGD's mask generator (a CPU ``torch.Generator``; masks move to the maps' device); ``None``:
             drawn from torch's global RNG (in ``mgd`` mode).
     """
 
     def __init__(
-        self, mode: str, levels: Sequence[str], student_channels: int, teacher_channels: int, seed: int | None = None
+        self,
+        mode: str,
+        levels: Sequence[str],
+        student_channels: int | Mapping[str, int],
+        teacher_channels: int | Mapping[str, int],
+        seed: int | None = None,
     ):
         super().__init__()
         if mode not in LEARNED_MODES:
             raise ValueError(f"LearnedFeatureKD: unknown mode {mode!r} (choose from {', '.join(LEARNED_MODES)})")
         self.mode = mode
         make = FGDLevel if mode == "fgd" else MGDLevel
-        self.levels = nn.ModuleDict({name: make(student_channels, teacher_channels) for name in levels})
+        s_ch = {n: student_channels if isinstance(student_channels, int) else student_channels[n] for n in levels}
+        t_ch = {n: teacher_channels if isinstance(teacher_channels, int) else teacher_channels[n] for n in levels}
+        self.levels = nn.ModuleDict({name: make(s_ch[name], t_ch[name]) for name in levels})
         if seed is None:
             seed = int(torch.randint(2**62, ()).item()) if mode == "mgd" else 0
         self.generator = torch.Generator().manual_seed(seed)

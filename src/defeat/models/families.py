@@ -104,6 +104,16 @@ def fpn_features(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
     return name_levels(model, model.backbone(images))
 
 
+def pixel_fpn_features(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """The FPN maps of a torchvision detector for a batch of RGB images in [0, 1] *as they are*: normalised with the
+    model's own mean and std, not resized (so that a map of stride s covers the same pixels as another model's map
+    of stride s on the same batch: a torchvision teacher for a YOLO student). Keyed ``P2..`` / ``P3..``."""
+    family_of(model, "teacher")
+    mean = torch.as_tensor(model.transform.image_mean, dtype=images.dtype, device=images.device)
+    std = torch.as_tensor(model.transform.image_std, dtype=images.dtype, device=images.device)
+    return fpn_features(model, (images - mean[:, None, None]) / std[:, None, None])
+
+
 def name_levels(model: nn.Module, features: dict[str, Tensor]) -> dict[str, Tensor]:
     """torchvision's feature dict of ``model``'s backbone, re-keyed by pyramid level (same order)."""
     return dict(zip(levels_of(model), features.values()))
@@ -121,7 +131,13 @@ def level_pairs(student: nn.Module, teacher: nn.Module, where: str = "teacher") 
     """Student level -> the teacher level of the same stride, for every student level that has one (two student
     maps of one stride, as MobileNetV3-FPN's P5/P5b, both imitate that teacher level); a ValueError with the reason
     when no stride is shared."""
-    s_levels, t_levels = strides_of(student, "student"), strides_of(teacher, where)
+    return pair_levels(strides_of(student, "student"), strides_of(teacher, where), where)
+
+
+def pair_levels(s_levels: dict[str, int], t_levels: dict[str, int], where: str = "teacher") -> dict[str, str]:
+    """Student level -> the teacher level of the same stride, from each side's level -> stride (any two families:
+    a YOLO student's P3-P5 and a torchvision teacher's FPN); a ValueError naming both sides' strides when none is
+    shared."""
     by_stride: dict[int, str] = {}
     for name, stride in t_levels.items():
         by_stride.setdefault(stride, name)
@@ -225,10 +241,16 @@ LEARNED_KD_DEFAULTS = {
         **{"fgd_temp": 0.8, "fgd_alpha": 1.6e-3, "fgd_beta": 8e-4, "fgd_gamma": 8e-4, "fgd_lambda": 8e-6},
         **{"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
     },
+    # Ultralytics YOLO: neither author published a YOLO config; the one-stage (RetinaNet) values stand in
+    "yolo": {
+        **{"fgd_temp": 0.5, "fgd_alpha": 1e-3, "fgd_beta": 5e-4, "fgd_gamma": 5e-4, "fgd_lambda": 5e-6},
+        **{"mgd_alpha": 2e-5, "mgd_lambda": 0.65},
+    },
 }
 
 
-def learned_kd_defaults(model: nn.Module, where: str = "model") -> dict[str, float]:
+def learned_kd_defaults(model: nn.Module | str, where: str = "model") -> dict[str, float]:
     """The FGD / MGD settings fields (``fgd_*``, ``mgd_alpha``, ``mgd_lambda``) at the authors' values for
-    ``model``'s family (:data:`LEARNED_KD_DEFAULTS`)."""
-    return dict(LEARNED_KD_DEFAULTS[family_of(model, where)])
+    ``model``'s family, or for the family named by a string (:data:`LEARNED_KD_DEFAULTS`)."""
+    family = model if isinstance(model, str) else family_of(model, where)
+    return dict(LEARNED_KD_DEFAULTS[family])

@@ -15,6 +15,10 @@ Names (one scheme per architecture; the other spelling is an alias of it):
 * torchvision's seven builders with COCO weights (:data:`OFFICIAL`), built by torchvision itself so that the
   official files load: ``fasterrcnn_resnet50_fpn[_v2]``, ``fasterrcnn_mobilenet_v3_large[_320]_fpn``,
   ``retinanet_resnet50_fpn[_v2]``, ``fcos_resnet50_fpn``.
+* Ultralytics YOLO detectors (family ``yolo``, builder ``ultralytics``; the ``yolo`` extra builds and trains them,
+  :mod:`defeat.models.yolo`): ``yolo26{n,s,m,l,x}``, ``yolo11{n,s,m,l,x}``, ``yolov8{n,s,m,l,x}``, from the
+  package's own model configs. Their Detect head reads three neck maps of strides 8, 16, 32 (named ``P3..P5``
+  here, as the FPN levels of the same strides); there are no anchors.
 
 Anchor layout (torchvision's ``AnchorGenerator``; ``model.anchor_sizes`` gives one entry per level): an entry that
 is one base size ``s`` becomes ``(s,)`` for Faster R-CNN and FCOS and RetinaNet's three octave scales
@@ -30,6 +34,13 @@ import re
 from dataclasses import dataclass, field
 
 FAMILIES = ("faster_rcnn", "retinanet", "fcos")
+#: the Ultralytics family (not a torchvision detector: built and trained by Ultralytics, defeat.models.yolo)
+YOLO_FAMILY = "yolo"
+#: YOLO generations (the package's model config of each: ``<generation>.yaml``) and their scales
+YOLO_GENERATIONS = ("yolo26", "yolo11", "yolov8")
+YOLO_SCALES = ("n", "s", "m", "l", "x")
+#: the neck maps that feed a YOLO Detect head (P3/P4/P5 configs: every name above)
+YOLO_LEVELS = {"P3": 8, "P4": 16, "P5": 32}
 DEPTHS = (18, 34, 50, 101, 152)
 #: torchvision's spelling of each family (``fasterrcnn_resnet50_fpn``)
 TORCHVISION_PREFIX = {"faster_rcnn": "fasterrcnn", "retinanet": "retinanet", "fcos": "fcos"}
@@ -64,6 +75,7 @@ TORCHVISION_ANCHOR_BASE = {
 
 _ZOO = re.compile(r"^(faster_rcnn|retinanet|fcos)_(r\d+|tiny)_fpn$")
 _TORCHVISION = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
+_YOLO = re.compile(r"^(yolo26|yolo11|yolov8)([nsmlx])$")
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,10 @@ class ModelSpec:
 
     name: str  # as the user wrote it
     canonical: str  # the one name of this architecture (an alias resolves to it)
-    family: str  # faster_rcnn | retinanet | fcos
-    backbone: str  # resnet18 .. resnet152 | mobilenet_v3_large | tiny
-    builder: str  # "zoo" (this project's builder) | "torchvision" (torchvision's own, official weights fit)
+    family: str  # faster_rcnn | retinanet | fcos | yolo
+    backbone: str  # resnet18 .. resnet152 | mobilenet_v3_large | tiny | yolo26 / yolo11 / yolov8 (the generation)
+    # "zoo" (this project's builder) | "torchvision" (torchvision's own, official weights fit) | "ultralytics"
+    builder: str
     levels: dict[str, int] = field(hash=False)  # FPN output level -> stride, in the backbone's output order
     fpn_channels: int = 256
     box_head_size: int = 1024  # Faster R-CNN's TwoMLPHead width
@@ -90,6 +103,18 @@ class ModelSpec:
     @property
     def strides(self) -> tuple[int, ...]:
         return tuple(self.levels.values())
+
+    @property
+    def is_yolo(self) -> bool:
+        """Whether Ultralytics builds and trains this model (the ``yolo`` extra), not torchvision."""
+        return self.family == YOLO_FAMILY
+
+    @property
+    def yolo_config(self) -> str:
+        """The Ultralytics model config of a YOLO name (``yolo26n.yaml``: the generation's YAML at scale n)."""
+        if not self.is_yolo:
+            raise ValueError(f"model.name: {self.name} is not an Ultralytics YOLO model")
+        return f"{self.canonical}.yaml"
 
     @property
     def official(self) -> bool:
@@ -197,11 +222,24 @@ def model_spec(name: str) -> ModelSpec:
     if match and int(match.group(2)) in DEPTHS:
         family = {v: k for k, v in TORCHVISION_PREFIX.items()}[match.group(1)]
         return _resnet_fpn(name, family, f"resnet{match.group(2)}")
+    match = _YOLO.match(name)
+    if match:
+        return ModelSpec(name, name, YOLO_FAMILY, match.group(1), "ultralytics", dict(YOLO_LEVELS), fpn_channels=0)
     raise ValueError(
         f"model.name: unknown detector {name!r} (choose from {', '.join(model_names())}; "
         f"torchvision's spelling {{fasterrcnn,retinanet,fcos}}_resnet{{{','.join(map(str, DEPTHS))}}}"
-        "_fpn is accepted too)"
+        f"_fpn is accepted too; Ultralytics YOLO: {{{','.join(YOLO_GENERATIONS)}}}{{{','.join(YOLO_SCALES)}}})"
     )
+
+
+def yolo_model_names() -> list[str]:
+    """The Ultralytics YOLO names (``yolo26n`` .. ``yolov8x``): built by the ``yolo`` extra (defeat.models.yolo)."""
+    return [f"{g}{s}" for g in YOLO_GENERATIONS for s in YOLO_SCALES]
+
+
+def is_yolo_name(name: str) -> bool:
+    """Whether ``name`` is an Ultralytics YOLO model (any other name: torchvision's detectors or unknown)."""
+    return bool(_YOLO.match(name))
 
 
 def resnet_fpn_name(family: str, depth: int) -> str:
@@ -216,7 +254,7 @@ def model_names() -> list[str]:
 
 
 def family_of_name(name: str) -> str:
-    """``'retinanet_r18_fpn'`` -> ``'retinanet'`` (any accepted spelling)."""
+    """``'retinanet_r18_fpn'`` -> ``'retinanet'``, ``'yolo26n'`` -> ``'yolo'`` (any accepted spelling)."""
     return model_spec(name).family
 
 

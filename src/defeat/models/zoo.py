@@ -114,6 +114,11 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if num_classes < 1:
         raise ValueError(f"num_classes: need at least one class, got {num_classes}")
     spec = model_spec(cfg.name)
+    if spec.is_yolo:
+        raise ValueError(
+            f"model.name: {cfg.name} is an Ultralytics YOLO model: `defeat train` / `defeat distill` train it with "
+            "Ultralytics' own trainer (docs/yolo.md); it is not a torchvision detector"
+        )
     if spec.builder == "torchvision":
         model = build_torchvision_detector(cfg, spec, num_classes + 1, pretrained=uses_pretrained_weights(cfg))
     else:

@@ -1,0 +1,211 @@
+"""Does DeFeat beat Ultralytics' own distillation on my data? The side-by-side study of issue 26 on YOLO.
+
+Arms (each ``--seeds`` seeds, the seed list fixed before anything runs): ``baseline`` (the YOLO26n student alone,
+Ultralytics' trainer), ``ultralytics`` (Ultralytics' ``distill_model=``: its projector and teacher-score-weighted
+MSE, ``dis`` 6.0), ``decoupled`` (DeFeat in Ultralytics' loop) and the other feature modes given in ``--arms``
+(``cwd``, ``pkd``, ``score_weighted``, ``fgd``, ``mgd``, ``all``, ...). The teacher (YOLO26s, from scratch) trains on
+the *same* schedule as the students; the study warns when it is not ahead of the baseline. Every run is
+``defeat train|distill`` in its own process with ``--threads`` torch threads; a finished run (``metrics.json`` in
+its folder) is not run again, so an interrupted study resumes.
+
+The plateau check (the doubling test): the baseline of the first seed also trains for 2 S steps; the schedule is at
+its plateau when AP(2 S) is within 10 % of AP(S).
+
+Writes ``--json`` (default ``benchmarks/results/yolo_distill.json``): per arm the per-seed COCO AP (the project's
+evaluator) and Ultralytics' mAP50-95, mean, sd, mean s/step and its ratio to the baseline's; per arm a one-sided
+Welch test against the baseline; ``welch_p_defeat_vs_ultralytics`` (one-sided, DeFeat better) with the difference
+and its 95 % CI; the plateau check; the teacher's AP; the command and the machine.
+
+    python benchmarks/yolo_distill.py --out runs/yolo_study --steps 600 --seeds 3 \\
+        --arms baseline,ultralytics,decoupled,cwd,pkd,score_weighted,fgd,mgd
+    python benchmarks/yolo_distill.py --out /tmp/yolo_smoke --steps 2 --seeds 2 --num-train 6 --num-val 3 \\
+        --image-size 96 --imgsz 96 --batch 3 --arms baseline,ultralytics,decoupled --json /tmp/yolo_smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from defeat.study.stats import beats  # noqa: E402
+from defeat.utils import atomic_write_json  # noqa: E402
+
+DEFEAT_MODES = ("decoupled", "object", "background", "all", "cwd", "pkd", "score_weighted", "fgd", "mgd")
+
+
+def defeat(args, verb: str, sets: list[str]) -> tuple[list[str], float]:
+    """Run ``defeat VERB`` (a child process, ``--threads`` threads); its command line and wall time."""
+    cmd = [sys.executable, "-m", "defeat", verb, "--force"]
+    for item in sets:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src")}
+    start = time.time()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL if args.quiet else None)
+    return cmd, time.time() - start
+
+
+def base_sets(args, data: Path, out: Path, name: str, seed: int, steps: int) -> list[str]:
+    return [
+        f"model.name={name}",
+        f"data.train_images={data / 'train'}",
+        f"data.train_annotations={data / 'train.json'}",
+        f"data.val_images={data / 'val'}",
+        f"data.val_annotations={data / 'val.json'}",
+        f"data.batch_size={args.batch}",
+        "data.workers=0",
+        f"schedule.max_steps={steps}",
+        f"yolo.imgsz={args.imgsz}",
+        f"output.dir={out}",
+        f"output.log_every={max(1, steps // 20)}",
+        f"seed={seed}",
+        f"device={args.device}",
+    ]
+
+
+def run(args, out: Path, verb: str, sets: list[str]) -> dict:
+    """The metrics of the run in ``out`` (run first unless finished)."""
+    if not (out / "metrics.json").is_file():
+        defeat(args, verb, sets)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "values": values,
+        "mean": statistics.fmean(values) if values else None,
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder of the runs (data/, teacher/, <arm>/seed<k>/)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/yolo_distill.json"))
+    parser.add_argument("--arms", default="baseline,ultralytics,decoupled")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1), fixed before the run")
+    parser.add_argument("--steps", type=int, default=600, help="training batches of every student and the teacher")
+    parser.add_argument("--student", default="yolo26n")
+    parser.add_argument("--teacher", default="yolo26s")
+    parser.add_argument("--imgsz", type=int, default=192)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--num-train", type=int, default=600)
+    parser.add_argument("--num-val", type=int, default=150)
+    parser.add_argument("--image-size", type=int, default=192, help="embedded benchmark image side")
+    parser.add_argument("--no-plateau", action="store_true", help="skip the 2S baseline run of the plateau check")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quiet", action="store_true", help="hide the runs' own output")
+    args = parser.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ("baseline", "ultralytics", *DEFEAT_MODES)]
+    if unknown or "baseline" not in arms:
+        parser.error(f"--arms: needs baseline; unknown {unknown} (choose from baseline, ultralytics, {DEFEAT_MODES})")
+    seeds = list(range(args.seeds))  # fixed before anything runs
+    out = Path(args.out)
+    data = out / "data"
+    started = time.time()
+    if not (data / "val.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "defeat", "data", "synth", "--out", str(data), "--num-train", str(args.num_train),
+             "--num-val", str(args.num_val), "--image-size", str(args.image_size), "--workers", "1"],
+            check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )  # fmt: skip
+
+    teacher_dir = out / "teacher"
+    teacher = run(args, teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))
+    teacher_pt = teacher_dir / "student.pt"
+    per_arm: dict[str, dict] = {}
+    for arm in arms:
+        aps, maps, step_times = [], [], []
+        for seed in seeds:
+            folder = out / arm / f"seed{seed}"
+            sets = base_sets(args, data, folder, args.student, seed, args.steps)
+            verb = "train"
+            if arm != "baseline":
+                verb = "distill"
+                sets += [f"distill.teacher_model={args.teacher}", f"distill.teacher_weights={teacher_pt}"]
+                sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
+            metrics = run(args, folder, verb, sets)
+            aps.append(metrics["AP"])
+            maps.append(metrics["ultralytics_mAP50-95"])
+            step_times.append(metrics["sec_per_step"])
+        per_arm[arm] = {
+            "coco_AP": summary(aps),
+            "ultralytics_mAP50_95": summary(maps),
+            "sec_per_step": statistics.fmean(step_times),
+        }
+    base_time = per_arm["baseline"]["sec_per_step"]
+    for arm, record in per_arm.items():
+        record["step_time_ratio"] = record["sec_per_step"] / base_time if base_time else None
+        if arm != "baseline":
+            record["vs_baseline"] = beats(record["coco_AP"]["values"], per_arm["baseline"]["coco_AP"]["values"])
+
+    plateau = None
+    if not args.no_plateau:
+        folder = out / "baseline" / "seed0_2x"
+        long = run(args, folder, "train", base_sets(args, data, folder, args.student, 0, 2 * args.steps))
+        short = per_arm["baseline"]["coco_AP"]["values"][0]
+        plateau = {
+            "ap_S": short,
+            "ap_2S": long["AP"],
+            "steps": args.steps,
+            "reached": bool(long["AP"] > 0 and abs(long["AP"] - short) <= 0.10 * long["AP"]),
+            "rule": "AP at 2S within 10 % of AP at S (baseline, seed 0)",
+        }
+    defeat_vs = None
+    if "decoupled" in per_arm and "ultralytics" in per_arm:
+        defeat_vs = beats(per_arm["decoupled"]["coco_AP"]["values"], per_arm["ultralytics"]["coco_AP"]["values"])
+    import torch
+
+    result = {
+        "what": "issue 26: YOLO baseline vs Ultralytics' distillation vs DeFeat (and other modes) in Ultralytics' loop",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seeds": seeds,
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "steps",
+                "student",
+                "teacher",
+                "imgsz",
+                "batch",
+                "num_train",
+                "num_val",
+                "image_size",
+                "threads",
+                "device",
+            )
+        },  # fmt: skip
+        "teacher": {"coco_AP": teacher["AP"], "ultralytics_mAP50_95": teacher["ultralytics_mAP50-95"]},
+        "teacher_ahead_of_baseline": teacher["AP"] > (per_arm["baseline"]["coco_AP"]["mean"] or 0.0),
+        "arms": per_arm,
+        "welch_p_defeat_vs_ultralytics": defeat_vs["p_value"] if defeat_vs else None,
+        "defeat_minus_ultralytics": {"diff": defeat_vs["diff"], "ci95": defeat_vs["ci"]} if defeat_vs else None,
+        "defeat_vs_ultralytics_test": defeat_vs,
+        "plateau": plateau,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },  # fmt: skip
+        "wall_s": round(time.time() - started, 1),
+    }
+    atomic_write_json(Path(args.json), result)
+    print(json.dumps({arm: r["coco_AP"] for arm, r in per_arm.items()}, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
