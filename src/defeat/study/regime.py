@@ -236,6 +236,7 @@ def regime(
     plateau_ap_s: Sequence[float] = (),
     plateau_ap_2s: Sequence[float] = (),
     plateau_seeds: Sequence[int] = (),
+    plateau_curves: Sequence[Sequence[tuple[int, float]]] = (),
     plateau_gain_max: float = 0.10,
     lead_min_ap: float = 0.03,
     lead_min_sd: float = 2.0,
@@ -247,7 +248,8 @@ def regime(
     ``plateau_gain``, ``plateau_gain_max``, ``plateau`` (the doubling test with its CI, per-seed values and
     ``seeds``), ``students_below_teacher``, ``conditions`` and ``in_regime`` (:func:`regime_conditions`); as a
     description, ``baseline_ap_at`` (mean AP at 50/75/100 % of the student schedule), ``baseline_last_quarter_gain``,
-    the same per curve student (``students``) and the mean curves (``curves``: AP against steps)."""
+    the same per curve student (``students``) and the mean curves (``curves``: AP against steps; the 2S baseline's
+    ``plateau_curves`` as ``baseline_x2``)."""
     per_student = {}
     for name, seeds in curves.items():
         at = ap_at_fractions(seeds, student_steps)
@@ -302,5 +304,6 @@ def regime(
         "baseline_last_quarter_gain": base.get("last_quarter_gain"),
         "last_quarter_gain_note": "description only: on a cosine schedule annealing alone lifts the last quarter",
         "students": per_student,
-        "curves": {name: mean_curve(seeds) for name, seeds in curves.items()},
+        "curves": {name: mean_curve(seeds) for name, seeds in curves.items()}
+        | ({"baseline_x2": mean_curve(plateau_curves)} if plateau_curves else {}),
     }
