@@ -583,6 +583,11 @@ def _grad_claim(grad_norm: Mapping[str, Sequence[Mapping]] | None, settings: Cla
         f"resamples) above 1 (detection loss alone: the control, beside it)"
     )
     test = f"percentile bootstrap over images, per level (one-sided {settings.alpha})"
+    for loss, rows in (grad_norm or {}).items():
+        if not isinstance(rows, Sequence) or not all(isinstance(r, Mapping) for r in rows):
+            raise ValueError(
+                f"grad_norm[{loss!r}]: expected the rows of grad_norm_ratio.json, got {type(rows).__name__}"
+            )
     rows = {k: [r for r in v if r.get("image_id") != "all"] for k, v in (grad_norm or {}).items() if v}
     tested = GRAD_CLAIM_LOSS if rows.get(GRAD_CLAIM_LOSS) else "sum" if rows.get("sum") else None
     if tested is None:
