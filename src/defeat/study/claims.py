@@ -310,13 +310,20 @@ def _claim(
     seeds: Mapping[str, int] | None = None,
     power: float | None = None,
     power_target: float = POWER_TARGET,
+    undecidable_because: str | None = None,
     **extra: Any,
 ) -> dict:
     """One claim. ``outcome``: ``pass`` / ``fail`` / ``undecidable`` (None: n/a, numbers missing); ``pass`` is
     ``outcome == "pass"`` (None when n/a), ``decided`` whether it is pass or fail. ``tests``: the statistical tests it
     is made of (each a :mod:`~defeat.study.stats` result with ``label``, ``power``, ``outcome``); ``p_value`` is the
-    largest of theirs. ``extra``: ``effect`` / ``margin`` / ``unit`` and claim-specific keys."""
+    largest of theirs. ``undecidable_because``: ``regime``, ``seeds`` (an arm with < 2 seeds) or ``power`` (below the
+    target); derived from the tests when not given. ``extra``: ``effect`` / ``margin`` / ``unit`` and claim-specific
+    keys."""
     tests = [dict(t) for t in tests]
+    if outcome != UNDECIDABLE:
+        undecidable_because = None
+    elif undecidable_because is None:
+        undecidable_because = "seeds" if not tests or not all(t.get("decided") for t in tests) else "power"
     p_values = [t.get("p_value") for t in tests]
     return {
         "id": claim_id,
@@ -332,6 +339,7 @@ def _claim(
         "seeds": dict(seeds) if seeds else None,
         "power": power,
         "power_target": power_target,
+        "undecidable_because": undecidable_because,
         "indicative": indicative,
         "note": note,
         **extra,
@@ -429,6 +437,7 @@ def compute_claims(
         if in_regime is not True:
             reasons = failed_conditions(regime) if regime else ["the regime was not measured"]
             outcome, note = UNDECIDABLE, "undecidable: out of the paper's regime (" + "; ".join(reasons) + ")"
+            extra["undecidable_because"] = "regime"
         seeds = {"decoupled": test["n_a"], "baseline": test["n_b"]}
         claims.append(
             from_tests(

@@ -102,6 +102,8 @@ def verdict_of(claim: Mapping) -> str:
     if outcome is None:
         return "n/a"
     if outcome == "undecidable":
+        if claim.get("undecidable_because") == "regime":
+            return "undecidable: out of the paper's regime"
         power = claim.get("power")
         return "undecidable at this budget" + (f" (power {power:.2f})" if power is not None else "")
     return outcome
@@ -357,7 +359,7 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
     plateau = reg.get("plateau") or {}
     if plateau:
         gain = plateau.get("plateau_gain")
-        if gain is None:
+        if plateau.get("plateau_ap_s") is None or plateau.get("plateau_ap_2s") is None:
             lines += ["", f"Doubling test: {plateau.get('note') or 'not computed'}."]
         else:
             per_seed = ", ".join(
@@ -365,17 +367,22 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
                 for s, a, b in zip(plateau.get("seeds") or [], plateau["values_s"], plateau["values_2s"])
             )
             ci = plateau.get("ci")
+            if gain is None:
+                verdict = plateau.get("note") or "not decided"
+            else:
+                verdict = "near its plateau" if plateau.get("near") else "NOT near its plateau: more steps raise it"
             lines += [
                 "",
                 f"Doubling test (baseline, {reg['student_steps']} and {2 * reg['student_steps']} steps, the same "
                 f"schedule shape): mean AP {_pct(plateau['plateau_ap_s'], 2)} → {_pct(plateau['plateau_ap_2s'], 2)}, "
-                f"gain {100 * gain:+.1f} % of AP(S) against at most {100 * plateau['plateau_gain_max']:.0f} %"
+                + ("gain –" if gain is None else f"gain {100 * gain:+.1f} % of AP(S)")
+                + f" against at most {100 * plateau['plateau_gain_max']:.0f} %"
                 + (
                     f"; 95 % Welch CI of the difference [{_pct(ci[0], 2, True)}, {_pct(ci[1], 2, True)}] AP"
                     if ci
                     else ""
                 )
-                + f" — {'near its plateau' if plateau.get('near') else 'NOT near its plateau: more steps raise it'}"
+                + f" — {verdict}"
                 + (f" ({per_seed})" if per_seed else "")
                 + ".",
             ]
