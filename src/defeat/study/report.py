@@ -388,7 +388,8 @@ def write_report(
         )
         if (fig_dir / "ap_vs_steps.png").is_file():
             figures[
-                "AP against training steps: baseline and decoupled students (mean ± seed std), the teacher dashed"
+                "AP against training steps: baseline and decoupled students and the baseline on twice the steps "
+                "(baseline_x2, the doubling test; mean ± seed std), the teacher dashed"
             ] = "figures/ap_vs_steps.png"
     for stage, name, caption in (
         (
