@@ -320,6 +320,7 @@ def _claim(
     target); derived from the tests when not given. ``extra``: ``effect`` / ``margin`` / ``unit`` and claim-specific
     keys."""
     tests = [dict(t) for t in tests]
+    extra = {"effect": None, "margin": None, "unit": None, **extra}  # every claim has the keys
     if outcome != UNDECIDABLE:
         undecidable_because = None
     elif undecidable_because is None:
@@ -688,6 +689,7 @@ def _channel_distance_tests(rows: Sequence[Mapping], settings: ClaimSettings) ->
             beats(others[best_other], own, settings.alpha),
             label=f"{region}: {best_other} > decoupled (distance)",
             unit="distance",
+            rival=best_other,
         )
         power = (
             None
@@ -729,7 +731,7 @@ def _fig1_claim(raw: Sequence[Mapping] | None, adapter: Sequence[Mapping] | None
     value, tests = measured
     seeds = {"decoupled": value["object"]["seeds"]}
     for t in tests:
-        seeds[t["label"].split(": ")[1].split(" >")[0]] = t["n_a"]
+        seeds[t["rival"]] = t["n_a"]
     outcome = combine_outcomes([t["outcome"] for t in tests]) if len(tests) == 2 else UNDECIDABLE
     power = _min_power(tests)
     note = "" if outcome != UNDECIDABLE else _undecidable_note(tests, power) if tests else "undecidable: no rival"
