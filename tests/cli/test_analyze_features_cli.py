@@ -164,6 +164,15 @@ def test_grad_norm_with_teacher_and_pretraining(ckpts, tiny_coco, tmp_path):
         assert (out / f"grad_norm_ratio{suffix}").is_file()
     p2 = overall[0]
     assert p2["background_mean"] > 0 and p2["ratio"] == pytest.approx(p2["object_mean"] / p2["background_mean"])
+    # the per-image rows carry what `defeat reproduce` bootstraps over images: their pixel sums pool to the overall
+    for level in ("P2", "P3"):
+        per_image = [r for r in rows if r["image_id"] != "all" and r["level"] == level]
+        pooled = next(r for r in overall if r["level"] == level)
+        for region in ("object", "background"):
+            pixels = sum(r[f"{region}_pixels"] for r in per_image)
+            total = sum(r[f"{region}_mean"] * r[f"{region}_pixels"] for r in per_image if r[f"{region}_pixels"])
+            assert pixels == pooled[f"{region}_pixels"] > 0
+            assert total / pixels == pytest.approx(pooled[f"{region}_mean"])
 
 
 def test_grad_norm_detection_loss_without_teacher(ckpts, tiny_coco, tmp_path):

@@ -47,14 +47,28 @@ def test_builtin_presets_plan(name, tmp_path):
     assert all(f"--loss {g.params['loss']}" in g.command for g in grads)
     students = {s.name.rsplit("_s", 1)[0] for s in trainings}
     assert {"teacher", *STUDENT_MODES} <= students
-    assert students - {"teacher", *STUDENT_MODES} == {f"sens_{e['name']}" for e in preset.get("sensitivity", [])}
+    extra = {f"sens_{e['name']}" for e in preset.get("sensitivity", [])} | {"baseline_x2"}
+    assert students - {"teacher", *STUDENT_MODES} == extra
     for s in trainings:  # every derived config is valid and points into the run folder
         assert s.config.output.dir == str(s.folder) and s.config.data.train_annotations.startswith(str(tmp_path))
         assert (s.config.distill.teacher_checkpoint.endswith("teacher/model_final.pt")) == (s.kind == "distill")
-        # baseline and decoupled are evaluated during training, at quarters (or halves) of the schedule
-        curve = s.name.rsplit("_s", 1)[0] in ("baseline", "decoupled")
+        # baseline (also on 2S steps) and decoupled are evaluated during training, at quarters (or halves)
+        curve = s.name.rsplit("_s", 1)[0] in ("baseline", "decoupled", "baseline_x2")
         points = preset["regime"]["eval_points"]
         assert s.config.eval.every_steps == (s.steps // points if curve else 0), s.name
+    # the doubling test: the baseline again on 2S steps, the same schedule shape and seeds, after the students
+    doubled = [s for s in trainings if s.name.startswith("baseline_x2_")]
+    assert [s.name for s in doubled] == [f"baseline_x2_s{seed}" for seed in seeds_of(preset, "baseline")]
+    for s in doubled:
+        base = by_name[s.name.replace("baseline_x2", "baseline")]
+        assert s.kind == "train" and s.deps == ["data"] and s.config.seed == base.config.seed
+        assert s.config.schedule.max_steps == 2 * base.config.schedule.max_steps
+        assert s.config.schedule.warmup_steps == 2 * base.config.schedule.warmup_steps
+        assert s.config.schedule.policy == base.config.schedule.policy and s.config.model == base.config.model
+        assert by_name[f"eval_{s.name}"].deps == [s.name]
+    assert max(names.index(s.name) for s in trainings if s.name.rsplit("_s", 1)[0] in STUDENT_MODES) < min(
+        names.index(s.name) for s in doubled
+    )
     decoupled = next(s for s in trainings if s.name.startswith("decoupled_"))
     assert (decoupled.config.distill.feature_mode, decoupled.config.distill.proposal_mode) == ("decoupled", "none")
     assert (decoupled.config.distill.alpha_obj, decoupled.config.distill.alpha_bg) == (4.0, 16.0)  # the authors'
@@ -65,7 +79,7 @@ def test_builtin_presets_plan(name, tmp_path):
         assert teacher.config.model.name != decoupled.config.model.name  # bigger teacher backbone
     if name == "full":
         assert all(len(seeds_of(preset, s)) >= 3 for s in STUDENT_MODES)  # 3 seeds for every student
-        assert len([s for s in trainings if not s.name.startswith(("teacher", "sens_"))]) == 21
+        assert len([s for s in trainings if not s.name.startswith(("teacher", "sens_", "baseline_x2"))]) == 21
         # never a shorter teacher; equal schedules left the from-scratch R50 behind the R18 (the preset's header)
         assert teacher.steps >= decoupled.steps and preset["regime"]["plateau_gain_max"] <= 0.1
         assert preset["claims"]["margin_ap"] > 0
@@ -80,8 +94,18 @@ def test_builtin_presets_plan(name, tmp_path):
 def test_preset_overrides_and_errors(tmp_path):
     preset = load_preset("tiny", ["student.steps=6", "seeds.baseline=[3,4,5]"])
     stages = build_plan(preset, tmp_path)
-    assert [s.name for s in stages if s.name.startswith("baseline_")] == ["baseline_s3", "baseline_s4", "baseline_s5"]
+    assert [s.name for s in stages if s.name.startswith("baseline_s")] == ["baseline_s3", "baseline_s4", "baseline_s5"]
     assert next(s for s in stages if s.name == "baseline_s3").config.schedule.max_steps == 6
+    doubled = [s for s in stages if s.name.startswith("baseline_x2_")]  # default: the baseline's seeds
+    assert [(s.name, s.steps) for s in doubled] == [
+        ("baseline_x2_s3", 12),
+        ("baseline_x2_s4", 12),
+        ("baseline_x2_s5", 12),
+    ]
+    only = build_plan(load_preset("tiny", ["regime.plateau_seeds=[1]"]), tmp_path)
+    assert [s.name for s in only if s.name.startswith("baseline_x2_")] == ["baseline_x2_s1"]
+    none = build_plan(load_preset("tiny", ["regime.plateau_seeds=[]"]), tmp_path)
+    assert not [s for s in none if "baseline_x2" in s.name]
     # a changed setting changes the stage's key and the keys of everything downstream of it
     base = {s.name: s.key for s in build_plan(load_preset("tiny"), tmp_path)}
     changed = {s.name: s.key for s in build_plan(load_preset("tiny", ["teacher.steps=5"]), tmp_path)}
@@ -98,6 +122,15 @@ def test_preset_overrides_and_errors(tmp_path):
         (["--preset", "tiny", "--set", "regime.eval_points=3"], "must be >= 1 and divide"),
         (["--preset", "tiny", "--set", "regime.curve_students=[magic]"], "curve_students"),
         (["--preset", "tiny", "--set", "sensitivity=[{distill: {}}]"], "sensitivity"),
+        (["--preset", "tiny", "--set", "regime.plateau_seeds=[7]"], "seed 7 is not a baseline seed"),
+        (["--preset", "tiny", "--set", "regime.teacher_lead_min_ap=-1"], "regime.teacher_lead_min_ap"),
+        (["--preset", "tiny", "--set", "claims.assumed_sd_ap=0"], "claims.assumed_sd_ap: expected a number > 0"),
+        (["--preset", "tiny", "--set", "claims.effect_ap={magic: 1}"], "claims.effect_ap.magic: not a claim"),
+        (["--preset", "tiny", "--set", "claims.power_target=1.5"], "claims.power_target"),
+        (["--preset", "tiny", "--set", "claims.distance_effect=null"], "go together"),
+        (["--preset", "tiny", "--set", "claims.grad_levels=P2"], "claims.grad_levels"),
+        (["--preset", "tiny", "--set", "claims.seeds_per_arm=2"], "pre-registers 2 seeds per arm but object has 1"),
+        (["--preset", "full", "--set", "seeds.all=[0,1]"], "pre-registers 3 seeds per arm but all has 2"),
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[")):
             load_preset(args[1], args[3:4])
@@ -109,8 +142,14 @@ def test_dry_run_prints_the_plan(tmp_path, capsys):
     assert main(["reproduce", "--preset", "full", "--out", str(tmp_path / "full"), "--dry-run"]) == 0
     captured = capsys.readouterr()
     text = captured.out + captured.err
-    assert "training steps to run" in text and "budget 120 min" in text
+    assert "training steps to run" in text and "budget 120 min" in text and "baseline_x2_s2" in text
+    # every claim's seeds, effect / margin and power at the pre-registered sd (1.9 AP, n = 3)
+    assert "| defeat_lifts_student | decoupled > baseline | 3 vs 3 | +3.00 | 1.90 | 0.42 | 6 for 0.8 |" in text
+    assert "| background_carries_knowledge | background ≈ object | 3 vs 3 | ±1.00 (true Δ 0) | 1.90 | 0.00 |" in text
     assert not (tmp_path / "full").exists()
+    assert main(["reproduce", "--preset", "tiny", "--out", str(tmp_path / "tiny"), "--plan"]) == 0  # the alias
+    captured = capsys.readouterr()
+    assert "seeds per arm for the target" in captured.out + captured.err and not (tmp_path / "tiny").exists()
 
 
 def test_coco_preset_writes_configs_and_commands_only(tmp_path):
@@ -168,38 +207,52 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert [len(results["students"][s]) for s in ("baseline", "decoupled", "object")] == [2, 2, 1]
     assert {"AP", "AP50", "AP75", "APs", "dAP", "gap_closed"} <= set(results["table"][2])
     claims = claims_by_id(results["claims"])
-    assert len(claims) == 7 and all({"id", "claim", "value", "pass"} <= set(c) for c in claims.values())
-    raw = claims["fig1_channel_distance_raw"]
-    assert raw["claim"].startswith("Fig. 1 (raw FPN output") and raw["pass"] is not None
-    assert all(c["pass"] in (True, False, None) for c in claims.values())
-    assert all(
-        claims[k]["pass"] is not None for k in ("fig1_channel_distance", "fig2_3_gradients", "fig4_9_background_errors")
-    )
+    keys = {"id", "claim", "value", "pass", "outcome", "seeds", "power", "power_target"}
+    assert len(claims) == 6 and all(keys <= set(c) for c in claims.values())
+    assert all(c["outcome"] in ("pass", "fail", "undecidable", None) for c in claims.values())
+    fig1 = claims["fig1_channel_distance"]  # decided on the raw FPN output, the adapter output beside it
+    assert "raw FPN" in fig1["claim"] and fig1["outcome"] is not None and fig1["value"]["adapter_output"]
+    assert all(claims[k]["outcome"] is not None for k in ("fig2_3_gradients", "fig4_9_background_errors"))
     assert set(results["grad_norm"]["ratio"]) == {"detection", "distillation", "sum"}
     assert (
         all(r > 0 for r in results["grad_norm"]["ratio"].values()) and results["grad_norm"]["tested"] == "distillation"
     )
-    assert claims["fig2_3_gradients"]["tested_loss"] == "distillation"
+    grads = claims["fig2_3_gradients"]
+    assert grads["tested_loss"] == "distillation" and grads["value"]["images"] == 2
+    assert set(grads["value"]["control"]) == {"detection", "sum"} and "P2" in grads["value"]["levels"]
+    assert len(results["grad_norm"]["per_image"]["distillation"]) == 2 * 5  # 2 images x 5 levels
     assert len(results["channel_distance"]) == 14  # every seed: 2 baseline + 2 decoupled + 3 single-seed, 2 regions
     seeds_table = {(r["student"], r["region"]): r for r in results["channel_distance_seeds"]}
     assert seeds_table[("decoupled", "object")]["seeds"] == 2 and seeds_table[("all", "object")]["seeds"] == 1
-    # statistics: baseline/decoupled have 2 seeds (decided), the single-seed comparisons are not
+    # statistics: baseline/decoupled have 2 seeds (a test, with its power), the single-seed comparisons none
     lifts, vs_all = claims["defeat_lifts_student"], claims["decoupled_beats_all"]
-    assert lifts["decided"] and lifts["test"] == "Welch t-test, one-sided (A > B)" and lifts["p_value"] is not None
-    assert vs_all["pass"] is False and not vs_all["decided"] and "needs >= 2 seeds" in vs_all["note"]
-    assert results["statistics"]["margin_ap"] == 1.0
-    # the regime: evaluations during training at 50 % and 100 % of the 2-step schedule
+    assert lifts["test"] == "Welch t-test, one-sided (A > B)" and lifts["p_value"] is not None
+    assert lifts["seeds"] == {"decoupled": 2, "baseline": 2} and 0 < lifts["power"] < 0.8
+    # the tiny teacher is the students' own R18 on a longer schedule: out of the regime, undecidable
+    assert lifts["outcome"] == "undecidable" and "out of the paper's regime" in lifts["note"]
+    assert vs_all["outcome"] == "undecidable" and vs_all["power"] == 0.0 and "needs >= 2 seeds" in vs_all["note"]
+    assert results["statistics"]["margin_ap"] == 1.0 and results["statistics"]["assumed_sd_ap"] == 1.9
+    assert [r["test"] for r in results["statistics"]["power_plan"]][:2] == ["decoupled > baseline", "decoupled > all"]
+    # the regime: evaluations during training at 50 % and 100 % of the 2-step schedule, the doubling test
     regime = results["regime"]
-    assert (regime["teacher_steps"], regime["student_steps"]) == (4, 2)
-    assert regime["teacher_params_m"] > 1 and regime["student_params_m"] > 1
+    assert (regime["teacher_steps"], regime["student_steps"], regime["equal_schedule"]) == (4, 2, False)
+    assert regime["teacher_params_m"] > 1 and regime["student_params_m"] > 1 and regime["teacher_bigger"] is False
     assert set(regime["baseline_ap_at"]) == {"50%", "75%", "100%"}
     assert all(v is not None for v in regime["baseline_ap_at"].values())
     assert regime["students"]["baseline"]["ap_at"]["50%"]["steps"] == [1, 1]
     assert [p["step"] for p in regime["curves"]["decoupled"]] == [1, 2]
-    assert "near" in regime["plateau"] and results["sensitivity"][0]["name"] == "alpha_bg_4"
+    assert [p["step"] for p in regime["curves"]["baseline_x2"]] == [2, 4]  # 2S = 4 steps, evaluated at halves
+    plateau = regime["plateau"]
+    assert plateau["seeds"] == [0, 1] and len(plateau["values_s"]) == len(plateau["values_2s"]) == 2
+    ap_2s = [json.loads((out / "eval" / f"baseline_x2_s{k}" / "metrics.json").read_text())["AP"] for k in (0, 1)]
+    assert plateau["values_2s"] == pytest.approx(ap_2s) and regime["plateau_ap_2s"] == pytest.approx(sum(ap_2s) / 2)
+    assert regime["plateau_gain_max"] == 0.10 and "plateau_gain" in regime and "teacher_lead_ap" in regime
+    assert regime["in_regime"] is False and {c["name"] for c in regime["conditions"]} >= {"equal_schedule"}
+    assert results["sensitivity"][0]["name"] == "alpha_bg_4"
     assert {r["feature"] for r in results["channel_distance_raw"]} == {"raw"}
     assert set(results["errors"]["band_BG"]) == {"baseline", "object", "background", "decoupled"}
-    assert len(results["configs"]) == 11 and results["versions"]["torch"]  # teacher + 2 + 2 + 5 students + 1 sens
+    # teacher + 2 + 2 + 5 students + 2 baselines on 2S steps + 1 sens
+    assert len(results["configs"]) == 13 and results["versions"]["torch"]
     assert all(v["status"] == "ran" for v in results["stages"].values())
 
     text = (out / "report.md").read_text()
@@ -214,6 +267,10 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
         "## Figures",
         "figures/channel_distance.png",
         "## Regime",
+        "Doubling test (baseline, 2 and 4 steps",
+        "| equal_schedule |",
+        "In the regime: **no**",
+        "Pre-registered power",
         "figures/ap_vs_steps.png",
         "## Gradient norm",
         "ratio (detection loss)",
@@ -310,11 +367,7 @@ def test_tiny_failed_stage_is_reported_and_dependants_skipped(tiny_run, tmp_path
         "grad_norm_sum",
     }
     claims = claims_by_id(json.loads((out / "results.json").read_text())["claims"])
-    assert [claims[k]["pass"] for k in ("fig1_channel_distance", "fig2_3_gradients", "fig1_channel_distance_raw")] == [
-        None,
-        None,
-        None,
-    ]
+    assert [claims[k]["outcome"] for k in ("fig1_channel_distance", "fig2_3_gradients")] == [None, None]
     results = json.loads((out / "results.json").read_text())
     assert "Stages that did not finish" in (out / "report.md").read_text()
     assert not math.isnan(results["table"][0]["AP"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -118,3 +119,93 @@ def test_paired_tost_refuses_unpaired_input():
     with pytest.raises(ValueError, match="breaks its pair"):
         stats.equivalent_paired([1.0, float("nan")], [1.0, 2.0], margin=1.0)
     assert not stats.equivalent_paired([1.0], [1.0], margin=1.0)["decided"]
+
+
+# ------------------------------------------------------------------------------------------ power
+DRAWS = 4000
+
+
+def simulated_pass_count(test, draws: int = DRAWS, seed: int = 0) -> int:
+    """How often ``test(rng)`` passes over ``draws`` seeded draws."""
+    rng = np.random.default_rng(seed)
+    return sum(bool(test(rng)["pass"]) for _ in range(draws))
+
+
+def consistent(count: int, power: float, draws: int = DRAWS) -> bool:
+    """The binomial tolerance: the simulated count is consistent with the computed power (two-sided exact binomial
+    test, p > 0.001, i.e. within about 3.3 binomial standard errors, ~0.026 at a power of 0.5 with 4000 draws)."""
+    return sps.binomtest(count, draws, power).pvalue > 0.001
+
+
+@pytest.mark.parametrize(("effect", "sd", "n"), [(3.0, 1.9, 3), (1.0, 1.0, 2)])  # the recorded budget; n = 2
+def test_power_of_the_welch_test_matches_a_simulation_of_beats(effect, sd, n):
+    power = stats.power_beats(effect, sd, n)
+    count = simulated_pass_count(lambda rng: stats.beats(rng.normal(effect, sd, n), rng.normal(0.0, sd, n)))
+    assert consistent(count, power), (power, count / DRAWS)
+
+
+@pytest.mark.parametrize(("margin", "sd", "n"), [(1.0, 1.0, 10), (1.0, 0.4, 3)])
+def test_power_of_tost_at_a_true_tie_matches_a_simulation_of_equivalent(margin, sd, n):
+    power = stats.power_equivalent(margin, sd, n)
+    count = simulated_pass_count(lambda rng: stats.equivalent(rng.normal(0.0, sd, n), rng.normal(0.0, sd, n), margin))
+    assert consistent(count, power), (power, count / DRAWS)
+
+
+def test_power_properties():
+    # the recorded full run: n = 3, sd 1.9 AP -> TOST at +-1 AP passes a true tie ~0.1 % of the time
+    assert stats.power_equivalent(1.0, 1.9, 3) < 0.01
+    # at no true difference the Welch test's power is its size, at most alpha (Welch is conservative for small n)
+    assert stats.power_beats(0.0, 1.0, 3) <= 0.05 and stats.power_beats(0.0, 1.0, 200) == pytest.approx(0.05, abs=1e-3)
+    powers = [stats.power_beats(3.0, 1.9, n) for n in range(2, 12)]
+    assert powers == sorted(powers) and powers[-1] > 0.9  # more seeds, more power
+    # unequal arms are powered as two arms of the smaller size; fewer than 2 seeds: no test, no power
+    assert stats.power_beats(3.0, 1.9, 3, 7) == stats.power_beats(3.0, 1.9, 3)
+    assert stats.power_beats(3.0, 1.9, 1) == 0.0 and stats.power_equivalent(1.0, 1.9, 5, 1) == 0.0
+    # the TOST power at a true difference beyond the margin is below alpha
+    assert stats.power_equivalent(1.0, 0.3, 10, true_diff=1.2) < 0.05
+    for call, message in [
+        (lambda: stats.power_beats(3.0, 0.0, 3), "seed sd must be > 0"),
+        (lambda: stats.power_equivalent(0.0, 1.0, 3), "margin must be > 0"),
+        (lambda: stats.power_beats(3.0, 1.0, 3, alpha=0.7), "alpha"),
+        (lambda: stats.seeds_for_power(lambda n: 1.0, target=1.5), "target"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_seeds_for_power_is_the_smallest_n_reaching_the_target():
+    n = stats.seeds_for_power(lambda k: stats.power_beats(3.0, 1.9, k))
+    assert stats.power_beats(3.0, 1.9, n) >= 0.8 > stats.power_beats(3.0, 1.9, n - 1) and n == 6
+    assert stats.seeds_for_power(lambda k: stats.power_beats(3.0, 0.1, k)) == 2  # already there at 2
+    assert stats.seeds_for_power(lambda k: 0.5) is None  # never reached
+    tost = stats.seeds_for_power(lambda k: stats.power_equivalent(1.0, 1.9, k), 0.8)
+    assert stats.power_equivalent(1.0, 1.9, tost) >= 0.8 > stats.power_equivalent(1.0, 1.9, tost - 1)
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def test_bootstrap_ratio_estimate_ci_and_seed():
+    x, n = [6.0, 8.0, 4.0, 10.0], [3, 4, 2, 5]  # object: means 2, 2, 2, 2
+    y, m = [3.0, 5.0, 2.0, 6.0], [3, 5, 2, 6]  # background: means 1
+    out = stats.bootstrap_ratio(x, n, y, m, confidence=0.9, resamples=500, seed=3)
+    assert out["estimate"] == pytest.approx(2.0) and out["ci"] == pytest.approx([2.0, 2.0])  # no spread at all
+    assert (out["units"], out["resamples"], out["undefined"], out["ci_level"]) == (4, 500, 0, 0.9)
+    rng = np.random.default_rng(0)
+    ratios = rng.uniform(0.5, 2.5, 30)  # per-image ratios around 1.5: the pooled ratio's CI spans them
+    counts = np.full(30, 10.0)
+    out = stats.bootstrap_ratio(ratios * counts, counts, counts, counts, resamples=2000, seed=1)
+    assert out["estimate"] == pytest.approx(ratios.mean())
+    assert out["ci"][0] < ratios.mean() < out["ci"][1] and out["ci"][1] - out["ci"][0] < 0.6
+    # the half-width is about 1.96 x the standard error of the mean ratio
+    half = (out["ci"][1] - out["ci"][0]) / 2
+    assert half == pytest.approx(1.96 * ratios.std(ddof=1) / np.sqrt(30), rel=0.2)
+    again = stats.bootstrap_ratio(ratios * counts, counts, counts, counts, resamples=2000, seed=1)
+    assert again == out  # seeded
+
+
+def test_bootstrap_ratio_undefined_resamples_and_bad_input():
+    # one image has no background pixels: resamples drawing only it are undefined and dropped
+    out = stats.bootstrap_ratio([1.0, 2.0], [1, 1], [0.0, 1.0], [0, 1], resamples=400, seed=0)
+    assert out["estimate"] == pytest.approx(1.5) and 0 < out["undefined"] < 400 and out["ci"] is not None
+    assert stats.bootstrap_ratio([1.0], [1], [1.0], [1])["ci"] is None  # one image: no CI
+    with pytest.raises(ValueError, match="one length"):
+        stats.bootstrap_ratio([1.0, 2.0], [1], [1.0], [1])

@@ -35,7 +35,13 @@ def register(subparsers) -> None:
         help="override a preset value, e.g. --set teacher.steps=800 --set seeds.baseline=[0,1,2] "
         "--set common.device=cpu (repeatable)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, steps, time estimate) and stop")
+    p.add_argument(
+        "--dry-run",
+        "--plan",
+        dest="dry_run",
+        action="store_true",
+        help="print the plan (stages, steps, time estimate; every claim's seeds, effect / margin and power) and stop",
+    )
     p.set_defaults(func=run)
 
 
@@ -49,11 +55,10 @@ def run(args: argparse.Namespace) -> int:
     for line in format_table(summary.get("table", [])):
         print(line)
     for claim in summary.get("claims", []):
-        verdict = {True: "pass", False: "FAIL", None: "n/a"}[claim["pass"]]
-        if claim["pass"] is False and not claim.get("decided", True):
-            verdict = "undecided"
+        verdict = {"pass": "pass", "fail": "FAIL", "undecidable": "undecidable", None: "n/a"}[claim.get("outcome")]
         p = "" if claim.get("p_value") is None else f" (p = {claim['p_value']:.3g})"
-        print(f"  [{verdict:>9}] {claim['claim']}{p}")
+        power = "" if claim.get("power") is None else f" (power {claim['power']:.2f})"
+        print(f"  [{verdict:>11}] {claim['claim']}{p}{power}")
     return 1 if summary.get("failed") else 0
 
 

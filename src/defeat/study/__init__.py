@@ -4,8 +4,9 @@ It sits above the API: every stage calls :mod:`defeat.api` with a config object 
 process-global state carried from one stage to the next). Modules: :mod:`~defeat.study.presets` (presets and the
 configs derived from them), :mod:`~defeat.study.plan` (the stages), :mod:`~defeat.study.estimate` (time estimate),
 :mod:`~defeat.study.runner` (running with cache/resume), :mod:`~defeat.study.claims` (the numbers and claims, pure),
-:mod:`~defeat.study.stats` (the tests that decide them: Welch, TOST; scipy.stats), :mod:`~defeat.study.regime`
-(AP at 50/75/100 % of the schedule, plateau check, pure), :mod:`~defeat.study.render` (Markdown/HTML),
+:mod:`~defeat.study.stats` (the tests that decide them: Welch, TOST, their power, the bootstrap; scipy.stats),
+:mod:`~defeat.study.regime` (the doubling plateau test and the regime conditions, pure), :mod:`~defeat.study.render`
+(Markdown/HTML),
 :mod:`~defeat.study.report` (files), :mod:`~defeat.study.coco`; :mod:`~defeat.study.compare` (``defeat compare``:
 methods x seeds on the user's own config, with :mod:`~defeat.study.compare_report`).
 

@@ -7,6 +7,7 @@ Stages (each in its own folder of the run directory, in this order)::
     eval_teacher               api.evaluate                     -> eval/teacher/
     <student>_s<seed>          api.train (baseline) / distill   -> models/<student>_s<seed>/
     eval_<student>_s<seed>     api.evaluate                     -> eval/<student>_s<seed>/
+    baseline_x2_s<seed>        api.train (baseline, 2S steps)   -> models/baseline_x2_s<seed>/   (+ eval_...)
     channel_distance(_raw)     api.channel_distance             -> analysis/channel_distance(_raw)/
     grad_norm_<loss>           api.grad_norm                    -> analysis/grad_norm_<loss>/
     errors                     api.analyze_errors               -> analysis/errors/
@@ -17,7 +18,9 @@ Students (first seed of each first, then the extra seeds, so that an interrupted
 supplementary's five students), ``defeat`` (decoupled features + decoupled proposals) and ``fgfi``. The
 students of ``regime.curve_students`` (baseline and decoupled) are evaluated ``regime.eval_points`` times during
 training (``eval.every_steps``: AP at 25/50/75/100 % of the schedule by default), for the AP-against-steps plot
-and the plateau check. Fig. 1 compares every seed of the five students; Fig. 2-3 back-propagates the detection
+(the picture). The doubling test trains the baseline again for twice the students' steps (cosine over 2S, warmup
+doubled; ``regime.plateau_seeds``, default the baseline's seeds) in ``baseline_x2_s<seed>``: the plateau check.
+Fig. 1 compares every seed of the five students; Fig. 2-3 back-propagates the detection
 loss alone, the distillation loss alone and their sum (``grad_norm_detection``, ``_distillation``, ``_sum``).
 The ``sensitivity`` students (decoupled, other KD weights, e.g. ``alpha_bg`` or ``weights: auto``) come last and
 are reported apart: the reproduction keeps the authors' weights.
@@ -38,6 +41,7 @@ from defeat.study.presets import (
     STUDENT_MODES,
     data_paths,
     derive_config,
+    plateau_seeds,
     regime_settings,
     run_name,
     run_order,
@@ -47,6 +51,8 @@ from defeat.study.presets import (
 
 #: the losses whose gradients Fig. 2-3 measures, each in its own stage ``grad_norm_<loss>``
 GRAD_LOSSES = ("detection", "distillation", "sum")
+#: the run name of the doubling test's baseline on twice the students' schedule (``baseline_x2_s<seed>``)
+PLATEAU_RUN = "baseline_x2"
 
 
 def curve_every_steps(steps: int, points: int) -> int:
@@ -141,13 +147,19 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     points = int(regime["eval_points"])
 
     def add_model(
-        name: str, role: str, seed: int, modes: tuple[str, str] | None, curve: bool = False, extra: dict | None = None
+        name: str,
+        role: str,
+        seed: int,
+        modes: tuple[str, str] | None,
+        curve: bool = False,
+        extra: dict | None = None,
+        schedule_factor: int = 1,
     ) -> None:
         folder = run_dir / "models" / name
-        steps = int(preset[role]["steps"])
+        steps = int(preset[role]["steps"]) * schedule_factor
         if curve:  # evaluated during training: AP against steps (the trainer's periodic evaluation)
             extra = {**(extra or {}), "eval": {"every_steps": curve_every_steps(steps, points)}}
-        cfg = derive_config(preset, role, run_dir, folder, seed, modes, extra)
+        cfg = derive_config(preset, role, run_dir, folder, seed, modes, extra, schedule_factor)
         evals = 1 + (len(range(cfg.eval.every_steps, steps, cfg.eval.every_steps)) if curve else 0)
         kind = "train" if modes is None else "distill"
         cfg_path = folder / "config.yaml"
@@ -198,6 +210,9 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     curve_students = set(regime["curve_students"])
     for student, seed in run_order(preset):
         add_model(run_name(student, seed), "student", seed, STUDENT_MODES[student], student in curve_students)
+    # the doubling test: the baseline again on twice the schedule (same shape, same seeds), its own stages
+    for seed in plateau_seeds(preset):
+        add_model(run_name(PLATEAU_RUN, seed), "student", seed, None, "baseline" in curve_students, schedule_factor=2)
 
     first = {s: run_name(s, seeds_of(preset, s)[0]) for s in preset["students"]}
     teacher_ckpt = str(run_dir / "models" / "teacher" / "model_final.pt")

@@ -47,11 +47,50 @@ RUN_KEYS = {
     "sensitivity",
 }
 COCO_KEYS = {"preset", "description", "configs_only", "data", "common", "pairs", "distill", "gpus"}
-CLAIMS_KEYS = ("margin_ap", "alpha", "gap_closed_min")
-REGIME_KEYS = ("curve_students", "eval_points", "plateau_gain_max")
-#: the defaults of the preset's ``claims`` and ``regime`` sections
-CLAIMS_DEFAULTS = {"margin_ap": 1.0, "alpha": 0.05, "gap_closed_min": 0.5}
-REGIME_DEFAULTS = {"curve_students": ["baseline", "decoupled"], "eval_points": 4, "plateau_gain_max": 0.10}
+CLAIMS_KEYS = (
+    "margin_ap",
+    "alpha",
+    "gap_closed_min",
+    "assumed_sd_ap",
+    "effect_ap",
+    "power_target",
+    "seeds_per_arm",
+    "distance_sd",
+    "distance_effect",
+    "grad_levels",
+    "bootstrap_resamples",
+)
+REGIME_KEYS = (
+    "curve_students",
+    "eval_points",
+    "plateau_gain_max",
+    "plateau_seeds",
+    "teacher_lead_min_ap",
+    "teacher_lead_min_sd",
+)
+#: the defaults of the preset's ``claims`` and ``regime`` sections (None: not pre-registered; ``plateau_seeds``
+#: None = the baseline's seeds)
+CLAIMS_DEFAULTS = {
+    "margin_ap": 1.0,
+    "alpha": 0.05,
+    "gap_closed_min": 0.5,
+    "assumed_sd_ap": None,
+    "effect_ap": None,
+    "power_target": 0.8,
+    "seeds_per_arm": None,
+    "distance_sd": None,
+    "distance_effect": None,
+    "grad_levels": None,
+    "bootstrap_resamples": 2000,
+}
+REGIME_DEFAULTS = {
+    "curve_students": ["baseline", "decoupled"],
+    "eval_points": 4,
+    "plateau_gain_max": 0.10,
+    "plateau_seeds": None,
+    "teacher_lead_min_ap": 3.0,
+    "teacher_lead_min_sd": 2.0,
+}
 ESTIMATE_KEYS = (
     "synth_image",
     "teacher_step",
@@ -129,6 +168,8 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
     settings = claims_settings(tree)
     if not settings["margin_ap"] > 0 or not 0 < settings["alpha"] < 0.5:
         raise ValueError(f"{path}: claims.margin_ap must be > 0 and claims.alpha in (0, 0.5), got {settings}")
+    _check_claims(tree, settings, path)
+    _check_regime(tree, regime_settings(tree), path)
     points = int(regime_settings(tree)["eval_points"])
     if points < 1 or int(tree["student"]["steps"]) % points:
         raise ValueError(
@@ -150,14 +191,91 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
     return tree
 
 
+def _positive(value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{where}: expected a number > 0, got {value!r}")
+
+
+def _check_claims(tree: dict, settings: dict, path: Path) -> None:
+    """The pre-registration of the ``claims`` section: sd, effects, power target, seeds per arm, Fig. 1 and Fig. 2-3
+    settings (one-line ``ValueError`` naming the key)."""
+    from defeat.study.claims import POWERED_CLAIMS, SEED_ARMS
+
+    if settings["assumed_sd_ap"] is not None:
+        _positive(settings["assumed_sd_ap"], f"{path}: claims.assumed_sd_ap")
+    effect = settings["effect_ap"]
+    if isinstance(effect, dict):
+        for key, value in effect.items():
+            if key != "default" and key not in POWERED_CLAIMS:
+                raise ValueError(
+                    f"{path}: claims.effect_ap.{key}: not a claim with a Welch test on AP (known: default, "
+                    f"{', '.join(POWERED_CLAIMS)})"
+                )
+            _positive(value, f"{path}: claims.effect_ap.{key}")
+    elif effect is not None:
+        _positive(effect, f"{path}: claims.effect_ap")
+    if not 0 < float(settings["power_target"]) < 1:
+        raise ValueError(f"{path}: claims.power_target must be in (0, 1), got {settings['power_target']!r}")
+    if (settings["distance_sd"] is None) != (settings["distance_effect"] is None):
+        raise ValueError(f"{path}: claims.distance_sd and claims.distance_effect go together (Fig. 1's power)")
+    for key in ("distance_sd", "distance_effect"):
+        if settings[key] is not None:
+            _positive(settings[key], f"{path}: claims.{key}")
+    levels = settings["grad_levels"]
+    if levels is not None and (
+        not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels)
+    ):
+        raise ValueError(f"{path}: claims.grad_levels: expected a non-empty list of FPN level names, got {levels!r}")
+    resamples = settings["bootstrap_resamples"]
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise ValueError(f"{path}: claims.bootstrap_resamples: expected an integer >= 100, got {resamples!r}")
+    per_arm = settings["seeds_per_arm"]
+    if per_arm is not None:
+        if isinstance(per_arm, bool) or not isinstance(per_arm, int) or per_arm < 1:
+            raise ValueError(f"{path}: claims.seeds_per_arm: expected an integer >= 1, got {per_arm!r}")
+        for student in (s for s in SEED_ARMS if s in tree["students"]):
+            if len(seeds_of(tree, student)) != per_arm:
+                raise ValueError(
+                    f"{path}: claims.seeds_per_arm pre-registers {per_arm} seeds per arm but {student} has "
+                    f"{len(seeds_of(tree, student))} ({seeds_of(tree, student)})"
+                )
+
+
+def _check_regime(tree: dict, settings: dict, path: Path) -> None:
+    """The ``regime`` section's plateau seeds and teacher-lead thresholds (one-line ``ValueError``)."""
+    seeds = settings["plateau_seeds"]
+    if seeds is not None:
+        if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise ValueError(f"{path}: regime.plateau_seeds: expected a list of integers, got {seeds!r}")
+        extra = [x for x in seeds if x not in seeds_of(tree, "baseline")]
+        if extra:
+            raise ValueError(
+                f"{path}: regime.plateau_seeds: seed {extra[0]} is not a baseline seed "
+                f"({seeds_of(tree, 'baseline')}): the doubling test compares the same seeds at S and 2S steps"
+            )
+    for key in ("teacher_lead_min_ap", "teacher_lead_min_sd", "plateau_gain_max"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{path}: regime.{key}: expected a number >= 0, got {value!r}")
+
+
+def plateau_seeds(preset: dict) -> list[int]:
+    """The seeds of the 2S baseline of the doubling test (``regime.plateau_seeds``; default the baseline's)."""
+    seeds = regime_settings(preset)["plateau_seeds"]
+    return list(seeds_of(preset, "baseline") if seeds is None else seeds)
+
+
 def claims_settings(preset: dict) -> dict:
-    """The preset's ``claims`` section (equivalence margin in AP points, test level, gap-closed threshold)."""
+    """The preset's ``claims`` section: equivalence margin (AP points), test level, gap-closed threshold, and the
+    pre-registered power inputs (seed sd, effects, power target, seeds per arm; Fig. 1's distance sd / effect;
+    Fig. 2-3's levels and bootstrap resamples)."""
     return {**CLAIMS_DEFAULTS, **(preset.get("claims") or {})}
 
 
 def regime_settings(preset: dict) -> dict:
     """The preset's ``regime`` section: the students evaluated during training (AP against steps) at
-    ``eval_points`` evenly spaced points of the schedule, and the plateau threshold (last-quarter gain / final AP)."""
+    ``eval_points`` evenly spaced points of the schedule (the picture), the doubling test's threshold and seeds
+    (``plateau_gain_max``, ``plateau_seeds``) and the teacher-lead thresholds (AP points, multiples of the sd)."""
     return {**REGIME_DEFAULTS, **(preset.get("regime") or {})}
 
 
@@ -203,16 +321,19 @@ def derive_config(
     seed: int,
     modes: tuple[str, str] | None = None,
     extra: dict | None = None,
+    schedule_factor: int = 1,
 ) -> Config:
     """The full config of one model: ``common`` + the role's ``model``/``config`` sections + data paths, steps,
     output folder, seed (+ the ``distill`` section and teacher checkpoint for a distilled student) + ``extra``
-    (config sections merged last, e.g. ``{"eval": {"every_steps": 100}}``)."""
+    (config sections merged last, e.g. ``{"eval": {"every_steps": 100}}``). ``schedule_factor`` stretches the
+    schedule: steps and warmup times the factor, the same policy (the doubling test's 2S baseline)."""
     section = preset[role]
     tree = _merge(preset["common"], {"model": section["model"]})
     tree = _merge(tree, section.get("config"))
     tree["data"] = _merge(tree.get("data", {}), data_paths(run_dir))
     steps = int(section["steps"])
-    warmup = int(section.get("warmup_steps", max(1, steps // 10)))
+    warmup = int(section.get("warmup_steps", max(1, steps // 10))) * int(schedule_factor)
+    steps *= int(schedule_factor)
     tree["schedule"] = _merge(tree.get("schedule", {}), {"max_steps": steps, "warmup_steps": min(warmup, steps)})
     tree["output"] = _merge(tree.get("output", {}), {"dir": str(out_dir)})
     tree["seed"] = seed

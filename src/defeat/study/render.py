@@ -71,7 +71,7 @@ def _num(value: float | None, unit: str, sign: bool = False) -> str:
 
 
 def format_test(t: Mapping) -> str:
-    """One statistical test of a claim: means (n), difference, its CI, p-value and verdict, on one line."""
+    """One statistical test of a claim: means (n), difference, its CI, p-value, power and outcome, on one line."""
     unit = t.get("unit", "AP")
     scale = " AP" if unit == "AP" else ""
     text = (
@@ -85,31 +85,126 @@ def format_test(t: Mapping) -> str:
         text += f", margin ±{_num(t['margin'], unit)}{scale}"
     if t.get("p_value") is not None:
         text += f", p = {t['p_value']:.3g}"
-    verdict = "pass" if t.get("pass") else "fail" if t.get("decided") else "not decided"
+    if t.get("power") is not None:
+        text += f", power {t['power']:.2f}"
+    if t.get("outcome"):
+        verdict = t["outcome"]
+    else:
+        verdict = "pass" if t.get("pass") else "fail" if t.get("decided") else "undecidable"
     return f"{text} → {verdict}"
 
 
+def verdict_of(claim: Mapping) -> str:
+    """A claim's outcome as the report words it: pass, fail, "undecidable at this budget (power P)" or n/a."""
+    outcome = claim.get("outcome")
+    if outcome is None and claim.get("pass") is not None:  # a results.json from before the three outcomes
+        outcome = "pass" if claim["pass"] else "fail" if claim.get("decided", True) else "undecidable"
+    if outcome is None:
+        return "n/a"
+    if outcome == "undecidable":
+        if claim.get("undecidable_because") == "regime":
+            return "undecidable: out of the paper's regime"
+        power = claim.get("power")
+        return "undecidable at this budget" + (f" (power {power:.2f})" if power is not None else "")
+    return outcome
+
+
+def _design(claim: Mapping) -> str:
+    """Seeds per arm, the effect / margin the tests are powered for and the claim's power, in one cell."""
+    parts = []
+    if claim.get("seeds"):
+        parts.append(", ".join(f"{k} {v}" for k, v in claim["seeds"].items()))
+    unit = claim.get("unit", "AP")
+    if claim.get("effect") is not None:
+        parts.append(f"effect {_num(claim['effect'], unit, sign=True)}{' AP' if unit == 'AP' else ''}")
+    if claim.get("margin") is not None:
+        parts.append(f"margin ±{_num(claim['margin'], unit)}{' AP' if unit == 'AP' else ''}")
+    if claim.get("power") is not None:
+        parts.append(f"power {claim['power']:.2f} (target {claim.get('power_target', 0.8):g})")
+    return "<br>".join(parts) or "–"
+
+
+def _grad_numbers(value: Mapping) -> str:
+    """Fig. 2-3's numbers: the tested loss's ratio and CI per level, the control's beside it."""
+
+    def ci(entry: Mapping) -> str:
+        ratio = "–" if entry.get("ratio") is None else f"{entry['ratio']:.2f}"
+        return ratio + ("" if not entry.get("ci") else f" [{entry['ci'][0]:.2f}, {entry['ci'][1]:.2f}]")
+
+    level = value.get("ci_level", 0.9)
+    text = f"{value.get('tested')} loss, ratio and {100 * level:.0f} % bootstrap CI over {value.get('images')} images: "
+    text += "; ".join(f"{lv} {ci(e)}" for lv, e in value.get("levels", {}).items())
+    for loss, levels in (value.get("control") or {}).items():
+        text += f"<br>control, {loss} loss: " + "; ".join(f"{lv} {ci(e)}" for lv, e in levels.items())
+    return text
+
+
 def render_claims_table(claims: Sequence[Mapping]) -> str:
-    """Markdown table of the claims: the claim and its check, the test, the numbers (every test: means, Δ, CI,
-    p-value), the claim's p-value (largest of its tests) and the verdict."""
-    lines = ["| claim | check | test | numbers | p | pass |", "|---|---|---|---|---:|:---:|"]
+    """Markdown table of the claims: the claim and its check, the test, the design (seeds, effect / margin, power
+    at the pre-registered sd), the numbers (every test: means, Δ, CI, p-value, power), the claim's p-value (largest
+    of its tests) and the outcome (pass / fail / undecidable at this budget / n/a)."""
+    lines = [
+        "| claim | check | test | seeds, effect / margin, power | numbers | p | outcome |",
+        "|---|---|---|---|---|---:|:---:|",
+    ]
     for c in claims:
-        if c["pass"] is None:
-            verdict = "n/a"
-        elif c["pass"]:
-            verdict = "**pass**"
-        else:
-            verdict = "**fail**" if c.get("decided", True) else "**not decided**"
-        if c.get("indicative") and c["pass"] is not None:
+        verdict = verdict_of(c)
+        verdict = verdict if verdict == "n/a" else f"**{verdict}**"
+        if c.get("indicative") and c.get("outcome") is not None:
             verdict += " (indicative)"
         tests = c.get("tests") or []
-        numbers = "<br>".join(format_test(t) for t in tests) if tests else _format_value(c["value"])
-        if tests and c.get("value") and "gap_closed" in c["value"]:
-            numbers += f"<br>gap closed {_format_value(c['value']['gap_closed'], 'gap_closed')}"
+        value = c.get("value") or {}
+        if tests:
+            numbers = "<br>".join(format_test(t) for t in tests)
+        elif isinstance(value, Mapping) and "levels" in value:
+            numbers = _grad_numbers(value)
+        else:
+            numbers = _format_value(c["value"])
+        if tests and "gap_closed" in value:
+            numbers += f"<br>gap closed {_format_value(value['gap_closed'], 'gap_closed')}"
+        adapter = value.get("adapter_output") if isinstance(value, Mapping) else None
+        if adapter and adapter.get("tests"):
+            numbers += "<br>adapter output (secondary, decides nothing): " + "; ".join(
+                format_test(t) for t in adapter["tests"]
+            )
         if c.get("note"):
             numbers += f" — {c['note']}"
         p = "–" if c.get("p_value") is None else f"{c['p_value']:.3g}"
-        lines.append(f"| {c['claim']} | {c['check']} | {c.get('test', '')} | {numbers} | {p} | {verdict} |")
+        lines.append(
+            f"| {c['claim']} | {c['check']} | {c.get('test', '')} | {_design(c)} | {numbers} | {p} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def render_power_plan(rows: Sequence[Mapping]) -> str:
+    """The pre-registered power of every claim test (:func:`defeat.study.claims.power_plan`) as a Markdown table."""
+    if not rows:
+        return "(no claim test)"
+    lines = [
+        "| claim | test | seeds per arm | effect / margin | assumed sd | power | seeds per arm for the target |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        unit = r.get("unit", "AP")
+        size = (
+            f"±{_num(r['margin'], unit)} (true Δ 0)"
+            if r.get("margin") is not None
+            else _num(r.get("effect"), unit, sign=True)
+        )
+        power = "–" if r.get("power") is None else f"{r['power']:.2f}"
+        needed = r.get("seeds_for_target")
+        target = r.get("power_target", 0.8)
+        needed = (
+            "–"
+            if r.get("power") is None
+            else f"> 1000 for {target:g}"
+            if needed is None
+            else f"{needed} for {target:g}"
+        )
+        lines.append(
+            f"| {r['id']} | {r['test']} | {' vs '.join(map(str, r['seeds']))} | {size} | "
+            f"{_num(r.get('assumed_sd'), unit)} | {power} | {needed} |"
+        )
     return "\n".join(lines)
 
 
@@ -185,16 +280,41 @@ def markdown_to_html(markdown: str, title: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the report
+def _condition_numbers(c: Mapping) -> str:
+    """The numbers of one regime condition, AP values x 100."""
+    n = c.get("numbers") or {}
+    name = c["name"]
+    if name == "equal_schedule":
+        return f"teacher {n.get('teacher_steps')} steps, students {n.get('student_steps')} steps"
+    if name == "teacher_lead":
+        text = f"lead {_pct(n.get('teacher_lead_ap'), 2, sign=True)} AP"
+        if n.get("baseline_sd") is not None:
+            text += f", baseline seed sd {_pct(n['baseline_sd'], 2)}, needs ≥ {_pct(n.get('threshold'), 2)}"
+        return text
+    if name == "baseline_near_plateau":
+        gain = n.get("plateau_gain")
+        text = f"AP(S) {_pct(n.get('plateau_ap_s'), 2)}, AP(2S) {_pct(n.get('plateau_ap_2s'), 2)}"
+        text += ", gain –" if gain is None else f", gain {100 * gain:+.1f} %"
+        if n.get("ci"):
+            text += f", 95 % CI of AP(2S) − AP(S) [{_pct(n['ci'][0], 2, True)}, {_pct(n['ci'][1], 2, True)}]"
+        return text
+    if name == "students_below_teacher":
+        others = n.get("not_below") or []
+        return f"teacher {_pct(n.get('teacher_ap'), 2)}" + (f"; at or above it: {', '.join(others)}" if others else "")
+    return ""
+
+
 def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
-    """The ``## Regime`` section: teacher vs student (size, schedule), AP at 50/75/100 % of the student schedule,
-    the last-quarter gain and the plateau verdict, in numbers."""
+    """The ``## Regime`` section: every condition of the regime with its numbers and whether it holds, the doubling
+    test with its CI and per-seed values, and (as a description) AP at 50/75/100 % of the student schedule."""
     if not reg:
         return []
     lines = [
         "## Regime",
         "",
-        "Is the teacher ahead because it is the bigger network, and are the students near their plateau? "
-        "(`regime` in results.json)",
+        "Does the run sit in the paper's regime -- the teacher ahead by capacity on the students' schedule, the "
+        "baseline near its plateau, every distilled student below the teacher? Only there can "
+        "`defeat_lifts_student` pass or fail (`regime` in results.json).",
         "",
     ]
     size = "–" if reg.get("teacher_params_m") is None else f"{reg['teacher_params_m']:.1f} M"
@@ -213,9 +333,59 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
         lead = reg["teacher_lead_ap"]
         lines += [
             f"- teacher AP {_pct(reg.get('teacher_ap'), 2)}, {_pct(abs(lead), 2)} AP "
-            f"{'above' if lead > 0 else 'below'} the baseline's final AP"
+            f"{'above' if lead > 0 else 'below'} the baseline's mean AP"
             + ("" if lead > 0 else ": the teacher is NOT ahead, there is no gap to close")
         ]
+    conditions = reg.get("conditions") or []
+    if conditions:
+        verdict = {True: "yes", False: "**no**", None: "not measured"}
+        rows = [
+            {
+                "condition": c["name"],
+                "check": c["check"],
+                "numbers": _condition_numbers(c),
+                "holds": verdict[c["holds"]],
+            }
+            for c in conditions
+        ]
+        in_regime = reg.get("in_regime")
+        lines += [
+            "",
+            render_table(rows, ["condition", "check", "numbers", "holds"]),
+            "",
+            "In the regime: "
+            + {True: "**yes**", False: "**no**", None: "**not established** (a condition was not measured)"}[in_regime],
+        ]
+    plateau = reg.get("plateau") or {}
+    if plateau:
+        gain = plateau.get("plateau_gain")
+        if plateau.get("plateau_ap_s") is None or plateau.get("plateau_ap_2s") is None:
+            lines += ["", f"Doubling test: {plateau.get('note') or 'not computed'}."]
+        else:
+            per_seed = ", ".join(
+                f"seed {s}: {_pct(a, 2)} → {_pct(b, 2)}"
+                for s, a, b in zip(plateau.get("seeds") or [], plateau["values_s"], plateau["values_2s"])
+            )
+            ci = plateau.get("ci")
+            if gain is None:
+                verdict = plateau.get("note") or "not decided"
+            else:
+                verdict = "near its plateau" if plateau.get("near") else "NOT near its plateau: more steps raise it"
+            lines += [
+                "",
+                f"Doubling test (baseline, {reg['student_steps']} and {2 * reg['student_steps']} steps, the same "
+                f"schedule shape): mean AP {_pct(plateau['plateau_ap_s'], 2)} → {_pct(plateau['plateau_ap_2s'], 2)}, "
+                + ("gain –" if gain is None else f"gain {100 * gain:+.1f} % of AP(S)")
+                + f" against at most {100 * plateau['plateau_gain_max']:.0f} %"
+                + (
+                    f"; 95 % Welch CI of the difference [{_pct(ci[0], 2, True)}, {_pct(ci[1], 2, True)}] AP"
+                    if ci
+                    else ""
+                )
+                + f" — {verdict}"
+                + (f" ({per_seed})" if per_seed else "")
+                + ".",
+            ]
     rows = []
     for name, st in (reg.get("students") or {}).items():
         at = st.get("ap_at", {})
@@ -228,29 +398,14 @@ def render_regime(reg: Mapping[str, Any] | None) -> list[str]:
             )
         gain = st.get("last_quarter_gain")
         row["last-quarter gain / final AP"] = "–" if gain is None else f"{100 * gain:.1f} %"
-        row["near plateau"] = {True: "yes", False: "no", None: "–"}[st.get("near_plateau")]
         rows.append(row)
     if rows:
-        lines += ["", render_table(rows)]
-    plateau = reg.get("plateau") or {}
-    gain = plateau.get("gain")
-    if gain is None:
         lines += [
             "",
-            "Plateau check: not computed (the baseline's AP at 75 % or 100 % of its schedule is missing, or "
-            "its final AP is 0).",
-        ]
-    else:
-        verdict = (
-            "holds: more steps alone would add little"
-            if plateau.get("near")
-            else f"does NOT hold: the baseline is {100 * (gain - plateau['gain_max']):.1f} points of its final AP "
-            "above the threshold, still improving; more steps would raise it"
-        )
-        lines += [
+            "AP against steps (a description, it decides nothing: on a cosine schedule the last quarter's rise is "
+            "mostly annealing):",
             "",
-            f"Plateau check (baseline): last-quarter gain {100 * gain:.1f} % of the final AP vs the "
-            f"threshold {100 * plateau['gain_max']:.0f} % — {verdict}.",
+            render_table(rows),
         ]
     return lines + [""]
 
@@ -302,12 +457,25 @@ def render_report(results: Mapping[str, Any]) -> str:
         f"one-sided, p < {stat.get('alpha', 0.05)} (95 % Welch CI of the difference shown); *A is comparable to "
         "B* = TOST equivalence, two one-sided Welch tests, both p < "
         f"{stat.get('alpha', 0.05)} (90 % CI inside the margin" + (f" ±{margin:g} AP" if margin else "") + "). "
-        "A test with fewer than 2 seeds in an arm is not decided and its claim does not pass. A claim made of "
-        "several tests passes when all pass; its p is the largest. Figure claims say their test.",
+        "Each test has a power: the chance it passes at the pre-registered seed sd when the true difference is the "
+        "pre-registered effect (Welch) or 0 (TOST). Outcomes: **pass**; **fail** (did not pass, with power ≥ the "
+        "target); **undecidable at this budget** (did not pass with power below the target, or fewer than 2 seeds "
+        "in an arm) -- never read as fail. A claim of several tests fails when one fails and passes when all pass; "
+        "its p is the largest. `defeat_lifts_student` is undecidable out of the regime below. Figure claims say "
+        "their test.",
         "",
         render_claims_table(results.get("claims", [])),
         "",
     ]
+    plan = stat.get("power_plan") or []
+    if plan:
+        out += [
+            "Pre-registered power (the preset's `claims`: assumed seed sd, effects, margin, power target; before the "
+            "run):",
+            "",
+            render_power_plan(plan),
+            "",
+        ]
 
     out += render_regime(results.get("regime"))
 
@@ -342,16 +510,26 @@ def render_report(results: Mapping[str, Any]) -> str:
         losses = list(dict.fromkeys(r.get("loss", "sum") for r in gn["rows"]))
         levels = list(dict.fromkeys(r["level"] for r in gn["rows"]))
         ratio = {(r.get("loss", "sum"), r["level"]): r.get("ratio") for r in gn["rows"]}
-        rows = [
-            {"level": level, **{f"ratio ({loss} loss)": ratio.get((loss, level)) for loss in losses}}
-            for level in levels
-        ]
+        grad_claim = next((c for c in results.get("claims", []) if c.get("id") == "fig2_3_gradients"), None)
+        value = (grad_claim or {}).get("value") or {}
+        cis = {value.get("tested"): value.get("levels") or {}} | {
+            loss: levels for loss, levels in (value.get("control") or {}).items()
+        }
+
+        def cell(loss: str, level: str) -> str:
+            r = ratio.get((loss, level))
+            ci = (cis.get(loss) or {}).get(level, {}).get("ci")
+            text = "–" if r is None else f"{r:.3g}"
+            return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+        rows = [{"level": level, **{f"ratio ({loss} loss)": cell(loss, level) for loss in losses}} for level in levels]
         out += [
             "## Gradient norm, object vs background (Fig. 2–3)",
             "",
             "Mean gradient norm on object pixels / on background pixels at each FPN level (level `all`: every "
             "level pooled), back-propagating the detection loss alone (the control), the distillation loss alone "
-            f"and their sum. The claim tests the **{gn.get('tested', 'distillation')}** loss.",
+            f"and their sum, with the {100 * value.get('ci_level', 0.9):.0f} % percentile bootstrap CI over images "
+            f"in brackets. The claim tests the **{gn.get('tested', 'distillation')}** loss.",
             "",
             render_table(rows),
             "",

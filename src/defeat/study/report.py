@@ -13,8 +13,16 @@ import yaml
 
 from defeat.config import config_to_dict
 from defeat.study import claims, regime, render
-from defeat.study.plan import GRAD_LOSSES, Stage
-from defeat.study.presets import claims_settings, regime_settings, run_name, run_order, seeds_of, sensitivity_settings
+from defeat.study.plan import GRAD_LOSSES, PLATEAU_RUN, Stage
+from defeat.study.presets import (
+    claims_settings,
+    plateau_seeds,
+    regime_settings,
+    run_name,
+    run_order,
+    seeds_of,
+    sensitivity_settings,
+)
 from defeat.utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -180,6 +188,17 @@ def _plot_channel_seeds(folder: Path, path: Path, title: str) -> bool:
     return True
 
 
+def planned_seeds(preset: dict) -> dict[str, int]:
+    """Seeds per student the preset plans (the arms of the claims' tests)."""
+    return {s: len(seeds_of(preset, s)) for s in preset["students"]}
+
+
+def power_plan_text(preset: dict) -> str:
+    """The pre-registered power of every claim test, as the plan (``--dry-run``) prints it."""
+    settings = claims.ClaimSettings.from_mapping(claims_settings(preset))
+    return render.render_power_plan(claims.power_plan(planned_seeds(preset), settings))
+
+
 def collect_results(
     preset: dict, run_dir: Path, stages: list[Stage], records: dict[str, dict], failed: dict[str, str]
 ) -> dict:
@@ -197,11 +216,14 @@ def collect_results(
     cd_raw = _read(run_dir / "analysis" / "channel_distance_raw" / "channel_distance_summary.json")
     planned_raw = any(s.name == "channel_distance_raw" for s in stages)  # planned but failed: claim is n/a
     cd_raw_rows = cd_raw["rows"] if cd_raw else ([] if planned_raw else None)
-    gn_rows, gn_ratio = [], {}
+    gn_rows, gn_ratio, gn_per_image = [], {}, {}
     for loss in GRAD_LOSSES:  # Fig. 2-3: detection alone, distillation alone, their sum
         gn = _read(run_dir / "analysis" / f"grad_norm_{loss}" / "grad_norm_ratio.json")
         rows = [dict(r, loss=loss) for r in (gn or {}).get("rows", []) if r.get("image_id") == "all"]
         gn_rows += rows
+        per_image = [dict(r, loss=loss) for r in (gn or {}).get("rows", []) if r.get("image_id") != "all"]
+        if per_image:
+            gn_per_image[loss] = per_image
         ratio = next((r["ratio"] for r in rows if r.get("level") == "all"), None)
         if ratio is not None:
             gn_ratio[loss] = ratio
@@ -213,20 +235,9 @@ def collect_results(
 
     table = claims.results_table(teacher, students)
     settings = claims_settings(preset)
-    claim_list = claims.compute_claims(
-        teacher,
-        students,
-        cd_rows,
-        gn_ratio or None,
-        er_rows,
-        channel_distance_raw=cd_raw_rows,
-        margin_ap=float(settings["margin_ap"]),
-        alpha=float(settings["alpha"]),
-        gap_closed_min=float(settings["gap_closed_min"]),
-    )
-
-    # the regime: teacher vs student size and schedule, AP against steps, the plateau check
     reg = regime_settings(preset)
+
+    # the regime: teacher vs student size and schedule, the doubling test, the students against the teacher
     curves = {
         s: [
             c
@@ -237,6 +248,18 @@ def collect_results(
         ]
         for s in reg["curve_students"]
     }
+    doubled = plateau_seeds(preset)
+    ap_s, ap_2s = [], []
+    for seed in doubled:  # the same seeds at S and 2S steps: a seed missing at either end is left out of both
+        at_s = _read(run_dir / "eval" / run_name("baseline", seed) / "metrics.json")
+        at_2s = _read(run_dir / "eval" / run_name(PLATEAU_RUN, seed) / "metrics.json")
+        if at_s and at_2s and at_s.get("AP") is not None and at_2s.get("AP") is not None:
+            ap_s.append(float(at_s["AP"]))
+            ap_2s.append(float(at_2s["AP"]))
+    plateau_curves = [
+        eval_curve(run_dir / "models" / run_name(PLATEAU_RUN, seed) / "metrics.jsonl") for seed in doubled
+    ]
+    groups = {name: claims.summarize_group(runs) for name, runs in students.items()}
     first_baseline = run_name("baseline", seeds_of(preset, "baseline")[0])
     regime_obj = regime.regime(
         curves,
@@ -244,8 +267,29 @@ def collect_results(
         int(preset["student"]["steps"]),
         _parameters(run_dir / "models" / "teacher" / "model_final.pt"),
         _parameters(run_dir / "models" / first_baseline / "model_final.pt"),
-        float(reg["plateau_gain_max"]),
-        (teacher or {}).get("AP"),
+        teacher_ap=(teacher or {}).get("AP"),
+        baseline_aps=groups.get("baseline", {}).get("AP", {}).get("values", []),
+        distilled_aps={n: g["AP"]["mean"] for n, g in groups.items() if n != "baseline" and "AP" in g},
+        plateau_ap_s=ap_s,
+        plateau_ap_2s=ap_2s,
+        plateau_seeds=doubled,
+        plateau_curves=[c for c in plateau_curves if c],
+        plateau_gain_max=float(reg["plateau_gain_max"]),
+        lead_min_ap=float(reg["teacher_lead_min_ap"]) / 100.0,
+        lead_min_sd=float(reg["teacher_lead_min_sd"]),
+    )
+    claim_settings = claims.ClaimSettings.from_mapping(
+        dict(settings, bootstrap_seed=int((preset.get("analysis") or {}).get("grad_norm", {}).get("seed", 0)))
+    )
+    claim_list = claims.compute_claims(
+        teacher,
+        students,
+        cd_rows,
+        gn_per_image or None,
+        er_rows,
+        channel_distance_raw=cd_raw_rows,
+        regime=regime_obj,
+        settings=claim_settings,
     )
 
     # the KD-weight sensitivity (apart from the reproduction, which keeps the authors' weights)
@@ -292,14 +336,21 @@ def collect_results(
         "channel_distance_raw": cd_raw_rows,
         "channel_distance_seeds": _channel_seed_table(cd_rows),
         "channel_distance_raw_seeds": _channel_seed_table(cd_raw_rows),
-        "grad_norm": {"ratio": gn_ratio, "rows": gn_rows, "tested": claims.GRAD_CLAIM_LOSS} if gn_rows else None,
+        "grad_norm": (
+            {"ratio": gn_ratio, "rows": gn_rows, "per_image": gn_per_image, "tested": claims.GRAD_CLAIM_LOSS}
+            if gn_rows
+            else None
+        ),
         "regime": regime_obj,
         "sensitivity": sensitivity or None,
         "statistics": {
             **settings,
             "beats": "Welch t-test, one-sided, scipy.stats.ttest_ind(equal_var=False, alternative='greater')",
             "comparable": "TOST: two one-sided Welch tests with the margin margin_ap (AP points)",
+            "power": "at the pre-registered assumed_sd_ap: Welch at effect_ap, TOST at a true difference of 0; "
+            "a test that does not pass with power < power_target is undecidable at this budget",
             "min_seeds": 2,
+            "power_plan": claims.power_plan(planned_seeds(preset), claim_settings),
         },
         "errors": bands or None,
         "stages": stage_info,
@@ -337,7 +388,8 @@ def write_report(
         )
         if (fig_dir / "ap_vs_steps.png").is_file():
             figures[
-                "AP against training steps: baseline and decoupled students (mean ± seed std), the teacher dashed"
+                "AP against training steps: baseline and decoupled students and the baseline on twice the steps "
+                "(baseline_x2, the doubling test; mean ± seed std), the teacher dashed"
             ] = "figures/ap_vs_steps.png"
     for stage, name, caption in (
         (

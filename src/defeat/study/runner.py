@@ -23,7 +23,7 @@ from defeat.config import save_config
 from defeat.study.coco import write_coco_configs
 from defeat.study.estimate import Estimator, FirstStepsWatcher, minutes, step_seconds
 from defeat.study.plan import Stage, build_plan, describe_plan
-from defeat.study.report import say, write_report
+from defeat.study.report import power_plan_text, say, write_report
 from defeat.utils import atomic_write_json, atomic_write_text, read_json
 
 
@@ -202,6 +202,7 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False) -> di
         "plan (a-priori estimate; refined from the measured s/step of the first steps):\n"
         + describe_plan(stages, estimator, preset, done)
     )
+    say("claims: seeds, effect / margin and power at the pre-registered seed sd\n" + power_plan_text(preset))
     if dry_run:
         return {"stages": [s.name for s in stages], "estimate_seconds": sum(estimator.seconds(s) for s in stages)}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,23 @@ Welch (unequal variances)::
 * Fewer than two values in either arm: no variance, no test; the claim cannot pass (``"needs >= 2 seeds"``).
 * Zero variance in both arms (``se = 0``): the difference is exact; the test degenerates to comparing ``d``
   with 0 (beats) or with ``+/-delta`` (equivalence): p = 0 when it holds, 1 otherwise (noted).
+
+Power (what a test can decide at a budget, before the run): normal values, the same sd ``sigma`` in both arms,
+``n`` per arm, ``sigma_d = sigma * sqrt(2 / n)``. Then ``T = d / se`` follows the noncentral t with ``nu = 2(n-1)``
+degrees of freedom and noncentrality ``delta = effect / sigma_d``, and Welch's df depends only on
+``R = s_a^2 / (s_a^2 + s_b^2) ~ Beta((n-1)/2, (n-1)/2)``, independent of ``T`` and of ``se``:
+``df(R) = (n-1) / (R^2 + (1-R)^2)``. So, exactly:
+
+* :func:`power_beats` = ``E_R[ P(T'_{nu, delta} > t_{1-alpha, df(R)}) ]`` (``scipy.stats.nct``);
+* :func:`power_equivalent` (TOST at margin ``m``, true difference ``theta``, default 0) =
+  ``E_{R, se}[ max(0, Phi((m - c - theta)/sigma_d) - Phi((-m + c - theta)/sigma_d)) ]`` with
+  ``c = t_{1-alpha, df(R)} * se`` and ``se^2 = sigma_d^2 chi^2_nu / nu``;
+* :func:`seeds_for_power` = the smallest ``n`` whose power reaches the target (0.8).
+
+Arms of unequal size are powered as two arms of the smaller size (a lower bound); fewer than 2 values per arm: 0.
+
+Bootstrap (:func:`bootstrap_ratio`): the percentile bootstrap CI over units (images) of a pooled ratio of means
+``(sum_i x_i / sum_i n_i) / (sum_i y_i / sum_i m_i)``, resampling units with replacement (seeded).
 """
 
 from __future__ import annotations
@@ -186,4 +203,162 @@ def equivalent_paired(a: Sequence[float], b: Sequence[float], margin: float, alp
         p_high = float(stats.ttest_1samp(diffs, margin, alternative="less").pvalue)
     out.update(p_lower=p_low, p_upper=p_high, p_value=max(p_low, p_high))
     out["pass"] = out["p_value"] < alpha
+    return out
+
+
+# ------------------------------------------------------------------------------------------ power
+#: the power a claim's test must have at the pre-registered sd to be decidable (a failed test below it is
+#: "undecidable at this budget")
+POWER_TARGET = 0.8
+
+
+def _per_arm(n_a: int, n_b: int | None) -> int:
+    """The arm size the power is computed for: the smaller arm (a lower bound for unequal arms)."""
+    return int(min(n_a, n_a if n_b is None else n_b))
+
+
+def _check_power_args(sd: float, alpha: float) -> None:
+    if not sd > 0:
+        raise ValueError(f"power: the seed sd must be > 0, got {sd!r}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"power: alpha must be in (0, 0.5), got {alpha!r}")
+
+
+def welch_df_of_ratio(r, n: int):
+    """Welch-Satterthwaite df of two arms of ``n`` values whose sample variances split as ``r : 1 - r``:
+    ``(n - 1) / (r^2 + (1 - r)^2)`` (between ``n - 1`` and ``2(n - 1)``)."""
+    return (n - 1) / (r**2 + (1 - r) ** 2)
+
+
+#: quadrature nodes: Gauss-Jacobi over the variance split R, Gauss-Legendre over the chi-square of se
+_R_NODES, _CHI2_NODES = 48, 96
+
+
+def _ratio_nodes(n: int):
+    """Nodes ``r`` and weights (summing to 1) of ``E[f(R)]`` for ``R ~ Beta((n-1)/2, (n-1)/2)``: Gauss-Jacobi on
+    ``x = 2r - 1`` with weight ``(1-x)^(a-1) (1+x)^(a-1)``, ``a = (n-1)/2`` (exact at the Beta(1/2, 1/2) poles)."""
+    from scipy.special import roots_jacobi
+
+    a = (n - 1) / 2
+    x, w = roots_jacobi(_R_NODES, a - 1, a - 1)
+    return (1 + x) / 2, w / w.sum()
+
+
+def power_beats(effect: float, sd: float, n_a: int, n_b: int | None = None, alpha: float = ALPHA) -> float:
+    """Power of :func:`beats` (one-sided Welch, ``p < alpha``) when the true difference is ``effect`` and both arms
+    have seed sd ``sd``: ``E_R[ P(T'_{2(n-1), effect / (sd sqrt(2/n))} > t_{1-alpha, df(R)}) ]``, R ~ Beta((n-1)/2,
+    (n-1)/2) (the module docstring; ``scipy.stats.nct``); ``n`` = the smaller arm. 0 when an arm has fewer than 2
+    values."""
+    from scipy import stats
+
+    _check_power_args(sd, alpha)
+    n = _per_arm(n_a, n_b)
+    if n < MIN_SEEDS:
+        return 0.0
+    r, weight = _ratio_nodes(n)
+    delta = effect / (sd * math.sqrt(2 / n))
+    passes = stats.nct.sf(stats.t.ppf(1 - alpha, welch_df_of_ratio(r, n)), 2 * (n - 1), delta)
+    return float(min(1.0, max(0.0, weight @ passes)))
+
+
+def power_equivalent(
+    margin: float, sd: float, n_a: int, n_b: int | None = None, alpha: float = ALPHA, true_diff: float = 0.0
+) -> float:
+    """Power of :func:`equivalent` (TOST within ``+/-margin``, Welch) when the true difference is ``true_diff``
+    (default 0) and both arms have seed sd ``sd``: ``E_{R, se}[ max(0, Phi((m - c - theta)/sd_d) -
+    Phi((-m + c - theta)/sd_d)) ]``, ``c = t_{1-alpha, df(R)} se`` (the module docstring); ``n`` = the smaller arm.
+    0 when an arm has fewer than 2 values."""
+    import numpy as np
+    from scipy import stats
+    from scipy.special import roots_legendre
+
+    _check_power_args(sd, alpha)
+    if not margin > 0:
+        raise ValueError(f"power: the equivalence margin must be > 0, got {margin!r}")
+    n = _per_arm(n_a, n_b)
+    if n < MIN_SEEDS:
+        return 0.0
+    nu = 2 * (n - 1)
+    sd_d = sd * math.sqrt(2 / n)
+    r, weight = _ratio_nodes(n)
+    t_crit = stats.t.ppf(1 - alpha, welch_df_of_ratio(r, n))
+    # u = nu se^2 / sd_d^2 ~ chi2(nu); the interval (-m + c, m - c) is empty from u = nu (m / (t_crit sd_d))^2 on,
+    # and chi2(nu) holds no mass beyond nu + 12 sqrt(2 nu) + 60 (upper tail < 1e-12)
+    top = np.minimum(nu * (margin / (t_crit * sd_d)) ** 2, nu + 12 * math.sqrt(2 * nu) + 60)
+    x, w = roots_legendre(_CHI2_NODES)
+    u = top[:, None] * (1 + x[None, :]) / 2  # (R node, chi2 node)
+    c = t_crit[:, None] * sd_d * np.sqrt(u / nu)
+    inside = stats.norm.cdf((margin - c - true_diff) / sd_d) - stats.norm.cdf((-margin + c - true_diff) / sd_d)
+    given_ratio = (np.maximum(inside, 0.0) * stats.chi2.pdf(u, nu)) @ w * top / 2
+    return float(min(1.0, max(0.0, weight @ given_ratio)))
+
+
+def seeds_for_power(power_of_n, target: float = POWER_TARGET, n_max: int = 1000) -> int | None:
+    """The smallest ``n >= 2`` with ``power_of_n(n) >= target`` (power grows with n: doubling, then bisection);
+    None when even ``n_max`` does not reach it."""
+    if not 0 < target < 1:
+        raise ValueError(f"power target must be in (0, 1), got {target!r}")
+    if power_of_n(n_max) < target:
+        return None
+    low, high = 1, MIN_SEEDS  # invariant: power(low) < target (or low < 2), power(high) checked below
+    while power_of_n(high) < target:
+        low, high = high, min(2 * high, n_max)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if power_of_n(mid) >= target else (mid, high)
+    return high
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def bootstrap_ratio(
+    num_sums: Sequence[float],
+    num_counts: Sequence[float],
+    den_sums: Sequence[float],
+    den_counts: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Percentile bootstrap over units (e.g. images) of the pooled ratio of means
+    ``R = (sum x_i / sum n_i) / (sum y_i / sum m_i)`` (unit i: sum ``x_i`` over ``n_i`` pixels of one region,
+    ``y_i`` over ``m_i`` of the other). Units are drawn with replacement (``numpy.random.default_rng(seed)``);
+    resamples where R is undefined (an empty region, a zero denominator) are dropped and counted.
+
+    Returns ``{estimate, ci: [lo, hi] (the (1-c)/2 and (1+c)/2 quantiles), ci_level, units, resamples,
+    undefined}``; ``ci`` None with fewer than 2 units or when every resample is undefined."""
+    import numpy as np
+
+    arrays = [np.nan_to_num(np.asarray(v, dtype=float)) for v in (num_sums, num_counts, den_sums, den_counts)]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+        raise ValueError("bootstrap_ratio: the four per-unit sequences must have one length")
+    if not 0 < confidence < 1 or resamples < 1:
+        raise ValueError(f"bootstrap_ratio: confidence in (0, 1) and resamples >= 1, got {confidence}, {resamples}")
+    x, n, y, m = arrays
+    units = len(x)
+
+    def ratio(weights):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (weights @ x / (weights @ n)) / (weights @ y / (weights @ m))
+
+    estimate = float(ratio(np.ones(units))) if units else math.nan
+    out = {
+        "estimate": None if math.isnan(estimate) or math.isinf(estimate) else estimate,
+        "ci": None,
+        "ci_level": confidence,
+        "units": units,
+        "resamples": int(resamples),
+        "undefined": 0,
+    }
+    if units < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, units, size=(int(resamples), units))
+    weights = np.zeros((int(resamples), units))
+    np.add.at(weights, (np.arange(int(resamples))[:, None], draws), 1.0)  # how often each unit is drawn
+    values = ratio(weights)
+    finite = values[np.isfinite(values)]
+    out["undefined"] = int(resamples - finite.size)
+    if finite.size:
+        lo, hi = np.quantile(finite, [(1 - confidence) / 2, (1 + confidence) / 2])
+        out["ci"] = [float(lo), float(hi)]
     return out
