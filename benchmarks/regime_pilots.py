@@ -61,36 +61,41 @@ PILOTS: dict[str, tuple[str, int, int, int, list[str]]] = {
     "tiny_1500": (TINY, 1500, 800, 0, []),
     "tiny_3000": (TINY, 3000, 800, 0, []),
     "tiny_6000": (TINY, 6000, 800, 0, []),
+    "tiny_8000": (TINY, 8000, 800, 0, []),
     "tiny_12000": (TINY, 12000, 800, 0, []),
+    "tiny_16000": (TINY, 16000, 800, 0, []),
+    "tiny_24000": (TINY, 24000, 800, 0, []),
     # data size: fewer images (does overfitting bring the plateau sooner?)
     "tiny_3000_n200": (TINY, 3000, 200, 0, []),
     "tiny_3000_n400": (TINY, 3000, 400, 0, []),
     "tiny_6000_n400": (TINY, 6000, 400, 0, []),
-    # optimiser: a faster start
+    # optimiser: a faster start?
     "tiny_3000_adamw": (TINY, 3000, 800, 0, ["optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.05"]),
     "tiny_3000_sgd06": (TINY, 3000, 800, 0, ["optim.lr=0.06"]),
-    # seeds: the baseline's seed sd at one S
-    "tiny_6000_s1": (TINY, 6000, 800, 1, []),
-    "tiny_6000_s2": (TINY, 6000, 800, 2, []),
+    # seeds: the baseline's seed sd at the plateau's S
+    "tiny_12000_s1": (TINY, 12000, 800, 1, []),
+    "tiny_12000_s2": (TINY, 12000, 800, 2, []),
     # the teacher on the students' schedule
-    "r18_3000": (R18, 3000, 800, 0, []),
-    "r18_6000": (R18, 6000, 800, 0, []),
+    "r18_12000": (R18, 12000, 800, 0, []),
 }
 
 
-def synth(out: Path, num_train: int) -> Path:
+def data_dir(out: Path, num_train: int) -> Path:
+    return out / f"data_n{num_train}"
+
+
+def synth(out: Path, num_train: int) -> None:
     """The pilots' data: ``defeat data synth`` at 128 px, 2-6 objects, 100 val images (made once)."""
-    folder = out / f"data_n{num_train}"
+    folder = data_dir(out, num_train)
     if not (folder / "val.json").is_file():
         cmd = ["defeat", "data", "synth", "--out", str(folder), "--seed", "0", "--num-train", str(num_train)]
         cmd += ["--num-val", "100", "--image-size", "128", "--min-objects", "2", "--max-objects", "6"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return folder
 
 
 def command(out: Path, name: str) -> list[str]:
     model, steps, num_train, seed, extra = PILOTS[name]
-    data = synth(out, num_train)
+    data = data_dir(out, num_train)
     sets = [
         f"model.name={model}",
         f"schedule.max_steps={steps}",
@@ -129,6 +134,33 @@ def summary(out: Path, name: str) -> dict | None:
     }
 
 
+def doubling(pilots: dict) -> list[dict]:
+    """Every (S, 2S) pair of finished pilots that differ only in steps: gain = (AP(2S) - AP(S)) / AP(S), near the
+    plateau when <= 0.10 (the doubling test of ``defeat.study.regime``, here on one seed)."""
+    out = []
+    for name, p in pilots.items():
+        for other, q in pilots.items():
+            same = (p["model"], p["train_images"], p["seed"], p["overrides"]) == (
+                q["model"],
+                q["train_images"],
+                q["seed"],
+                q["overrides"],
+            )
+            if same and q["steps"] == 2 * p["steps"] and p["final_AP"]:
+                gain = (q["final_AP"] - p["final_AP"]) / p["final_AP"]
+                out.append(
+                    {
+                        "S": name,
+                        "2S": other,
+                        "AP_S": p["final_AP"],
+                        "AP_2S": q["final_AP"],
+                        "gain": round(gain, 4),
+                        "near_plateau": gain <= 0.10,
+                    }
+                )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/pilots", type=Path)
@@ -136,6 +168,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--collect-only", action="store_true", help="record the finished pilots, run nothing")
     parser.add_argument("--json", default="benchmarks/results/regime_pilots.json")
+    parser.add_argument("--note", default="", help="how the pilots ran (threads, load), kept in the JSON")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "base.yaml", BASE_CONFIG)
@@ -153,6 +186,7 @@ def main() -> None:
                 name = todo.pop(0)
                 log = open(args.out / f"{name}.log", "w")  # noqa: SIM115 -- closed with the process
                 print(f"[pilots] start {name}", flush=True)
+                synth(args.out, PILOTS[name][2])
                 shutil.rmtree(args.out / name, ignore_errors=True)  # an unfinished pilot starts over
                 running.append((name, subprocess.Popen(command(args.out, name), stdout=log, stderr=log, env=env)))
             time.sleep(5)
@@ -160,6 +194,7 @@ def main() -> None:
                 if entry[1].poll() is not None:
                     running.remove(entry)
                     print(f"[pilots] end {entry[0]} rc={entry[1].returncode}", flush=True)
+    pilots = {n: s for n in PILOTS if (s := summary(args.out, n)) is not None}
     record = {
         "what": __doc__.splitlines()[0],
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -167,7 +202,9 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + shlex.join(sys.argv),
         "base_config": BASE_CONFIG,
-        "pilots": {n: s for n in PILOTS if (s := summary(args.out, n)) is not None},
+        "note": args.note,
+        "doubling": doubling(pilots),
+        "pilots": pilots,
     }
     atomic_write_json(args.json, record)
     print(json.dumps({n: p["final_AP"] for n, p in record["pilots"].items()}, indent=1))
