@@ -169,3 +169,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(synth, tmp_path, yolo_teacher
         assert not (tmp_path / "run").exists(), name
     assert main(["train", *base, "--resume"]) == 2
     assert "a YOLO training does not resume" in capsys.readouterr().err
+    # the torchvision image sizes would be silently ignored (Ultralytics' 640 px): refused, naming yolo.imgsz
+    assert main(["train", *base, "--set", "model.min_size=128", "--set", "model.max_size=128"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "set yolo.imgsz" in err and "model.min_size=128" in err, err
+    assert not (tmp_path / "run").exists()

@@ -19,6 +19,16 @@ from defeat.models.spec import is_yolo_name, model_spec
 
 
 def _start(cfg: Config, resume: bool, force: bool, what: str) -> tuple[Path, list[str]]:
+    from defeat.config import ModelConfig
+
+    sizes = {k: getattr(cfg.model, k) for k in ("min_size", "max_size")}
+    if any(v != getattr(ModelConfig, k) for k, v in sizes.items()):
+        # a silent 640 px run where the user asked for 128 px costs ~25x the time and answers another question
+        given = ", ".join(f"model.{k}={v}" for k, v in sizes.items())
+        raise ValueError(
+            f"{given}: the torchvision image sizes do not apply to YOLO models; set yolo.imgsz "
+            f"(Ultralytics' image size, now {cfg.yolo.imgsz}) and leave model.min_size/max_size unset"
+        )
     if resume:
         raise ValueError(f"--resume: a YOLO {what} does not resume (start it again, with --force to replace the run)")
     info = init_distributed("cpu")
