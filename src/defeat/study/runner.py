@@ -210,49 +210,64 @@ def threads_per_stage(jobs: int, threads: int | None = None) -> int:
     return max(1, int(threads) // int(jobs))
 
 
-def _stage_process(
-    stage: Stage, run_dir: Path, keep_checkpoints: bool, run: Callable[[Stage], None] | None, threads: int, conn
-) -> None:
-    """The body of one stage's process: output to the stage's log, ``threads`` torch threads, execute_stage, and
-    one message back: ``("done", record)``, ``("stopped", text, code)`` or ``("failed", type, text, stale)``."""
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    log = open(stage.folder / LOG_NAME, "a", buffering=1)  # noqa: SIM115 (the process's output until it ends)
-    for fd in (1, 2):
-        os.dup2(log.fileno(), fd)
+def _log_to(path: Path) -> None:
+    """This process's stdout and stderr (file descriptors 1 and 2: C libraries and child processes too) appended to
+    ``path`` from now on."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    print(f"--- {time.strftime('%FT%T')} stage {stage.name}, {threads} torch thread(s): {stage.command}", flush=True)
+
+
+def _stage_worker(conn, threads: int) -> None:
+    """A stage process: takes ``(stage, run_dir, keep_checkpoints, run)`` from ``conn`` until None, runs each with
+    :func:`execute_stage` and ``threads`` torch threads, its output in the stage's log, and answers each with one
+    message: ``{"outcome": "done", "record"}``, ``{"outcome": "stopped", "text", "code"}`` (then it ends) or
+    ``{"outcome": "failed", "type", "text", "stale", "ends"}``. Like the serial loop it reuses the process from stage
+    to stage: every stage sets its own seed (:func:`run_stage`); the imports are paid once per worker."""
     import torch  # after OMP_NUM_THREADS was set (by the parent, in this process's environment)
 
     from defeat.engine.stop import TrainingStopped
 
-    torch.set_num_threads(threads)
-    try:
-        record = execute_stage(stage, run_dir, keep_checkpoints=keep_checkpoints, run=run)
-    except TrainingStopped as stop:
-        print(f"defeat: {stop}", flush=True)
-        conn.send(("stopped", str(stop), int(stop.code)))
-        sys.exit(stop.code)
-    except BaseException as err:  # every failure goes back to the scheduler as one message
-        traceback.print_exc()
-        conn.send(("failed", type(err).__name__, str(err), isinstance(err, StaleStageError)))
-        sys.exit(1)
-    conn.send(("done", record))
+    while (job := conn.recv()) is not None:
+        stage, run_dir, keep_checkpoints, run = job
+        _log_to(stage.folder / LOG_NAME)
+        print(f"--- {time.strftime('%FT%T')} stage {stage.name}, {threads} torch thread(s): {stage.command}")
+        torch.set_num_threads(threads)  # a stage that changed it does not change the next one's
+        try:
+            record = execute_stage(stage, run_dir, keep_checkpoints=keep_checkpoints, run=run)
+        except TrainingStopped as stop:
+            print(f"defeat: {stop}")
+            conn.send({"outcome": "stopped", "text": str(stop), "code": int(stop.code)})
+            return
+        except BaseException as err:  # every failure goes back to the scheduler as one message
+            traceback.print_exc()
+            ends = not isinstance(err, Exception)  # KeyboardInterrupt, SystemExit: this process ends
+            stale = isinstance(err, StaleStageError)
+            conn.send({"outcome": "failed", "type": type(err).__name__, "text": str(err), "stale": stale, "ends": ends})
+            if ends:
+                return
+            continue
+        conn.send({"outcome": "done", "record": record})
 
 
 @dataclass
-class _Running:
-    stage: Stage
+class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
+    stage: Stage | None = None  # the stage it runs; None: idle
 
 
-def _start(context, stage: Stage, run_dir: Path, keep: bool, run, threads: int) -> _Running:
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_stage_process, args=(stage, run_dir, keep, run, threads, send), name=f"stage {stage.name}"
-    )
+def _spawn_worker(context, threads: int) -> _Worker:
+    mine, theirs = context.Pipe()
+    process = context.Process(target=_stage_worker, args=(theirs, threads), name="defeat stage worker")
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # the child starts with them
     try:
@@ -263,17 +278,16 @@ def _start(context, stage: Stage, run_dir: Path, keep: bool, run, threads: int) 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    send.close()  # the child holds the writing end; this process only reads
-    return _Running(stage, process, receive)
+    theirs.close()  # only the child holds its end: its death reads as EOF here
+    return _Worker(process, mine)
 
 
-def _message(child: _Running):
+def _answer(worker: _Worker):
+    """The worker's message about its stage, or None where it ended without one (killed, crashed)."""
     try:
-        return child.conn.recv() if child.conn.poll() else None
+        return worker.conn.recv() if worker.conn.poll() else None
     except (EOFError, OSError):
         return None
-    finally:
-        child.conn.close()
 
 
 def default_note(type_name: str, message: str) -> str:
@@ -311,15 +325,16 @@ def run_parallel(
     context = multiprocessing.get_context("spawn")
     each = threads_per_stage(jobs, threads)
     waiting = list(stages)  # plan order
-    running: dict[str, _Running] = {}
+    workers: list[_Worker] = []  # at most `jobs`, started when a stage needs one
     total, t_start = len(stages), time.perf_counter()
     say(f"running up to {jobs} stages at once, {each} torch thread(s) each; a stage's output: <its folder>/{LOG_NAME}")
 
+    def busy() -> list[_Worker]:
+        return [w for w in workers if w.stage is not None]
+
     def remaining() -> float:
-        if estimator is None:
-            return 0.0
         left = [s for s in stages if s.name not in records and s.name not in failed]
-        return sum(estimator.seconds(s) for s in left) / jobs
+        return sum(estimator.seconds(s) for s in left) / jobs if estimator is not None else 0.0
 
     def finished(stage: Stage, record: dict) -> None:
         records[stage.name] = record
@@ -347,29 +362,32 @@ def run_parallel(
 
     interrupted: list[str] = []  # stages that ended on a signal
 
-    def collect(child: _Running, stopping: bool = False) -> int | None:
-        """Take the outcome of an ended stage process; returns the signal that stopped it, if one did."""
-        child.process.join()
-        stage, message = child.stage, _message(child)
-        del running[stage.name]
-        if message and message[0] == "done":
-            finished(stage, message[1])
-        elif message and message[0] == "stopped":
+    def collect(worker: _Worker, message: dict | None, stopping: bool = False) -> int | None:
+        """Take the outcome of a worker's stage; returns the signal that stopped it, if one did."""
+        stage, worker.stage = worker.stage, None
+        outcome = (message or {}).get("outcome")
+        if outcome not in ("done", "failed") or message.get("ends"):  # the worker ended (or ends now)
+            worker.process.join()
+            worker.conn.close()
+            workers.remove(worker)
+        if outcome == "done":
+            finished(stage, message["record"])
+        elif outcome == "stopped":
             interrupted.append(stage.name)
-            say(f"{stage.name}: {message[1]}")
-            return message[2] - 128
+            say(f"{stage.name}: {message['text']}")
+            return message["code"] - 128
         elif stopping:  # killed by the forwarded signal outside a training (an evaluation, an analysis): reruns
             interrupted.append(stage.name)
             say(f"{stage.name}: stopped; it reruns from its start (or its checkpoint) next time")
-        elif message and message[3]:  # stale: the run's settings and the folder disagree, as in a serial run
-            err = StaleStageError(message[2])
+        elif outcome == "failed" and message["stale"]:  # the run's settings and the folder disagree: stop the run
+            err = StaleStageError(message["text"])
             err.stage = stage
             raise err
         else:
-            code = child.process.exitcode
+            code = worker.process.exitcode
             why = (
-                note(message[1], message[2])
-                if message
+                note(message["type"], message["text"])
+                if outcome == "failed"
                 else f"its process ended with exit code {code}"
                 + (f" ({signal.Signals(-code).name})" if code is not None and code < 0 else "")
             )
@@ -377,10 +395,20 @@ def run_parallel(
             say(f"stage {stage.name} FAILED: {why} (see {stage.folder / LOG_NAME})")
         return None
 
+    def wait_for_answers(stopping: bool = False) -> int | None:
+        """Wait (at most POLL_SECONDS) for busy workers to answer or end; collect those that did."""
+        stop = None
+        handles = {h: w for w in busy() for h in (w.conn, w.process.sentinel)}
+        ready = multiprocessing.connection.wait(list(handles), timeout=POLL_SECONDS)
+        for worker in {id(handles[h]): handles[h] for h in ready}.values():
+            if worker.conn.poll() or not worker.process.is_alive():
+                stop = collect(worker, _answer(worker), stopping) or stop
+        return stop
+
     stop: int | None = None
     with StopSignals() as signals:
         try:
-            while waiting or running:
+            while waiting or busy():
                 stop = stop or signals.signum
                 if stop is not None:
                     break
@@ -401,56 +429,61 @@ def run_parallel(
                         progressed = True
                         break  # a finished stage may make earlier ones in plan order ready
                     if stage.kind in alone:
-                        if running:
+                        if busy():
                             continue  # waits for a moment when nothing runs
                         waiting.remove(stage)
                         say(f"start {stage.name} ({total - len(waiting)}/{total}, alone, in this process)")
                         in_process(stage)
                         progressed = True
                         break
-                    if len(running) >= jobs:
+                    if len(busy()) >= jobs:
                         continue
                     waiting.remove(stage)
                     est = f" (estimated {minutes(estimator.seconds(stage))})" if estimator is not None else ""
                     say(
-                        f"start {stage.name} ({total - len(waiting)}/{total}, {len(running) + 1} running): "
+                        f"start {stage.name} ({total - len(waiting)}/{total}, {len(busy()) + 1} running): "
                         f"{' '.join(stage.command.split()[:3])} ...{est}"
                     )
-                    running[stage.name] = _start(context, stage, run_dir, keep_checkpoints, run, each)
+                    worker = next((w for w in workers if w.stage is None), None)
+                    if worker is None:
+                        worker = _spawn_worker(context, each)
+                        workers.append(worker)
+                    worker.stage = stage
+                    worker.conn.send((stage, run_dir, keep_checkpoints, run))
                     progressed = True
                 if progressed:
                     continue
-                if not running:  # nothing runs and nothing can start: only stages waiting on absent deps remain
+                if not busy():  # nothing runs and nothing can start: only stages waiting on absent deps remain
                     for stage in waiting:
                         failed[stage.name] = "skipped: depends on a stage that did not run"
                         say(f"{stage.name}: {failed[stage.name]}")
                     waiting.clear()
                     break
-                ended = multiprocessing.connection.wait(
-                    [c.process.sentinel for c in running.values()], timeout=POLL_SECONDS
-                )
-                for child in [c for c in running.values() if c.process.sentinel in ended]:
-                    stop = collect(child) or stop
+                stop = wait_for_answers() or stop
             stop = stop or signals.signum
             if stop is not None:
-                names = list(running)
+                names = [w.stage.name for w in busy()]
                 say(
                     f"stopping on {signal.Signals(stop).name}: no new stage starts; "
                     + (f"{', '.join(names)} stop (trainings after their current step)" if names else "none running")
                 )
-                for child in running.values():
-                    if child.process.is_alive():
-                        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                            os.kill(child.process.pid, stop)
-                for child in list(running.values()):
-                    collect(child, stopping=True)
+                for worker in busy():
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                        os.kill(worker.process.pid, stop)
+                while busy():
+                    wait_for_answers(stopping=True)
                 raise RunsStopped(stop, interrupted)
         finally:
-            for child in list(running.values()):  # an error in this process: stop the others at a step boundary
-                if child.process.is_alive():
-                    child.process.terminate()
-                child.process.join()
-                child.conn.close()
+            for worker in workers:  # idle ones end; busy ones (an error here) stop at a step boundary
+                if worker.stage is None:
+                    with contextlib.suppress(OSError):
+                        worker.conn.send(None)
+                elif worker.process.is_alive():
+                    worker.process.terminate()
+            for worker in workers:
+                worker.process.join()
+                worker.conn.close()
+            workers.clear()
     say(f"all stages ended in {minutes(time.perf_counter() - t_start)} ({jobs} at once)")
 
 
