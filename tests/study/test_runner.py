@@ -43,7 +43,8 @@ def fake_train(stage: Stage) -> None:
 
     p, folder = stage.params, stage.folder
     deps_done = all((folder.parent / d / "done.json").is_file() for d in stage.deps)
-    _event(stage, "start", deps_done=deps_done, threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    _event(stage, "start", deps_done=deps_done, threads=threads, omp=omp, pid=os.getpid())
     print(f"fake stage {stage.name} says hello")
     if p.get("fail"):
         raise FloatingPointError("loss is nan at step 1\nsecond line")
@@ -116,6 +117,9 @@ def test_dependants_wait_for_their_deps_and_independent_stages_overlap(tmp_path,
     assert first(evts, "d", "start")["t"] > max(first(evts, s, "end")["t"] for s in "bc")
     # each stage process had its share of the threads: 4 // 2
     assert {(first(evts, s, "start")["threads"], first(evts, s, "start")["omp"]) for s in "abcd"} == {(2, "2")}
+    # two stage processes did the four stages (the imports are paid once per process), none of them this one
+    pids = {first(evts, s, "start")["pid"] for s in "abcd"}
+    assert len(pids) == 2 and os.getpid() not in pids
     assert os.environ.get("OMP_NUM_THREADS") == omp  # this process's own setting is unchanged
     # the child's output is in its stage's log; the parent prints a start and an end line per stage
     log = (tmp_path / "a" / LOG_NAME).read_text()

@@ -538,6 +538,8 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False, jobs:
         + describe_plan(stages, estimator, preset, done)
     )
     say("claims: seeds, effect / margin and power at the pre-registered seed sd\n" + power_plan_text(preset))
+    if jobs > 1:
+        say(f"jobs {jobs}: up to {jobs} stages at once; the estimates above are for one stage after another")
     if dry_run:
         return {"stages": [s.name for s in stages], "estimate_seconds": sum(estimator.seconds(s) for s in stages)}
     run_dir.mkdir(parents=True, exist_ok=True)
