@@ -3,14 +3,15 @@
 The study is a ``defeat compare`` of tiny detectors (``faster_rcnn_tiny_fpn``, 192 px, batch 2) on the embedded
 benchmark: baseline and decoupled distillation x ``--seeds`` seeds, ``--steps`` steps each, so that the trainings
 dominate. Set-up (not timed): ``defeat data synth`` and a teacher (the same tiny model trained ``--teacher-steps``
-steps). Then the same compare runs into two fresh folders, ``--jobs 1`` first, then ``--jobs 2``, each as its own
-``python -m defeat compare`` process, and the script prints and writes the wall-time ratio (jobs 1 / jobs 2: above
-1 the parallel run is faster), the load average before and after each run, and each run's mean s/step (per
-process: slower side by side, while two run at once) and APs. The APs may differ in the last digits: a run alone
-uses all the threads, one of two a half, which changes the order of float sums (with equal threads the results
-match: tests/study/test_compare.py).
+steps). Then the same compare runs into fresh folders, each as its own ``python -m defeat compare`` process:
+``--jobs 1`` (the default threads), ``--jobs 1`` with ``OMP_NUM_THREADS=1`` (one run at a time on one thread: tells
+the thread-count effect from the side-by-side one) and ``--jobs 2``. The script prints and writes the wall-time
+ratio jobs 1 / jobs 2 (above 1 the parallel run is faster), the same against the 1-thread serial run, the load
+average before and after each run, and each run's mean s/step (per process) and APs. The 1-thread serial run and
+the ``--jobs 2`` run (1 thread each on 2 cores) must give the same APs (``same_APs_one_thread_vs_jobs_2``); the
+run on all threads may differ in the last digits (another order of float sums).
 
-    # ~6 min on 2 cores; writes benchmarks/results/study_jobs.json
+    # ~5 min on 2 free cores (longer on busy ones); writes benchmarks/results/study_jobs.json
     python benchmarks/study_jobs.py
     python benchmarks/study_jobs.py --steps 20 --seeds 1 --out /tmp/study_jobs.json    # smoke
 """
@@ -96,13 +97,17 @@ def main() -> None:
             ]
         ) + ["--methods", "baseline,decoupled", "--seeds", str(args.seeds)]
         runs = {}
-        for jobs in (1, 2):
-            out = work / f"compare_jobs{jobs}"
+        for name, jobs, threads in (("jobs_1", 1, None), ("jobs_1_one_thread", 1, "1"), ("jobs_2", 2, None)):
+            out = work / name
             load_before = os.getloadavg()
-            print(f"compare --jobs {jobs} (load average {load_before[0]:.2f}) ...", flush=True)
-            wall = defeat("compare", *compare, "--out", str(out), "--jobs", str(jobs), log=work / f"jobs{jobs}.log")
+            print(f"compare {name} (load average {load_before[0]:.2f}) ...", flush=True)
+            if threads:
+                os.environ["OMP_NUM_THREADS"] = threads
+            else:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            wall = defeat("compare", *compare, "--out", str(out), "--jobs", str(jobs), log=work / f"{name}.log")
             results = json.loads((out / "results.json").read_text())
-            runs[f"jobs_{jobs}"] = {
+            runs[name] = {
                 "wall_seconds": round(wall, 1),
                 "loadavg_before": [round(x, 2) for x in load_before],
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -111,12 +116,22 @@ def main() -> None:
                 "AP": {m["method"]: m["AP_per_seed"] for m in results["methods"]},
             }
             print(f"  {wall:.1f} s", flush=True)
+    cpus = os.cpu_count() or 1
+    load = max(r["loadavg_before"][0] for r in runs.values())
+    busy = (
+        f"yes: load average up to {load:.2f} on {cpus} cores before a run: the runs shared the cores with other "
+        "jobs, so these timings measure that sharing, not a quiet machine"
+        if load > 0.5 * cpus
+        else f"no (load average at most {load:.2f} on {cpus} cores before a run)"
+    )
     ratio = runs["jobs_1"]["wall_seconds"] / runs["jobs_2"]["wall_seconds"]
+    ratio_one_thread = runs["jobs_1_one_thread"]["wall_seconds"] / runs["jobs_2"]["wall_seconds"]
     import torch
 
     record = {
-        "what": "wall time of one defeat compare (tiny detectors; baseline + decoupled x seeds) with --jobs 1 and "
-        "--jobs 2 (2 processes of cores // 2 torch threads); ratio = jobs 1 / jobs 2 (> 1: parallel is faster)",
+        "what": "wall time of one defeat compare (tiny detectors; baseline + decoupled x seeds) with --jobs 1, "
+        "--jobs 1 on one thread (OMP_NUM_THREADS=1) and --jobs 2 (2 processes of cores // 2 torch threads); "
+        "ratio = jobs 1 / jobs 2 (> 1: parallel is faster)",
         "settings": {
             "model": "faster_rcnn_tiny_fpn",
             "size": args.size,
@@ -127,8 +142,10 @@ def main() -> None:
             "teacher_steps": args.teacher_steps,
         },
         "runs": runs,
+        "busy_cores": busy,
         "ratio_jobs1_over_jobs2": round(ratio, 3),
-        "same_APs": runs["jobs_1"]["AP"] == runs["jobs_2"]["AP"],
+        "ratio_jobs1_one_thread_over_jobs2": round(ratio_one_thread, 3),
+        "same_APs_one_thread_vs_jobs_2": runs["jobs_1_one_thread"]["AP"] == runs["jobs_2"]["AP"],
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -138,7 +155,8 @@ def main() -> None:
         },
         "command": "python benchmarks/study_jobs.py " + " ".join(sys.argv[1:]),
     }
-    print(f"wall: jobs 1 {runs['jobs_1']['wall_seconds']} s, jobs 2 {runs['jobs_2']['wall_seconds']} s -> {ratio:.2f}x")
+    walls = ", ".join(f"{k} {v['wall_seconds']} s" for k, v in runs.items())
+    print(f"wall: {walls} -> jobs 1 / jobs 2 {ratio:.2f}x (one-thread serial / jobs 2 {ratio_one_thread:.2f}x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "src"))
     from defeat.utils import atomic_write_json
