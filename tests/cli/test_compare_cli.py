@@ -28,6 +28,7 @@ def _refused(capsys, args, message: str) -> None:
         (["--methods", "decoupled,magic"], "unknown method 'magic' (known: baseline, object, background, all"),
         (["--methods", "baseline"], "at least one distillation method"),
         (["--seeds", "0"], "--seeds: must be an integer >= 1, got 0"),
+        (["--jobs", "0"], "--jobs: must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, capsys, extra, message):

@@ -212,6 +212,53 @@ def test_compare_end_to_end_writes_every_run_and_the_report(tiny_compare, capsys
     assert not list(out.glob("runs/*/checkpoint_last.pt"))
 
 
+#: what differs from one run to the next: times, memory of the process, latency
+TIMINGS = {"seconds", "sec_per_step", "peak_memory_gib", "latency"}
+
+
+def without_timings(results: dict, out) -> dict:
+    """``results.json`` without the timing fields, with the run folder written as <out>."""
+
+    def strip(tree):
+        if isinstance(tree, dict):
+            return {k: strip(v) for k, v in tree.items() if k not in TIMINGS}
+        if isinstance(tree, list):
+            return [strip(v) for v in tree]
+        return tree
+
+    return json.loads(json.dumps(strip(results)).replace(str(out), "<out>"))
+
+
+def test_jobs_2_gives_the_serial_results_with_the_latency_alone(tiny_coco, tiny_teacher, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the serial run with the threads of each run side by side: the same arithmetic
+    try:
+        runs = {}
+        for jobs in (1, 2):
+            out = tmp_path / f"jobs{jobs}"
+            args = compare_args(tiny_coco, tiny_teacher, tmp_path, "--seeds", "2", "--out", str(out))
+            assert main(["compare", *args, "--jobs", str(jobs)]) == 0
+            runs[jobs] = without_timings(json.loads((out / "results.json").read_text()), out)
+    finally:
+        torch.set_num_threads(threads)
+    assert runs[2] == runs[1] and runs[2]["methods"][0]["AP"] is not None
+    assert [s["status"] for s in runs[2]["stages"]] == ["ran"] * 6
+    printed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[compare]")]
+    parallel = printed[next(i for i, x in enumerate(printed) if "running up to 2 stages at once" in x) :]
+    assert "1 torch thread(s) each" in parallel[0]
+    # the latency was measured with nothing beside it: every run started before it had ended
+    at = next(i for i, x in enumerate(parallel) if x.startswith("[compare] start latency"))
+    started = sum(x.startswith("[compare] start ") for x in parallel[:at])
+    ended = sum(" ran in " in x for x in parallel[:at])
+    assert started == ended >= 1 and " ran in " in parallel[at + 1] and "latency" in parallel[at + 1]
+    out = tmp_path / "jobs2"
+    for name in ("baseline_s0", "decoupled_s1"):  # each run's output in its folder's stage.log
+        assert "stopped" not in (log := (out / "runs" / name / "stage.log").read_text()) and name in log
+    assert not (out / "teacher" / "stage.log").exists()  # the teacher ran first, in the compare's process
+
+
 def test_compare_resumes_an_interrupted_run_and_skips_finished_ones(tiny_compare, capsys):
     out, args = tiny_compare
     finals = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model_final.pt")}

@@ -131,10 +131,12 @@ def test_preset_overrides_and_errors(tmp_path):
         (["--preset", "tiny", "--set", "claims.grad_levels=P2"], "claims.grad_levels"),
         (["--preset", "tiny", "--set", "claims.seeds_per_arm=2"], "pre-registers 2 seeds per arm but object has 1"),
         (["--preset", "full", "--set", "seeds.all=[0,1]"], "pre-registers 3 seeds per arm but all has 2"),
+        (["--preset", "tiny", "--set", "jobs=0"], "jobs: must be an integer >= 1"),
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[")):
             load_preset(args[1], args[3:4])
     assert main(["reproduce", "--preset", "tiny", "--set", "bogus=1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["reproduce", "--preset", "tiny", "--jobs", "0", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
 
 
@@ -293,6 +295,30 @@ def test_tiny_pipeline_writes_every_stage_and_the_report(tiny_run):
     assert "<table>" in (out / "report.html").read_text()
     run = json.loads((out / "run.json").read_text())
     assert run["failed"] == {} and len(run["stages"]) == len(stages)
+
+
+@pytest.mark.slow
+def test_tiny_with_jobs_2_writes_the_serial_results(tiny_run, tmp_path, monkeypatch):
+    """``--jobs 2``: the same results.json as the serial run apart from the timings (the stage processes get this
+    process's thread count here, so that the arithmetic is the same), every stage's output in its stage.log."""
+    import defeat.study.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "threads_per_stage", lambda jobs, threads=None: torch.get_num_threads())
+    out = tmp_path / "jobs2"
+    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--jobs", "2"]) == 0
+    timings = {"seconds", "sec_per_step", "wall_seconds", "git_commit"}
+
+    def comparable(run):
+        def strip(tree):
+            if isinstance(tree, dict):
+                return {k: strip(v) for k, v in tree.items() if k not in timings}
+            return [strip(v) for v in tree] if isinstance(tree, list) else tree
+
+        return strip(json.loads((run / "results.json").read_text().replace(str(run), "<run>")))
+
+    assert comparable(out) == comparable(tiny_run)
+    assert json.loads((out / "run.json").read_text())["jobs"] == 2
+    assert "--- " in (out / "models" / "decoupled_s1" / "stage.log").read_text()
 
 
 @pytest.mark.slow

@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time (times a few steps)")
     p.add_argument("--estimate-steps", type=int, default=3, metavar="N", help="timed steps per estimate (dry run)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint_last.pt")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train up to N runs at once, each in its own process with cores/N torch threads; default 1",
+    )
     p.set_defaults(func=run)
 
 
@@ -47,6 +54,7 @@ def run(args) -> int:
         dry_run=args.dry_run,
         estimate_steps=args.estimate_steps,
         keep_checkpoints=args.keep_checkpoints,
+        jobs=args.jobs,
     )
     if args.dry_run:
         return 0

@@ -42,6 +42,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="print the plan (stages, steps, time estimate; every claim's seeds, effect / margin and power) and stop",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run up to N independent stages at once, each in its own process with cores/N torch threads "
+        "(default: the preset's jobs, else 1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from defeat.study import load_preset, run_reproduce
 
     preset = load_preset(args.preset, args.overrides)
-    summary = run_reproduce(preset, args.out, dry_run=args.dry_run)
+    summary = run_reproduce(preset, args.out, dry_run=args.dry_run, jobs=args.jobs)
     if args.dry_run or preset.get("configs_only"):
         return 0
     for line in format_table(summary.get("table", [])):

@@ -37,6 +37,22 @@ class TrainingStopped(SystemExit):
         return f"stopped by {self.signal_name} at step {self.step}; {self.checkpoint} written"
 
 
+class RunsStopped(TrainingStopped):
+    """Runs side by side (``defeat reproduce`` / ``compare --jobs N``: one process each) stopped on one signal, each
+    training after its current step with its checkpoint written; ``code`` is 128 + the signal number, as for one
+    run. ``stages``: the runs that were stopped."""
+
+    def __init__(self, signum: int, stages: list[str]):
+        SystemExit.__init__(self, 128 + signum)
+        self.signum, self.step, self.checkpoint, self.stages = signum, None, None, list(stages)
+
+    def __str__(self) -> str:
+        return (
+            f"stopped by {self.signal_name}; the stages that were running ({', '.join(self.stages) or 'none'}) "
+            "stopped, trainings after their current step with checkpoint_last.pt written"
+        )
+
+
 class StopSignals:
     """Context manager: while it is entered, SIGTERM and SIGINT set :attr:`signum` (the first one wins) instead of
     ending the process; the previous handlers come back on exit. Outside the main thread (where Python cannot set

@@ -3,7 +3,8 @@
 It sits above the API: every stage calls :mod:`defeat.api` with a config object (no command lines, no
 process-global state carried from one stage to the next). Modules: :mod:`~defeat.study.presets` (presets and the
 configs derived from them), :mod:`~defeat.study.plan` (the stages), :mod:`~defeat.study.estimate` (time estimate),
-:mod:`~defeat.study.runner` (running with cache/resume), :mod:`~defeat.study.claims` (the numbers and claims, pure),
+:mod:`~defeat.study.runner` (running with cache/resume, one stage after another or N at once),
+:mod:`~defeat.study.claims` (the numbers and claims, pure),
 :mod:`~defeat.study.stats` (the tests that decide them: Welch, TOST, their power, the bootstrap; scipy.stats),
 :mod:`~defeat.study.regime` (the doubling plateau test and the regime conditions, pure), :mod:`~defeat.study.render`
 (Markdown/HTML),

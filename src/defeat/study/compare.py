@@ -43,7 +43,7 @@ from defeat.study.compare_report import BASELINE, decide, method_rows, statistic
 from defeat.study.estimate import minutes, step_seconds
 from defeat.study.plan import Stage
 from defeat.study.report import eval_curve
-from defeat.study.runner import StaleStageError, execute_stage, run_stage
+from defeat.study.runner import StaleStageError, check_jobs, execute_stage, run_parallel, run_stage
 from defeat.utils import atomic_write_json, read_json
 
 #: named methods beyond the feature modes: name -> (feature_mode, proposal_mode)
@@ -420,6 +420,11 @@ def run_compare_stage(stage: Stage) -> None:
         atomic_write_json(stage.folder / "resources.json", {"peak_memory_gib": peak, "memory_kind": what})
 
 
+def failure_note(type_name: str, message: str) -> str:
+    """A failed run's note (the report, ``results.json``): its error's type and the first line of its message."""
+    return f"{type_name}: {message.strip().splitlines()[0] if message.strip() else ''}"
+
+
 def _read(path: Path) -> dict | None:
     try:
         return read_json(path) if path.is_file() else None
@@ -437,13 +442,16 @@ def run_compare(
     dry_run: bool = False,
     estimate_steps: int = 3,
     keep_checkpoints: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Train the baseline and every method of ``methods`` with ``seeds`` seeds each, evaluate them and write the
     report to ``out`` (see the module docstring); rerun with the same arguments to continue an interrupted
     compare. Bad input (unknown method, a method that does not fit the pair, ``seeds`` < 1, no teacher) raises a
     one-line ValueError / FileNotFoundError before anything is trained or written. ``dry_run``: print the plan
-    and its estimated time (:func:`estimate_rates`), write nothing. Returns the summary (``results.json``'s
-    content) plus ``failed`` and ``statuses``."""
+    and its estimated time (:func:`estimate_rates`), write nothing. ``jobs``: runs at once, each in its own process
+    (:func:`~defeat.study.runner.run_parallel`; the teacher first and the latency alone). Returns the summary
+    (``results.json``'s content) plus ``failed`` and ``statuses``."""
+    check_jobs(jobs)
     seed_values = seed_list(cfg, seeds)
     names = parse_methods(methods)
     check_inputs(cfg, source)
@@ -463,31 +471,15 @@ def run_compare(
     failed: dict[str, str] = {}
     warnings_: list[str] = []
     first_baseline = f"{BASELINE}_s{seed_values[0]}"
-    for index, stage in enumerate(stages):
-        blocked = [x for x in stage.deps if x in failed]
-        if blocked:
-            failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
-            say(f"{stage.name}: {failed[stage.name]}")
-            continue
-        if stage.name not in done:
-            say(f"stage {index + 1}/{len(stages)} {stage.name}: {' '.join(stage.command.split()[:2])} ...")
-        try:
-            record = execute_stage(stage, run_dir, keep_checkpoints=keep_checkpoints, run=run_compare_stage)
-        except StaleStageError:
-            raise StaleStageError(
-                f"{stage.folder}: stage {stage.name} was made with other settings than {source} (with these --set) "
-                "asks for now; use a new --out, or delete that folder to redo the stage"
-            ) from None
-        except Exception as err:  # a run that fails (diverged, ...) is reported; the other runs go on
-            if stage.kind == "teacher":
-                raise
-            failed[stage.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
-            say(f"stage {stage.name} FAILED: {failed[stage.name]}")
-            continue
-        records[stage.name] = record
-        if record["status"] != "cached":
-            extra = f", {record['sec_per_step']:.3f} s/step" if "sec_per_step" in record else ""
-            say(f"{stage.name} {record['status']} in {minutes(record['seconds'])}{extra}")
+
+    def stale(stage: Stage) -> StaleStageError:
+        return StaleStageError(
+            f"{stage.folder}: stage {stage.name} was made with other settings than {source} (with these --set) "
+            "asks for now; use a new --out, or delete that folder to redo the stage"
+        )
+
+    def after(stage: Stage, record: dict) -> None:
+        """The checks that follow a finished stage: the teacher's AP, the teacher's lead on the first baseline."""
         if stage.name == "teacher":
             teacher_ap = read_json(stage.folder / "metrics.json")["AP"]
             if teacher_ap < cfg.distill.teacher_min_ap and not cfg.distill.force:
@@ -501,6 +493,49 @@ def run_compare(
             if warning:
                 warnings_.append(warning)
                 say(warning)
+
+    # --jobs N: the teacher first, alone (nothing trains before its AP is checked), then the runs side by side
+    serial = stages if jobs == 1 else stages[:1]
+    for index, stage in enumerate(serial):
+        blocked = [x for x in stage.deps if x in failed]
+        if blocked:
+            failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
+            say(f"{stage.name}: {failed[stage.name]}")
+            continue
+        if stage.name not in done:
+            say(f"stage {index + 1}/{len(stages)} {stage.name}: {' '.join(stage.command.split()[:2])} ...")
+        try:
+            record = execute_stage(stage, run_dir, keep_checkpoints=keep_checkpoints, run=run_compare_stage)
+        except StaleStageError:
+            raise stale(stage) from None
+        except Exception as err:  # a run that fails (diverged, ...) is reported; the other runs go on
+            if stage.kind == "teacher":
+                raise
+            failed[stage.name] = failure_note(type(err).__name__, str(err))
+            say(f"stage {stage.name} FAILED: {failed[stage.name]}")
+            continue
+        records[stage.name] = record
+        if record["status"] != "cached":
+            extra = f", {record['sec_per_step']:.3f} s/step" if "sec_per_step" in record else ""
+            say(f"{stage.name} {record['status']} in {minutes(record['seconds'])}{extra}")
+        after(stage, record)
+    if jobs > 1:
+        try:  # the latency alone, in this process: timed beside a training it would measure the sharing
+            run_parallel(
+                stages[1:],
+                run_dir,
+                jobs,
+                records,
+                failed,
+                say=say,
+                run=run_compare_stage,
+                keep_checkpoints=keep_checkpoints,
+                alone={"latency"},
+                on_done=after,
+                note=failure_note,
+            )
+        except StaleStageError as err:
+            raise stale(err.stage) from None
     results = collect(cfg, source, names, seed_values, stages, records, failed, run_dir, warnings_, notes)
     results = write_report_files(results, run_dir)
     say(

@@ -42,6 +42,7 @@ RUN_KEYS = {
     "analysis",
     "estimate",
     "keep_checkpoints",
+    "jobs",
     "claims",
     "regime",
     "sensitivity",
@@ -185,6 +186,9 @@ def load_preset(spec: str, overrides: list[str] | None = None) -> dict:
             raise ValueError(
                 f"{path}: sensitivity: each entry needs 'name' and may have 'distill', 'seeds' (got {sorted(entry)})"
             )
+    jobs = tree.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{path}: jobs: must be an integer >= 1 (stages at once), got {jobs!r}")
     unknown_est = sorted(set(tree.get("estimate", {})) - set(ESTIMATE_KEYS))
     if unknown_est:
         raise ValueError(f"{path}: unknown key 'estimate.{unknown_est[0]}' (known: {', '.join(ESTIMATE_KEYS)})")
