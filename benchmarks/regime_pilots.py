@@ -77,7 +77,12 @@ PILOTS: dict[str, tuple[str, int, int, int, list[str]]] = {
     "tiny_12000_s2": (TINY, 12000, 800, 2, []),
     # the teacher on the students' schedule
     "r18_12000": (R18, 12000, 800, 0, []),
+    # distilled students on the plateau's schedule (below the teacher?): `defeat distill`, teacher r18_12000
+    "tiny_12000_decoupled": (TINY, 12000, 800, 0, ["distill.feature_mode=decoupled"]),
+    "tiny_12000_all": (TINY, 12000, 800, 0, ["distill.feature_mode=all"]),
 }
+#: distilled pilots -> their teacher pilot (authors' alpha 4 / 16, no proposal term, as the presets)
+TEACHER_OF = {"tiny_12000_decoupled": "r18_12000", "tiny_12000_all": "r18_12000"}
 
 
 def data_dir(out: Path, num_train: int) -> Path:
@@ -109,7 +114,15 @@ def command(out: Path, name: str) -> list[str]:
         f"output.dir={out / name}",
         *extra,
     ]
-    return ["defeat", "train", str(out / "base.yaml"), *(a for s in sets for a in ("--set", s))]
+    verb = "train"
+    if name in TEACHER_OF:
+        verb = "distill"
+        sets += [
+            f"distill.teacher_checkpoint={out / TEACHER_OF[name] / 'model_final.pt'}",
+            "distill.proposal_mode=none",
+            "distill.teacher_check_images=0",
+        ]
+    return ["defeat", verb, str(out / "base.yaml"), *(a for s in sets for a in ("--set", s))]
 
 
 def summary(out: Path, name: str) -> dict | None:
@@ -180,10 +193,17 @@ def main() -> None:
     if not args.collect_only:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         todo = [n for n in names if summary(args.out, n) is None]
+        todo.sort(key=lambda n: n in TEACHER_OF)  # teachers before their students
         running: list[tuple[str, subprocess.Popen]] = []
         while todo or running:
             while todo and len(running) < args.jobs:
-                name = todo.pop(0)
+                ready = [n for n in todo if n not in TEACHER_OF or summary(args.out, TEACHER_OF[n]) is not None]
+                if not ready and not running:
+                    sys.exit(f"regime_pilots: {todo} need their teacher pilots ({TEACHER_OF}): run those too")
+                if not ready:  # the students wait for their teacher
+                    break
+                name = ready[0]
+                todo.remove(name)
                 log = open(args.out / f"{name}.log", "w")  # noqa: SIM115 -- closed with the process
                 print(f"[pilots] start {name}", flush=True)
                 synth(args.out, PILOTS[name][2])
