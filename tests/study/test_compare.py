@@ -229,6 +229,7 @@ def without_timings(results: dict, out) -> dict:
     return json.loads(json.dumps(strip(results)).replace(str(out), "<out>"))
 
 
+@pytest.mark.slow  # two whole compares (13 s): the fast tier keeps the runner's fake-stage tests
 def test_jobs_2_gives_the_serial_results_with_the_latency_alone(tiny_coco, tiny_teacher, tmp_path, capsys):
     import torch
 
