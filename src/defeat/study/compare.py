@@ -43,7 +43,14 @@ from defeat.study.compare_report import BASELINE, decide, method_rows, statistic
 from defeat.study.estimate import minutes, step_seconds
 from defeat.study.plan import Stage
 from defeat.study.report import eval_curve
-from defeat.study.runner import StaleStageError, check_jobs, execute_stage, run_parallel, run_stage
+from defeat.study.runner import (
+    StaleStageError,
+    check_jobs,
+    execute_stage,
+    run_parallel,
+    run_stage,
+    skip_if_blocked,
+)
 from defeat.utils import atomic_write_json, read_json
 
 #: named methods beyond the feature modes: name -> (feature_mode, proposal_mode)
@@ -497,10 +504,7 @@ def run_compare(
     # --jobs N: the teacher first, alone (nothing trains before its AP is checked), then the runs side by side
     serial = stages if jobs == 1 else stages[:1]
     for index, stage in enumerate(serial):
-        blocked = [x for x in stage.deps if x in failed]
-        if blocked:
-            failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
-            say(f"{stage.name}: {failed[stage.name]}")
+        if skip_if_blocked(stage, failed, say):
             continue
         if stage.name not in done:
             say(f"stage {index + 1}/{len(stages)} {stage.name}: {' '.join(stage.command.split()[:2])} ...")

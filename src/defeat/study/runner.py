@@ -193,6 +193,15 @@ LOG_NAME = "stage.log"
 POLL_SECONDS = 0.25
 
 
+def skip_if_blocked(stage: Stage, failed: dict[str, str], say) -> bool:
+    """Record ``stage`` as skipped (and say so) when one of its deps failed; True when it was skipped."""
+    blocked = [d for d in stage.deps if d in failed]
+    if blocked:
+        failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
+        say(f"{stage.name}: {failed[stage.name]}")
+    return bool(blocked)
+
+
 def check_jobs(jobs, where: str = "--jobs") -> int:
     """``jobs`` as an int >= 1; a one-line ValueError otherwise."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -414,11 +423,8 @@ def run_parallel(
                     break
                 progressed = False
                 for stage in list(waiting):
-                    blocked = [d for d in stage.deps if d in failed]
-                    if blocked:
+                    if skip_if_blocked(stage, failed, say):
                         waiting.remove(stage)
-                        failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
-                        say(f"{stage.name}: {failed[stage.name]}")
                         progressed = True
                         continue
                     if any(d not in records for d in stage.deps):
@@ -578,10 +584,7 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False, jobs:
     else:
         for index, stage in enumerate(stages):
             current["index"] = index
-            blocked = [d for d in stage.deps if d in failed]
-            if blocked:
-                failed[stage.name] = f"skipped: depends on failed stage {blocked[0]}"
-                say(f"{stage.name}: {failed[stage.name]}")
+            if skip_if_blocked(stage, failed, say):
                 continue
             if stage.name not in done:
                 say(
