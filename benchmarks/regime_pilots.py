@@ -53,7 +53,7 @@ eval: {batch_size: 4}
 output: {checkpoint_every: 100000, log_every: 10}
 """
 
-TINY, R18, R34 = "faster_rcnn_tiny_fpn", "faster_rcnn_r18_fpn", "faster_rcnn_r34_fpn"
+TINY, SMALL, R18, R34 = "faster_rcnn_tiny_fpn", "faster_rcnn_small_fpn", "faster_rcnn_r18_fpn", "faster_rcnn_r34_fpn"
 
 #: name -> (model, steps, train images, seed, extra --set overrides); warmup = steps / 15
 PILOTS: dict[str, tuple[str, int, int, int, list[str]]] = {
@@ -77,6 +77,8 @@ PILOTS: dict[str, tuple[str, int, int, int, list[str]]] = {
     "tiny_12000_s2": (TINY, 12000, 800, 2, []),
     # the teacher on the students' schedule
     "r18_12000": (R18, 12000, 800, 0, []),
+    # a closer, cheaper teacher: the toy backbone at twice the width (the full preset's teacher)
+    "small_12000": (SMALL, 12000, 800, 0, []),
     # distilled students on the plateau's schedule (below the teacher?): `defeat distill`, teacher r18_12000
     "tiny_12000_decoupled": (TINY, 12000, 800, 0, ["distill.feature_mode=decoupled"]),
     "tiny_12000_all": (TINY, 12000, 800, 0, ["distill.feature_mode=all"]),

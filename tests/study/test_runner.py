@@ -17,7 +17,7 @@ import pytest
 
 from defeat.config import Config
 from defeat.engine.stop import RunsStopped
-from defeat.study.plan import Stage
+from defeat.study.plan import Stage, wall_seconds
 from defeat.study.runner import LOG_NAME, StaleStageError, check_jobs, run_parallel, threads_per_stage
 
 #: how long a fake stage waits for the stage it must overlap with before it fails
@@ -214,3 +214,18 @@ def test_jobs_must_be_a_positive_integer():
             check_jobs(bad)
     assert check_jobs(3) == 3
     assert (threads_per_stage(2, 2), threads_per_stage(3, 2), threads_per_stage(2, 16)) == (1, 1, 8)
+
+
+def test_wall_seconds_schedules_like_the_runner():
+    """Plan order, first free slot, a stage waits for its dependencies: the estimate of a ``--jobs N`` run."""
+
+    def stage(name, *deps):
+        return Stage(name, Path(name), "train", {}, "defeat train", deps=list(deps))
+
+    plan = [stage("teacher"), stage("base0"), stage("base1"), stage("kd0", "teacher"), stage("kd1", "teacher")]
+    seconds = {"teacher": 10.0, "base0": 3.0, "base1": 3.0, "kd0": 5.0, "kd1": 5.0}
+    assert wall_seconds(plan, seconds, 1) == 26.0  # one after another: the sum
+    # 2 at once: the baselines beside the teacher (0-3, 3-6); kd0 waits for the teacher (10-15), kd1 beside it
+    assert wall_seconds(plan, seconds, 2) == 15.0
+    assert wall_seconds(plan, seconds, 8) == 15.0  # the critical path: teacher then one distillation
+    assert wall_seconds([], {}, 2) == 0.0

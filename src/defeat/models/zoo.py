@@ -1,4 +1,4 @@
-"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or the tiny toy) backbones.
+"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or the toy tiny / small) backbones.
 
 Names and everything they determine come from :func:`defeat.models.spec.model_spec`; torchvision's official builders
 (COCO weights) are built by :mod:`defeat.models.torchvision_zoo`. Every family uses contiguous labels ``1..K`` with
@@ -31,8 +31,8 @@ from defeat.models.spec import DEPTHS, ModelSpec, model_spec
 from defeat.models.torchvision_zoo import build_torchvision_detector, detector_kwargs
 
 __all__ = ["DEPTHS", "build_detector", "count_parameters", "norm_in_state", "norm_layer_for", "uses_pretrained_weights"]
-#: channels of the tiny backbone's four stages (strides 4, 8, 16, 32)
-TINY_WIDTHS = (16, 32, 32, 64)
+#: channels of the toy backbones' four stages (strides 4, 8, 16, 32): small is tiny at twice the width
+TOY_WIDTHS = {"tiny": (16, 32, 32, 64), "small": (32, 64, 64, 128)}
 
 
 def norm_layer_for(norm: str) -> Callable[[int], nn.Module]:
@@ -67,10 +67,10 @@ def _load_resnet(depth: int, norm: str, pretrained: bool) -> resnet.ResNet:
     return model
 
 
-def _tiny_body(norm: str) -> nn.Module:
+def _toy_body(widths: tuple[int, ...], norm: str) -> nn.Module:
     """Four conv-norm-ReLU stages ``layer1..layer4`` of strides 4, 8, 16, 32 (a ResNet's stage names and strides)."""
     norm_layer, stages, channels = norm_layer_for(norm), OrderedDict(), 3
-    for index, (width, stride) in enumerate(zip(TINY_WIDTHS, (4, 2, 2, 2)), start=1):
+    for index, (width, stride) in enumerate(zip(widths, (4, 2, 2, 2)), start=1):
         stages[f"layer{index}"] = nn.Sequential(
             nn.Conv2d(channels, width, 3, stride, 1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
         )
@@ -79,7 +79,7 @@ def _tiny_body(norm: str) -> nn.Module:
 
 
 def build_backbone(spec: ModelSpec, cfg: ModelConfig) -> BackboneWithFPN:
-    """ResNet (or tiny) + FPN: P2-P6 for Faster R-CNN, P3-P7 (from P5) for one-stage."""
+    """ResNet (or toy) + FPN: P2-P6 for Faster R-CNN, P3-P7 (from P5) for one-stage."""
     pretrained = uses_pretrained_weights(cfg)
     norm = spec.resolved_norm(cfg.norm, _imagenet_backbone(cfg))
     if _imagenet_backbone(cfg) and norm == "gn":
@@ -89,12 +89,12 @@ def build_backbone(spec: ModelSpec, cfg: ModelConfig) -> BackboneWithFPN:
         )
     returned = [1, 2, 3, 4] if spec.family == "faster_rcnn" else [2, 3, 4]
     extra = LastLevelMaxPool() if spec.family == "faster_rcnn" else LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)
-    if spec.backbone == "tiny":
+    if spec.backbone in TOY_WIDTHS:
         if _imagenet_backbone(cfg):
             raise ValueError(f"model.backbone_weights: {spec.name} has a toy backbone; no ImageNet weights fit it")
-        layers = {f"layer{k}": str(i) for i, k in enumerate(returned)}
+        layers, widths = {f"layer{k}": str(i) for i, k in enumerate(returned)}, TOY_WIDTHS[spec.backbone]
         return BackboneWithFPN(
-            _tiny_body(norm), layers, [TINY_WIDTHS[k - 1] for k in returned], spec.fpn_channels, extra_blocks=extra
+            _toy_body(widths, norm), layers, [widths[k - 1] for k in returned], spec.fpn_channels, extra_blocks=extra
         )
     trainable = (3 if pretrained else 5) if cfg.trainable_layers is None else cfg.trainable_layers
     if trainable > 5:
@@ -131,7 +131,7 @@ def _build_zoo(spec: ModelSpec, cfg: ModelConfig, outputs: int) -> nn.Module:
     anchors = anchor_generator(spec, cfg)
     common = dict(detector_kwargs(cfg, spec.family), num_classes=outputs)
     if spec.family == "faster_rcnn":
-        if spec.box_head_size != 1024:  # torchvision's TwoMLPHead is 1024 wide; the tiny model's is narrow
+        if spec.box_head_size != 1024:  # torchvision's TwoMLPHead is 1024 wide; the toy models' are narrow
             common.update(
                 box_head=TwoMLPHead(spec.fpn_channels * 7 * 7, spec.box_head_size),
                 box_predictor=FastRCNNPredictor(spec.box_head_size, outputs),

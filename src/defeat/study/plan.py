@@ -354,7 +354,26 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     return stages
 
 
-def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done: set[str]) -> str:
+def wall_seconds(stages: list[Stage], seconds: dict[str, float], jobs: int) -> float:
+    """Wall-clock seconds of ``stages`` run ``jobs`` at a time, scheduled as the parallel runner does: whenever a slot
+    is free, the first waiting stage in plan order whose dependencies have all finished starts (``seconds``: each
+    stage's own time; a dependency outside ``stages`` counts as finished)."""
+    names = {s.name for s in stages}
+    waiting, running, finished, now = list(stages), [], set(), 0.0  # running: (end time, name)
+    while waiting or running:
+        ready = [s for s in waiting if all(d in finished or d not in names for d in s.deps)]
+        for stage in ready[: jobs - len(running)]:
+            waiting.remove(stage)
+            running.append((now + seconds[stage.name], stage.name))
+        if not running:  # nothing can ever start (a dependency cycle): the plan builder never makes one
+            raise ValueError(f"stages {[s.name for s in waiting]} wait on each other")
+        running.sort()
+        now, name = running.pop(0)
+        finished.add(name)
+    return now
+
+
+def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done: set[str], jobs: int = 1) -> str:
     """The plan as a table: stage, command, steps, estimated time (``cached`` for finished stages)."""
     lines = [f"{'stage':<26} {'command':<24} {'steps':>6} {'estimate':>10}"]
     total_steps, total = 0, 0.0
@@ -370,8 +389,14 @@ def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done:
     report = estimator.apriori.get("report", 5.0)
     lines.append(f"{'report':<26} {'':<24} {'':>6} {minutes(report):>10}")
     budget = preset.get("budget_minutes")
+    estimated = f"estimated {minutes(total + report)}"
+    if jobs > 1:  # the rates are per stage; side by side the wall clock is the schedule's length
+        each = {s.name: 0.0 if s.name in done else estimator.seconds(s) for s in stages}
+        wall = wall_seconds(stages, each, jobs) + report
+        estimated = f"{minutes(total + report)} of stage time, estimated {minutes(wall)} with {jobs} at once"
     lines.append(
         f"planned: {len(stages) + 1} stages ({len(done)} already done), {total_steps} training steps to run, "
-        f"estimated {minutes(total + report)}" + (f" (budget {budget} min)" if budget else "")
+        + estimated
+        + (f" (budget {budget} min)" if budget else "")
     )
     return "\n".join(lines)

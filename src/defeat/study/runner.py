@@ -541,11 +541,11 @@ def run_reproduce(preset: dict, out: str | Path, *, dry_run: bool = False, jobs:
     say(f"preset {preset['preset']} -> {run_dir}")
     say(
         "plan (a-priori estimate; refined from the measured s/step of the first steps):\n"
-        + describe_plan(stages, estimator, preset, done)
+        + describe_plan(stages, estimator, preset, done, jobs)
     )
     say("claims: seeds, effect / margin and power at the pre-registered seed sd\n" + power_plan_text(preset))
     if jobs > 1:
-        say(f"jobs {jobs}: up to {jobs} stages at once; the estimates above are for one stage after another")
+        say(f"jobs {jobs}: up to {jobs} stages at once; the stage estimates above are each stage's own time")
     if dry_run:
         return {"stages": [s.name for s in stages], "estimate_seconds": sum(estimator.seconds(s) for s in stages)}
     run_dir.mkdir(parents=True, exist_ok=True)
