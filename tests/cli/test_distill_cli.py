@@ -159,6 +159,12 @@ def test_bad_input_is_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and "\n" not in err, (extra, err)
     assert not (out / "model_final.pt").exists()
+    # --force only starts over in a used folder; skipping the teacher's check has its own flag
+    weak = _sets(base + ["distill.teacher_check_images=2", "distill.teacher_min_ap=0.5"])
+    assert main(["distill", *weak, "--force"]) == 2
+    assert "Pass --ignore-teacher-check to distil anyway" in capsys.readouterr().err
+    assert main(["distill", *weak, "--ignore-teacher-check"]) == 0
+    assert (out / "model_final.pt").is_file() and "continuing because of distill.force" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -114,3 +114,43 @@ def test_torchrun_sigterm_stops_every_rank_at_one_step_and_resumes_bit_identical
     assert "torchrun --nproc_per_node=2" in err
     assert torchrun(stopped, "--resume").wait() == 0
     assert _same_weights(full / "model_final.pt", stopped / "model_final.pt")
+
+
+def test_module_generators_are_saved_and_restored_with_the_rng():
+    """MGD draws its masks from its own generator: the checkpoint's ``rng`` carries it, so a resumed run draws the
+    masks the uninterrupted run would have drawn."""
+    from defeat.distill.learned_methods import LearnedFeatureKD, mgd_mask
+
+    model = torch.nn.ModuleDict({"feature_kd": LearnedFeatureKD("mgd", ["P2"], 8, 8, seed=3)})
+    generator = model["feature_kd"].generator
+    mgd_mask((1, 4, 4), 0.5, generator)  # some steps in
+    state = trainer_module._rng_state(model)
+    assert set(state["modules"]) == {"feature_kd"}
+    expected = mgd_mask((2, 8, 8), 0.5, generator)
+    fresh = torch.nn.ModuleDict({"feature_kd": LearnedFeatureKD("mgd", ["P2"], 8, 8, seed=99)})  # the resumed run
+    trainer_module._set_rng_state(state, fresh)
+    assert torch.equal(mgd_mask((2, 8, 8), 0.5, fresh["feature_kd"].generator), expected)
+    trainer_module._set_rng_state({"torch": torch.get_rng_state()}, fresh)  # an older checkpoint: no generators
+    assert "modules" not in trainer_module._rng_state(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_mgd_distillation_stopped_and_resumed_is_bit_identical(tiny_coco, tiny_teacher, tmp_path):
+    from tests.cli.test_distill_cli import distill_overrides
+
+    steps = 8
+    common = distill_overrides(tiny_coco, tiny_teacher, tmp_path / "x", steps=steps, feature_mode="mgd")
+    common += ["distill.proposal_mode=none", "precision=fp32"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert _run_cli(["distill", *_sets(common + [f"output.dir={full}"])]).wait() == 0
+    args = ["distill", *_sets(common + [f"output.dir={stopped}"])]
+    proc = _run_cli(args, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, stopped / "metrics.jsonl", 2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate()[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert load_checkpoint(stopped / "checkpoint_last.pt", kind="distill")["step"] < steps
+    assert _run_cli([*args, "--resume"]).wait() == 0
+    a = load_checkpoint(full / "model_final.pt", kind="distill")["model"]
+    b = load_checkpoint(stopped / "model_final.pt", kind="distill")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

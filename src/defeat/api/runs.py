@@ -113,9 +113,9 @@ def load_teacher(cfg: Config, categories: list[dict], dataset: str | Path = "the
         if not cfg.distill.force:
             raise ValueError(
                 f"{path}: weights do not fit {teacher.name} ({report}, e.g. {bad[:3]}); "
-                "check distill.teacher_config or pass --force"
+                "check distill.teacher_config or pass --ignore-teacher-check"
             )
-        report += f" (e.g. {bad[:3]}; continuing because of --force)"
+        report += f" (e.g. {bad[:3]}; continuing because of distill.force)"
     return teacher, report
 
 
@@ -211,9 +211,9 @@ def check_teacher(
             )
     verdict, warning = broadcast_from_main((verdict, warning), info)
     if verdict and not cfg.distill.force:
-        raise ValueError(f"{verdict} Pass --force to distil anyway")
+        raise ValueError(f"{verdict} Pass --ignore-teacher-check to distil anyway")
     if verdict:
-        _say(f"warning: {verdict} (continuing because of --force)", info, verbose)
+        _say(f"warning: {verdict} (continuing because of distill.force)", info, verbose)
     if warning:
         _say(warning, info, verbose)
         if notes is not None:

@@ -19,10 +19,12 @@ def register(subparsers) -> None:
     distill = subparsers.add_parser("distill", help="distil a teacher into a student with DeFeat (runs under torchrun)")
     add_config_arguments(distill)
     distill.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint_last.pt")
+    distill.add_argument("--force", action="store_true", help=FORCE_HELP)
     distill.add_argument(
-        "--force",
+        "--ignore-teacher-check",
         action="store_true",
-        help=f"{FORCE_HELP}; and start even when the teacher fails its sanity check (same as distill.force=true)",
+        help="start even when the teacher fails its checks (AP below distill.teacher_min_ap, weight keys that do not "
+        "fit): the same as --set distill.force=true",
     )
     add_estimate_arguments(distill)
     distill.set_defaults(func=run_distill)
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
 def run_distill(args) -> int:
     from defeat import api
 
-    overrides = list(args.overrides) + (["distill.force=true"] if args.force else [])
+    overrides = list(args.overrides) + (["distill.force=true"] if args.ignore_teacher_check else [])
     cfg = api.load_config(args.config, overrides)
     if args.estimate:
         return print_estimate(api.estimate(cfg, distill=True, steps=args.estimate_steps))

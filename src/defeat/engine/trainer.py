@@ -141,17 +141,32 @@ def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
     return bool(ok.item())
 
 
-def _rng_state() -> dict:
+def _module_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """The random generators modules own (MGD's mask generator: ``LearnedFeatureKD.generator``), by module name."""
+    return {
+        name: m.generator
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "generator", None), torch.Generator)
+    }
+
+
+def _rng_state(model: nn.Module) -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    generators = {name: g.get_state() for name, g in _module_generators(model).items()}
+    if generators:  # so that a resumed MGD run draws the masks the uninterrupted run would have drawn
+        state["modules"] = generators
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, model: nn.Module) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    for name, generator in _module_generators(model).items():
+        if name in state.get("modules", {}):  # checkpoints written before generators were saved lack them
+            generator.set_state(state["modules"][name])
 
 
 class _Stepper:
@@ -476,7 +491,7 @@ def _train(
         start_step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == info.world_size:  # exact continuation needs each rank's own generator state
-            _set_rng_state(rngs[info.rank])
+            _set_rng_state(rngs[info.rank], model)
         else:
             torch.manual_seed(cfg.seed * 1000 + 7919 * start_step + info.rank)
         if info.is_main:
@@ -493,7 +508,7 @@ def _train(
     loader = _loader(cfg, train_set, info, start_step)
 
     def checkpoint(step: int, path: Path, metrics: dict | None = None) -> None:
-        rngs = gather_to_main(_rng_state(), info)
+        rngs = gather_to_main(_rng_state(model), info)
 
         def write() -> None:
             state = {
