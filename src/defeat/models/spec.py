@@ -89,7 +89,8 @@ class ModelSpec:
     name: str  # as the user wrote it
     canonical: str  # the one name of this architecture (an alias resolves to it)
     family: str  # faster_rcnn | retinanet | fcos | yolo
-    backbone: str  # resnet18 .. resnet152 | mobilenet_v3_large | tiny | small | yolo26 / yolo11 / yolov8 (the generation)
+    # resnet18 .. resnet152 | mobilenet_v3_large | tiny | small | yolo26 / yolo11 / yolov8 (the generation)
+    backbone: str
     # "zoo" (this project's builder) | "torchvision" (torchvision's own, official weights fit) | "ultralytics"
     builder: str
     levels: dict[str, int] = field(hash=False)  # FPN output level -> stride, in the backbone's output order
@@ -253,8 +254,11 @@ def resnet_fpn_name(family: str, depth: int) -> str:
 
 
 def model_names() -> list[str]:
-    """The canonical names: the ResNet-FPN and toy (tiny, small) detectors of every family, then torchvision's official ones."""
-    ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [f"{f}_{toy}_fpn" for f in FAMILIES for toy in TOY_CHANNELS]
+    """The canonical names: the ResNet-FPN and toy (tiny, small) detectors of every family, then torchvision's
+    official ones."""
+    ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [
+        f"{f}_{toy}_fpn" for f in FAMILIES for toy in TOY_CHANNELS
+    ]
     return ours + [n for n in OFFICIAL if n not in ours]
 
 

@@ -1,4 +1,4 @@
-"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or the toy tiny / small) backbones.
+"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or toy tiny / small) backbones.
 
 Names and everything they determine come from :func:`defeat.models.spec.model_spec`; torchvision's official builders
 (COCO weights) are built by :mod:`defeat.models.torchvision_zoo`. Every family uses contiguous labels ``1..K`` with
