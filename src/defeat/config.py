@@ -453,6 +453,48 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+#: settings that say how a run goes, not what it learns: a resumed run may change them (another machine, device,
+#: precision, logging, evaluation, the teacher's pre-flight check; the paths of data and teacher: a moved folder)
+RESUME_MAY_CHANGE = (
+    "output.",
+    "eval.",
+    "data.workers",
+    "data.val_",
+    "data.train_images",
+    "data.train_annotations",
+    "data.yolo_data",
+    "distill.teacher_checkpoint",
+    "distill.teacher_config",
+    "device",
+    "precision",
+    "bf16",
+    "cpu_allocator",
+    "deterministic",
+    "distill.teacher_check_images",
+    "distill.teacher_min_ap",
+    "distill.teacher_min_lead",
+    "distill.force",
+    "distill.baseline_checkpoint",
+)
+
+
+def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key saved -> current`` for every setting a resumed run may not change (not :data:`RESUME_MAY_CHANGE`)
+    whose value differs between the run's saved config and the resuming one. A key present on one side only is a
+    setting added or removed by another version of the toolkit: skipped."""
+    changed = []
+    for key in saved.keys() & current.keys():
+        name = prefix + key
+        if name.startswith(RESUME_MAY_CHANGE):
+            continue
+        old, new = saved[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_settings(old, new, name + ".")
+        elif old != new:
+            changed.append(f"{name} {old!r} -> {new!r}")
+    return sorted(changed)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     from defeat.utils import atomic_write_text
 

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from defeat.config import Config, config_to_dict, save_config
+from defeat.config import Config, changed_settings, config_to_dict, save_config
 from defeat.data import CocoDetection, TrainSampler, collate
 from defeat.distill import is_kd_loss
 from defeat.engine.allocator import tune_cpu_allocator
@@ -472,6 +472,16 @@ def _train(
     progress: bool,
 ) -> TrainResult:
     out_dir = Path(cfg.output.dir)
+    last_path = out_dir / LAST_CHECKPOINT
+    state = load_checkpoint(last_path, kind=kind) if resume and last_path.is_file() else None
+    if state is not None and state.get("config"):  # before anything is written or loaded
+        changed = changed_settings(state["config"], config_to_dict(cfg))
+        if changed:
+            raise ValueError(
+                f"{last_path}: --resume with settings that differ from the run's ({'; '.join(changed[:4])}"
+                f"{'; ...' if len(changed) > 4 else ''}); resume with its own config ({out_dir / 'config.yaml'}) "
+                "or start a new run (--force, or another output.dir)"
+            )
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -480,9 +490,7 @@ def _train(
     log = MetricsLog(out_dir, info.is_main, cfg.output.tensorboard)
 
     start_step = 0
-    last_path = out_dir / LAST_CHECKPOINT
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, kind=kind)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
