@@ -161,3 +161,14 @@ def test_analyze_group_lists_errors(capsys):
     with pytest.raises(SystemExit):
         main(["analyze", "--help"])
     assert "errors" in capsys.readouterr().out
+
+
+def test_score_threshold_is_spelled_as_predict_spells_it_and_the_old_spelling_works():
+    from defeat.cli.main import build_parser
+
+    parser = build_parser()
+    for flag in ("--score-thresh", "--score-thr"):
+        args = parser.parse_args(
+            ["analyze", "errors", "--gt", "gt.json", "--dets", "a=d.json", "--out", "x", flag, "0.3"]
+        )
+        assert args.score_thr == 0.3

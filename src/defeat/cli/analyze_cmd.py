@@ -118,7 +118,14 @@ def register_errors(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="processes for the per-category passes and the figures (default: the CPU count)",
     )
-    p.add_argument("--score-thr", type=float, default=None, help="drop detections scoring below this")
+    p.add_argument(
+        "--score-thresh",
+        "--score-thr",  # the old spelling (mmdetection's); predict's is --score-thresh
+        dest="score_thr",
+        type=float,
+        default=None,
+        help="drop detections scoring below this",
+    )
     p.add_argument(
         "--engine",
         choices=ENGINES,
