@@ -62,7 +62,7 @@ def level(test: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ one checker per row
 def _full() -> tuple[dict, dict, dict]:
-    r = load("reproduce_full/results.json")
+    r = load("reproduce_full_r34/results.json")
     return r, {row["model"]: row for row in r["table"]}, {c["id"]: c for c in r["claims"]}
 
 
@@ -282,7 +282,7 @@ def test_the_setup_numbers_of_the_rows_match_their_json():
     what = next(w for w in rows if w.startswith("`defeat compare`"))
     assert f"× {len(compare['seeds'])} seeds" in what and f"{compare['steps']} steps" in what
     assert f"teacher {ap(compare['teacher_AP'])} AP" in what
-    stages = load("reproduce_full/results.json")["stages"]
+    stages = load("reproduce_full_r34/results.json")["stages"]
     minutes = sum(s["seconds"] for s in stages.values()) / 60
     assert f"~{minutes:.0f} min on 2 CPU cores" in results_intro()
 

@@ -28,11 +28,11 @@ TEACHER_STEPS_FACTOR = 3
 # Each default of the distill config names the measurement behind it (the comment written next to it).
 PROPOSAL_EVIDENCE = (
     "off: decoupled + proposals 17.0 +- 1.6 AP vs 22.3 +- 0.9 without (embedded benchmark, 3 seeds: "
-    "benchmarks/results/reproduce_full/results.json); the authors' released config leaves it out too"
+    "benchmarks/results/reproduce_full_r34/results.json); the authors' released config leaves it out too"
 )
 WEIGHTS_EVIDENCE = (
     "the authors' alpha_obj 4 / alpha_bg 16: auto gave 13.9 AP vs 22.7 (embedded benchmark, seed 0: "
-    "reproduce_full/results.json, sensitivity) and no better in benchmarks/results/alpha_auto.json"
+    "reproduce_full_r34/results.json, sensitivity) and no better in benchmarks/results/alpha_auto.json"
 )
 TEACHER_EVIDENCE = (
     "depth 50 at {factor}x the steps: not decided by a measurement here (embedded benchmark at 128 px from "
