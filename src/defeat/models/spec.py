@@ -12,9 +12,8 @@ Names (one scheme per architecture; the other spelling is an alias of it):
   for) is an alias: the same spec, the same model.
 * ``<family>_tiny_fpn``: the same detector on a 4-stage toy backbone with a 64-channel FPN and a narrow box head
   (~0.5 M parameters): for tests and smoke runs of a config, and the student of the regime preset.
-* ``<family>_small_fpn``, ``<family>_medium_fpn``: the toy backbone at twice / four times the tiny widths, with the
-  tiny detector's FPN and head (64 channels, as R101 and R50 share theirs): teachers ahead of the tiny student by
-  capacity at a fraction of an R18's cost, whose FPN maps compare channel by channel with the student's.
+* ``<family>_small_fpn``: the toy backbone at twice the tiny widths, a 128-channel FPN and box head: a teacher
+  ahead of the tiny student by capacity at a fraction of an R18's cost (the regime preset's teacher).
 * torchvision's seven builders with COCO weights (:data:`OFFICIAL`), built by torchvision itself so that the
   official files load: ``fasterrcnn_resnet50_fpn[_v2]``, ``fasterrcnn_mobilenet_v3_large[_320]_fpn``,
   ``retinanet_resnet50_fpn[_v2]``, ``fcos_resnet50_fpn``.
@@ -76,12 +75,9 @@ TORCHVISION_ANCHOR_BASE = {
     "fcos": (8, 16, 32, 64, 128),
 }
 
-#: the toy backbones (widths in defeat.models.zoo); they share one FPN and head width, TOY_CHANNELS
-TOYS = ("tiny", "small", "medium")
-#: FPN (and Faster R-CNN box head) width of every toy detector: 64, so that GroupNorm(32) in the heads keeps 2
-#: channels a group (a 1x1 P7 map trains at batch 1)
-TOY_CHANNELS = 64
-_ZOO = re.compile(rf"^(faster_rcnn|retinanet|fcos)_(r\d+|{'|'.join(TOYS)})_fpn$")
+_ZOO = re.compile(r"^(faster_rcnn|retinanet|fcos)_(r\d+|tiny|small)_fpn$")
+#: FPN (and Faster R-CNN box head) width of the toy backbones
+TOY_CHANNELS = {"tiny": 64, "small": 128}
 _TORCHVISION = re.compile(r"^(fasterrcnn|retinanet|fcos)_resnet(\d+)_fpn$")
 _YOLO = re.compile(r"^(yolo26|yolo11|yolov8)([nsmlx])$")
 
@@ -93,7 +89,7 @@ class ModelSpec:
     name: str  # as the user wrote it
     canonical: str  # the one name of this architecture (an alias resolves to it)
     family: str  # faster_rcnn | retinanet | fcos | yolo
-    # resnet18 .. resnet152 | mobilenet_v3_large | tiny | small | medium | yolo26 / yolo11 / yolov8 (the generation)
+    # resnet18 .. resnet152 | mobilenet_v3_large | tiny | small | yolo26 / yolo11 / yolov8 (the generation)
     backbone: str
     # "zoo" (this project's builder) | "torchvision" (torchvision's own, official weights fit) | "ultralytics"
     builder: str
@@ -212,7 +208,9 @@ def model_spec(name: str) -> ModelSpec:
     match = _ZOO.match(name)
     if match:
         family, body = match.groups()
-        if body in TOYS:
+        if body in TOY_CHANNELS:
+            # tiny: 64 FPN channels, so that GroupNorm(32) in the heads keeps 2 channels a group (a 1x1 P7 map trains
+            # at batch 1); small: twice as wide everywhere
             return ModelSpec(
                 name,
                 name,
@@ -220,8 +218,8 @@ def model_spec(name: str) -> ModelSpec:
                 body,
                 "zoo",
                 RESNET_LEVELS[family],
-                fpn_channels=TOY_CHANNELS,
-                box_head_size=TOY_CHANNELS,
+                fpn_channels=TOY_CHANNELS[body],
+                box_head_size=TOY_CHANNELS[body],
                 octaves=3 if family == "retinanet" else 1,
             )
         if int(body[1:]) in DEPTHS:
@@ -256,9 +254,11 @@ def resnet_fpn_name(family: str, depth: int) -> str:
 
 
 def model_names() -> list[str]:
-    """The canonical names: the ResNet-FPN and toy (tiny, small, medium) detectors of every family, then
-    torchvision's official ones."""
-    ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [f"{f}_{toy}_fpn" for f in FAMILIES for toy in TOYS]
+    """The canonical names: the ResNet-FPN and toy (tiny, small) detectors of every family, then torchvision's
+    official ones."""
+    ours = [f"{f}_r{d}_fpn" for f in FAMILIES for d in DEPTHS] + [
+        f"{f}_{toy}_fpn" for f in FAMILIES for toy in TOY_CHANNELS
+    ]
     return ours + [n for n in OFFICIAL if n not in ours]
 
 

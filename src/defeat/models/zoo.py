@@ -1,4 +1,4 @@
-"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or toy) backbones.
+"""The detectors this project builds: Faster R-CNN, RetinaNet and FCOS on ResNet-FPN (or toy tiny / small) backbones.
 
 Names and everything they determine come from :func:`defeat.models.spec.model_spec`; torchvision's official builders
 (COCO weights) are built by :mod:`defeat.models.torchvision_zoo`. Every family uses contiguous labels ``1..K`` with
@@ -31,8 +31,8 @@ from defeat.models.spec import DEPTHS, ModelSpec, model_spec
 from defeat.models.torchvision_zoo import build_torchvision_detector, detector_kwargs
 
 __all__ = ["DEPTHS", "build_detector", "count_parameters", "norm_in_state", "norm_layer_for", "uses_pretrained_weights"]
-#: channels of the toy backbones' four stages (strides 4, 8, 16, 32): small and medium are tiny at 2x and 4x the width
-TOY_WIDTHS = {"tiny": (16, 32, 32, 64), "small": (32, 64, 64, 128), "medium": (64, 128, 128, 256)}
+#: channels of the toy backbones' four stages (strides 4, 8, 16, 32): small is tiny at twice the width
+TOY_WIDTHS = {"tiny": (16, 32, 32, 64), "small": (32, 64, 64, 128)}
 
 
 def norm_layer_for(norm: str) -> Callable[[int], nn.Module]:
