@@ -118,3 +118,24 @@ def test_check_layout_says_what_differs():
         cd.check_layout(levels, 256, ["P3", "P4", "P5", "P6", "P7"], 256)
     with pytest.raises(ValueError, match="128 channels vs the teacher's 256"):
         cd.check_layout(levels, 256, levels, 128, what="s")
+
+
+def test_least_squares_map_recovers_a_linear_teacher_and_skips_padding():
+    """A teacher that is exactly W^T [S; 1] on the valid pixels: the fitted map gives it back (distance 0 there),
+    whatever the padding holds; the map goes from the student's channels to the teacher's."""
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 4, 6, 5, generator=gen)
+    weights = torch.randn(5, 7, generator=gen, dtype=torch.float64)  # 4 channels + bias -> 7
+    teacher = cd.apply_linear_map(student, weights)
+    valid = torch.ones(3, 6, 5, dtype=torch.bool)
+    valid[:, 4:, :] = False
+    teacher[:, :, 4:, :] = 100.0  # padding: no influence on the fit
+    fitted = cd.NormalEquations.zeros(4, 7).add(teacher, student, valid).solve(ridge=0.0)
+    assert torch.allclose(fitted, weights, atol=1e-9)
+    d_obj, d_bg = cd.channel_distance(teacher, cd.apply_linear_map(student, fitted), valid.clone(), valid)
+    assert d_obj.shape == (7,) and float(d_obj.max()) < 1e-9 and torch.isnan(d_bg).all()  # all valid cells: object
+    # accumulated image by image = fitted on all at once
+    parts = cd.NormalEquations.zeros(4, 7)
+    for n in range(3):
+        parts = parts.add(teacher[n : n + 1], student[n : n + 1], valid[n : n + 1])
+    assert torch.allclose(parts.solve(ridge=0.0), fitted, atol=1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import pydoc
 import shutil
 
@@ -196,3 +197,30 @@ def test_the_error_analysis_does_not_import_torch():
     assert out.stdout.strip() == "True"  # a training-side name still imports what it needs
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         api.nonexistent  # noqa: B018
+
+
+@pytest.mark.slow
+def test_channel_distance_across_fpn_widths_goes_through_each_students_least_squares_map(tiny_coco, tmp_path):
+    """A wider teacher (small: 128 FPN channels) and tiny students (64): raw maps cannot be compared channel by
+    channel; ``auto`` and ``probe`` map every student's raw output (the baseline's too) by its own fitted map."""
+    from defeat.cli.main import main
+    from tests.conftest import tiny_overrides
+
+    def trained(name, out):
+        sets = tiny_overrides(tiny_coco, out, name=name, steps=1) + ["output.checkpoint_every=0"]
+        assert main(["train", *[a for o in sets for a in ("--set", o)]]) == 0
+        return out / "model_final.pt"
+
+    teacher = trained("faster_rcnn_small_fpn", tmp_path / "teacher")
+    student = trained("faster_rcnn_tiny_fpn", tmp_path / "student")
+    args = (tiny_coco["root"] / "val" / "images", tiny_coco["val_ann"])
+    with pytest.raises(ValueError, match=r"raw FPN\): FPN layout does not match the teacher's: 64 channels vs the "):
+        api.channel_distance(teacher, {"none": student}, *args, tmp_path / "raw", images=2, student_feature="raw")
+    for feature in ("auto", "probe"):
+        summary = api.channel_distance(
+            teacher, {"none": student}, *args, tmp_path / feature, images=2, quiet=True, student_feature=feature
+        )
+        assert "least-squares" in summary["meta"]["student_feature"]["none"]
+        assert {r["region"] for r in summary["rows"]} == {"object", "background"}
+        assert all(r["feature"] == "probe" and r["mean_distance"] >= 0 for r in summary["rows"]), summary["rows"]
+        assert all(math.isfinite(r["mean_distance"]) for r in summary["rows"])

@@ -319,6 +319,10 @@ def test_fig1_is_decided_on_the_raw_fpn_output():
     # no raw-FPN rows: n/a, whatever the adapter output says
     assert compute(teacher, students, cd, raw=None)["fig1_channel_distance"]["outcome"] is None
     assert compute(teacher, students, cd, raw=[])["fig1_channel_distance"]["outcome"] is None
+    # FPNs of different widths: the raw rows went through each student's least-squares map; the claim says so
+    probed = [dict(r, feature="probe") for r in cd]
+    claim = compute(teacher, students, cd, raw=probed)["fig1_channel_distance"]
+    assert claim["outcome"] == "pass" and "own least-squares map to the teacher's channels" in claim["note"]
 
 
 def test_fig1_with_noisy_seeds_fails_when_powered_and_is_undecidable_when_not():

@@ -13,6 +13,16 @@ i.e. the mean absolute difference over all object (background) pixels of all ima
 padding that batches the image to a multiple of 32 is neither object nor background. A region with no pixels
 gives NaN.
 
+When teacher and student FPNs differ in width (``C_t != C_s``) the raw maps cannot be compared channel by channel.
+The ``probe`` comparison maps each student's raw map into the teacher's channels with the least-squares linear map
+(1x1, with bias) fitted on the analysis images' valid pixels of that student alone, both regions pooled:
+
+    W = argmin_W  sum_{n,y,x} V |T[n,:,y,x] - W^T [S[n,:,y,x]; 1]|^2  =  (X^T X + lambda I)^-1 X^T Y
+
+(``X``: the valid pixels' ``[S; 1]`` rows, ``Y``: the teacher's), then measures ``d_obj`` / ``d_bg`` on ``W^T [S; 1]``.
+Every student, the baseline included, gets the same procedure; no region is weighted, so the map favours no
+distillation loss (unlike the distillation adapter, trained with the student's own weights).
+
 Object masks reuse :mod:`defeat.distill.masks` (there is one mask implementation in the project):
 
 * ``rule="all"`` - every GT box marks the cells it covers on the level (:func:`~defeat.distill.masks.box_cells`);
@@ -132,6 +142,46 @@ def region_channel_sums(teacher: Tensor, student: Tensor, obj_mask: Tensor, vali
     )
 
 
+@dataclass
+class NormalEquations:
+    """Running ``X^T X`` and ``X^T Y`` of the least-squares map from student pixels ``[S; 1]`` to teacher pixels
+    (module docstring), accumulated image by image in float64."""
+
+    xtx: Tensor  # (C_s + 1, C_s + 1)
+    xty: Tensor  # (C_s + 1, C_t)
+
+    @classmethod
+    def zeros(cls, student_channels: int, teacher_channels: int) -> NormalEquations:
+        k = student_channels + 1
+        return cls(torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, teacher_channels, dtype=torch.float64))
+
+    def add(self, teacher: Tensor, student: Tensor, valid: Tensor | None = None) -> NormalEquations:
+        """Add the valid pixels of ``teacher`` ``(N, C_t, H, W)`` and ``student`` ``(N, C_s, H, W)``."""
+        x, y = _pixels(student, valid), _pixels(teacher, valid)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        return NormalEquations(self.xtx + x.T @ x, self.xty + x.T @ y)
+
+    def solve(self, ridge: float = 1e-6) -> Tensor:
+        """``W`` ``(C_s + 1, C_t)``; ``ridge`` (relative to the mean diagonal of ``X^T X``) keeps a dead channel
+        from making the system singular."""
+        k = self.xtx.shape[0]
+        scale = float(self.xtx.diagonal().mean()) or 1.0
+        return torch.linalg.solve(self.xtx + ridge * scale * torch.eye(k, dtype=self.xtx.dtype), self.xty)
+
+
+def _pixels(maps: Tensor, valid: Tensor | None) -> Tensor:
+    """``(P, C)`` float64: the pixels of ``(N, C, H, W)`` maps where ``valid`` ``(N, H, W)`` holds (all if None)."""
+    rows = maps.detach().double().permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+    return rows if valid is None else rows[valid.reshape(-1).bool()]
+
+
+def apply_linear_map(student: Tensor, weights: Tensor) -> Tensor:
+    """``W^T [S; 1]`` per pixel: ``(N, C_s, H, W)`` -> ``(N, C_t, H, W)`` float64 (``weights`` from
+    :meth:`NormalEquations.solve`)."""
+    mapped = torch.einsum("nchw,ct->nthw", student.detach().double(), weights[:-1])
+    return mapped + weights[-1].view(1, -1, 1, 1)
+
+
 def channel_distance(
     teacher: Tensor, student: Tensor, obj_mask: Tensor, valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -145,7 +195,7 @@ class StudentDistance:
 
     name: str
     mode: str  # the student's feature-distillation mode ('none' for a plain detector)
-    feature: str  # 'raw' (neck output) or 'adapter' (the distillation adapter's output)
+    feature: str  # 'raw' (neck output), 'adapter' (the distillation adapter's output) or 'probe' (least-squares map)
     obj: Tensor  # (C,)
     bg: Tensor  # (C,)
     obj_pixels: int = 0

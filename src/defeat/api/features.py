@@ -66,6 +66,16 @@ def _load(
 
 
 # ------------------------------------------------------------------------------------------ channel-distance
+#: what ``student_feature`` compares, in a few words (error messages) and in full (``run.json``)
+FEATURE_WORDS = {"raw": "raw FPN", "adapter": "adapter output", "probe": "raw FPN through a least-squares map"}
+FEATURE_DESCRIPTIONS = {
+    "raw": "raw FPN (neck) output",
+    "adapter": "adapter output (distillation adapter applied to the FPN map)",
+    "probe": "raw FPN (neck) output through its least-squares linear map (1x1 + bias) to the teacher's channels, "
+    "fitted on the analysis images (the FPN widths differ)",
+}
+
+
 def channel_distance(
     teacher: str | Path,
     students: Mapping[str, str | Path],
@@ -78,7 +88,7 @@ def channel_distance(
     seed: int = 0,
     mask: Mask = "all",
     level_k0: int = 4,
-    student_feature: Literal["auto", "raw", "adapter"] = "auto",
+    student_feature: Literal["auto", "raw", "adapter", "probe"] = "auto",
     baseline: str | None = None,
     device: str = "cpu",
     quiet: bool = False,
@@ -91,8 +101,10 @@ def channel_distance(
         level: the FPN level compared.
         mask: object region on the level: ``all`` GT boxes projected to it, or only the boxes DeFeat's level rule
             (``level_k0``) ``assigned`` to it.
-        student_feature: the student map compared: ``raw`` FPN output, the distillation ``adapter``'s output, or
-            ``auto`` (adapter when the checkpoint has adapters).
+        student_feature: the student map compared: ``raw`` FPN output, the distillation ``adapter``'s output,
+            ``probe`` (the raw output through its least-squares linear map to the teacher's channels, fitted on these
+            images: :mod:`defeat.analysis.channel_distance`), or ``auto`` (adapter when the checkpoint has adapters,
+            else raw, or probe when the FPN widths differ).
         baseline: the student the ratios refer to (default: the first student without feature KD).
 
     Writes ``channel_distance_summary.{csv,json,md}``, ``channel_distance_per_channel.*``, ``channel_distance.png``
@@ -110,13 +122,14 @@ def channel_distance(
         s = _load(path, ("detector", "distill"), dataset.categories, annotations, f"--student {name}")
         feature = student_feature
         if feature == "auto":
-            feature = "adapter" if s.adapters is not None else "raw"
+            same_width = s.model.backbone.out_channels == t_channels
+            feature = "adapter" if s.adapters is not None else ("raw" if same_width else "probe")
         if feature == "adapter" and s.adapters is None:
             raise ValueError(
                 f"--student {name}: --student-feature adapter, but {path} has no distillation adapters "
                 f"(a {s.kind!r} checkpoint, feature mode {s.feature_mode!r})"
             )
-        channels = s.model.backbone.out_channels
+        channels = s.model.backbone.out_channels if feature != "probe" else t_channels  # probe: mapped to them
         if feature == "adapter":
             if level not in s.adapters.levels:
                 raise ValueError(f"--student {name}: its adapters cover {s.adapters.levels}, not {level}")
@@ -126,7 +139,7 @@ def channel_distance(
             t_channels,
             levels_of(s.model),
             channels,
-            what=f"--student {name} ({s.name}, {'adapter output' if feature == 'adapter' else 'raw FPN'})",
+            what=f"--student {name} ({s.name}, {FEATURE_WORDS[feature]})",
         )
         notes = []
         for key in ("min_size", "max_size"):
@@ -138,12 +151,13 @@ def channel_distance(
     t_model = t.model.to(dev)
     strides = _strides(t_levels)
     sums = {name: None for name in chosen}
-    image_ids = []
+    image_ids = [int(dataset[index][1]["image_id"]) for index in picks]
     start = time.perf_counter()
-    with torch.no_grad():
-        for count, index in enumerate(picks):
+
+    def level_maps():
+        """Per picked image: the batch (the teacher's transform), the object and valid masks and the teacher's map."""
+        for index in picks:
             image, target = dataset[index]
-            image_ids.append(int(target["image_id"]))
             batch, targets = t_model.transform(
                 [image.to(dev)], [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in target.items()}]
             )
@@ -151,15 +165,32 @@ def channel_distance(
             sizes = {name: tuple(f.shape[-2:]) for name, f in t_feats.items()}
             masks = cd.region_masks([x["boxes"] for x in targets], sizes, strides, mask, level_k0)
             height, width = sizes[level]
-            obj = masks[level].cpu()
             valid = cd.valid_mask(batch.image_sizes, strides[level], height, width)
-            teacher_map = t_feats[level].cpu()
+            yield batch, masks[level].cpu(), valid, t_feats[level].cpu()
+
+    with torch.no_grad():
+        probes = [name for name, s in chosen.items() if s["feature"] == "probe"]
+        if probes:  # first pass: each probed student's least-squares map to the teacher's channels
+            equations = {
+                name: cd.NormalEquations.zeros(chosen[name]["loaded"].model.backbone.out_channels, t_channels)
+                for name in probes
+            }
+            for batch, _, valid, teacher_map in level_maps():
+                for name in probes:
+                    student_map = fpn_features(chosen[name]["loaded"].model.to(dev), batch.tensors)[level].cpu()
+                    equations[name] = equations[name].add(teacher_map, student_map, valid)
+            for name in probes:
+                chosen[name]["map"] = equations[name].solve()
+        for count, (batch, obj, valid, teacher_map) in enumerate(level_maps()):
             for name, s in chosen.items():
                 model = s["loaded"].model.to(dev)
                 student_map = fpn_features(model, batch.tensors)[level]
                 if s["feature"] == "adapter":
                     student_map = s["loaded"].adapters.to(dev).convs[level](student_map)
-                part = cd.region_channel_sums(teacher_map, student_map.cpu(), obj, valid)
+                student_map = student_map.cpu()
+                if s["feature"] == "probe":
+                    student_map = cd.apply_linear_map(student_map, s["map"])
+                part = cd.region_channel_sums(teacher_map, student_map, obj, valid)
                 sums[name] = part if sums[name] is None else sums[name] + part
             if not quiet:
                 print(f"\rimage {count + 1}/{len(picks)}", end="", flush=True)
@@ -200,14 +231,7 @@ def channel_distance(
         "seed": seed,
         "annotations": str(annotations),
         "mask": mask,
-        "student_feature": {
-            n: (
-                "adapter output (distillation adapter applied to the FPN map)"
-                if s["feature"] == "adapter"
-                else "raw FPN (neck) output"
-            )
-            for n, s in chosen.items()
-        },
+        "student_feature": {n: FEATURE_DESCRIPTIONS[s["feature"]] for n, s in chosen.items()},
         "baseline": baseline,
         "distance": "per channel: mean |teacher - student| over object (background) pixels of all images pooled; "
         "batch padding excluded",

@@ -106,10 +106,12 @@ def register_channel_distance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", default="P2", help="FPN level to compare (default P2, the first FPN level)")
     p.add_argument(
         "--student-feature",
-        choices=("auto", "raw", "adapter"),
+        choices=("auto", "raw", "adapter", "probe"),
         default="auto",
-        help="student map compared with the teacher's: raw FPN output, the distillation adapter's "
-        "output, or auto = adapter when the checkpoint has adapters, else raw (default)",
+        help="student map compared with the teacher's: raw FPN output, the distillation adapter's output, probe = "
+        "the raw output through its least-squares linear map to the teacher's channels (for FPNs of different "
+        "widths), or auto = adapter when the checkpoint has adapters, else raw, or probe when the widths differ "
+        "(default)",
     )
     p.add_argument(
         "--baseline", default=None, help="student the ratios refer to (default: the first student without feature KD)"

@@ -735,6 +735,9 @@ def _fig1_claim(raw: Sequence[Mapping] | None, adapter: Sequence[Mapping] | None
     outcome = combine_outcomes([t["outcome"] for t in tests]) if len(tests) == 2 else UNDECIDABLE
     power = _min_power(tests)
     note = "" if outcome != UNDECIDABLE else _undecidable_note(tests, power) if tests else "undecidable: no rival"
+    if any(r.get("feature") == "probe" for r in raw):  # FPNs of different widths (defeat.analysis.channel_distance)
+        probe = "raw FPN output through each student's own least-squares map to the teacher's channels (widths differ)"
+        note = f"{probe}; {note}" if note else probe
     value = dict(value, adapter_output=adapter_value)
     return _claim(
         claim_id,

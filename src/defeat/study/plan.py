@@ -35,7 +35,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from defeat.config import Config, config_to_dict
+from defeat.config import Config, ModelConfig, config_to_dict
+from defeat.models.spec import model_spec
 from defeat.study.estimate import Estimator, minutes
 from defeat.study.presets import (
     STUDENT_MODES,
@@ -220,8 +221,10 @@ def build_plan(preset: dict, run_dir: Path) -> list[Stage]:
     cd = an.get("channel_distance")
     fig1 = [s for s in ("baseline", "object", "background", "all", "decoupled") if s in first]
     # Fig. 1 twice: as the distiller compares the maps (distilled students through their adapters), and on the
-    # raw FPN output of every student (what the student itself carries, without the adapter's help)
-    for name, feature in (("channel_distance", "auto"), ("channel_distance_raw", "raw")):
+    # raw FPN output of every student (what the student itself carries, without the adapter's help); FPNs of
+    # different widths compare the raw output through each student's least-squares map ("probe")
+    same_width = _fpn_width(preset, "teacher") == _fpn_width(preset, "student")
+    for name, feature in (("channel_distance", "auto"), ("channel_distance_raw", "raw" if same_width else "probe")):
         if cd is None or len(fig1) < 2:
             break
         folder = run_dir / "analysis" / name
@@ -371,6 +374,12 @@ def wall_seconds(stages: list[Stage], seconds: dict[str, float], jobs: int) -> f
         now, name = running.pop(0)
         finished.add(name)
     return now
+
+
+def _fpn_width(preset: dict, role: str) -> int:
+    """The FPN channels of the preset's teacher or student model (by name: no model is built)."""
+    name = {**preset["common"].get("model", {}), **preset[role].get("model", {})}.get("name", ModelConfig.name)
+    return model_spec(name).fpn_channels
 
 
 def describe_plan(stages: list[Stage], estimator: Estimator, preset: dict, done: set[str], jobs: int = 1) -> str:

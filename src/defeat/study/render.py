@@ -499,8 +499,15 @@ def render_report(results: Mapping[str, Any]) -> str:
         ]
     cd_raw = results.get("channel_distance_raw_seeds") or []
     if cd_raw:
+        probed = any(r.get("feature") == "probe" for r in results.get("channel_distance_raw") or [])
         out += [
-            "The same on the raw FPN output of every student (no adapter): what the student's own neck carries.",
+            "The same on the raw FPN output of every student (no adapter): what the student's own neck carries"
+            + (
+                "; the teacher's FPN is wider, so each student's raw output goes through its own least-squares "
+                "linear map to the teacher's channels, fitted on the analysis images (the same for every student)."
+                if probed
+                else "."
+            ),
             "",
             render_table(cd_raw, ["student", "region", "mean_distance", "std_over_seeds", "seeds"]),
             "",
