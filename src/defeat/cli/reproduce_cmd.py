@@ -22,8 +22,8 @@ def register(subparsers) -> None:
         "--preset",
         required=True,
         metavar="quick|full|coco|tiny|PRESET.yaml",
-        help="built-in preset (tiny: CI plumbing check; quick: <= 15 min demo; full: <= 150 min reproduction in the paper's regime; "
-        "coco: configs for GPUs + COCO, not run) or a preset YAML file of the same shape",
+        help="built-in preset (tiny: CI plumbing check; quick: <= 15 min demo; full: <= 150 min reproduction in "
+        "the paper's regime; coco: configs for GPUs + COCO, not run) or a preset YAML file of the same shape",
     )
     p.add_argument("--out", required=True, help="run folder (stages, report.md, results.json, figures/)")
     p.add_argument(
