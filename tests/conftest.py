@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +128,21 @@ def tiny_teacher(tiny_coco, tmp_path_factory):
     overrides = tiny_overrides(tiny_coco, out, steps=1) + ["output.checkpoint_every=0", "seed=5"]
     assert main(["train", *[a for o in overrides for a in ("--set", o)]]) == 0
     return out / "model_final.pt"
+
+
+def interrupt_after_step_1(stage_dir) -> None:
+    """Leave ``stage_dir`` as a 2-step training stopped after step 1: train 1 step, then write the run's own
+    schedule back into the config and the checkpoint (``--resume`` refuses a schedule that differs from the run's)."""
+    import torch
+
+    from defeat.cli.main import main as _main
+
+    config = stage_dir / "config.yaml"
+    text = config.read_text()
+    steps = yaml.safe_load(text)["schedule"]["max_steps"]
+    assert _main(["distill", str(config), "--resume", "--set", "schedule.max_steps=1"]) == 0
+    config.write_text(text)
+    path = stage_dir / "checkpoint_last.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["schedule"]["max_steps"] = steps
+    torch.save(state, path)

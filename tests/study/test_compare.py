@@ -14,7 +14,7 @@ from defeat.config import FEATURE_MODES, load_config
 from defeat.study import stats
 from defeat.study.compare import known_methods, parse_methods
 from defeat.study.compare_report import decide, holm, method_rows, render_markdown, rerender
-from tests.conftest import tiny_overrides
+from tests.conftest import interrupt_after_step_1, tiny_overrides
 
 
 # ------------------------------------------------------------------------------------------ pure: the verdict
@@ -267,7 +267,7 @@ def test_compare_resumes_an_interrupted_run_and_skips_finished_ones(tiny_compare
     stage = out / "runs" / "all_s1"
     for name in ("done.json", "model_final.pt", "metrics_final.json", "metrics.jsonl"):
         (stage / name).unlink()
-    assert main(["distill", str(stage / "config.yaml"), "--resume", "--set", "schedule.max_steps=1"]) == 0
+    interrupt_after_step_1(stage)
     (stage / "model_final.pt").unlink()
     (stage / "metrics_final.json").unlink()
     assert (stage / "checkpoint_last.pt").is_file()

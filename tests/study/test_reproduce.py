@@ -14,6 +14,7 @@ from defeat.cli.main import main
 from defeat.config import load_config
 from defeat.study import STUDENT_MODES, build_plan, claims_by_id, load_preset
 from defeat.study.presets import seeds_of
+from tests.conftest import interrupt_after_step_1
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -344,7 +345,7 @@ def test_tiny_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tiny_ru
     for name in ("done.json", "model_final.pt", "metrics.jsonl"):
         (stage / name).unlink()
     # (--resume: the folder holds the stage's config.yaml, and a new run would be refused there)
-    assert main(["distill", str(stage / "config.yaml"), "--resume", "--set", "schedule.max_steps=1"]) == 0
+    interrupt_after_step_1(stage)
     (stage / "model_final.pt").unlink()
     assert (stage / "checkpoint_last.pt").is_file()
     capsys.readouterr()
