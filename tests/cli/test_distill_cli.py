@@ -159,7 +159,13 @@ def test_bad_input_is_refused_in_one_line(tiny_coco, tiny_teacher, tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and "\n" not in err, (extra, err)
     assert not (out / "model_final.pt").exists()
-    # --force only starts over in a used folder; skipping the teacher's check has its own flag
+
+
+@pytest.mark.slow
+def test_force_starts_over_and_ignore_teacher_check_skips_the_check(tiny_coco, tiny_teacher, tmp_path, capsys):
+    """--force only starts over in a used folder; skipping the teacher's check has its own flag."""
+    out = tmp_path / "run"
+    base = distill_overrides(tiny_coco, tiny_teacher, out)
     weak = _sets(base + ["distill.teacher_check_images=2", "distill.teacher_min_ap=0.5"])
     assert main(["distill", *weak, "--force"]) == 2
     assert "Pass --ignore-teacher-check to distil anyway" in capsys.readouterr().err

@@ -3,6 +3,8 @@ the metrics never mix two runs."""
 
 import json
 
+import pytest
+
 from defeat.cli.main import main
 from tests.conftest import tiny_overrides
 from tests.engine.test_train import _sets
@@ -41,6 +43,7 @@ def test_resume_continues_a_finished_or_empty_folder(tiny_coco, tmp_path):
     assert [r["step"] for r in _records(out / "metrics.jsonl") if "lr" in r] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_with_other_learning_settings_is_refused_in_one_line(tiny_coco, tmp_path, capsys):
     out = tmp_path / "run"
     base = tiny_overrides(tiny_coco, out, steps=2)
