@@ -151,11 +151,12 @@ def channel_distance(
     t_model = t.model.to(dev)
     strides = _strides(t_levels)
     sums = {name: None for name in chosen}
-    image_ids = [int(dataset[index][1]["image_id"]) for index in picks]
+    image_ids = []
     start = time.perf_counter()
 
     def level_maps():
-        """Per picked image: the batch (the teacher's transform), the object and valid masks and the teacher's map."""
+        """Per picked image: its id, the batch (the teacher's transform), the object and valid masks, the teacher's
+        map."""
         for index in picks:
             image, target = dataset[index]
             batch, targets = t_model.transform(
@@ -166,7 +167,7 @@ def channel_distance(
             masks = cd.region_masks([x["boxes"] for x in targets], sizes, strides, mask, level_k0)
             height, width = sizes[level]
             valid = cd.valid_mask(batch.image_sizes, strides[level], height, width)
-            yield batch, masks[level].cpu(), valid, t_feats[level].cpu()
+            yield int(target["image_id"]), batch, masks[level].cpu(), valid, t_feats[level].cpu()
 
     with torch.no_grad():
         probes = [name for name, s in chosen.items() if s["feature"] == "probe"]
@@ -175,13 +176,14 @@ def channel_distance(
                 name: cd.NormalEquations.zeros(chosen[name]["loaded"].model.backbone.out_channels, t_channels)
                 for name in probes
             }
-            for batch, _, valid, teacher_map in level_maps():
+            for _, batch, _, valid, teacher_map in level_maps():
                 for name in probes:
                     student_map = fpn_features(chosen[name]["loaded"].model.to(dev), batch.tensors)[level].cpu()
                     equations[name] = equations[name].add(teacher_map, student_map, valid)
             for name in probes:
                 chosen[name]["map"] = equations[name].solve()
-        for count, (batch, obj, valid, teacher_map) in enumerate(level_maps()):
+        for count, (image_id, batch, obj, valid, teacher_map) in enumerate(level_maps()):
+            image_ids.append(image_id)
             for name, s in chosen.items():
                 model = s["loaded"].model.to(dev)
                 student_map = fpn_features(model, batch.tensors)[level]
