@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from defeat.cli.main import main
-from defeat.config import FEATURE_MODES, load_config
+from defeat.config import FEATURE_MODES, Config, config_from_dict, load_config
 from defeat.study import stats
-from defeat.study.compare import known_methods, parse_methods
+from defeat.study.compare import describe_method, known_methods, parse_methods, run_config
 from defeat.study.compare_report import decide, holm, method_rows, render_markdown, rerender
 from tests.conftest import interrupt_after_step_1, tiny_overrides
 
@@ -140,12 +140,26 @@ def test_rerender_recomputes_the_statistics_from_the_stored_aps(tmp_path):
 
 # ------------------------------------------------------------------------------------------ methods
 def test_known_methods_follow_the_config_feature_modes():
-    assert set(known_methods()) == {"baseline", "decoupled_proposals", *FEATURE_MODES} - {"none"}
+    assert set(known_methods()) == {"baseline", "decoupled_proposals", "decoupled_auto", *FEATURE_MODES} - {"none"}
     assert parse_methods("decoupled, all,decoupled,baseline") == ["baseline", "decoupled", "all"]
     with pytest.raises(ValueError, match="unknown method 'magic' \\(known: baseline, object"):
         parse_methods("baseline,magic")
     with pytest.raises(ValueError, match="at least one distillation method"):
         parse_methods("baseline")
+
+
+def test_each_method_changes_only_its_own_distill_settings(tmp_path):
+    cfg = config_from_dict({"distill": {"alpha_bg": 8.0, "weights": "fixed", "proposal_mode": "decoupled"}})
+    methods = ("baseline", "cwd", "decoupled_proposals", "decoupled_auto")
+    runs = {m: run_config(cfg, m, 3, tmp_path / m) for m in methods}
+    assert runs["baseline"].distill == Config().distill  # KD-free: a KD setting never retrains the baselines
+    assert (runs["cwd"].distill.feature_mode, runs["cwd"].distill.proposal_mode) == ("cwd", "none")
+    assert runs["decoupled_proposals"].distill.proposal_mode == "decoupled"
+    auto = runs["decoupled_auto"].distill
+    assert (auto.feature_mode, auto.proposal_mode, auto.weights, auto.alpha_bg) == ("decoupled", "none", "auto", 8.0)
+    assert runs["cwd"].distill.weights == "fixed" and runs["decoupled_auto"].seed == 3
+    assert describe_method("decoupled_auto") == "feature_mode=decoupled + weights=auto"
+    assert describe_method("cwd") == "feature_mode=cwd"
 
 
 # ------------------------------------------------------------------------------------------ end to end (tiny)

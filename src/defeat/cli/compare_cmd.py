@@ -23,7 +23,8 @@ def register(subparsers) -> None:
         "--methods",
         default="baseline,decoupled",
         help="comma-separated: baseline (always trained), a distill.feature_mode (object, background, all, "
-        "decoupled, fgfi, ...) or decoupled_proposals (decoupled + proposal_mode decoupled); default %(default)s",
+        "decoupled, fgfi, ...), decoupled_proposals (decoupled + proposal_mode decoupled) or decoupled_auto "
+        "(decoupled + distill.weights auto); default %(default)s",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (config seed, +1, ...); default 3")
     p.add_argument("--out", required=True, help="folder for the runs, report.md/html and results.json")

@@ -12,7 +12,8 @@ this order (each in its own folder of OUT, cached and resumed by the study's run
     latency               student and teacher inference latency (eager; ONNX Runtime for the student
                           where onnxruntime is installed), after the first baseline -> latency/
     <method>_s<seed>      api.distill with distill.feature_mode=<method>, proposal_mode none
-                          (decoupled_proposals: decoupled + proposal_mode decoupled) -> runs/<method>_s<seed>/
+                          (decoupled_proposals: + proposal_mode decoupled; decoupled_auto: + weights auto)
+                                                                                -> runs/<method>_s<seed>/
 
 Seed-major order (every method of the first seed before the second seed), so that an interrupted compare has
 every comparison early; the same seeds for every method (same initial weights, data order and schedule). After
@@ -53,8 +54,13 @@ from defeat.study.runner import (
 )
 from defeat.utils import atomic_write_json, read_json
 
-#: named methods beyond the feature modes: name -> (feature_mode, proposal_mode)
-EXTRA_METHODS = {"decoupled_proposals": ("decoupled", "decoupled")}
+#: named methods beyond the feature modes: name -> the distill settings it changes (a feature mode's method is
+#: ``{"feature_mode": <mode>, "proposal_mode": "none"}``; every other setting comes from the config)
+EXTRA_METHODS = {
+    "decoupled_proposals": {"feature_mode": "decoupled", "proposal_mode": "decoupled"},
+    # the KD weights scaled at the start (distill.weights: auto) instead of the config's fixed alphas
+    "decoupled_auto": {"feature_mode": "decoupled", "proposal_mode": "none", "weights": "auto"},
+}
 DEFAULT_METHODS = "baseline,decoupled"
 
 
@@ -67,22 +73,23 @@ def say(message: str) -> None:
 
 def known_methods() -> list[str]:
     """``baseline``, every ``distill.feature_mode`` but ``none`` (read from config.py, so new modes appear here) and
-    the named extras (``decoupled_proposals``)."""
+    the named extras (``decoupled_proposals``, ``decoupled_auto``)."""
     return [BASELINE, *(m for m in FEATURE_MODES if m != "none"), *EXTRA_METHODS]
 
 
-def method_modes(name: str) -> tuple[str, str] | None:
-    """``(feature_mode, proposal_mode)`` of a method; None for the baseline."""
+def method_settings(name: str) -> dict[str, str] | None:
+    """The ``distill`` settings a method sets (``feature_mode``, ``proposal_mode``, maybe ``weights``); None for the
+    baseline."""
     if name == BASELINE:
         return None
-    return EXTRA_METHODS.get(name, (name, "none"))
+    return dict(EXTRA_METHODS.get(name) or {"feature_mode": name, "proposal_mode": "none"})
 
 
 def describe_method(name: str) -> str:
-    modes = method_modes(name)
-    if modes is None:
+    settings = method_settings(name)
+    if settings is None:
         return "the student alone"
-    return f"feature_mode={modes[0]}" + (f" + proposal_mode={modes[1]}" if modes[1] != "none" else "")
+    return " + ".join(f"{k}={v}" for k, v in settings.items() if k == "feature_mode" or v != "none")
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -113,13 +120,11 @@ def run_config(cfg: Config, method: str, seed: int, folder: Path) -> Config:
     tree = config_to_dict(cfg)
     tree["seed"] = int(seed)
     tree["output"]["dir"] = str(folder)
-    modes = method_modes(method)
-    if modes is None:  # api.train ignores the distill section: the default one keeps the baseline's key KD-free
+    settings = method_settings(method)
+    if settings is None:  # api.train ignores the distill section: the default one keeps the baseline's key KD-free
         tree["distill"] = config_to_dict(Config())["distill"]
     else:
-        tree["distill"].update(
-            feature_mode=modes[0], proposal_mode=modes[1], teacher_check_images=0, baseline_checkpoint=""
-        )
+        tree["distill"].update(settings, teacher_check_images=0, baseline_checkpoint="")
     return config_from_dict(tree, source=f"{method} seed {seed}")
 
 
@@ -165,10 +170,10 @@ def check_methods_fit(cfg: Config, methods: list[str]) -> list[str]:
     student = build_for_dataset(cfg.model, train_set.categories, cfg.seed)
     pair = f"student {cfg.model.name} and teacher {teacher.name}"
     for method in methods:
-        modes = method_modes(method)
-        if modes is None:
+        changes = method_settings(method)
+        if changes is None:
             continue
-        settings = dataclasses.replace(cfg.distill, feature_mode=modes[0], proposal_mode=modes[1]).settings()
+        settings = dataclasses.replace(cfg.distill, **changes).settings()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -177,9 +182,10 @@ def check_methods_fit(cfg: Config, methods: list[str]) -> list[str]:
                 )
             except ValueError as err:
                 raise ValueError(f"--methods: {method} does not fit {pair}: {err}") from None
-        if modes[1] != "none" and not distiller.head_kd:
+        if changes["proposal_mode"] != "none" and not distiller.head_kd:
             why = distiller.notes[0] if distiller.notes else "the head term needs one head family on both sides"
-            raise ValueError(f"--methods: {method} does not fit {pair}: {why}; compare {modes[0]} instead")
+            twin = changes["feature_mode"]
+            raise ValueError(f"--methods: {method} does not fit {pair}: {why}; compare {twin} instead")
     return [report]
 
 
