@@ -19,7 +19,7 @@ and its 95 % CI; the plateau check; the teacher's AP; the command and the machin
     python benchmarks/yolo_distill.py --out runs/yolo_study --steps 600 --seeds 3 \\
         --arms baseline,ultralytics,decoupled,cwd,pkd,score_weighted,fgd,mgd
     python benchmarks/yolo_distill.py --out /tmp/yolo_smoke --steps 2 --seeds 2 --num-train 6 --num-val 3 \\
-        --image-size 96 --imgsz 96 --batch 3 --arms baseline,ultralytics,decoupled --json /tmp/yolo_smoke.json
+        --image-size 96 --imgsz 96 --batch 3 --arms baseline,ultralytics,decoupled --jobs 2 --json /tmp/yolo_smoke.json
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,13 @@ def run(args, out: Path, verb: str, sets: list[str]) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def run_all(args, runs: list[tuple[Path, str, list[str]]]) -> list[dict]:
+    """``run`` each ``(out, verb, sets)``, up to ``--jobs`` at once (small YOLOs use 2 cores poorly: two 1-thread
+    runs side by side do more work than one 2-thread run); their metrics in the order given."""
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        return list(pool.map(lambda r: run(args, *r), runs))
+
+
 def summary(values: list[float]) -> dict:
     return {
         "values": values,
@@ -102,7 +110,9 @@ def main() -> int:
     parser.add_argument("--num-val", type=int, default=150)
     parser.add_argument("--image-size", type=int, default=192, help="embedded benchmark image side")
     parser.add_argument("--no-plateau", action="store_true", help="skip the 2S baseline run of the plateau check")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", help="an existing embedded-benchmark folder (train/, val/, *.json) to use")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / --jobs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="hide the runs' own output")
     args = parser.parse_args()
@@ -111,8 +121,9 @@ def main() -> int:
     if unknown or "baseline" not in arms:
         parser.error(f"--arms: needs baseline; unknown {unknown} (choose from baseline, ultralytics, {DEFEAT_MODES})")
     seeds = list(range(args.seeds))  # fixed before anything runs
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     out = Path(args.out)
-    data = out / "data"
+    data = Path(args.data) if args.data else out / "data"
     started = time.time()
     if not (data / "val.json").is_file():
         subprocess.run(
@@ -121,28 +132,35 @@ def main() -> int:
             check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         )  # fmt: skip
 
-    teacher_dir = out / "teacher"
-    teacher = run(args, teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))
+    # first the runs without a teacher (the teacher, the baselines, the plateau's 2S baseline), then the distilled
+    teacher_dir, long_dir = out / "teacher", out / "baseline" / "seed0_2x"
+    first = [(teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))]
+    first += [
+        (out / "baseline" / f"seed{seed}", "train", base_sets(args, data, out / "baseline" / f"seed{seed}",
+                                                              args.student, seed, args.steps))
+        for seed in seeds
+    ]  # fmt: skip
+    if not args.no_plateau:
+        first.append((long_dir, "train", base_sets(args, data, long_dir, args.student, 0, 2 * args.steps)))
+    first_metrics = run_all(args, first)
+    teacher = first_metrics[0]
     teacher_pt = teacher_dir / "student.pt"
-    per_arm: dict[str, dict] = {}
-    for arm in arms:
-        aps, maps, step_times = [], [], []
+    distilled = []
+    for arm in (a for a in arms if a != "baseline"):
         for seed in seeds:
             folder = out / arm / f"seed{seed}"
             sets = base_sets(args, data, folder, args.student, seed, args.steps)
-            verb = "train"
-            if arm != "baseline":
-                verb = "distill"
-                sets += [f"distill.teacher_model={args.teacher}", f"distill.teacher_weights={teacher_pt}"]
-                sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
-            metrics = run(args, folder, verb, sets)
-            aps.append(metrics["AP"])
-            maps.append(metrics["ultralytics_mAP50-95"])
-            step_times.append(metrics["sec_per_step"])
+            sets += [f"distill.teacher_model={args.teacher}", f"distill.teacher_weights={teacher_pt}"]
+            sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
+            distilled.append((folder, "distill", sets))
+    run_all(args, distilled)
+    per_arm: dict[str, dict] = {}
+    for arm in ["baseline", *(a for a in arms if a != "baseline")]:
+        runs = [json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text()) for seed in seeds]
         per_arm[arm] = {
-            "coco_AP": summary(aps),
-            "ultralytics_mAP50_95": summary(maps),
-            "sec_per_step": statistics.fmean(step_times),
+            "coco_AP": summary([m["AP"] for m in runs]),
+            "ultralytics_mAP50_95": summary([m["ultralytics_mAP50-95"] for m in runs]),
+            "sec_per_step": statistics.fmean(m["sec_per_step"] for m in runs),
         }
     base_time = per_arm["baseline"]["sec_per_step"]
     for arm, record in per_arm.items():
@@ -152,8 +170,7 @@ def main() -> int:
 
     plateau = None
     if not args.no_plateau:
-        folder = out / "baseline" / "seed0_2x"
-        long = run(args, folder, "train", base_sets(args, data, folder, args.student, 0, 2 * args.steps))
+        long = first_metrics[-1]
         short = per_arm["baseline"]["coco_AP"]["values"][0]
         plateau = {
             "ap_S": short,
@@ -183,6 +200,7 @@ def main() -> int:
                 "num_val",
                 "image_size",
                 "threads",
+                "jobs",
                 "device",
             )
         },  # fmt: skip
