@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -87,6 +89,14 @@ def run_all(args, runs: list[tuple[Path, str, list[str]]]) -> list[dict]:
         return list(pool.map(lambda r: run(args, *r), runs))
 
 
+def teacher_name(args) -> str:
+    """``--teacher``, or the model name in the config that `defeat train` wrote beside ``--teacher-checkpoint``."""
+    if not args.teacher_checkpoint:
+        return args.teacher
+    config = Path(args.teacher_checkpoint).parent / "config.yaml"
+    return yaml.safe_load(config.read_text())["model"]["name"] if config.is_file() else "unknown (no config.yaml)"
+
+
 def summary(values: list[float]) -> dict:
     return {
         "values": values,
@@ -104,6 +114,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600, help="training batches of every student and the teacher")
     parser.add_argument("--student", default="yolo26n")
     parser.add_argument("--teacher", default="yolo26s")
+    parser.add_argument(
+        "--teacher-checkpoint",
+        help="a trained torchvision teacher (`defeat train`'s model_final.pt on the same data) instead of training "
+        "--teacher: the cross-family run, paired by stride (no `ultralytics` arm: it needs a YOLO teacher)",
+    )
     parser.add_argument("--imgsz", type=int, default=192)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--num-train", type=int, default=600)
@@ -120,6 +135,8 @@ def main() -> int:
     unknown = [a for a in arms if a not in ("baseline", "ultralytics", *DEFEAT_MODES)]
     if unknown or "baseline" not in arms:
         parser.error(f"--arms: needs baseline; unknown {unknown} (choose from baseline, ultralytics, {DEFEAT_MODES})")
+    if args.teacher_checkpoint and "ultralytics" in arms:
+        parser.error("--arms: ultralytics needs a YOLO teacher; drop it with --teacher-checkpoint")
     seeds = list(range(args.seeds))  # fixed before anything runs
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     out = Path(args.out)
@@ -134,7 +151,9 @@ def main() -> int:
 
     # first the runs without a teacher (the teacher, the baselines, the plateau's 2S baseline), then the distilled
     teacher_dir, long_dir = out / "teacher", out / "baseline" / "seed0_2x"
-    first = [(teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))]
+    first = [] if args.teacher_checkpoint else [
+        (teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))
+    ]  # fmt: skip
     first += [
         (out / "baseline" / f"seed{seed}", "train", base_sets(args, data, out / "baseline" / f"seed{seed}",
                                                               args.student, seed, args.steps))
@@ -143,14 +162,22 @@ def main() -> int:
     if not args.no_plateau:
         first.append((long_dir, "train", base_sets(args, data, long_dir, args.student, 0, 2 * args.steps)))
     first_metrics = run_all(args, first)
-    teacher = first_metrics[0]
-    teacher_pt = teacher_dir / "student.pt"
+    if args.teacher_checkpoint:  # its own evaluation, written by `defeat train` beside the checkpoint
+        checkpoint = Path(args.teacher_checkpoint)
+        teacher = json.loads((checkpoint.parent / "metrics_final.json").read_text())
+        teacher_sets = [f"distill.teacher_checkpoint={checkpoint}"]
+    else:
+        teacher = first_metrics[0]
+        teacher_sets = [
+            f"distill.teacher_model={args.teacher}",
+            f"distill.teacher_weights={teacher_dir / 'student.pt'}",
+        ]
     distilled = []
     for arm in (a for a in arms if a != "baseline"):
         for seed in seeds:
             folder = out / arm / f"seed{seed}"
             sets = base_sets(args, data, folder, args.student, seed, args.steps)
-            sets += [f"distill.teacher_model={args.teacher}", f"distill.teacher_weights={teacher_pt}"]
+            sets += teacher_sets
             sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
             distilled.append((folder, "distill", sets))
     run_all(args, distilled)
@@ -204,7 +231,12 @@ def main() -> int:
                 "device",
             )
         },  # fmt: skip
-        "teacher": {"coco_AP": teacher["AP"], "ultralytics_mAP50_95": teacher["ultralytics_mAP50-95"]},
+        "teacher": {
+            "model": teacher_name(args),
+            "checkpoint": args.teacher_checkpoint,
+            "coco_AP": teacher["AP"],
+            "ultralytics_mAP50_95": teacher.get("ultralytics_mAP50-95"),  # none for a torchvision teacher
+        },
         "teacher_ahead_of_baseline": teacher["AP"] > (per_arm["baseline"]["coco_AP"]["mean"] or 0.0),
         "arms": per_arm,
         "welch_p_defeat_vs_ultralytics": defeat_vs["p_value"] if defeat_vs else None,
