@@ -236,3 +236,24 @@ def test_a_mobilenet_config_from_init_trains(mobilenet_config, tmp_path):
     ]
     assert main(["train", str(mobilenet_config), *[a for o in overrides for a in ("--set", o)]]) == 0
     assert (tmp_path / "run" / "model_final.pt").is_file()
+
+
+def test_the_evidence_comments_quote_their_records():
+    """The numbers init writes next to its KD defaults are those of the results they cite (re-recording a run
+    without updating the comment fails here)."""
+    root = REPO / "benchmarks" / "results"
+
+    def row(name: str, model: str) -> str:
+        table = {r["model"]: r for r in json.loads((root / name / "results.json").read_text())["table"]}
+        ap, sd = 100 * table[model]["AP"], table[model]["AP_std"]
+        return f"{ap:.1f}" if sd is None else f"{ap:.1f} +- {100 * sd:.1f}"
+
+    from defeat.api.init import PROPOSAL_EVIDENCE, WEIGHTS_EVIDENCE
+
+    regime = f"proposals {row('reproduce_full', 'defeat')} AP (1 seed) vs {row('reproduce_full', 'decoupled')} without"
+    earlier = f"{row('reproduce_full_r34', 'defeat')} vs {row('reproduce_full_r34', 'decoupled')} in the earlier run"
+    assert regime in PROPOSAL_EVIDENCE and earlier in PROPOSAL_EVIDENCE
+    r34 = json.loads((root / "reproduce_full_r34" / "results.json").read_text())
+    auto = {s["name"]: s for s in r34["sensitivity"]}["weights_auto"]["AP"]
+    fixed_s0 = next(s["AP"] for s in r34["students"]["decoupled"] if s["seed"] == 0)
+    assert f"auto gave {100 * auto:.1f} AP vs {100 * fixed_s0:.1f}" in WEIGHTS_EVIDENCE
