@@ -190,9 +190,15 @@ STAGES = ["teacher", "baseline_s0", "latency", "decoupled_s0", "all_s0", "baseli
 def test_compare_end_to_end_writes_every_run_and_the_report(tiny_compare, capsys):
     out, _ = tiny_compare
     results = json.loads((out / "results.json").read_text())
-    assert [s["name"] for s in results["stages"]] == STAGES
+    # after the runs: the error analysis of the baseline and the best distilled method, on seed 0
+    best = next(m for m in results["verdict"]["ranking"] if m != "baseline")
+    errors = ["eval_baseline_s0", f"eval_{best}_s0", "errors"]
+    assert [s["name"] for s in results["stages"]] == STAGES + errors
     for stage in results["stages"]:
-        folder = out / stage["name"] if stage["name"] in ("teacher", "latency") else out / "runs" / stage["name"]
+        name = stage["name"]
+        folder = out / ("runs" if name in STAGES[1:] and name != "latency" else "") / name
+        if name.startswith("eval_"):
+            folder = out / "eval" / name[len("eval_") :]
         done = json.loads((folder / "done.json").read_text())
         assert done["status"] == "ran" and done["command"] == stage["command"]
     assert results["stages"][1]["command"].startswith("defeat train ") and "--resume" in results["stages"][1]["command"]
@@ -221,7 +227,12 @@ def test_compare_end_to_end_writes_every_run_and_the_report(tiny_compare, capsys
     for heading in ("## Verdict", "## AP per method", "## Cost", "## AP against latency", "## AP against steps"):
         assert heading in report
     assert "ONNX Runtime" in report and (out / "report.html").read_text().startswith("<!DOCTYPE html>")
-    assert set(results["figures"]) == {"ap.png", "ap_latency.png", "ap_steps.png"}
+    assert results["errors"]["models"] == ["baseline", best] and results["errors"]["seed"] == 0
+    for curve in results["errors"]["curves"].values():  # each curve forgives more than the one before it
+        values = [curve[k] for k in ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")]
+        assert values == sorted(values) and values[-1] == 1.0
+    assert "## Where the errors are" in report and f"| {best} | " in report
+    assert set(results["figures"]) == {"ap.png", "ap_latency.png", "ap_steps.png", "errors_overall.png"}
     assert all((out / "figures" / f).stat().st_size > 0 for f in results["figures"])
     assert not list(out.glob("runs/*/checkpoint_last.pt"))
 
@@ -259,7 +270,7 @@ def test_jobs_2_gives_the_serial_results_with_the_latency_alone(tiny_coco, tiny_
     finally:
         torch.set_num_threads(threads)
     assert runs[2] == runs[1] and runs[2]["methods"][0]["AP"] is not None
-    assert [s["status"] for s in runs[2]["stages"]] == ["ran"] * 6
+    assert [s["status"] for s in runs[2]["stages"]] == ["ran"] * 9  # 6 runs, 2 evaluations, the error analysis
     printed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[compare]")]
     parallel = printed[next(i for i, x in enumerate(printed) if "running up to 2 stages at once" in x) :]
     assert "1 torch thread(s) each" in parallel[0]
@@ -348,7 +359,13 @@ def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_te
     monkeypatch.setattr(TeacherStudentModule, "before_step", real)
     assert main(args) == 0
     statuses = {s["name"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
-    assert statuses == {"teacher": "cached", "baseline_s0": "cached", "latency": "cached", "decoupled_s0": "resumed"}
+    assert statuses == {
+        "teacher": "cached",
+        "baseline_s0": "cached",
+        "latency": "cached",
+        "decoupled_s0": "resumed",
+        **{name: "ran" for name in ("eval_baseline_s0", "eval_decoupled_s0", "errors")},  # after the last run
+    }
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
     logged = [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines() if "sec_per_step" in x]
     assert logged == [1, 2]

@@ -14,6 +14,9 @@ this order (each in its own folder of OUT, cached and resumed by the study's run
     <method>_s<seed>      api.distill with distill.feature_mode=<method>, proposal_mode none
                           (decoupled_proposals: + proposal_mode decoupled; decoupled_auto: + weights auto)
                                                                                 -> runs/<method>_s<seed>/
+    eval_<run>, errors    after every run: the baseline and the best distilled method (highest mean AP) on the
+                          first seed both finished, evaluated (detections) and put through the COCO error
+                          analysis                                              -> eval/<run>/, errors/
 
 Seed-major order (every method of the first seed before the second seed), so that an interrupted compare has
 every comparison early; the same seeds for every method (same initial weights, data order and schedule). After
@@ -33,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 import warnings
@@ -62,6 +66,8 @@ EXTRA_METHODS = {
     "decoupled_auto": {"feature_mode": "decoupled", "proposal_mode": "none", "weights": "auto"},
 }
 DEFAULT_METHODS = "baseline,decoupled"
+#: the error analysis's curves, each the AP once the errors of its type and those before it are forgiven
+ERROR_CURVES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 
 
 def say(message: str) -> None:
@@ -244,11 +250,69 @@ def build_compare_plan(cfg: Config, methods: list[str], seeds: list[int], run_di
                         outputs=["latency.json"],
                     )
                 )
-    keys: dict[str, str] = {}
+    _assign_keys(stages, run_dir, {})
+    return stages
+
+
+def _assign_keys(stages: list[Stage], run_dir: Path, keys: dict[str, str]) -> None:
+    """Each stage's key: a hash of its spec and of its dependencies' keys (``keys``: name -> key, filled here)."""
     for stage in stages:
         payload = json.dumps({"spec": stage.spec(run_dir), "deps": [keys[x] for x in stage.deps]}, sort_keys=True)
         stage.key = keys[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
-    return stages
+
+
+def final_aps(run_dir: Path, methods: list[str], seeds: list[int]) -> dict[str, dict[int, float]]:
+    """``{method: {seed: AP}}`` of the runs that finished (``metrics_final.json``)."""
+    out: dict[str, dict[int, float]] = {}
+    for method in methods:
+        for seed in seeds:
+            final = _read(run_dir / "runs" / f"{method}_s{seed}" / "metrics_final.json")
+            if final and final.get("AP") is not None:
+                out.setdefault(method, {})[seed] = float(final["AP"])
+    return out
+
+
+def build_error_stages(cfg: Config, methods: list[str], seeds: list[int], stages: list[Stage], run_dir: Path):
+    """Where the baseline and the best distilled method (highest mean AP) differ: ``defeat eval`` of each on the
+    first seed both finished (their detections), then ``defeat analyze errors`` of the pair (COCO error bands).
+    Planned after the trainings, since the best method is known only then; ``[]`` when there is no such pair."""
+    aps = final_aps(run_dir, methods, seeds)
+    ranking = decide({m: list(v.values()) for m, v in aps.items()})["ranking"]
+    best = next((m for m in ranking if m != BASELINE), None)
+    seed = next((s for s in seeds if best and s in aps.get(BASELINE, {}) and s in aps[best]), None)
+    if best is None or seed is None:
+        return []
+    by_name = {s.name: s for s in stages}
+    evals = []
+    for method in (BASELINE, best):
+        run = by_name[f"{method}_s{seed}"]
+        folder, checkpoint = run_dir / "eval" / run.name, run.folder / "model_final.pt"
+        evals.append(
+            Stage(
+                f"eval_{run.name}",
+                folder,
+                "eval",
+                {"checkpoint": str(checkpoint), "out": str(folder)},
+                f"defeat eval {run.folder / 'config.yaml'} --checkpoint {checkpoint} --out {folder}",
+                [run.name],
+                run.config,
+                outputs=["results.json"],
+                seed=seed,
+            )
+        )
+    folder = run_dir / "errors"
+    dets = {BASELINE: str(evals[0].folder / "results.json"), best: str(evals[1].folder / "results.json")}
+    params = {"gt": cfg.data.val_annotations, "dets": dets, "out": str(folder), "formats": ["png"], "quiet": True}
+    command = (
+        f"defeat analyze errors --gt {cfg.data.val_annotations} --dets "
+        + " ".join(f"{k}={v}" for k, v in dets.items())
+        + f" --out {folder}"
+    )
+    errors = Stage("errors", folder, "errors", dict(params, workers=1), command, [e.name for e in evals])
+    errors.outputs = ["errors_table.json"]
+    added = [*evals, errors]
+    _assign_keys(added, run_dir, {s.name: s.key for s in stages})
+    return added
 
 
 def describe(stages: list[Stage], done: set[str], rates: dict[str, float] | None = None) -> str:
@@ -425,6 +489,8 @@ def run_compare_stage(stage: Stage) -> None:
         _evaluate_teacher(stage.config, stage.folder)
     elif stage.kind == "latency":
         _measure_latency(stage.config, stage.params, stage.folder)
+    elif stage.kind not in ("train", "distill"):  # the error analysis: eval and errors
+        run_stage(stage)
     else:
         cuda = stage.config.device != "cpu" and torch.cuda.is_available()
         what = _peak_reset(cuda)
@@ -546,6 +612,19 @@ def run_compare(
             )
         except StaleStageError as err:
             raise stale(err.stage) from None
+    extra = build_error_stages(cfg, names, seed_values, stages, run_dir)
+    for stage in extra:  # two evaluations and one analysis: short, in this process
+        if skip_if_blocked(stage, failed, say):
+            continue
+        try:
+            records[stage.name] = execute_stage(stage, run_dir, run=run_compare_stage)
+        except StaleStageError:  # another best method than last time: its analysis is redone
+            shutil.rmtree(stage.folder)
+            records[stage.name] = execute_stage(stage, run_dir, run=run_compare_stage)
+        except Exception as err:
+            failed[stage.name] = failure_note(type(err).__name__, str(err))
+            say(f"stage {stage.name} FAILED: {failed[stage.name]}")
+    stages = stages + extra
     results = collect(cfg, source, names, seed_values, stages, records, failed, run_dir, warnings_, notes)
     results = write_report_files(results, run_dir)
     say(
@@ -612,6 +691,18 @@ def collect(
         curves[method] = [{"step": s, "AP": sum(v) / len(v), "n": len(v)} for s, v in sorted(by_step.items())]
     teacher = _read(run_dir / "teacher" / "metrics.json") or {}
     first = _read(run_dir / "runs" / f"{BASELINE}_s{seeds[0]}" / "metrics_final.json") or {}
+    table = _read(run_dir / "errors" / "errors_table.json")
+    errors = None
+    if table:  # the curves' values over all categories and areas, one row per model
+        models = list(table["meta"]["dets"])
+        rows = {r["model"]: r for r in table["rows"] if r["category"] == "overall" and r["area"] == "all"}
+        errors = {
+            "models": models,
+            "curves": {m: {k: rows[m][k] for k in ERROR_CURVES} for m in models if m in rows},
+            "figure_source": str(run_dir / "errors" / "comparison" / "overall.png"),
+            "folder": str(run_dir / "errors"),
+            "seed": next((st.seed for st in stages if st.name.startswith(f"eval_{BASELINE}_s")), None),
+        }
     lead = teacher["AP"] - first["AP"] if "AP" in teacher and "AP" in first else None
     import torch
 
@@ -633,6 +724,7 @@ def collect(
         "memory_kind": memory_kind,
         "latency": _read(run_dir / "latency" / "latency.json"),
         "curves": curves,
+        "errors": errors,
         "teacher_AP": teacher.get("AP"),
         "baseline_first_AP": first.get("AP"),
         "teacher_lead": lead,

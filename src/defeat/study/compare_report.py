@@ -26,6 +26,7 @@ Methods without a p (fewer than 2 seeds on a side) are not in the family.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += ["", *_figure(r, "ap_steps.png", "AP against steps")]
     else:
         lines += ["(the runs evaluated only at the end: set `--set eval.every_steps=N` for a curve)", ""]
+    lines += _errors_section(r)
     lines += [
         "## Teacher",
         "",
@@ -349,6 +351,30 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"| {s['name']} | {s['status']}{note} | {_num(s.get('seconds'), '.1f')} | `{s['command']}` |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _errors_section(r: Mapping[str, Any]) -> list[str]:
+    """Where the baseline's and the best method's errors are: the COCO error analysis's curves, one row each."""
+    errors = r.get("errors") or {}
+    curves = errors.get("curves") or {}
+    lines = ["## Where the errors are", ""]
+    if not curves:
+        return lines + ["(not analysed: the error-analysis stages did not run)", ""]
+    names = list(next(iter(curves.values())))
+    lines += [
+        f"The baseline and the best distilled method by mean AP, seed {errors.get('seed')} of each: the COCO error "
+        "analysis (mmdetection's `coco_error_analysis.py`, docs/error_analysis.md) over all categories. Each column "
+        "is the mean precision once the errors of its type and of the columns left of it are forgiven (C75, C50: "
+        "AP at IoU 0.75 / 0.5; Loc: IoU 0.1; Sim / Oth: confusions within the supercategory / with any class; BG: "
+        "no background false positives; FN: nothing missed). The gap between two neighbouring columns is what "
+        f"that error type costs. All analysis files: `{errors.get('folder')}`.",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for model, values in curves.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values[k]:.3f}" for k in names) + " |")
+    return lines + ["", *_figure(r, "errors_overall.png", "error bands, baseline and best method")]
 
 
 def write_figures(results: Mapping[str, Any], folder: Path) -> list[str]:
@@ -419,6 +445,12 @@ def write_figures(results: Mapping[str, Any], folder: Path) -> list[str]:
         fig.tight_layout()
         save_figure(fig, folder / "ap_steps.png", dpi=110)
         written.append("ap_steps.png")
+    source = (results.get("errors") or {}).get("figure_source")
+    if source and Path(source).is_file():  # the error analysis's own comparison figure
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / "errors_overall.png")
+    if results.get("errors") and (folder / "errors_overall.png").is_file():  # also a re-render of a copied report
+        written.append("errors_overall.png")
     return written
 
 
