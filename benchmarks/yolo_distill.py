@@ -161,13 +161,11 @@ def main() -> int:
     ]  # fmt: skip
     if not args.no_plateau:
         first.append((long_dir, "train", base_sets(args, data, long_dir, args.student, 0, 2 * args.steps)))
-    first_metrics = run_all(args, first)
-    if args.teacher_checkpoint:  # its own evaluation, written by `defeat train` beside the checkpoint
+    if args.teacher_checkpoint:  # trained already, with its own evaluation beside it (`defeat train`)
         checkpoint = Path(args.teacher_checkpoint)
         teacher = json.loads((checkpoint.parent / "metrics_final.json").read_text())
         teacher_sets = [f"distill.teacher_checkpoint={checkpoint}"]
     else:
-        teacher = first_metrics[0]
         teacher_sets = [
             f"distill.teacher_model={args.teacher}",
             f"distill.teacher_weights={teacher_dir / 'student.pt'}",
@@ -180,7 +178,12 @@ def main() -> int:
             sets += teacher_sets
             sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
             distilled.append((folder, "distill", sets))
-    run_all(args, distilled)
+    if args.teacher_checkpoint:  # no teacher to wait for: every run in one pool
+        first_metrics = run_all(args, first + distilled)[: len(first)]
+    else:
+        first_metrics = run_all(args, first)
+        teacher = first_metrics[0]
+        run_all(args, distilled)
     per_arm: dict[str, dict] = {}
     for arm in ["baseline", *(a for a in arms if a != "baseline")]:
         runs = [json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text()) for seed in seeds]
