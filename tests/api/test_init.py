@@ -63,8 +63,9 @@ def test_init_on_the_tiny_data_writes_configs_that_train_accepts(tiny_coco, tmp_
     # the defaults the project's measurements support, each comment naming its record (which exists)
     assert (distill.distill.weights, distill.distill.proposal_mode) == ("fixed", "none")
     text = paths[2].read_text()
-    for record in ("benchmarks/results/reproduce_full_r34/results.json", "benchmarks/results/alpha_auto.json"):
+    for record in ("benchmarks/results/reproduce_full/results.json", "benchmarks/results/alpha_auto.json"):
         assert record in text and (REPO / record).is_file(), record
+    assert "reproduce_full_r34" in text and (REPO / "benchmarks/results/reproduce_full_r34/results.json").is_file()
     # and it trains: two steps of the written config
     run = tmp_path / "run"
     assert (
