@@ -330,6 +330,7 @@ def test_report_renders_an_undecided_verdict():
     assert "**undecided**" in text and "1.50×" in text and "(reference)" in text
 
 
+@pytest.mark.slow  # a compare stopped and resumed (3 s): the fast tier keeps the resume of a killed run
 def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
     """A real SIGTERM in the middle of a distillation run: the CLI stops with 143 and prints the command that
     continues; that command resumes the run from its checkpoint and reruns no finished stage."""
@@ -371,6 +372,7 @@ def test_a_compare_killed_by_sigterm_resumes_where_it_stopped(tiny_coco, tiny_te
     assert logged == [1, 2]
 
 
+@pytest.mark.slow  # a whole compare with a failing run (3 s)
 def test_a_failed_run_is_reported_and_the_others_go_on(tiny_coco, tiny_teacher, tmp_path, capsys, monkeypatch):
     import defeat.study.compare as compare_module
 
