@@ -333,3 +333,15 @@ def test_the_check_catches_a_stale_number(start, old, new):
     check_row(start, {what: (result, record)})  # as recorded: passes
     with pytest.raises(AssertionError):
         check_row(start, {what: (result.replace(old, new), record)})
+
+
+def test_the_compare_summary_is_its_record():
+    """compare_embedded.json (the issue's summary) says what compare_embedded/results.json says."""
+    summary, full = load("compare_embedded.json"), load("compare_embedded/results.json")
+    assert summary["seeds"] == full["seeds"] and summary["steps"] == full["steps"]
+    for row in full["methods"]:
+        mine = summary["methods"][row["method"]]
+        assert mine["AP_per_seed"] == row["AP_per_seed"] and mine["mean"] == row["AP"]
+        assert mine["welch_p_vs_baseline_holm"] == row.get("p_vs_baseline_holm")
+        assert mine["beats_baseline"] == row.get("beats_baseline")
+    assert summary["best_vs_runner_up"]["outcome"] == full["verdict"]["outcome"]
