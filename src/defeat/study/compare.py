@@ -308,8 +308,8 @@ def build_error_stages(cfg: Config, methods: list[str], seeds: list[int], stages
         + " ".join(f"{k}={v}" for k, v in dets.items())
         + f" --out {folder}"
     )
-    errors = Stage("errors", folder, "errors", dict(params, workers=1), command, [e.name for e in evals])
-    errors.outputs = ["errors_table.json"]
+    deps = [e.name for e in evals]
+    errors = Stage("errors", folder, "errors", dict(params, workers=1), command, deps, outputs=["errors_table.json"])
     added = [*evals, errors]
     _assign_keys(added, run_dir, {s.name: s.key for s in stages})
     return added
