@@ -12,7 +12,8 @@ The plateau check (the doubling test): the baseline of the first seed also train
 its plateau when AP(2 S) is within 10 % of AP(S).
 
 Writes ``--json`` (default ``benchmarks/results/yolo_distill.json``): per arm the per-seed COCO AP (the project's
-evaluator) and Ultralytics' mAP50-95, mean, sd, mean s/step and its ratio to the baseline's; per arm a one-sided
+evaluator) and Ultralytics' mAP50-95, mean, sd, s/step (the mean over seeds of each run's median logged s/step)
+and its ratio to the baseline's; per arm a one-sided
 Welch test against the baseline; ``welch_p_defeat_vs_ultralytics`` (one-sided, DeFeat better) with the difference
 and its 95 % CI; the plateau check; the teacher's AP; the command and the machine.
 
@@ -97,6 +98,13 @@ def teacher_name(args) -> str:
     return yaml.safe_load(config.read_text())["model"]["name"] if config.is_file() else "unknown (no config.yaml)"
 
 
+def median_step_time(folder: Path) -> float:
+    """The median of a run's logged s/step (each the mean of ``log_every`` batches): a time robust to the few
+    intervals in which the machine was busy with something else."""
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return statistics.median(r["sec_per_step"] for r in records if "sec_per_step" in r and "event" not in r)
+
+
 def summary(values: list[float]) -> dict:
     return {
         "values": values,
@@ -170,9 +178,9 @@ def main() -> int:
             f"distill.teacher_model={args.teacher}",
             f"distill.teacher_weights={teacher_dir / 'student.pt'}",
         ]
-    distilled = []
-    for arm in (a for a in arms if a != "baseline"):
-        for seed in seeds:
+    distilled = []  # seed-major: an interrupted study has every arm at the same number of seeds
+    for seed in seeds:
+        for arm in (a for a in arms if a != "baseline"):
             folder = out / arm / f"seed{seed}"
             sets = base_sets(args, data, folder, args.student, seed, args.steps)
             sets += teacher_sets
@@ -190,7 +198,7 @@ def main() -> int:
         per_arm[arm] = {
             "coco_AP": summary([m["AP"] for m in runs]),
             "ultralytics_mAP50_95": summary([m["ultralytics_mAP50-95"] for m in runs]),
-            "sec_per_step": statistics.fmean(m["sec_per_step"] for m in runs),
+            "sec_per_step": statistics.fmean(median_step_time(out / arm / f"seed{seed}") for seed in seeds),
         }
     base_time = per_arm["baseline"]["sec_per_step"]
     for arm, record in per_arm.items():
