@@ -83,13 +83,6 @@ def run(args, out: Path, verb: str, sets: list[str]) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def run_all(args, runs: list[tuple[Path, str, list[str]]]) -> list[dict]:
-    """``run`` each ``(out, verb, sets)``, up to ``--jobs`` at once (small YOLOs use 2 cores poorly: two 1-thread
-    runs side by side do more work than one 2-thread run); their metrics in the order given."""
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        return list(pool.map(lambda r: run(args, *r), runs))
-
-
 def teacher_name(args) -> str:
     """``--teacher``, or the model name in the config that `defeat train` wrote beside ``--teacher-checkpoint``."""
     if not args.teacher_checkpoint:
@@ -159,10 +152,7 @@ def main() -> int:
 
     # first the runs without a teacher (the teacher, the baselines, the plateau's 2S baseline), then the distilled
     teacher_dir, long_dir = out / "teacher", out / "baseline" / "seed0_2x"
-    first = [] if args.teacher_checkpoint else [
-        (teacher_dir, "train", base_sets(args, data, teacher_dir, args.teacher, 0, args.steps))
-    ]  # fmt: skip
-    first += [
+    first = [
         (out / "baseline" / f"seed{seed}", "train", base_sets(args, data, out / "baseline" / f"seed{seed}",
                                                               args.student, seed, args.steps))
         for seed in seeds
@@ -186,12 +176,27 @@ def main() -> int:
             sets += teacher_sets
             sets += ["yolo.distill=ultralytics"] if arm == "ultralytics" else [f"distill.feature_mode={arm}"]
             distilled.append((folder, "distill", sets))
-    if args.teacher_checkpoint:  # no teacher to wait for: every run in one pool
-        first_metrics = run_all(args, first + distilled)[: len(first)]
-    else:
-        first_metrics = run_all(args, first)
-        teacher = first_metrics[0]
-        run_all(args, distilled)
+    # one pool (small YOLOs use 2 cores poorly: two 1-thread runs side by side do more work than one 2-thread run),
+    # in this order: the teacher, the runs without one, the distilled runs, which wait for the teacher
+    # (so a core that is done with the baselines starts distilling as soon as the teacher is ready)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        teacher_run = None
+        if not args.teacher_checkpoint:
+            teacher_sets_train = base_sets(args, data, teacher_dir, args.teacher, 0, args.steps)
+            teacher_run = pool.submit(run, args, teacher_dir, "train", teacher_sets_train)
+
+        def distil(task):
+            if teacher_run is not None:
+                teacher_run.result()
+            return run(args, *task)
+
+        first_runs = [pool.submit(run, args, *task) for task in first]
+        distilled_runs = [pool.submit(distil, task) for task in distilled]
+        first_metrics = [f.result() for f in first_runs]
+        for f in distilled_runs:
+            f.result()
+        if teacher_run is not None:
+            teacher = teacher_run.result()
     per_arm: dict[str, dict] = {}
     for arm in ["baseline", *(a for a in arms if a != "baseline")]:
         runs = [json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text()) for seed in seeds]
