@@ -41,7 +41,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from defeat.study.stats import beats  # noqa: E402
+from defeat.study.compare_report import holm  # noqa: E402
+from defeat.study.stats import ALPHA, beats  # noqa: E402
 from defeat.utils import atomic_write_json  # noqa: E402
 
 DEFEAT_MODES = ("decoupled", "object", "background", "all", "cwd", "pkd", "score_weighted", "fgd", "mgd")
@@ -210,6 +211,13 @@ def main() -> int:
         record["step_time_ratio"] = record["sec_per_step"] / base_time if base_time else None
         if arm != "baseline":
             record["vs_baseline"] = beats(record["coco_AP"]["values"], per_arm["baseline"]["coco_AP"]["values"])
+    # every distilled arm vs the baseline is one family: decided on Holm-adjusted p (registered)
+    adjusted = holm({arm: r["vs_baseline"]["p_value"] for arm, r in per_arm.items() if arm != "baseline"})
+    family = sum(p is not None for p in adjusted.values())
+    for arm, p_adj in adjusted.items():
+        per_arm[arm].update(
+            p_vs_baseline_holm=p_adj, holm_family=family, beats_baseline=p_adj is not None and p_adj < ALPHA
+        )
 
     plateau = None
     if not args.no_plateau:
