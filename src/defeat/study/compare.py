@@ -664,13 +664,12 @@ def collect(
     notes: list[str],
 ) -> dict:
     """Every number of the report, from the stage folders (``results.json``'s content)."""
-    aps: dict[str, list[float]] = {}
+    finished = final_aps(run_dir, methods, seeds)
+    aps = {method: list(finished.get(method, {}).values()) for method in methods}  # in seed order
     cost, curves = [], {}
     memory_kind = None
     for method in methods:
         folders = [run_dir / "runs" / f"{method}_s{seed}" for seed in seeds]
-        finals = [_read(f / "metrics_final.json") for f in folders]
-        aps[method] = [m["AP"] for m in finals if m and m.get("AP") is not None]
         windows = [
             w for f in folders for w in (step_seconds(f / "metrics.jsonl")[1:] or step_seconds(f / "metrics.jsonl"))
         ]
