@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from defeat.config import Config, ModelConfig
-from defeat.data import CocoDetection, TrainSampler, collate
+from defeat.data import CocoDetection, collate
 from defeat.engine import (
     DistInfo,
     LoadedModel,
@@ -26,7 +26,7 @@ from defeat.engine import evaluate as evaluate_detector
 from defeat.engine import train as train_loop
 from defeat.engine.distributed import broadcast_from_main
 from defeat.engine.precision import config_precision, resolve_precision
-from defeat.engine.trainer import StepTiming, estimate_steps
+from defeat.engine.trainer import StepTiming, estimate_steps, train_sampler
 from defeat.engine.weights import load_pretrained
 from defeat.models.spec import is_yolo_name, model_spec
 from defeat.utils import atomic_write_json
@@ -360,15 +360,7 @@ AUTO_WEIGHTS_FILE = "auto_weights.json"
 def calibration_batches(cfg: Config, train_set: CocoDetection, info: DistInfo) -> list:
     """The first ``distill.auto_batches`` training batches of this rank, exactly as the run will draw them at
     its start (same sampler, seed and flips), on the run's device."""
-    sampler = TrainSampler(
-        len(train_set),
-        cfg.data.batch_size,
-        world_size=info.world_size,
-        rank=info.rank,
-        seed=cfg.seed,
-        hflip_prob=cfg.data.hflip_prob,
-        start_step=0,
-    )
+    sampler = train_sampler(cfg, len(train_set), info)
     batches, indices = [], iter(sampler)
     for _ in range(cfg.distill.auto_batches):
         items = [train_set[next(indices)] for _ in range(cfg.data.batch_size)]

@@ -235,9 +235,10 @@ class _Stepper:
         return losses, total
 
 
-def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: int) -> DataLoader:
-    sampler = TrainSampler(
-        len(train_set),
+def train_sampler(cfg: Config, size: int, info: DistInfo, start_step: int = 0) -> TrainSampler:
+    """This rank's batches of a run from ``start_step`` on: the one sampler the loop and its calibration share."""
+    return TrainSampler(
+        size,
         cfg.data.batch_size,
         world_size=info.world_size,
         rank=info.rank,
@@ -245,6 +246,10 @@ def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: i
         hflip_prob=cfg.data.hflip_prob,
         start_step=start_step,
     )
+
+
+def _loader(cfg: Config, train_set: CocoDetection, info: DistInfo, start_step: int) -> DataLoader:
+    sampler = train_sampler(cfg, len(train_set), info, start_step)
     # A private generator keeps the loader from drawing on the global RNG that the model's samplers use.
     return DataLoader(
         train_set,
