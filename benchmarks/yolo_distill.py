@@ -132,6 +132,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / --jobs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="hide the runs' own output")
+    parser.add_argument("--registration", help="the study's pre-registration (recorded in the JSON)")
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ("baseline", "ultralytics", *DEFEAT_MODES)]
@@ -228,6 +229,7 @@ def main() -> int:
             "ap_2S": long["AP"],
             "steps": args.steps,
             "reached": bool(long["AP"] > 0 and abs(long["AP"] - short) <= 0.10 * long["AP"]),
+            "change": (long["AP"] - short) / short if short else None,
             "rule": "AP at 2S within 10 % of AP at S (baseline, seed 0)",
         }
     defeat_vs = None
@@ -262,11 +264,15 @@ def main() -> int:
             "ultralytics_mAP50_95": teacher.get("ultralytics_mAP50-95"),  # none for a torchvision teacher
         },
         "teacher_ahead_of_baseline": teacher["AP"] > (per_arm["baseline"]["coco_AP"]["mean"] or 0.0),
+        "teacher_lead_AP": teacher["AP"] - (per_arm["baseline"]["coco_AP"]["mean"] or 0.0),
+        "teacher_ahead_by_3_AP": teacher["AP"] - (per_arm["baseline"]["coco_AP"]["mean"] or 0.0) >= 0.03,
         "arms": per_arm,
         "welch_p_defeat_vs_ultralytics": defeat_vs["p_value"] if defeat_vs else None,
+        "defeat_vs_ultralytics_outcome": None if not defeat_vs else "passes" if defeat_vs["pass"] else "not shown",
         "defeat_minus_ultralytics": {"diff": defeat_vs["diff"], "ci95": defeat_vs["ci"]} if defeat_vs else None,
         "defeat_vs_ultralytics_test": defeat_vs,
         "plateau": plateau,
+        "registration": args.registration,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

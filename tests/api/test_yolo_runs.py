@@ -174,3 +174,35 @@ def test_bad_inputs_are_one_line_and_write_nothing(synth, tmp_path, yolo_teacher
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "set yolo.imgsz" in err and "model.min_size=128" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_side_by_side_study_records_every_arm_and_its_tests(synth, tmp_path):
+    """benchmarks/yolo_distill.py, 2 steps, 2 seeds: every arm's per-seed AP, the Welch tests with Holm over the
+    distilled arms, DeFeat vs Ultralytics', the plateau run at 2 S, step-time ratios; a rerun trains nothing."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out, record = tmp_path / "study", tmp_path / "study.json"
+    cmd = [sys.executable, str(root / "benchmarks" / "yolo_distill.py"), "--out", str(out), "--data", str(synth),
+           "--steps", "2", "--seeds", "2", "--imgsz", "96", "--batch", "3", "--jobs", "2", "--quiet",
+           "--arms", "baseline,ultralytics,decoupled", "--json", str(record)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    d = json.loads(record.read_text())
+    assert set(d["arms"]) == {"baseline", "ultralytics", "decoupled"}
+    for arm, r in d["arms"].items():
+        assert len(r["coco_AP"]["values"]) == 2 and r["sec_per_step"] > 0
+        assert (out / arm / "seed1" / "student.pt").is_file()
+        if arm != "baseline":
+            assert r["holm_family"] == 2 and r["p_vs_baseline_holm"] >= r["vs_baseline"]["p_value"]
+    assert d["arms"]["baseline"]["step_time_ratio"] == 1.0
+    assert d["defeat_vs_ultralytics_test"]["n_a"] == 2 and d["defeat_vs_ultralytics_outcome"] in ("passes", "not shown")
+    assert (
+        d["plateau"]["steps"] == 2
+        and json.loads((out / "baseline" / "seed0_2x" / "metrics.json").read_text())["steps"] == 4
+    )
+    assert (out / "teacher" / "student.pt").is_file() and d["teacher"]["model"] == "yolo26s"
+    stamp = (out / "decoupled" / "seed0" / "student.pt").stat().st_mtime_ns
+    subprocess.run(cmd, check=True, capture_output=True)  # resumes: every run is finished
+    assert (out / "decoupled" / "seed0" / "student.pt").stat().st_mtime_ns == stamp
