@@ -12,7 +12,7 @@ seconds per step. For each variant of the process settings:
 Variants (``--variants``): ``openmp_default`` (torch's defaults: one thread per core, libgomp's default wait: spin
 300k iterations at a barrier before sleeping), ``toolkit_default`` (``GOMP_SPINCOUNT=10000``: what importing
 ``defeat`` sets unless the environment sets an OpenMP wait policy), ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep
-at once), ``one_thread`` (the toolkit's default with ``torch.set_num_threads(1)``) and ``spin_100k``.
+at once), ``one_thread`` (the toolkit's default with ``torch.set_num_threads(1)``), ``spin_100k`` and ``spin_1k``.
 Workers of a variant run in the same environment, so the competitor behaves like the run it competes with.
 
     # ~10 min on 2 cores; writes benchmarks/results/contention.json
@@ -39,6 +39,7 @@ VARIANTS = {
     "passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
     "one_thread": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000", "DEFEAT_BENCH_THREADS": "1"},
     "spin_100k": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "100000"},
+    "spin_1k": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"},
 }
 
 
@@ -159,9 +160,8 @@ def main() -> None:
         "what": "median s/step of one training run alone vs two identical runs started together (one competitor), "
         "per process-settings variant; slowdown = shared / alone (fair share on 2 cores: 2x; goal <= 2.5x)",
         "goal": "slowdown <= 2.5 with one equal competitor on 2 cores",
-        "variants": variants,
+        "models": runs,  # model -> variant -> alone / shared / slowdown
         "settings": {
-            "model": args.model,
             "size": args.size,
             "batch": args.batch,
             "steps": args.steps,
