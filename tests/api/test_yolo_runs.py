@@ -174,6 +174,12 @@ def test_bad_inputs_are_one_line_and_write_nothing(synth, tmp_path, yolo_teacher
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "set yolo.imgsz" in err and "model.min_size=128" in err, err
     assert not (tmp_path / "run").exists()
+    # several devices would start Ultralytics' DDP workers, which drop the distiller: refused, naming the setting
+    for devices in ("0,1", "[0, 1]"):
+        assert main(["distill", *base, *cases["fgfi"][0][:4], "--set", f"yolo.args.device={devices}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "yolo.args.device=" in err and "one device" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -29,6 +29,14 @@ def _start(cfg: Config, resume: bool, force: bool, what: str) -> tuple[Path, lis
             f"{given}: the torchvision image sizes do not apply to YOLO models; set yolo.imgsz "
             f"(Ultralytics' image size, now {cfg.yolo.imgsz}) and leave model.min_size/max_size unset"
         )
+    devices = cfg.yolo.args.get("device")
+    if devices is not None and len(str(devices).strip("[]()").split(",")) > 1:
+        # Ultralytics would re-launch the run as DDP workers from a pickled trainer: they would train without the
+        # distiller and each rank would write the step log; one device until that path is wired and tested
+        raise ValueError(
+            f"yolo.args.device={devices}: a YOLO run here uses one device (Ultralytics' multi-GPU DDP is not "
+            "wired for defeat runs: its workers would drop the distiller); name one GPU"
+        )
     if resume:
         raise ValueError(f"--resume: a YOLO {what} does not resume (start it again, with --force to replace the run)")
     info = init_distributed("cpu")
