@@ -9,8 +9,8 @@ reported and skips the stages that depend on it; the others still run, and the r
 exists (missing numbers are shown as n/a).
 
 ``--jobs N`` (:func:`run_parallel`) runs independent stages side by side, each in its own process. Why: a small
-detector uses several CPU cores poorly; two 1-thread trainings side by side get ~1.7x the work of one 2-thread
-training done (``benchmarks/results/contention.json``, variant ``one_thread``).
+detector uses several CPU cores poorly; two 1-thread trainings side by side get 2.0x (tiny detector) or 1.2x
+(R18-FPN) the work of one 2-thread training done (``benchmarks/results/contention.json``, variant ``one_thread``).
 
 - Up to N stages run at once, each in a spawned process with ``max(1, threads // N)`` torch threads (``threads``:
   this process's ``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` still caps the whole study).
