@@ -92,6 +92,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_coc
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # ~10 s with the tiny detector: the fast tier keeps test_stop's resume check
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path, backbone):
     common = tiny_overrides(tiny_coco, tmp_path / "x", name=f"faster_rcnn_{backbone}_fpn", steps=8) + [
@@ -113,6 +114,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_coco, tmp_path, backbone):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # ~10 s with the tiny detector: the fast tier keeps test_stop's resume check
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_torchrun_two_processes_match_one_process(tiny_coco, tmp_path, backbone):
     """RetinaNet + GroupNorm: no random sampling in the loss and no batch statistics, so 2 x batch 1

@@ -165,6 +165,7 @@ def test_a_failed_stage_skips_its_dependants_and_the_others_finish(tmp_path, cap
     assert "stage bad FAILED: FloatingPointError: loss is nan" in printed and f"bad/{LOG_NAME}" in printed
 
 
+@pytest.mark.slow  # 7 s of real stage processes
 def test_sigterm_stops_the_running_stages_at_a_step_and_a_rerun_resumes(tmp_path, capsys):
     stages = [
         fake_stage(tmp_path, "a", steps=400, step_seconds=0.05),
