@@ -13,7 +13,7 @@ its plateau when AP(2 S) is within 10 % of AP(S).
 
 Writes ``--json`` (default ``benchmarks/results/yolo_distill.json``): per arm the per-seed COCO AP (the project's
 evaluator) and Ultralytics' mAP50-95, mean, sd, s/step (the mean over seeds of each run's median logged s/step)
-and its ratio to the baseline's; per arm a one-sided
+and its ratio to the baseline's, the detection training losses (box, cls) of the last epoch; per arm a one-sided
 Welch test against the baseline; ``welch_p_defeat_vs_ultralytics`` (one-sided, DeFeat better) with the difference
 and its 95 % CI; the plateau check; the teacher's AP; the command and the machine.
 
@@ -26,6 +26,7 @@ and its 95 % CI; the plateau check; the teacher's AP; the command and the machin
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -97,6 +98,14 @@ def median_step_time(folder: Path) -> float:
     intervals in which the machine was busy with something else."""
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return statistics.median(r["sec_per_step"] for r in records if "sec_per_step" in r and "event" not in r)
+
+
+def last_epoch_train_loss(folder: Path) -> dict[str, float]:
+    """The student's detection training losses (box, cls) of its last epoch, from Ultralytics' ``results.csv``: how
+    far each arm fitted the detection objective (a distilled arm optimises a second term beside it)."""
+    with open(folder / "ultralytics" / "results.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    return {key: float(last[f"train/{key}_loss"]) for key in ("box", "cls")}
 
 
 def summary(values: list[float]) -> dict:
@@ -206,6 +215,10 @@ def main() -> int:
             "coco_AP": summary([m["AP"] for m in runs]),
             "ultralytics_mAP50_95": summary([m["ultralytics_mAP50-95"] for m in runs]),
             "sec_per_step": statistics.fmean(median_step_time(out / arm / f"seed{seed}") for seed in seeds),
+            "train_loss_last_epoch": {
+                key: summary([last_epoch_train_loss(out / arm / f"seed{seed}")[key] for seed in seeds])
+                for key in ("box", "cls")
+            },
         }
     base_time = per_arm["baseline"]["sec_per_step"]
     for arm, record in per_arm.items():

@@ -199,6 +199,8 @@ def test_the_side_by_side_study_records_every_arm_and_its_tests(synth, tmp_path)
     assert set(d["arms"]) == {"baseline", "ultralytics", "decoupled"}
     for arm, r in d["arms"].items():
         assert len(r["coco_AP"]["values"]) == 2 and r["sec_per_step"] > 0
+        assert all(len(r["train_loss_last_epoch"][k]["values"]) == 2 for k in ("box", "cls"))
+        assert r["train_loss_last_epoch"]["box"]["mean"] > 0  # read from Ultralytics' results.csv
         assert (out / arm / "seed1" / "student.pt").is_file()
         if arm != "baseline":
             assert r["holm_family"] == 2 and r["p_vs_baseline_holm"] >= r["vs_baseline"]["p_value"]
