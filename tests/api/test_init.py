@@ -258,3 +258,13 @@ def test_the_evidence_comments_quote_their_records():
     auto = {s["name"]: s for s in r34["sensitivity"]}["weights_auto"]["AP"]
     fixed_s0 = next(s["AP"] for s in r34["students"]["decoupled"] if s["seed"] == 0)
     assert f"auto gave {100 * auto:.1f} AP vs {100 * fixed_s0:.1f}" in WEIGHTS_EVIDENCE
+
+
+def test_the_real_photo_statement_follows_its_record():
+    """init's configs say that the coco128 pilot decided nothing: its val AP and its no-go as recorded."""
+    from defeat.api.init import REAL_DATA_EVIDENCE
+
+    pilot = json.loads((REPO / "benchmarks/results/init_defaults_coco128/pilot_r18.json").read_text())
+    assert pilot["go"] is False
+    val_ap = 100 * list(pilot["val_AP_by_step_2S"].values())[-1]  # at 2 S, the end of the pilot
+    assert f"reached {val_ap:.1f} val AP" in REAL_DATA_EVIDENCE and "nothing here is decided" in REAL_DATA_EVIDENCE

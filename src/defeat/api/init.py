@@ -6,7 +6,8 @@ model it also writes a teacher config (the same family at depth 50, ``TEACHER_ST
 steps: from scratch a bigger model needs a longer schedule to get ahead) and a distill config wired to both
 runs' checkpoints (``distill.baseline_checkpoint`` = the student trained alone). The distill config's defaults
 follow this project's measurements, each named in its comment (:data:`PROPOSAL_EVIDENCE`, ...): decoupled
-features, no proposal term, the authors' fixed weights.
+features, no proposal term, the authors' fixed weights; on real photos none is decided yet
+(:data:`REAL_DATA_EVIDENCE`).
 Every config is rendered and validated before anything is written; each file is written atomically.
 """
 
@@ -38,6 +39,12 @@ WEIGHTS_EVIDENCE = (
 TEACHER_EVIDENCE = (
     "depth 50 at {factor}x the steps: not decided by a measurement here (embedded benchmark at 128 px from "
     "scratch: R34 16.6 AP vs R50 6.7 at 1440 steps, seed 0, docs/reproduce.md); try depth 34 if it lags"
+)
+
+# The real-photo check of these defaults could not decide any of them (registered pilots, no arms run).
+REAL_DATA_EVIDENCE = (
+    "On real photos nothing here is decided yet: from scratch on coco128's 96 person images, init's R18 reached "
+    "0.2 val AP (benchmarks/results/init_defaults_coco128/pilot_r18.json), too little to decide a default on"
 )
 
 
@@ -197,6 +204,8 @@ def render_configs(
         ]
         if kind == "teacher":
             head.insert(1, f"The teacher: {TEACHER_EVIDENCE.format(factor=TEACHER_STEPS_FACTOR)}")
+        if kind in ("teacher", "distill"):
+            head.insert(1 + (kind == "teacher"), f"{REAL_DATA_EVIDENCE}.")
         sections = [
             (None, [("precision", "auto", "fast path: bf16 where the CPU/GPU has it, else fp32"), ("seed", 0, "")]),
             ("model", _model_fields(name, report)),
