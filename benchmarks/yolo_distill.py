@@ -13,7 +13,8 @@ its plateau when AP(2 S) is within 10 % of AP(S).
 
 Writes ``--json`` (default ``benchmarks/results/yolo_distill.json``): per arm the per-seed COCO AP (the project's
 evaluator) and Ultralytics' mAP50-95, mean, sd, s/step (the mean over seeds of each run's median logged s/step)
-and its ratio to the baseline's, the detection training losses (box, cls) of the last epoch; per arm a one-sided
+and its ratio to the baseline's, the detection training losses (box, cls) of the last epoch; the training boxes on
+each level by DeFeat's level rule at ``--imgsz``; per arm a one-sided
 Welch test against the baseline; ``welch_p_defeat_vs_ultralytics`` (one-sided, DeFeat better) with the difference
 and its 95 % CI; the plateau check; the teacher's AP; the command and the machine.
 
@@ -37,11 +38,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from defeat.distill.masks import assign_levels  # noqa: E402
+from defeat.models.yolo import YOLO_LEVEL_K0  # noqa: E402
 from defeat.study.compare_report import holm  # noqa: E402
 from defeat.study.stats import ALPHA, beats  # noqa: E402
 from defeat.utils import atomic_write_json  # noqa: E402
@@ -106,6 +110,20 @@ def last_epoch_train_loss(folder: Path) -> dict[str, float]:
     with open(folder / "ultralytics" / "results.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
     return {key: float(last[f"train/{key}_loss"]) for key in ("box", "cls")}
+
+
+def boxes_per_level(annotations: Path, imgsz: int) -> dict[str, int]:
+    """The training boxes on each of YOLO's levels by DeFeat's level rule (k0 = ``YOLO_LEVEL_K0``), the images scaled
+    as Ultralytics letterboxes them (long side to ``imgsz``): which levels get object cells at all."""
+    coco = json.loads(annotations.read_text())
+    long_side = {image["id"]: max(image["width"], image["height"]) for image in coco["images"]}
+    kept = [a for a in coco["annotations"] if not a.get("iscrowd")]
+    boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    scale = torch.tensor([imgsz / long_side[a["image_id"]] for a in kept], dtype=torch.float64)
+    levels = ["P3", "P4", "P5"]
+    index = assign_levels(boxes * scale[:, None], levels, k0=YOLO_LEVEL_K0)
+    return {name: int((index == i).sum()) for i, name in enumerate(levels)}
 
 
 def summary(values: list[float]) -> dict:
@@ -249,7 +267,6 @@ def main() -> int:
     defeat_vs = None
     if "decoupled" in per_arm and "ultralytics" in per_arm:
         defeat_vs = beats(per_arm["decoupled"]["coco_AP"]["values"], per_arm["ultralytics"]["coco_AP"]["values"])
-    import torch
 
     result = {
         "what": "issue 26: YOLO baseline vs Ultralytics' distillation vs DeFeat (and other modes) in Ultralytics' loop",
@@ -286,6 +303,7 @@ def main() -> int:
         "defeat_minus_ultralytics": {"diff": defeat_vs["diff"], "ci95": defeat_vs["ci"]} if defeat_vs else None,
         "defeat_vs_ultralytics_test": defeat_vs,
         "plateau": plateau,
+        "train_boxes_per_level": boxes_per_level(data / "train.json", args.imgsz),  # DeFeat's object cells per level
         "registration": args.registration,
         "machine": {
             "platform": platform.platform(),

@@ -211,6 +211,9 @@ def test_the_side_by_side_study_records_every_arm_and_its_tests(synth, tmp_path)
         and json.loads((out / "baseline" / "seed0_2x" / "metrics.json").read_text())["steps"] == 4
     )
     assert (out / "teacher" / "student.pt").is_file() and d["teacher"]["model"] == "yolo26s"
+    boxes = [a for a in json.loads((Path(synth) / "train.json").read_text())["annotations"] if not a.get("iscrowd")]
+    # 96 px images at imgsz 96: every side < 112 px, so DeFeat's level rule (k0 = 5) puts every box on P3
+    assert d["train_boxes_per_level"] == {"P3": len(boxes), "P4": 0, "P5": 0}
     stamp = (out / "decoupled" / "seed0" / "student.pt").stat().st_mtime_ns
     subprocess.run(cmd, check=True, capture_output=True)  # resumes: every run is finished
     assert (out / "decoupled" / "seed0" / "student.pt").stat().st_mtime_ns == stamp
