@@ -225,6 +225,27 @@ def row_compare() -> list[str]:
     return out + ["none **beats** the baseline", f"all {family} **undecided**"]
 
 
+def row_yolo() -> list[str]:
+    d = load("yolo_distill.json")
+    arms, test, plateau = d["arms"], d["defeat_vs_ultralytics_test"], d["plateau"]
+    names = {"baseline": "baseline", "ultralytics": "Ultralytics' distillation", "decoupled": "DeFeat decoupled"}
+    distilled = [a for a in arms if a != "baseline"]
+    ahead = [a for a in distilled if arms[a]["beats_baseline"]]
+    out = [
+        *(f"{names.get(a, a)} {ap(r['coco_AP']['mean'])} ± {ap(r['coco_AP']['sd'])}" for a, r in arms.items()),
+        f"(teacher {ap(d['teacher']['coco_AP'])})",
+        f"DeFeat vs Ultralytics' {signed(100 * test['diff'])} AP, {level(test)} CI {ci(test['ci'])}, "
+        f"p = {test['p_value']:.2g}: **{d['defeat_vs_ultralytics_outcome']}**",
+        f"after Holm over the {arms[distilled[0]]['holm_family']} distilled arms",
+        f"AP(2S) {ap(plateau['ap_2S'])} vs AP(S) {ap(plateau['ap_S'])} ({signed(100 * plateau['change'])} %)",
+        "**reached**" if plateau["reached"] else "**not reached**",
+        *(f"{names.get(a, a)} {arms[a]['step_time_ratio']:.2f}×" for a in distilled),
+    ]
+    if ahead:
+        return out + [f"{names.get(a, a)} **beats** it" for a in ahead]
+    return out + ["none **beats** the baseline"]
+
+
 def row_contention() -> list[str]:
     d, busy = load("contention.json"), load("contention_busy_cores.json")["variants"]
     r18, tiny = d["models"]["faster_rcnn_r18_fpn"], d["models"]["faster_rcnn_tiny_fpn"]
@@ -271,6 +292,7 @@ CHECKERS: dict[str, Callable[[], list[str]]] = {
     "DeFeat's overhead": row_overhead,
     "`defeat compare`": row_compare,
     "a run beside one equal job": row_contention,
+    "YOLO26n in Ultralytics' own loop": row_yolo,
     "`analyze errors --per-category`": row_errors,
 }
 
